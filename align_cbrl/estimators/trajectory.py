@@ -1,0 +1,293 @@
+"""HPGD estimator for sampled multi-step trajectories (reference notes, section 2).
+
+The leader's hypergradient for an entropy-regularised follower (temperature ``lam``) is
+
+    dF/dx = E_xi E_tau sum_t gamma^t [ d rbar(s_t,a_t)
+                                       + (1/lam) dA(s_t,a_t) Qbar(s_t,a_t)
+                                       + gamma d log P(s_{t+1}|s_t,a_t) Vbar(s_{t+1}) ]     (HG)
+
+with ``dA = dQ* - dV*`` the gradient of the follower's advantage and ``Qbar, Vbar`` the leader's
+values under the follower's policy. HPGD estimates (HG) from the followers' trajectories alone:
+
+* ``Ghat_t = sum_{k>=t} gamma^(k-t) rbar_k`` (within the episode) estimates ``Qbar(s_t,a_t)``;
+* ``Dhat_t = sum_{k>=t} gamma^(k-t) d rtilde_k`` estimates ``dQ*(s_t,a_t)``, where ``rtilde`` is the
+  follower's per-step pseudo-reward: ``r_x(s,a)`` when ``x`` enters the reward only, and
+  ``r_x(s_k,a_k) + gamma log P_x(s_{k+1}|s_k,a_k) stopgrad(V*(s_{k+1}))`` when ``x`` also moves the
+  transition (``dQ*`` is the value of ``pi*`` for the vector reward ``dr + gamma sum_s' dP V*``).
+
+Three forms of the follower-response term are provided:
+
+``"mc"``  -- the paper's Monte-Carlo estimator: the follower's gradient is centred per state with
+    visit averages, ``dA_hat_t = Dhat_t - Dbar(s_t)``, ``Dbar(s) = mean{Dhat_t : s_t = s}``, and
+    multiplied by ``Ghat_t / lam``. A state visited once contributes nothing.
+``"covariance"`` -- ``(1/lam) E_a[dQ* Abar]`` with a leader-side baseline: ``Dhat_t (Ghat_t - b(s_t))
+    / lam``. Unbiased when ``b = Vbar``; any ``b`` that does not depend on the current sample (e.g. an
+    EMA critic table from previous iterations) keeps the bias at ``E[(Vbar - b) dV*]``.
+``"naive"`` -- the direct terms only (no follower response).
+
+Every estimate is linear in the per-step gradients, so instead of materialising ``Dhat_t`` (one
+vector per step) we reorder the double sums into per-step scalar weights:
+
+    g = sum_t follower_t * d rtilde_t + leader_t * d rbar_t + transition_t * d log P_t          (W)
+
+e.g. for ``"mc"``: ``sum_t gamma^tau_t Ghat_t Dhat_t = sum_k d rtilde_k gamma^tau_k sum_{t<=k} Ghat_t``
+(``tau`` = time within the episode) and the centring term becomes a forward discounted sum of
+``C(s_t)/n(s_t)`` with ``C(s) = sum_{t: s_t = s} gamma^tau_t Ghat_t``. The weights are then
+contracted with analytic Jacobians (tabular case) or used as a stop-gradient surrogate
+``sum_t w_t r_x(s_t,a_t)`` with one backward pass. All estimates are averaged over the episodes of
+each run (divided by the number of episode starts).
+
+Batch layout: ``[R, T]`` -- ``R`` independent runs (seeds, learning rates, contexts) each with ``T``
+consecutive environment steps; ``episode_start[r, t]`` marks the first step of every episode
+(auto-reset sampling concatenates episodes). Within-episode recursions use a segmented doubling
+scan whose depth is ``ceil(log2(longest episode))``; all multipliers are <= 1, so it is stable in
+float64 for any ``gamma``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+__all__ = [
+    "HPGDWeights",
+    "discounted_returns",
+    "hpgd_weights",
+    "per_state_sum",
+    "segmented_scan",
+    "time_in_episode",
+]
+
+Form = Literal["mc", "covariance", "naive"]
+FORMS: tuple[str, ...] = ("mc", "covariance", "naive")
+
+
+@dataclass(frozen=True)
+class HPGDWeights:
+    """Per-step weights of the HPGD estimate (W); each ``[R, T]`` except ``n_episodes`` ``[R]``.
+
+    ``follower`` multiplies ``d rtilde_t`` (already divided by ``lam`` and the episode count),
+    ``leader`` multiplies ``d rbar_x(s_t, a_t)`` (``gamma^tau_t / n_episodes``), ``transition``
+    multiplies ``d log P_x(s_{t+1} | s_t, a_t)`` (``gamma^(tau_t+1) Ghat_{t+1} / n_episodes``, zero at
+    the last step of each episode, whose successor is not observed).
+    """
+
+    follower: torch.Tensor
+    leader: torch.Tensor
+    transition: torch.Tensor
+    n_episodes: torch.Tensor
+
+
+def _check_batch(episode_start: torch.Tensor, *others: torch.Tensor) -> None:
+    if episode_start.dim() != 2:
+        raise ValueError(
+            f"episode_start must have shape [R, T] (runs x steps), got {tuple(episode_start.shape)}"
+        )
+    if episode_start.dtype != torch.bool:
+        raise ValueError(f"episode_start must be a bool tensor, got {episode_start.dtype}")
+    if episode_start.shape[1] == 0:
+        raise ValueError("empty trajectory batch: T = 0 steps; sample at least one step per run")
+    if not bool(episode_start[:, 0].all()):
+        raise ValueError(
+            "episode_start[:, 0] must be True: every run's first step starts an episode"
+        )
+    for other in others:
+        if other.shape != episode_start.shape:
+            raise ValueError(
+                f"shape mismatch: expected {tuple(episode_start.shape)} like episode_start, "
+                f"got {tuple(other.shape)}"
+            )
+
+
+def time_in_episode(episode_start: torch.Tensor) -> torch.Tensor:
+    """``tau_t``: steps since the most recent episode start (0 at every start). ``[R, T]`` long."""
+    _check_batch(episode_start)
+    t = torch.arange(episode_start.shape[1], device=episode_start.device).expand_as(episode_start)
+    last_start = torch.where(episode_start, t, torch.zeros_like(t)).cummax(dim=1).values
+    return t - last_start
+
+
+def _max_episode_length(episode_start: torch.Tensor) -> int:
+    return int(time_in_episode(episode_start).max().item()) + 1
+
+
+def segmented_scan(
+    values: torch.Tensor,
+    episode_start: torch.Tensor,
+    coef: float,
+    *,
+    reverse: bool,
+    max_len: int | None = None,
+) -> torch.Tensor:
+    """Linear recurrence restricted to episodes, along the last axis.
+
+    Forward: ``h_t = values_t + coef * h_{t-1}`` (``h`` restarts at every episode start).
+    Reverse: ``h_t = values_t + coef * h_{t+1}`` (``h`` stops at every episode end).
+
+    Implemented as a Hillis-Steele doubling scan: ``ceil(log2(max_len))`` vectorised steps.
+    """
+    _check_batch(episode_start, values)
+    if max_len is None:
+        max_len = _max_episode_length(episode_start)
+    h = values.clone()
+    # a_t: multiplier linking step t to its predecessor (forward) / successor (reverse).
+    coef_t = torch.full((), coef, dtype=values.dtype, device=values.device)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    if reverse:
+        link = torch.zeros_like(values)
+        link[:, :-1] = torch.where(episode_start[:, 1:], zero, coef_t)
+    else:
+        link = torch.where(episode_start, zero, coef_t)
+    d = 1
+    n_steps = max(0, math.ceil(math.log2(max_len))) if max_len > 1 else 0
+    for _ in range(n_steps):
+        if d >= h.shape[1]:
+            break
+        if reverse:
+            h[:, :-d] = h[:, :-d] + link[:, :-d] * h[:, d:]
+            new_link = torch.zeros_like(link)
+            new_link[:, :-d] = link[:, :-d] * link[:, d:]
+        else:
+            h[:, d:] = h[:, d:] + link[:, d:] * h[:, :-d]
+            new_link = torch.zeros_like(link)
+            new_link[:, d:] = link[:, d:] * link[:, :-d]
+        link = new_link
+        d *= 2
+    return h
+
+
+def discounted_returns(
+    rewards: torch.Tensor, episode_start: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """Monte-Carlo returns ``Ghat_t = sum_{k>=t, same episode} gamma^(k-t) r_k``, ``[R, T]``."""
+    _check_gamma(gamma)
+    return segmented_scan(rewards, episode_start, gamma, reverse=True)
+
+
+def per_state_sum(weights: torch.Tensor, states: torch.Tensor, n_states: int) -> torch.Tensor:
+    """``W[r, s] = sum_{t: states[r, t] = s} weights[r, t]`` -- a batched scatter-add, ``[R, S]``."""
+    if weights.shape != states.shape:
+        raise ValueError(
+            f"weights {tuple(weights.shape)} and states {tuple(states.shape)} must have equal shapes"
+        )
+    if states.numel() and (int(states.min()) < 0 or int(states.max()) >= n_states):
+        raise ValueError(
+            f"state indices must lie in [0, {n_states - 1}], got range "
+            f"[{int(states.min())}, {int(states.max())}]"
+        )
+    out = torch.zeros(weights.shape[0], n_states, dtype=weights.dtype, device=weights.device)
+    return out.scatter_add_(1, states, weights)
+
+
+def _check_gamma(gamma: float) -> None:
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"discount gamma must lie in [0, 1], got {gamma}")
+
+
+def _as_run_column(lam: float | torch.Tensor, n_runs: int, like: torch.Tensor) -> torch.Tensor:
+    lam_t = torch.as_tensor(lam, dtype=like.dtype, device=like.device)
+    if lam_t.dim() == 0:
+        lam_t = lam_t.expand(n_runs)
+    if lam_t.shape != (n_runs,):
+        raise ValueError(
+            f"lam must be a float or a tensor of shape [{n_runs}], got {tuple(lam_t.shape)}"
+        )
+    if not bool(torch.isfinite(lam_t).all()) or bool((lam_t <= 0).any()):
+        raise ValueError(
+            f"follower temperature lam must be > 0 (got {lam_t.tolist()}): an unregularised follower "
+            "(lam = 0) has no differentiable best response; give the follower a positive temperature"
+        )
+    return lam_t[:, None]
+
+
+def hpgd_weights(
+    states: torch.Tensor,
+    leader_rewards: torch.Tensor,
+    episode_start: torch.Tensor,
+    gamma: float,
+    lam: float | torch.Tensor,
+    *,
+    form: Form = "mc",
+    n_states: int,
+    baseline: torch.Tensor | None = None,
+) -> HPGDWeights:
+    """Per-step weights (W) of the HPGD estimate of (HG) from sampled trajectories.
+
+    Args:
+        states: ``[R, T]`` state indices (used for per-state centring and baselines).
+        leader_rewards: ``[R, T]`` observed leader rewards ``rbar_t`` (values, no gradient).
+        episode_start: ``[R, T]`` bool, True at the first step of every episode.
+        gamma: discount factor in [0, 1].
+        lam: follower temperature (> 0), a float or one per run ``[R]``.
+        form: ``"mc"`` (paper), ``"covariance"`` (leader baseline) or ``"naive"``.
+        n_states: number of states (bounds of ``states``).
+        baseline: ``[S]`` or ``[R, S]`` leader value estimates ``b(s)``; required for
+            ``"covariance"`` (use zeros for no baseline), ignored otherwise.
+    """
+    if form not in FORMS:
+        raise ValueError(f"unknown HPGD form {form!r}; choose one of {', '.join(FORMS)}")
+    _check_batch(episode_start, states, leader_rewards)
+    _check_gamma(gamma)
+    if not leader_rewards.is_floating_point():
+        raise ValueError(f"leader_rewards must be floating point, got {leader_rewards.dtype}")
+    if not bool(torch.isfinite(leader_rewards).all()):
+        bad = torch.nonzero(~torch.isfinite(leader_rewards))[0].tolist()
+        raise ValueError(f"leader_rewards contains NaN/inf (first at [run, step] = {bad})")
+    dtype = leader_rewards.dtype
+    n_runs = states.shape[0]
+    lam_col = _as_run_column(lam, n_runs, leader_rewards)
+    max_len = _max_episode_length(episode_start)
+
+    tau = time_in_episode(episode_start)
+    gpow = torch.pow(torch.as_tensor(gamma, dtype=dtype), tau.to(dtype))
+    n_episodes = episode_start.sum(dim=1).to(dtype)
+    inv_ep = (1.0 / n_episodes)[:, None]
+    g_hat = segmented_scan(leader_rewards, episode_start, gamma, reverse=True, max_len=max_len)
+
+    # Direct and transition terms (shared by all forms).
+    leader_w = gpow * inv_ep
+    next_in_episode = torch.zeros_like(episode_start)
+    next_in_episode[:, :-1] = ~episode_start[:, 1:]
+    transition_w = torch.zeros_like(leader_rewards)
+    transition_w[:, :-1] = gamma * gpow[:, :-1] * g_hat[:, 1:]
+    transition_w = (
+        torch.where(next_in_episode, transition_w, torch.zeros_like(transition_w)) * inv_ep
+    )
+
+    if form == "naive":
+        follower_w = torch.zeros_like(leader_rewards)
+    elif form == "mc":
+        # sum_t gamma^tau_t Ghat_t Dhat_t -> weight gamma^tau_k * sum_{t<=k} Ghat_t on d rtilde_k.
+        prefix_g = segmented_scan(g_hat, episode_start, 1.0, reverse=False, max_len=max_len)
+        direct = gpow * prefix_g
+        # sum_t gamma^tau_t Ghat_t Dbar(s_t) = sum_t' c_t' Dhat_t', c = C(s)/n(s) ->
+        # weight J_k = sum_{t'<=k} gamma^(k-t') c_t' on d rtilde_k.
+        visits = per_state_sum(torch.ones_like(leader_rewards), states, n_states)
+        c_state = per_state_sum(gpow * g_hat, states, n_states) / visits.clamp_min(1.0)
+        c_step = torch.gather(c_state, 1, states)
+        centring = segmented_scan(c_step, episode_start, gamma, reverse=False, max_len=max_len)
+        follower_w = (direct - centring) * inv_ep / lam_col
+    else:  # covariance
+        if baseline is None:
+            raise ValueError(
+                'form="covariance" needs a leader baseline b(s) of shape [S] or [R, S] '
+                "(pass zeros for no baseline)"
+            )
+        b = baseline.to(dtype)
+        if b.dim() == 1:
+            b = b.expand(n_runs, -1)
+        if b.shape != (n_runs, n_states):
+            raise ValueError(
+                f"baseline must have shape [{n_states}] or [{n_runs}, {n_states}], "
+                f"got {tuple(baseline.shape)}"
+            )
+        adv = g_hat - torch.gather(b, 1, states)
+        prefix_adv = segmented_scan(adv, episode_start, 1.0, reverse=False, max_len=max_len)
+        follower_w = gpow * prefix_adv * inv_ep / lam_col
+
+    return HPGDWeights(
+        follower=follower_w, leader=leader_w, transition=transition_w, n_episodes=n_episodes
+    )

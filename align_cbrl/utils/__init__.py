@@ -1,0 +1,1 @@
+"""Small shared utilities (I/O, seeding) with no heavy dependencies."""

@@ -1,0 +1,135 @@
+"""Atomic, pickle-free file I/O.
+
+Every artefact the library writes (configs, metrics, leader parameters, checkpoints) goes through
+these helpers: data are written to a temporary file in the destination directory, flushed and
+fsync'ed, then moved into place with :func:`os.replace`, so a crash or a kill never leaves a
+half-written file and never destroys the previous version. Tensors are stored as safetensors
+(no pickle); structured state as JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "load_safetensors",
+    "read_json",
+    "save_safetensors",
+]
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def _sanitize(obj: Any) -> Any:
+    """Replace non-finite floats by ``None`` so the output is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _sanitize(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_sanitize(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> Path:
+    """Serialise ``obj`` as strict JSON (NaN/inf become ``null``) and write it atomically."""
+    obj = json.loads(json.dumps(obj, default=_json_default))
+    text = json.dumps(_sanitize(obj), indent=indent, sort_keys=False, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file, with an error that names the file when it is malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); restore it or delete it") from exc
+
+
+def save_safetensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor | np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save a flat name->tensor mapping as safetensors, atomically.
+
+    NumPy arrays are converted to torch tensors; tensors are made contiguous and moved to CPU.
+    ``metadata`` values must be strings (a safetensors constraint).
+    """
+    from safetensors.torch import save
+
+    prepared: dict[str, torch.Tensor] = {}
+    for name, value in tensors.items():
+        t = (
+            torch.from_numpy(np.ascontiguousarray(value))
+            if isinstance(value, np.ndarray)
+            else value
+        )
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"tensor {name!r} has type {type(value).__name__}; expected a tensor/array"
+            )
+        prepared[name] = t.detach().to("cpu").contiguous()
+    meta = None if metadata is None else {str(k): str(v) for k, v in metadata.items()}
+    return atomic_write_bytes(path, save(prepared, metadata=meta))
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a safetensors file into a dict of CPU tensors (no pickle involved)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no safetensors file at {path}")
+    return load_file(str(path))

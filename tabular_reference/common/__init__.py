@@ -1,0 +1,1 @@
+"""Utilities shared by the tabular experiments: results directories, plots, the leader optimiser."""

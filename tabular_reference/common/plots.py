@@ -1,0 +1,68 @@
+"""Plots people would rather look at than read: learning curves with mean ± standard error."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+
+def mean_se(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error of the mean along ``axis`` (0 when there is a single sample)."""
+    values = np.asarray(values, dtype=float)
+    n = values.shape[axis]
+    mean = values.mean(axis=axis)
+    if n < 2:
+        return mean, np.zeros_like(mean)
+    return mean, values.std(axis=axis, ddof=1) / np.sqrt(n)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | os.PathLike[str],
+    ylabel: str,
+    title: str,
+    xlabel: str = "outer iteration",
+) -> Path:
+    """One line per label (mean over seeds) with a shaded ± 1 s.e. band; saved as PNG atomically.
+
+    ``curves[label] = (x[T], y[seeds, T])``.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for label, (x, y) in curves.items():
+        y = np.atleast_2d(np.asarray(y, dtype=float))
+        m, se = mean_se(y, axis=0)
+        (line,) = ax.plot(x, m, label=f"{label} (n={y.shape[0]})", lw=1.6)
+        ax.fill_between(x, m - se, m + se, color=line.get_color(), alpha=0.25, lw=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | os.PathLike[str]) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import io
+
+    from align_cbrl.utils.io import atomic_write_bytes
+
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
