@@ -1,0 +1,90 @@
+"""YAML + dotted CLI overrides into nested dataclasses, with errors that say what to fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from align_cbrl.config_parser import ConfigError, load_config, parse_overrides, to_dict
+
+
+@dataclass
+class Follower:
+    name: str
+    beta: float = 0.1
+    trainer: Literal["grpo", "rloo"] = "grpo"
+
+
+@dataclass
+class Leader:
+    lr: float = 0.1
+    kind: str = "weights"
+
+
+@dataclass
+class Job:
+    iterations: int = 3
+    leader: Leader = field(default_factory=Leader)
+    followers: list[Follower] = field(default_factory=list)
+    seed: int | None = None
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_yaml_and_overrides(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("ALIGN_TEST_VAR", raising=False)
+    p = _write(
+        tmp_path,
+        "iterations: 5\nenv: {ALIGN_TEST_VAR: x}\nleader: {lr: 0.5}\n"
+        "followers:\n  - {name: a}\n  - {name: b, beta: 0.3, trainer: rloo}\n",
+    )
+    path, ov = parse_overrides(
+        ["--config", str(p), "--leader.lr", "0.05", "--followers.1.beta=1", "--seed", "7"]
+    )
+    cfg = load_config(Job, path, ov)
+    assert cfg == Job(
+        iterations=5,
+        leader=Leader(lr=0.05),
+        seed=7,
+        followers=[Follower("a"), Follower("b", beta=1.0, trainer="rloo")],
+    )
+    import os
+
+    assert os.environ["ALIGN_TEST_VAR"] == "x"
+    assert to_dict(cfg)["followers"][1] == {"name": "b", "beta": 1.0, "trainer": "rloo"}
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "match"),
+    [
+        ("iteratons: 5\n", {}, r"unknown config key 'iteratons' \(did you mean 'iterations'\?\)"),
+        ("leader: {lr: fast}\n", {}, r"leader\.lr: expected a number, got 'fast'"),
+        (
+            "followers: [{beta: 0.1}]\n",
+            {},
+            r"missing required config key\(s\) in followers\.0: name",
+        ),
+        ("followers: [{name: a, trainer: ppo}]\n", {}, r"'ppo' is not one of 'grpo', 'rloo'"),
+        ("- just\n- a list\n", {}, "must contain a YAML mapping"),
+        ("iterations: [1\n", {}, "not valid YAML"),
+        ("followers: [{name: a}]\n", {"followers.3.beta": 1.0}, "index 3 out of range"),
+    ],
+)
+def test_errors_name_the_key(tmp_path, text, overrides, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(Job, _write(tmp_path, text), overrides)
+
+
+def test_missing_file_and_bad_argv(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Job, tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="needs a value"):
+        parse_overrides(["--seed"])
+    with pytest.raises(ConfigError, match="unexpected argument"):
+        parse_overrides(["seed=3"])
