@@ -1,0 +1,23 @@
+"""Leader (incentive) models: the leader's parameters ``x`` (reference notes sections 1-2)."""
+
+from align_cbrl.leaders.base import (
+    Leader,
+    build_leader,
+    known_leaders,
+    load_leader,
+    register_leader,
+)
+from align_cbrl.leaders.neural import NeuralShapingLeader
+from align_cbrl.leaders.parametrization import WeightParametrization
+from align_cbrl.leaders.weights import WeightLeader
+
+__all__ = [
+    "Leader",
+    "NeuralShapingLeader",
+    "WeightLeader",
+    "WeightParametrization",
+    "build_leader",
+    "known_leaders",
+    "load_leader",
+    "register_leader",
+]

@@ -1,0 +1,87 @@
+"""Reward component wrapping any Python callable given by import path ``module.sub:function``.
+
+The callable is invoked TRL-style, ``fn(prompts=..., completions=..., **context_columns,
+**kwargs)``, so existing TRL reward functions plug in unchanged. It may return a list (with
+``None`` for samples it does not apply to, if the spec sets ``none_value``) or a tensor.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import Tensor
+
+from align_cbrl.rewards.base import Contexts, RewardComponent
+
+__all__ = ["CallableReward", "import_callable"]
+
+
+def import_callable(target: str) -> Callable[..., Any]:
+    """Import ``"package.module:attr.sub"``; clear errors for malformed or missing targets."""
+    if not isinstance(target, str) or target.count(":") != 1:
+        raise ValueError(
+            f"callable target {target!r} must look like 'package.module:function' (one colon)"
+        )
+    mod_name, attr_path = target.split(":")
+    if not mod_name or not attr_path:
+        raise ValueError(f"callable target {target!r} must look like 'package.module:function'")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except ImportError as err:
+        raise ImportError(
+            f"cannot import module {mod_name!r} of callable target {target!r}: {err}"
+        ) from err
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise AttributeError(
+                f"callable target {target!r}: {mod_name!r} has no attribute path {attr_path!r}"
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(
+            f"callable target {target!r} resolved to a non-callable {type(obj).__name__}"
+        )
+    return obj
+
+
+class CallableReward(RewardComponent):
+    """Score = ``fn(prompts=..., completions=..., **contexts, **kwargs)``.
+
+    With ``factory=True`` the target is called once as ``target(**kwargs)`` and the returned
+    object is the scorer (then called without ``kwargs``)."""
+
+    kind = "callable"
+
+    def __init__(
+        self,
+        name: str,
+        target: str,
+        kwargs: Mapping[str, Any] | None = None,
+        factory: bool = False,
+        none_value: float | None = None,
+    ) -> None:
+        super().__init__(name, none_value)
+        fn = import_callable(target)
+        self.target = target
+        if factory:
+            fn = fn(**dict(kwargs or {}))
+            if not callable(fn):
+                raise TypeError(
+                    f"callable component {name!r}: factory {target!r} returned a non-callable"
+                )
+            kwargs = None
+        self.fn = fn
+        self.kwargs = dict(kwargs or {})
+
+    def score(
+        self, prompts: list[str], completions: list[str], contexts: Contexts
+    ) -> Tensor | list:
+        cols = dict(contexts or {})
+        clash = {"prompts", "completions"} & set(cols)
+        if clash:
+            raise ValueError(
+                f"callable component {self.name!r}: context columns {sorted(clash)} clash with argument names"
+            )
+        return self.fn(prompts=prompts, completions=completions, **cols, **self.kwargs)

@@ -1,0 +1,116 @@
+"""Reward component from a local Hugging Face sequence-classification model (a reward model).
+
+Loads ``AutoModelForSequenceClassification`` and its tokenizer from a local directory
+(:func:`align_cbrl.rewards.model_dirs.resolve_model_dir`), with ``trust_remote_code=False``
+unless the spec turns it on, and scores (prompt, completion) pairs in batches under
+``torch.no_grad()``. The score of a sample is the logit of output ``label_index`` (for a
+one-output reward model, its only logit), as used for ``r_x`` / ``rbar`` in reference notes
+section 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from align_cbrl.rewards.base import Contexts, RewardComponent
+from align_cbrl.rewards.model_dirs import resolve_model_dir
+
+__all__ = ["SequenceClassifierReward"]
+
+_INPUTS = ("pair", "concat", "completion")
+
+
+class SequenceClassifierReward(RewardComponent):
+    """Score = ``scale * logits[:, label_index]`` of a local sequence-classification model.
+
+    Args:
+        name: component name.
+        model: model directory, or the name of an installed package that ships one.
+        label_index: which output logit is the reward (default 0).
+        inputs: ``"pair"`` tokenises (prompt, completion) as a text pair, ``"concat"`` scores
+            ``prompt + completion`` as one text, ``"completion"`` scores the completion alone.
+        batch_size, max_length, device: batching, truncation length and torch device.
+        trust_remote_code: passed to ``from_pretrained``; off unless you enable it.
+    """
+
+    kind = "hf_classifier"
+
+    def __init__(
+        self,
+        name: str,
+        model: str | Path,
+        label_index: int = 0,
+        inputs: str = "pair",
+        batch_size: int = 16,
+        max_length: int = 512,
+        device: str = "cpu",
+        scale: float = 1.0,
+        trust_remote_code: bool = False,
+        none_value: float | None = None,
+    ) -> None:
+        super().__init__(name, none_value)
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if inputs not in _INPUTS:
+            raise ValueError(
+                f"hf_classifier component {name!r}: inputs must be one of {_INPUTS}, got {inputs!r}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"hf_classifier component {name!r}: batch_size must be >= 1")
+        self.model_dir = resolve_model_dir(model, f"reward model of component {name!r}")
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.model_dir, trust_remote_code=trust_remote_code
+        )
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            self.model_dir, trust_remote_code=trust_remote_code
+        )
+        self.model.eval().to(device)
+        n_out = int(self.model.config.num_labels)
+        if not 0 <= label_index < n_out:
+            raise ValueError(
+                f"hf_classifier component {name!r}: label_index {label_index} out of range for a "
+                f"model with {n_out} outputs"
+            )
+        if self.tokenizer.pad_token is None:
+            if self.tokenizer.eos_token is None:
+                raise ValueError(
+                    f"hf_classifier component {name!r}: tokenizer in {self.model_dir} has neither "
+                    f"a pad nor an eos token; set pad_token when saving it"
+                )
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if getattr(self.model.config, "pad_token_id", None) is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.label_index, self.inputs = label_index, inputs
+        self.batch_size, self.max_length = batch_size, max_length
+        self.device, self.scale = torch.device(device), float(scale)
+
+    def _encode(self, prompts: list[str], completions: list[str]) -> dict[str, Tensor]:
+        kw = {
+            "padding": True,
+            "truncation": True,
+            "max_length": self.max_length,
+            "return_tensors": "pt",
+        }
+        if self.inputs == "pair":
+            enc = self.tokenizer(prompts, completions, **kw)
+        elif self.inputs == "concat":
+            enc = self.tokenizer([p + c for p, c in zip(prompts, completions)], **kw)
+        else:
+            enc = self.tokenizer(completions, **kw)
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], completions: list[str], contexts: Contexts) -> Tensor:
+        out = []
+        for s in range(0, len(prompts), self.batch_size):
+            enc = self._encode(
+                prompts[s : s + self.batch_size], completions[s : s + self.batch_size]
+            )
+            logits = self.model(**enc).logits
+            out.append(logits[:, self.label_index].to(torch.float64).cpu())
+        if not out:
+            return torch.zeros(0, dtype=torch.float64)
+        return self.scale * torch.cat(out)
