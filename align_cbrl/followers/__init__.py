@@ -1,0 +1,40 @@
+"""Followers: learners with a KL temperature ``beta`` that (approximately) best-respond to a
+reward. :class:`Follower` is the interface the leader uses; :class:`GRPOFollower` and
+:class:`RLOOFollower` wrap TRL's trainers (imported lazily, TRL is optional);
+:class:`FunctionFollower` wraps user callables."""
+
+from typing import Any
+
+from align_cbrl.followers.base import (
+    Follower,
+    RewardFn,
+    RewardFunctionError,
+    call_reward_function,
+    reward_function_name,
+    validate_beta,
+)
+from align_cbrl.followers.function_follower import FunctionFollower
+
+__all__ = [
+    "Follower",
+    "FunctionFollower",
+    "GRPOFollower",
+    "RLOOFollower",
+    "RewardFn",
+    "RewardFunctionError",
+    "TRLFollower",
+    "TRLFollowerConfig",
+    "call_reward_function",
+    "reward_function_name",
+    "validate_beta",
+]
+
+_TRL_NAMES = {"GRPOFollower", "RLOOFollower", "TRLFollower", "TRLFollowerConfig"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TRL_NAMES:
+        from align_cbrl.followers import trl_followers
+
+        return getattr(trl_followers, name)
+    raise AttributeError(f"module 'align_cbrl.followers' has no attribute {name!r}")
