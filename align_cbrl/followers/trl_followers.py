@@ -23,11 +23,22 @@ follower maximises ``E[r] - beta * KL(pi || pi_ref)``. Dividing advantages by th
 reward std rescales the reward per prompt (the effective temperature becomes
 ``beta * std``), so the follower would converge somewhere else than ``pi_ref exp(r/beta)``.
 
-Where the KL enters: GRPO puts a per-token KL estimate in the loss (with TRL's default
-``use_bias_correction_kl=True`` its gradient is the per-token reverse-KL gradient); that ignores
-the KL of *later* tokens, so for multi-token completions the fixed point is close to, but not
-exactly, ``pi*``. RLOO subtracts ``beta * sum_t log(pi/pi_ref)`` from the sequence reward, whose
-fixed point is exactly ``pi*``. ``docs/followers.md`` reports measured distances.
+Where the KL enters (``TRLFollowerConfig.kl_mode``):
+
+* ``"reward"`` (default; the only mode of RLOO): the KL is a sequence-level reward penalty,
+  ``r'(p, y) = r(p, y) - beta * (log pi_theta(y|p) - log pi_ref(y|p))``, log-probs summed over
+  the completion tokens (EOS included). The REINFORCE gradient of ``E[r']`` is the gradient of
+  ``E[r] - beta * KL(pi || pi_ref)``, whose maximiser is exactly ``pi*``; at ``pi*`` every
+  completion has the same ``r' = beta * log Z(p)``, so the group-centred advantages vanish there.
+  RLOO does this natively; for GRPO, TRL's ``beta`` is set to 0 and the follower adds the
+  penalty as a second reward function (:class:`_KLPenalty`, logged as ``kl_penalty``) computed
+  without gradient by the current policy and a frozen reference model loaded from the model
+  directory.
+* ``"loss"`` (GRPO only): TRL's own per-token KL estimate in the loss (with TRL's default
+  ``use_bias_correction_kl=True`` its gradient is the per-token reverse-KL gradient). It ignores
+  the KL of *later* tokens, and GRPO's group-mean baseline shrinks the reward part of the
+  gradient by ``(G - 1) / G`` but not the KL part, so the fixed point is biased away from
+  ``pi*``. ``docs/followers.md`` reports measured distances.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -58,6 +69,10 @@ __all__ = ["GRPOFollower", "RLOOFollower", "TRLFollower", "TRLFollowerConfig"]
 
 _STATE_FORMAT = 1
 _FOLLOWER_JSON = "follower.json"
+_KL_MODES = ("loss", "reward")
+KL_PENALTY_NAME = "kl_penalty"
+"""Name under which the ``kl_mode="reward"`` penalty ``-beta * log(pi/pi_ref)`` is logged
+(``rewards/kl_penalty/mean``)."""
 
 
 @dataclass
@@ -65,7 +80,14 @@ class TRLFollowerConfig:
     """Settings shared by the GRPO and RLOO followers.
 
     Attributes:
-        beta: KL temperature (> 0), passed to TRL's ``beta``.
+        beta: KL temperature (> 0) of the follower's objective ``E[r] - beta * KL(pi || pi_ref)``
+            in both KL modes (TRL's ``beta`` is this value with ``kl_mode="loss"``, 0 with
+            ``kl_mode="reward"``, where the follower applies the KL itself).
+        kl_mode: where the KL enters. ``"reward"`` (default): sequence-level penalty in the
+            reward, ``r' = r - beta * (log pi_theta(y|p) - log pi_ref(y|p))``, whose fixed point
+            is exactly ``pi* ∝ pi_ref exp(r / beta)`` (what the leader's hypergradient assumes).
+            ``"loss"``: GRPO only, TRL's per-token KL term in the loss (biased fixed point for
+            multi-token completions). RLOO always uses the reward penalty and refuses ``"loss"``.
         learning_rate: AdamW learning rate.
         num_generations: completions per prompt in each training group (>= 2).
         prompts_per_step: prompts per optimiser step (a step sees
@@ -89,6 +111,7 @@ class TRLFollowerConfig:
     """
 
     beta: float = 0.05
+    kl_mode: Literal["loss", "reward"] = "reward"
     learning_rate: float = 1e-5
     num_generations: int = 4
     prompts_per_step: int = 2
@@ -119,6 +142,11 @@ class TRLFollowerConfig:
             raise ValueError(f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
         if self.max_completion_length < 1:
             raise ValueError("max_completion_length must be >= 1")
+        if self.kl_mode not in _KL_MODES:
+            raise ValueError(
+                f"kl_mode={self.kl_mode!r}: use 'reward' (KL as a sequence-level reward penalty, "
+                "exact fixed point pi*) or 'loss' (TRL GRPO's per-token KL loss term)"
+            )
         if self.scale_rewards not in ("none", "group", "batch"):
             raise ValueError(
                 f"scale_rewards={self.scale_rewards!r}: use 'none' (recommended), 'group' or 'batch'"
@@ -153,6 +181,93 @@ class _RewardSlot:
                 "before follower.train(...)"
             )
         return call_reward_function(self.fn, prompts, completions, **kwargs)
+
+
+class _KLPenalty:
+    """The KL term of ``kl_mode="reward"`` (GRPO), registered with TRL as a second reward
+    function named ``kl_penalty``: for every completion ``y`` of prompt ``p`` it returns
+
+        ``-beta * (log pi_theta(y|p) - log pi_ref(y|p))``,  ``log pi(y|p) = sum_t log pi(y_t|p, y_<t)``,
+
+    summed over the completion tokens TRL sampled (its ``completion_ids``: cut after the first
+    EOS, EOS included; a truncated completion has no EOS). TRL sums it with the task reward, so
+    the advantages are built from ``r' = r - beta * log(pi_theta / pi_ref)``.
+
+    The batch is laid out exactly as TRL lays it out for its loss: the prompt ids TRL generated
+    from (stashed by the trainer's ``_generate``) left-padded, the completion ids right-padded,
+    both with TRL's ``pad`` (same pad id, ``pad_to_multiple_of``); the per-token log-probs come
+    from TRL's own ``_get_per_token_logps_and_entropies`` (sampling temperature applied, like the
+    loss), for the current policy and for a frozen reference model, without gradient.
+    """
+
+    def __init__(self, beta: float) -> None:
+        self.beta = beta
+        self.__name__ = KL_PENALTY_NAME
+        self.trainer: Any = None
+        self.ref_model: Any = None
+        self.last_stats: torch.Tensor | None = None  # [sum of token log-ratios, tokens]
+
+    def token_logprobs(
+        self, prompt_ids: list[list[int]], completion_ids: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token ``log pi_theta``, ``log pi_ref`` and the completion mask, ``[B, T]`` each."""
+        from trl.models.utils import disable_gradient_checkpointing
+        from trl.trainer.utils import pad
+
+        t = self.trainer
+        device = t.accelerator.device
+        pad_id = t._tokenizer.pad_token_id
+        multiple = t.pad_to_multiple_of
+
+        def padded(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
+            return pad(
+                [torch.tensor(r, dtype=torch.long) for r in rows],
+                padding_value=value,
+                padding_side=side,
+                pad_to_multiple_of=multiple,
+            )
+
+        ones = [[1] * len(r) for r in prompt_ids]
+        c_ones = [[1] * len(r) for r in completion_ids]
+        input_ids = torch.cat(
+            [padded(prompt_ids, pad_id, "left"), padded(completion_ids, pad_id, "right")], dim=1
+        ).to(device)
+        completion_mask = padded(c_ones, 0, "right").to(device)
+        attention_mask = torch.cat([padded(ones, 0, "left").to(device), completion_mask], dim=1)
+        keep = completion_mask.size(1)
+        batch_size = t.args.per_device_train_batch_size
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(t.model, t.args.gradient_checkpointing_kwargs),
+        ):
+            logp, _, _ = t._get_per_token_logps_and_entropies(
+                t.model, input_ids, attention_mask, keep, batch_size=batch_size
+            )
+            logp_ref, _, _ = t._get_per_token_logps_and_entropies(
+                self.ref_model, input_ids, attention_mask, keep, batch_size=batch_size
+            )
+        return logp, logp_ref, completion_mask
+
+    def __call__(
+        self,
+        prompts: list[Any],
+        completions: list[Any],
+        completion_ids: list[list[int]] | None = None,
+        **kwargs: Any,
+    ) -> list[float]:
+        prompt_ids = getattr(self.trainer, "_acbrl_prompt_ids", None)
+        if completion_ids is None or prompt_ids is None or len(prompt_ids) != len(completion_ids):
+            raise RuntimeError(
+                "kl_mode='reward' needs the prompt and completion token ids of the batch TRL "
+                "sampled; they are missing (custom rollout or tool calls are not supported in this "
+                "mode: use kl_mode='loss')"
+            )
+        if any(len(c) == 0 for c in completion_ids):
+            raise RuntimeError("TRL passed an empty completion; cannot score it")
+        logp, logp_ref, mask = self.token_logprobs(prompt_ids, completion_ids)
+        log_ratio = ((logp - logp_ref) * mask).sum(dim=1)
+        self.last_stats = torch.stack([log_ratio.sum(), mask.sum().to(log_ratio.dtype)])
+        return (-self.beta * log_ratio).tolist()
 
 
 class _StopAfter:
@@ -252,6 +367,44 @@ def _make_trainer_class(base: type) -> type:
         _acbrl_sched_state: dict[str, Any] | None = None
         _acbrl_optim_state: dict[str, Any] | None = None
         _acbrl_rng: dict[str, Any] | None = None
+        _acbrl_kl_term: _KLPenalty | None = None  # set for GRPO with kl_mode="reward"
+        _acbrl_prompt_ids: list[list[int]] | None = None
+        _acbrl_task_rewards: torch.Tensor | None = None
+
+        # --- kl_mode="reward": see the token ids TRL sampled, keep the logged reward = r -----
+        def _generate(self, *args: Any, **kwargs: Any) -> Any:
+            out = super()._generate(*args, **kwargs)
+            if self._acbrl_kl_term is not None:
+                self._acbrl_prompt_ids = [list(map(int, ids)) for ids in out[0]]
+            return out
+
+        def _calculate_rewards(self, *args: Any, **kwargs: Any) -> Any:
+            rewards_per_func = super()._calculate_rewards(*args, **kwargs)
+            if self._acbrl_kl_term is not None:  # the task reward: every column but the KL term
+                w = self.reward_weights.to(rewards_per_func.device)
+                self._acbrl_task_rewards = (rewards_per_func[:, :-1] * w[:-1]).nansum(dim=1)
+            return rewards_per_func
+
+        def _generate_and_score_completions(self, *args: Any, **kwargs: Any) -> Any:
+            out = super()._generate_and_score_completions(*args, **kwargs)
+            term = self._acbrl_kl_term
+            if term is not None:
+                from trl.trainer.utils import nanstd
+
+                metrics = self._metrics["train" if self.model.training else "eval"]
+                task = self._acbrl_task_rewards
+                if task is not None and metrics.get("reward"):
+                    # TRL logged the mean of r - beta*log(pi/pi_ref); report the task reward r as
+                    # in kl_mode="loss" and RLOO (the KL term has its own rewards/kl_penalty/*)
+                    metrics["reward"][-1] = torch.nanmean(task).item()
+                    metrics["reward_std"][-1] = nanstd(task).item()
+                if term.last_stats is not None:  # RLOO's "kl": mean per-token log(pi/pi_ref)
+                    stats = self.accelerator.reduce(term.last_stats, reduction="sum")
+                    metrics["kl"].append((stats[0] / stats[1].clamp(min=1.0)).item())
+                self._acbrl_task_rewards = None
+                self._acbrl_prompt_ids = None
+                term.last_stats = None
+            return out
 
         def _get_train_sampler(self, dataset: Any = None) -> Any:
             if dataset is None:
@@ -427,6 +580,44 @@ class TRLFollower(Follower):
     def _trl_classes(self) -> tuple[type, type]:
         raise NotImplementedError
 
+    def _kl_reward_term(self) -> _KLPenalty | None:
+        """The extra reward function carrying the KL penalty, if this follower adds one."""
+        return None
+
+    def _build_reference_model(self, trainer: Any) -> Any:
+        """A frozen copy of the initial model, loaded from the model directory the way TRL loads
+        its own reference model (same init kwargs, dropout off, fused log-prob head at the
+        sampling temperature). Always the base model, never a checkpoint: :meth:`load` only
+        touches the policy."""
+        from trl.trainer.utils import (
+            add_fused_lm_head,
+            create_model_from_path,
+            disable_dropout_in_model,
+        )
+
+        args = trainer.args
+        if getattr(trainer, "is_deepspeed_enabled", False) or getattr(
+            trainer, "is_fsdp_enabled", False
+        ):
+            raise ValueError(
+                "kl_mode='reward' does not support DeepSpeed/FSDP here; use kl_mode='loss'"
+            )
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        kwargs = dict(args.model_init_kwargs or {})
+        kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        kwargs.setdefault("dtype", policy.dtype)
+        kwargs.setdefault("attn_implementation", policy.config._attn_implementation)
+        ref = create_model_from_path(str(self.model_path), **kwargs)
+        if args.disable_dropout:
+            disable_dropout_in_model(ref)
+        if args.cast_lm_head_to_fp32:
+            ref.lm_head = ref.lm_head.float()
+        add_fused_lm_head(
+            ref, temperature=trainer.temperature, cast_lm_head_to_fp32=args.cast_lm_head_to_fp32
+        )
+        ref.requires_grad_(False)
+        return trainer.accelerator.prepare_model(ref, evaluation_mode=True)
+
     def _build_trainer(self, train_dataset: Any, callbacks: list[Any]) -> Any:
         from transformers import AutoTokenizer, PrinterCallback, ProgressCallback
 
@@ -436,9 +627,10 @@ class TRLFollower(Follower):
             self.model_path, padding_side="left", trust_remote_code=self.config.trust_remote_code
         )
         chunked = _make_trainer_class(trainer_cls)
+        kl_term = self._kl_reward_term()
         trainer = chunked(
             model=str(self.model_path),
-            reward_funcs=[self._reward],
+            reward_funcs=[self._reward] if kl_term is None else [self._reward, kl_term],
             args=trl_config,
             train_dataset=train_dataset,
             processing_class=tokenizer,
@@ -446,6 +638,10 @@ class TRLFollower(Follower):
         )
         for cb in (PrinterCallback, ProgressCallback):
             trainer.remove_callback(cb)
+        if kl_term is not None:
+            kl_term.trainer = trainer
+            kl_term.ref_model = self._build_reference_model(trainer)
+            trainer._acbrl_kl_term = kl_term
         spg = trainer.args.steps_per_generation * trainer.num_iterations
         ga = trainer.args.gradient_accumulation_steps
         self._steps_per_generation_cycle = max(1, spg // ga)
@@ -678,7 +874,9 @@ class TRLFollower(Follower):
                 f"beta={self.beta}; build it with the saved config"
             )
         mine = asdict(self.config)
-        saved = meta.get("config", {})
+        saved = dict(meta.get("config", {}))
+        # checkpoints written before kl_mode existed: GRPO trained with TRL's KL loss term
+        saved.setdefault("kl_mode", "loss" if self.trainer_kind == "grpo" else "reward")
         diffs = sorted(k for k in mine if k != "output_dir" and saved.get(k, mine[k]) != mine[k])
         if diffs:
             raise ValueError(
@@ -730,7 +928,14 @@ class TRLFollower(Follower):
 
 
 class GRPOFollower(TRLFollower):
-    """A follower trained with TRL's ``GRPOTrainer`` (``beta > 0``, ``scale_rewards="none"``)."""
+    """A follower trained with TRL's ``GRPOTrainer`` (``beta > 0``, ``scale_rewards="none"``).
+
+    With ``config.kl_mode="reward"`` (default) TRL runs with ``beta=0`` and the follower adds
+    the sequence-level penalty ``-beta * (log pi_theta(y|p) - log pi_ref(y|p))`` to the reward
+    (a second reward function, logged as ``rewards/kl_penalty/*``; ``kl`` is logged as the mean
+    per-token log-ratio, like RLOO). The maximiser of ``E[r'] = E[r] - beta KL(pi || pi_ref)``
+    is exactly ``pi* ∝ pi_ref exp(r / beta)``. With ``kl_mode="loss"`` TRL's per-token KL loss
+    term is used instead (TRL's ``beta = config.beta``)."""
 
     trainer_kind: ClassVar[str] = "grpo"
 
@@ -739,6 +944,23 @@ class GRPOFollower(TRLFollower):
         if self.config.loss_type is not None:
             args["loss_type"] = self.config.loss_type
         return args
+
+    def _trl_args(self) -> dict[str, Any]:
+        args = super()._trl_args()
+        if self.config.kl_mode == "reward":
+            args["beta"] = 0.0  # no KL in TRL's loss, no TRL reference model: _KLPenalty does it
+            aggregation = args.get("multi_objective_aggregation", "sum_then_normalize")
+            if aggregation != "sum_then_normalize":
+                raise ValueError(
+                    f"multi_objective_aggregation={aggregation!r} normalises the KL penalty "
+                    "separately from the reward; kl_mode='reward' needs 'sum_then_normalize'"
+                )
+            if args.get("reward_weights") is not None:  # weight 1 for the KL penalty term
+                args["reward_weights"] = [*map(float, args["reward_weights"]), 1.0]
+        return args
+
+    def _kl_reward_term(self) -> _KLPenalty | None:
+        return _KLPenalty(self.beta) if self.config.kl_mode == "reward" else None
 
     def _trl_classes(self) -> tuple[type, type]:
         from trl import GRPOConfig, GRPOTrainer
@@ -752,6 +974,11 @@ class RLOOFollower(TRLFollower):
     trainer_kind: ClassVar[str] = "rloo"
 
     def _kind_args(self) -> dict[str, Any]:
+        if self.config.kl_mode != "reward":
+            raise ValueError(
+                "RLOO always puts the KL into the reward (kl_mode='reward'); kl_mode='loss' is a "
+                "GRPO setting"
+            )
         if self.config.scale_rewards != "none":
             raise ValueError("scale_rewards is a GRPO setting; RLOO uses normalize_advantages")
         if self.config.loss_type is not None:
