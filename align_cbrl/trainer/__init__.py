@@ -1,0 +1,42 @@
+"""HPGD training for language-model followers: orchestrated (:class:`HPGDTrainer` +
+:class:`HPGDConfig`) and plugin mode (:class:`HPGDReward` + :class:`HPGDCallback` in your own
+TRL script). See ``docs/trainer.md``."""
+
+from typing import Any
+
+from align_cbrl.trainer.config import FollowerConfig, HPGDConfig, LeaderConfig, RewardsConfig
+from align_cbrl.trainer.estimation import (
+    GroupedSamples,
+    apply_leader_gradient,
+    build_optimizer,
+    leader_surrogate,
+)
+from align_cbrl.trainer.reward_function import HPGDReward
+
+__all__ = [
+    "FollowerConfig",
+    "GroupedSamples",
+    "HPGDCallback",
+    "HPGDConfig",
+    "HPGDReward",
+    "HPGDTrainer",
+    "LeaderConfig",
+    "RewardsConfig",
+    "RunExistsError",
+    "apply_leader_gradient",
+    "build_optimizer",
+    "leader_surrogate",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # the trainer and the callback import TRL / transformers: load them on first use
+    if name in ("HPGDTrainer", "RunExistsError"):
+        from align_cbrl.trainer import hpgd_trainer
+
+        return getattr(hpgd_trainer, name)
+    if name == "HPGDCallback":
+        from align_cbrl.trainer.callback import HPGDCallback
+
+        return HPGDCallback
+    raise AttributeError(f"module 'align_cbrl.trainer' has no attribute {name!r}")

@@ -1,0 +1,279 @@
+"""Turn an :class:`~align_cbrl.trainer.config.HPGDConfig` into objects, validating everything
+before anything is trained or written: the enumerable task, reward components and mixes,
+datasets, model directories, the leader, the followers.
+
+Each builder raises ``ValueError`` / ``FileNotFoundError`` with a message naming the config key
+and what to change.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from align_cbrl.followers.base import Follower
+from align_cbrl.leaders.base import Leader, build_leader, load_leader
+from align_cbrl.objective import BilevelRewards
+from align_cbrl.reference.tiny_language import TinyLanguageConfig, TinyLanguageTask
+from align_cbrl.rewards.base import RewardComponent
+from align_cbrl.rewards.registry import build_components, load_reward_config
+from align_cbrl.trainer.config import FollowerConfig, HPGDConfig
+
+__all__ = [
+    "FollowerBundle",
+    "RewardSetup",
+    "build_follower",
+    "build_leader_from_config",
+    "build_reward_setup",
+    "exact_log_ref",
+    "resolve_model",
+    "resolve_task",
+]
+
+
+@dataclass
+class RewardSetup:
+    """Components and mixes of a run (from the task, or from ``rewards``)."""
+
+    components: list[RewardComponent]
+    follower_mix: dict[str, Any] | None
+    leader_mix: dict[str, Any] | None
+    context_column: str | None
+
+    @property
+    def component_names(self) -> list[str]:
+        return [c.name for c in self.components]
+
+
+@dataclass
+class FollowerBundle:
+    """A built follower with its config, prompt rows and (on a task) exact reference table."""
+
+    config: FollowerConfig
+    follower: Follower
+    rows: list[dict[str, Any]]
+    log_ref: torch.Tensor | None = None
+
+
+def resolve_task(task: str | dict[str, Any] | None) -> TinyLanguageTask | None:
+    """The enumerable task of ``config.task`` (embedded name or ``TinyLanguageConfig`` fields)."""
+    if task is None:
+        return None
+    from align_cbrl.data import task_config
+
+    data = task_config(task) if isinstance(task, str) else copy.deepcopy(dict(task))
+    known = {f.name for f in fields(TinyLanguageConfig)}
+    extra = sorted(set(data) - known)
+    if extra:
+        raise ValueError(f"task: unknown field(s) {extra}; known: {sorted(known)}")
+    try:
+        return TinyLanguageTask(TinyLanguageConfig(**data))
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"task: {err}") from err
+
+
+def build_reward_setup(config: HPGDConfig, task: TinyLanguageTask | None) -> RewardSetup:
+    """Components + mixes; unknown component types / parameters are reported with the list of
+    accepted ones (``align_cbrl.rewards.registry``)."""
+    if task is not None:
+        return RewardSetup(
+            components=list(task.components),
+            follower_mix=task.config.follower,
+            leader_mix=task.config.leader,
+            context_column=task.config.context_column,
+        )
+    rc = config.rewards
+    specs: list[dict[str, Any]] = []
+    follower_mix, leader_mix = None, None
+    if rc.config is not None:
+        loaded = load_reward_config(rc.config)
+        specs, follower_mix, leader_mix = loaded.components, loaded.follower, loaded.leader
+    if rc.components:
+        specs = rc.components
+    follower_mix = rc.follower if rc.follower is not None else follower_mix
+    leader_mix = rc.leader if rc.leader is not None else leader_mix
+    if not specs:
+        raise ValueError(
+            "no reward components: set rewards.config (a reward config YAML such as "
+            "configs/rewards/concise_polite.yaml), rewards.components, or a task"
+        )
+    try:
+        comps = build_components(specs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"rewards: {err}") from err
+    if leader_mix is None:
+        raise ValueError("rewards.leader (the leader's objective mix) is missing; add it")
+    column = (leader_mix or {}).get("context_column", "category")
+    return RewardSetup(comps, follower_mix, leader_mix, column)
+
+
+def resolve_model(spec: str, seed: int, task: TinyLanguageTask | None, who: str) -> Path:
+    """A model directory: ``tiny-word`` / ``tiny-bpe`` are built (cached), others must exist."""
+    from align_cbrl.models import build_tiny_lm
+
+    if spec == "tiny-word":
+        if task is None:
+            raise ValueError(
+                f"{who}: model 'tiny-word' needs a task (its vocabulary); set task, or use "
+                "model: tiny-bpe or a model directory"
+            )
+        return build_tiny_lm("word", seed=seed, words=task.vocab)
+    if spec == "tiny-bpe":
+        return build_tiny_lm("bpe", seed=seed)
+    path = Path(os.path.expanduser(spec))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{who}: no model directory at {str(path)!r} (config.json not found); give a "
+            "directory written by save_pretrained, or model: tiny-word / tiny-bpe to build a "
+            "tiny local one"
+        )
+    return path
+
+
+def exact_log_ref(model_dir: Path, task: TinyLanguageTask, who: str) -> torch.Tensor:
+    """``log pi_ref[P, Y]`` of the task's completions under the model (its tokenizer must map
+    the task's words to ids ``0..V-1`` and EOS to ``V``)."""
+    from align_cbrl.models import completion_logprobs, load_tiny_lm
+
+    model, tok = load_tiny_lm(model_dir)
+    ids = tok.convert_tokens_to_ids([*task.vocab, tok.eos_token])
+    if ids != list(range(len(task.vocab) + 1)) or len(tok) != len(task.vocab) + 1:
+        raise ValueError(
+            f"{who}: the model's tokenizer is not the word-level tokenizer of the task vocabulary "
+            f"{task.vocab} (+ EOS); use model: tiny-word for exact evaluation"
+        )
+    return completion_logprobs(model, tok, task.prompts, [list(t) for t in task.tokens])
+
+
+def _dataset_rows(fc: FollowerConfig, task: TinyLanguageTask | None, who: str) -> list[dict]:
+    from align_cbrl.data import load_prompts
+
+    if fc.dataset is None:
+        if task is None:
+            raise ValueError(f"{who}: set dataset (an embedded prompt set or a file) or a task")
+        return task.dataset_rows()
+    try:
+        return load_prompts(fc.dataset)
+    except ValueError as err:
+        raise ValueError(f"{who}: {err}") from err
+
+
+def build_follower(
+    fc: FollowerConfig,
+    task: TinyLanguageTask | None,
+    setup: RewardSetup,
+    index: int,
+    exact_needed: bool,
+) -> FollowerBundle:
+    """Build one follower (TRL GRPO/RLOO or exact sampler) from its config section."""
+    who = f"followers.{index} ({fc.name!r})"
+    rows = _dataset_rows(fc, task, who)
+    if setup.context_column is not None and any(setup.context_column not in r for r in rows):
+        raise ValueError(
+            f"{who}: every dataset row needs the context column {setup.context_column!r}"
+        )
+    model_dir = resolve_model(fc.model, fc.model_seed, task, who)
+    on_task = task is not None and [r["prompt"] for r in rows] == task.prompts
+    log_ref = exact_log_ref(model_dir, task, who) if (on_task and exact_needed) else None
+    if fc.trainer == "exact":
+        from align_cbrl.followers.function_follower import FunctionFollower
+
+        if task is None or not on_task:
+            raise ValueError(f"{who}: trainer 'exact' needs a task and the task's own prompts")
+        if log_ref is None:
+            log_ref = exact_log_ref(model_dir, task, who)
+        col = setup.context_column
+        follower: Follower = FunctionFollower.exact_best_response(
+            task.prompts,
+            task.texts,
+            log_ref,
+            beta=fc.beta,
+            name=fc.name,
+            contexts=None if col is None else {col: list(task.contexts)},
+            seed=fc.seed,
+        )
+        return FollowerBundle(fc, follower, rows, log_ref)
+    from datasets import Dataset
+
+    from align_cbrl.followers.trl_followers import (
+        GRPOFollower,
+        RLOOFollower,
+        TRLFollowerConfig,
+    )
+
+    kwargs: dict[str, Any] = dict(
+        beta=fc.beta,
+        learning_rate=fc.learning_rate,
+        num_generations=fc.num_generations,
+        prompts_per_step=fc.prompts_per_step,
+        max_completion_length=fc.max_completion_length if task is None else task.config.max_words,
+        temperature=fc.temperature,
+        seed=fc.seed,
+        scale_rewards=fc.scale_rewards,
+        loss_type=fc.loss_type,
+        lr_scheduler_type=fc.lr_scheduler_type,
+        max_grad_norm=fc.max_grad_norm,
+        trl_kwargs=dict(fc.trl_kwargs),
+    )
+    if fc.kl_mode is not None:
+        if "kl_mode" not in {f.name for f in fields(TRLFollowerConfig)}:
+            raise ValueError(
+                f"{who}: kl_mode={fc.kl_mode!r} is not supported by this version of "
+                "TRLFollowerConfig; remove kl_mode"
+            )
+        kwargs["kl_mode"] = fc.kl_mode
+    if fc.trainer == "rloo":
+        kwargs.pop("loss_type")
+        if kwargs["scale_rewards"] == "none":
+            kwargs.pop("scale_rewards")
+    try:
+        tcfg = TRLFollowerConfig(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{who}: {err}") from err
+    columns = sorted({k for r in rows for k in r})
+    ds = Dataset.from_dict({k: [r.get(k) for r in rows] for k in columns})
+    cls = GRPOFollower if fc.trainer == "grpo" else RLOOFollower
+    follower = cls(model_dir, ds, None, tcfg, name=fc.name)
+    return FollowerBundle(fc, follower, rows, log_ref)
+
+
+def build_leader_from_config(
+    config: HPGDConfig, setup: RewardSetup, contexts: Sequence[Any]
+) -> Leader:
+    """The leader from ``leader.spec`` (or ``leader.init``), with ``component_names`` and, for
+    weight leaders, the ``contexts`` filled in."""
+    lc = config.leader
+    if lc.init is not None:
+        leader = load_leader(lc.init)
+        if leader.component_names != setup.component_names:
+            raise ValueError(
+                f"leader.init {lc.init!r} has components {leader.component_names}; this run has "
+                f"{setup.component_names}"
+            )
+        return leader
+    spec = dict(lc.spec)
+    spec.setdefault("type", "weights")
+    spec.setdefault("component_names", setup.component_names)
+    if spec["component_names"] != setup.component_names:
+        raise ValueError(
+            f"leader.spec.component_names {spec['component_names']} must equal the reward "
+            f"components {setup.component_names}"
+        )
+    if spec["type"] == "weights" and setup.context_column is not None:
+        spec.setdefault("contexts", list(dict.fromkeys(contexts)))
+        spec.setdefault("context_column", setup.context_column)
+    try:
+        return build_leader(spec)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"leader.spec: {err}") from err
+
+
+def bilevel_for(leader: Leader, setup: RewardSetup) -> BilevelRewards:
+    """The reward pair around ``leader``."""
+    return BilevelRewards(leader, setup.follower_mix, setup.leader_mix)

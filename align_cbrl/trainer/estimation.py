@@ -1,0 +1,183 @@
+"""One leader update from completion groups (reference notes section 2, HPGD for LM followers).
+
+Shared by the orchestrated :class:`~align_cbrl.trainer.hpgd_trainer.HPGDTrainer` and the plugin
+:class:`~align_cbrl.trainer.callback.HPGDCallback`. For each follower ``f`` the samples are
+``G_f`` groups of ``N`` completions of one prompt each (the layout GRPO/RLOO generate). With
+``r = r_x`` and ``rbar = rbar_x`` computed differentiably from the component scores, the ascent
+direction is the gradient of
+
+    S(x) = sum_f  hpgd_surrogate(r_f, rbar_f, beta_f)                       (HPGD, Eq. SUR)
+    S(x) = sum_f  naive_surrogate(rbar_f)                                   (naive baseline)
+
+(:mod:`align_cbrl.estimators.grouped`): the leader's objective is the sum of the followers'
+objectives ``F(x) = sum_f E_p E_{y~pi*_f} rbar_x(p, y)``. The update minimises ``-S``: backward,
+:meth:`LeaderSync.all_reduce_gradients` (group-count weighted mean over processes), global-norm
+clipping, optimiser step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from align_cbrl.distributed import LeaderSync
+from align_cbrl.estimators.grouped import hpgd_surrogate, naive_surrogate
+from align_cbrl.objective import BilevelRewards
+
+__all__ = ["GroupedSamples", "apply_leader_gradient", "build_optimizer", "leader_surrogate"]
+
+
+@dataclass
+class GroupedSamples:
+    """Scored completions of one follower, ``G`` groups of ``group_size`` consecutive entries.
+
+    ``prompts[i]``, ``completions[i]``, ``columns[c][i]`` and ``scores[i]`` (``[B, K]``) describe
+    sample ``i``; entries ``g*N .. g*N+N-1`` share one prompt."""
+
+    follower: str
+    beta: float
+    group_size: int
+    prompts: list[str]
+    completions: list[str]
+    columns: dict[str, list[Any]]
+    scores: Tensor
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        B = len(self.prompts)
+        if self.group_size < 2:
+            raise ValueError(
+                f"follower {self.follower!r}: HPGD needs >= 2 completions per prompt "
+                f"(num_generations / num_samples), got {self.group_size}"
+            )
+        if B == 0 or B % self.group_size:
+            raise ValueError(
+                f"follower {self.follower!r}: {B} samples do not form groups of "
+                f"{self.group_size} completions per prompt"
+            )
+        if len(self.completions) != B or self.scores.shape[0] != B:
+            raise ValueError(
+                f"follower {self.follower!r}: {B} prompts, {len(self.completions)} completions "
+                f"and {self.scores.shape[0]} score rows must match"
+            )
+        for g in range(B // self.group_size):
+            block = self.prompts[g * self.group_size : (g + 1) * self.group_size]
+            if any(p != block[0] for p in block):
+                raise ValueError(
+                    f"follower {self.follower!r}: group {g} mixes prompts ({sorted(set(block))[:3]}); "
+                    f"samples must come as {self.group_size} consecutive completions per prompt, "
+                    "as GRPO/RLOO generate them (num_generations)"
+                )
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.prompts) // self.group_size
+
+    def contexts(self, column: str | None) -> list[Any] | None:
+        """The context values of every sample (``None`` if there is no such column)."""
+        if column is None or column not in self.columns:
+            return None
+        return list(self.columns[column])
+
+
+def leader_surrogate(
+    bilevel: BilevelRewards,
+    batches: Sequence[GroupedSamples],
+    estimator: str,
+    context_column: str | None,
+) -> tuple[Tensor, dict[str, float]]:
+    """The surrogate ``S(x)`` of the module docstring and per-follower statistics.
+
+    ``estimator``: ``"hpgd"`` or ``"naive"``. Statistics (means over the samples, under the
+    current ``x``): ``<f>/leader_reward`` (``rbar``), ``<f>/reward`` (``r``), ``<f>/base_reward``
+    (``r - incentive``), ``<f>/incentive``, ``<f>/incentive_abs``, ``<f>/cost`` and
+    ``objective_estimate = sum_f mean rbar_f``."""
+    if estimator not in ("hpgd", "naive"):
+        raise ValueError(f"estimator must be 'hpgd' or 'naive' here, got {estimator!r}")
+    if not batches:
+        raise ValueError("no completion groups to estimate from")
+    total: Tensor | None = None
+    stats: dict[str, float] = {"objective_estimate": 0.0}
+    for b in batches:
+        out = bilevel(b.scores, b.contexts(context_column))
+        G, N = b.num_groups, b.group_size
+        r, rbar = out.r.reshape(G, N), out.rbar.reshape(G, N)
+        term = hpgd_surrogate(r, rbar, b.beta) if estimator == "hpgd" else naive_surrogate(rbar)
+        total = term if total is None else total + term
+        inc = out.incentive.detach()
+        f = b.follower
+        stats[f"{f}/leader_reward"] = float(rbar.detach().mean())
+        stats[f"{f}/reward"] = float(r.detach().mean())
+        stats[f"{f}/base_reward"] = float((out.r.detach() - inc).mean())
+        stats[f"{f}/incentive"] = float(inc.mean())
+        stats[f"{f}/incentive_abs"] = float(inc.abs().mean())
+        stats[f"{f}/cost"] = float(bilevel.leader.cost(inc).mean())
+        stats["objective_estimate"] += stats[f"{f}/leader_reward"]
+    assert total is not None
+    return total, stats
+
+
+def build_optimizer(
+    params: Sequence[torch.nn.Parameter] | Any,
+    name: str,
+    lr: float,
+    momentum: float = 0.0,
+    betas: Sequence[float] = (0.9, 0.999),
+) -> torch.optim.Optimizer:
+    """The leader's optimiser: ``"sgd"`` (optionally with momentum) or ``"adam"``."""
+    params = list(params)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(float(betas[0]), float(betas[1])))
+    raise ValueError(f"leader optimizer must be 'sgd' or 'adam', got {name!r}")
+
+
+def apply_leader_gradient(
+    leader: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    surrogate: Tensor | None = None,
+    flat_gradient: Tensor | None = None,
+    n_groups: int,
+    max_grad_norm: float,
+    sync: LeaderSync | None = None,
+) -> float:
+    """Ascend ``surrogate`` (or a given flat ascent direction, e.g. zero-order) by one step.
+
+    Sets ``.grad = -dS/dx``, all-reduces it over processes, clips the global norm to
+    ``max_grad_norm`` (0 = off) and steps. Returns the hypergradient norm before clipping.
+    Refuses non-finite gradients without touching the parameters."""
+    if (surrogate is None) == (flat_gradient is None):
+        raise ValueError("give exactly one of surrogate / flat_gradient")
+    params = [p for p in leader.parameters() if p.requires_grad]
+    optimizer.zero_grad(set_to_none=False)
+    if surrogate is not None:
+        (-surrogate).backward()
+    else:
+        assert flat_gradient is not None
+        i = 0
+        for p in params:
+            n = p.numel()
+            p.grad = -flat_gradient[i : i + n].reshape(p.shape).to(p.dtype).clone()
+            i += n
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    (sync or LeaderSync()).all_reduce_gradients(leader, n_groups)
+    norm = float(torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in params])))
+    if not math.isfinite(norm):
+        optimizer.zero_grad(set_to_none=False)
+        raise FloatingPointError(
+            "the leader's hypergradient is not finite (check the reward components and beta); "
+            "the leader was not updated"
+        )
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    return norm

@@ -1,0 +1,454 @@
+"""``HPGDTrainer``: orchestrated contextual bilevel RL with language-model followers.
+
+Outer iteration ``t = 1..T`` (reference notes section 2; the paper's HPGD):
+
+1. every follower gets the current shaped reward ``r_x`` (:class:`HPGDReward`, no gradient) and
+   continues training ``K = follower_steps`` steps (warm-started TRL GRPO/RLOO, or exact);
+2. ``G = prompts_per_iteration`` prompts are drawn uniformly from each follower's dataset and
+   ``N = num_samples`` completions sampled per prompt; the components are scored once;
+3. the leader estimates ``dF/dx`` and takes one optimiser step with global-norm clipping:
+
+   * ``hpgd``:  gradient of ``sum_f hpgd_surrogate(r_f, rbar_f, beta_f)`` (unbiased for
+     ``dF/dx = E_p[E d rbar + (1/beta) Cov(d r, rbar)]`` at the followers' best responses);
+   * ``naive``: gradient of ``sum_f mean rbar_f`` (ignores how the followers react);
+   * ``zero_order``: residual-feedback Gaussian smoothing: the followers train under the
+     perturbed leader ``x_t + u_t z_t`` (``z_t ~ N(0, I)``), ``F_t`` is estimated as
+     ``sum_f mean rbar_f`` of the sampled completions, and
+     ``g_t = (F_t - F_{t-1}) z_t / u_t`` (Zhang et al. 2022; one evaluation per iteration,
+     the previous iteration's estimate as the baseline; no update at the first iteration);
+   * ``fixed``: no update ("no leader" with zero initial incentive weights).
+
+Metrics per iteration (``metrics.jsonl``, TensorBoard when installed, a tqdm bar on the console):
+the leader objective estimate and, on an enumerable task, its exact value ``F(x)``; per follower
+the shaped / base / leader rewards, incentive, cost, per-component means and TRL's own metrics;
+the hypergradient norm; timings. Checkpoints every ``save_every`` iterations (leader +
+optimiser + RNG via :class:`CheckpointManager`, followers via their ``save``), and
+``resume=True`` continues bit-identically on CPU. Plots at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from align_cbrl.checkpoint import CheckpointManager
+from align_cbrl.config_parser import to_dict
+from align_cbrl.distributed import LeaderSync
+from align_cbrl.metrics import MetricsLogger, read_jsonl
+from align_cbrl.reference.tiny_language import exact_objective
+from align_cbrl.rewards.base import score_components
+from align_cbrl.trainer.builders import (
+    FollowerBundle,
+    bilevel_for,
+    build_follower,
+    build_leader_from_config,
+    build_reward_setup,
+    resolve_task,
+)
+from align_cbrl.trainer.config import HPGDConfig
+from align_cbrl.trainer.estimation import (
+    GroupedSamples,
+    apply_leader_gradient,
+    build_optimizer,
+    leader_surrogate,
+)
+from align_cbrl.trainer.reward_function import HPGDReward
+from align_cbrl.utils.io import atomic_write_json, load_safetensors, save_safetensors
+
+__all__ = ["HPGDTrainer", "RunExistsError"]
+
+# config keys that may differ between a run and its resumption
+_RESUMABLE_CHANGES = {
+    "iterations",
+    "save_every",
+    "keep_checkpoints",
+    "plots",
+    "progress",
+    "tensorboard",
+}
+_TRAINER_RNG = "trainer_rng.safetensors"
+
+
+class RunExistsError(FileExistsError):
+    """The output directory already holds a run and neither resume nor overwrite was asked for."""
+
+
+def _gen_state(g: torch.Generator) -> torch.Tensor:
+    return g.get_state().clone()
+
+
+class HPGDTrainer:
+    """Orchestrated HPGD (module docstring).
+
+    Args:
+        config: the run's :class:`HPGDConfig`.
+        resume: continue from the latest checkpoint in ``config.output_dir``.
+        overwrite: start from scratch even if ``output_dir`` holds a run: its ``metrics.jsonl``
+            and ``checkpoints/`` are removed when :meth:`train` starts (after all validation
+            passed), never on an error.
+        sync: :class:`LeaderSync` for multi-process runs (default: current process group).
+
+    Everything is validated here, before anything is written: followers with ``beta <= 0``,
+    missing model directories, empty datasets, unknown reward components, an existing run.
+    """
+
+    def __init__(
+        self,
+        config: HPGDConfig,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        sync: LeaderSync | None = None,
+    ) -> None:
+        if not isinstance(config, HPGDConfig):
+            raise TypeError(f"config must be an HPGDConfig, got {type(config).__name__}")
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.sync = sync or LeaderSync()
+        self.checkpoints = CheckpointManager(self.output_dir, keep=config.keep_checkpoints)
+        latest = self.checkpoints.latest()
+        has_run = latest is not None or (self.output_dir / "metrics.jsonl").is_file()
+        if resume and latest is None:
+            raise FileNotFoundError(
+                f"--resume: no checkpoint under {self.checkpoints.root}; start without --resume"
+            )
+        if has_run and not resume and not overwrite:
+            raise RunExistsError(
+                f"{self.output_dir} already holds a run (metrics.jsonl / checkpoints); pass "
+                "--resume to continue it, --overwrite to start again, or choose another "
+                "output_dir. Nothing was changed."
+            )
+        if resume and latest is not None:
+            self._check_resumable(latest)
+
+        self.task = resolve_task(config.task)
+        self.setup = build_reward_setup(config, self.task)
+        exact = self.task is not None
+        self.bundles: list[FollowerBundle] = [
+            build_follower(fc, self.task, self.setup, i, exact)
+            for i, fc in enumerate(config.followers)
+        ]
+        contexts: list[Any] = []
+        col = self.setup.context_column
+        for b in self.bundles:
+            contexts += [r.get(col) for r in b.rows] if col is not None else []
+        torch.manual_seed(config.seed)
+        self.leader = build_leader_from_config(config, self.setup, contexts)
+        self.bilevel = bilevel_for(self.leader, self.setup)
+        self.optimizer = build_optimizer(
+            self.leader.parameters(),
+            config.leader.optimizer,
+            config.leader.lr,
+            config.leader.momentum,
+            config.leader.adam_betas,
+        )
+        self.sync.broadcast(self.leader)
+        self._prompt_gen = torch.Generator().manual_seed(config.seed)
+        self._zo_gen = torch.Generator().manual_seed(config.seed + 1)
+        self._zo_prev: float | None = None
+        self._zo_z: torch.Tensor | None = None
+        self._t = 0
+        self.start_iteration = 0
+        self._resume_from = latest if resume else None
+        self._overwrite = overwrite and not resume
+        self.history: list[dict[str, Any]] = []
+        self.metrics: MetricsLogger | None = None
+
+    # ------------------------------------------------------------------ resume
+    def _check_resumable(self, ckpt: Path) -> None:
+        from align_cbrl.utils.io import read_json
+
+        saved = read_json(ckpt / "state.json").get("config", {})
+        mine = to_dict(self.config)
+        diffs = sorted(
+            k
+            for k in set(saved) | set(mine)
+            if k not in _RESUMABLE_CHANGES and saved.get(k) != mine.get(k)
+        )
+        if diffs:
+            raise ValueError(
+                f"--resume: the config differs from the checkpointed run in {diffs}; resume with "
+                f"the same config (only {sorted(_RESUMABLE_CHANGES)} may change)"
+            )
+
+    def _restore(self, ckpt: Path) -> None:
+        state = self.checkpoints.load(ckpt, leader=self.leader, optimizer=self.optimizer)
+        for b in self.bundles:
+            b.follower.load(ckpt / "followers" / b.config.name)
+        rng = load_safetensors(ckpt / _TRAINER_RNG)
+        self._prompt_gen.set_state(rng["prompt_gen"])
+        self._zo_gen.set_state(rng["zo_gen"])
+        self._zo_prev = state.get("zo_prev")
+        self.start_iteration = int(state["iteration"])
+        self.history = [
+            r
+            for r in read_jsonl(self.output_dir / "metrics.jsonl")
+            if r["step"] <= self.start_iteration
+        ]
+
+    def _save(self, iteration: int) -> Path:
+        def write_rng(path: Path) -> None:
+            save_safetensors(
+                path,
+                {"prompt_gen": _gen_state(self._prompt_gen), "zo_gen": _gen_state(self._zo_gen)},
+            )
+
+        writers: dict[str, Callable[[Path], None]] = {_TRAINER_RNG: write_rng}
+        for b in self.bundles:
+            writers[f"followers/{b.config.name}"] = b.follower.save
+        return self.checkpoints.save(
+            iteration,
+            leader=self.leader,
+            optimizer=self.optimizer,
+            state={"config": to_dict(self.config), "zo_prev": self._zo_prev},
+            extra_writers=writers,
+        )
+
+    # ------------------------------------------------------------------ pieces
+    def exact_objective(self) -> dict[str, float] | None:
+        """Exact ``F(x) = sum_f sum_p P(p) sum_y pi*_f(y|p) rbar_x(p, y)`` on the task (each
+        follower with its own ``beta`` and reference model); ``None`` without a task."""
+        if self.task is None:
+            return None
+        out: dict[str, float] = {}
+        total = 0.0
+        for b in self.bundles:
+            if b.log_ref is None:
+                return None
+            with torch.no_grad():
+                F = float(
+                    exact_objective(
+                        self.task.with_log_ref(b.log_ref), self.bilevel, b.follower.beta
+                    )
+                )
+            out[f"{b.config.name}/objective_exact"] = F
+            total += F
+        out["objective_exact"] = total
+        return out
+
+    def _reward_for_followers(self) -> HPGDReward:
+        """The followers' reward: ``r_x`` at the current leader, or, for zero-order, at the
+        perturbed leader ``x + u_t z_t`` (a copy)."""
+        bilevel = self.bilevel
+        if self.config.leader.estimator == "zero_order":
+            bilevel = copy.deepcopy(self.bilevel)
+            x = self.leader.flat_parameters()
+            self._zo_z = torch.randn(x.shape, generator=self._zo_gen, dtype=x.dtype)
+            torch.nn.utils.vector_to_parameters(
+                x + self._zo_u() * self._zo_z, bilevel.leader.parameters()
+            )
+        return HPGDReward(
+            bilevel,
+            self.setup.components,
+            context_column=self.setup.context_column,
+            name="hpgd_reward",
+            buffer=False,
+        )
+
+    def _zo_u(self) -> float:
+        """Smoothing radius ``u_t = u / t**decay`` of the current iteration."""
+        t = max(1, self._t)
+        return self.config.leader.zero_order_u / t**self.config.leader.zero_order_decay
+
+    def _sample(self, b: FollowerBundle, prompt_idx: list[int], n: int) -> GroupedSamples:
+        rows = [b.rows[i] for i in prompt_idx]
+        groups = b.follower.sample([r["prompt"] for r in rows], n)
+        prompts = [r["prompt"] for r in rows for _ in range(n)]
+        completions = [c for g in groups for c in g]
+        keys = sorted({k for r in rows for k in r} - {"prompt"})
+        columns = {k: [r.get(k) for r in rows for _ in range(n)] for k in keys}
+        scores = score_components(self.setup.components, prompts, completions, columns)
+        return GroupedSamples(
+            b.config.name, b.follower.beta, n, prompts, completions, columns, scores
+        )
+
+    # ------------------------------------------------------------------ one iteration
+    def step(self, t: int) -> dict[str, Any]:
+        """Outer iteration ``t`` (module docstring); returns its metrics."""
+        cfg = self.config
+        self._t = t
+        rec: dict[str, Any] = {}
+        reward = self._reward_for_followers()
+        t0 = time.perf_counter()
+        for b in self.bundles:
+            b.follower.set_reward_function(reward)
+            out = b.follower.train(cfg.follower_steps)
+            name = b.config.name
+            for k in ("reward", "kl", "loss", "entropy"):
+                if isinstance(out.get(k), int | float):
+                    rec[f"{name}/train_{k}"] = float(out[k])
+        t1 = time.perf_counter()
+        batches = []
+        for b in self.bundles:
+            idx = torch.randint(
+                len(b.rows), (cfg.prompts_per_iteration,), generator=self._prompt_gen
+            )
+            batches.append(self._sample(b, idx.tolist(), cfg.num_samples))
+        t2 = time.perf_counter()
+        rec.update(self._leader_update(batches, reward))
+        t3 = time.perf_counter()
+        exact = self.exact_objective()
+        if exact is not None:
+            rec.update(exact)
+        rec["time/follower_train"] = t1 - t0
+        rec["time/sample"] = t2 - t1
+        rec["time/leader"] = t3 - t2
+        rec.update(self._leader_weights())
+        return rec
+
+    def _leader_update(self, batches: list[GroupedSamples], reward: HPGDReward) -> dict[str, Any]:
+        cfg = self.config.leader
+        n_groups = sum(b.num_groups for b in batches)
+        rec: dict[str, Any] = {}
+        if cfg.estimator == "zero_order":
+            with torch.no_grad():
+                _, stats = leader_surrogate(
+                    reward.bilevel, batches, "naive", self.setup.context_column
+                )
+            F_t = stats["objective_estimate"]
+            norm = 0.0
+            if self._zo_prev is not None and self._zo_z is not None:
+                g = (F_t - self._zo_prev) * self._zo_z / self._zo_u()
+                norm = apply_leader_gradient(
+                    self.leader,
+                    self.optimizer,
+                    flat_gradient=g,
+                    n_groups=n_groups,
+                    max_grad_norm=cfg.max_grad_norm,
+                    sync=self.sync,
+                )
+            self._zo_prev = F_t
+            rec["leader/zero_order_u"] = self._zo_u()
+        else:
+            estimator = "naive" if cfg.estimator == "naive" else "hpgd"
+            surrogate, stats = leader_surrogate(
+                self.bilevel, batches, estimator, self.setup.context_column
+            )
+            norm = 0.0
+            if cfg.estimator != "fixed":
+                norm = apply_leader_gradient(
+                    self.leader,
+                    self.optimizer,
+                    surrogate=surrogate,
+                    n_groups=n_groups,
+                    max_grad_norm=cfg.max_grad_norm,
+                    sync=self.sync,
+                )
+        rec["leader/grad_norm"] = norm
+        rec["objective_estimate"] = stats.pop("objective_estimate")
+        rec.update(stats)
+        for b in batches:
+            for k, c in enumerate(self.setup.components):
+                rec[f"{b.follower}/components/{c.name}"] = float(b.scores[:, k].mean())
+        return rec
+
+    def _leader_weights(self) -> dict[str, float]:
+        table = getattr(self.leader, "weight_table", None)
+        if table is None:
+            return {}
+        with torch.no_grad():
+            w = table().detach()
+        if w.numel() > 64:
+            return {}
+        idx = getattr(self.leader, "context_index", None)
+        rows = ["all"] if idx is None else [str(v) for v in idx.values]
+        return {
+            f"leader/w/{rows[i]}/{name}": float(w[i, k])
+            for i in range(w.shape[0])
+            for k, name in enumerate(self.leader.component_names)
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, samples: int | None = None) -> dict[str, float]:
+        """Held-out evaluation: ``samples`` fresh completions for every prompt of every
+        follower's dataset, scored under the current leader (no update). Reports the leader
+        objective estimate, base reward, incentive and cost, and the exact ``F`` on a task."""
+        n = samples if samples is not None else self.config.eval_samples
+        out: dict[str, float] = {}
+        if n >= 2:
+            batches = [self._sample(b, list(range(len(b.rows))), n) for b in self.bundles]
+            with torch.no_grad():
+                _, stats = leader_surrogate(
+                    self.bilevel, batches, "naive", self.setup.context_column
+                )
+            out.update({f"eval/{k}": v for k, v in stats.items()})
+        exact = self.exact_objective()
+        if exact is not None:
+            out.update({f"eval/{k}": v for k, v in exact.items()})
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, Any]:
+        """Run (or continue) the T outer iterations; returns a summary (final metrics and
+        held-out evaluation), also written to ``<output_dir>/summary.json``."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        main = self.sync.is_main_process
+        if self._resume_from is not None:
+            self._restore(self._resume_from)
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = MetricsLogger(self.output_dir, tensorboard=cfg.tensorboard, enabled=main)
+        if self._resume_from is not None:
+            self.metrics.truncate_after(self.start_iteration)
+        elif self._overwrite:
+            import shutil
+
+            self.metrics.truncate_after(-1)
+            if main:
+                shutil.rmtree(self.checkpoints.root, ignore_errors=True)
+        if self.start_iteration == 0:
+            rec0 = {"objective_estimate": math.nan}
+            exact = self.exact_objective()
+            if exact is not None:
+                rec0.update(exact)
+            rec0.update(self._leader_weights())
+            self.history.append(self.metrics.log(0, rec0))
+        bar = tqdm(
+            range(self.start_iteration + 1, cfg.iterations + 1),
+            initial=self.start_iteration,
+            total=cfg.iterations,
+            desc=f"HPGD ({cfg.leader.estimator})",
+            disable=not (cfg.progress and main),
+            dynamic_ncols=True,
+        )
+        try:
+            for t in bar:
+                rec = self.step(t)
+                self.history.append(self.metrics.log(t, rec))
+                post = {
+                    "F_est": f"{rec['objective_estimate']:.3f}",
+                    "|g|": f"{rec['leader/grad_norm']:.2f}",
+                }
+                if "objective_exact" in rec:
+                    post["F"] = f"{rec['objective_exact']:.3f}"
+                bar.set_postfix(post)
+                if main and ((cfg.save_every and t % cfg.save_every == 0) or t == cfg.iterations):
+                    self._save(t)
+        finally:
+            bar.close()
+        summary: dict[str, Any] = {"iterations": cfg.iterations, "final": self.history[-1]}
+        summary.update(self.evaluate())
+        if main:
+            self.leader.save(self.output_dir / "leader")
+            atomic_write_json(self.output_dir / "summary.json", summary)
+            if cfg.plots:
+                from align_cbrl.trainer.plots import plot_run
+
+                plot_run(self.history, self.output_dir / "training.png", title=cfg.leader.estimator)
+        self.metrics.close()
+        return summary
+
+    def close(self) -> None:
+        """Release the followers' scratch directories."""
+        for b in self.bundles:
+            closer = getattr(b.follower, "close", None)
+            if callable(closer):
+                closer()

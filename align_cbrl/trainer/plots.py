@@ -1,0 +1,108 @@
+"""PNG plots of HPGD runs (matplotlib, ``Agg`` backend; no display needed).
+
+* :func:`plot_run`: one run's curves over outer iterations: the leader objective (the sampled
+  estimate ``sum_f mean rbar`` and, on an enumerable task, the exact ``F(x)``), the incentive paid,
+  the hypergradient norm, and the followers' base reward.
+* :func:`plot_comparison`: the leader objective of several runs (e.g. HPGD leader / no leader /
+  naive leader) on shared axes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_comparison", "plot_run"]
+
+
+def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(int(r["step"]))
+            ys.append(float(v))
+    return xs, ys
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_run(
+    records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], title: str = ""
+) -> Path:
+    """Four panels of one run's metrics (``metrics.jsonl`` records); returns the PNG path."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    ax = axes[0, 0]
+    for key, label in (
+        ("objective_estimate", "estimate (samples)"),
+        ("objective_exact", "exact F(x)"),
+    ):
+        xs, ys = _series(records, key)
+        if xs:
+            ax.plot(xs, ys, marker=".", label=label)
+    ax.set_title("leader objective")
+    ax.legend()
+    followers = sorted(
+        {k.split("/")[0] for r in records for k in r if k.endswith("/incentive_abs")}
+    )
+    for f in followers:
+        xs, ys = _series(records, f"{f}/incentive_abs")
+        axes[0, 1].plot(xs, ys, label=f)
+        xs, ys = _series(records, f"{f}/base_reward")
+        axes[1, 1].plot(xs, ys, label=f)
+    axes[0, 1].set_title("mean |incentive|")
+    axes[1, 1].set_title("follower base reward")
+    xs, ys = _series(records, "leader/grad_norm")
+    axes[1, 0].plot(xs, ys)
+    axes[1, 0].set_title("hypergradient norm (before clipping)")
+    for a in axes.flat:
+        a.set_xlabel("outer iteration")
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8)
+    fig.suptitle(f"HPGD run {title}".strip())
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike[str],
+    key: str = "objective_exact",
+    title: str = "leader objective",
+) -> Path:
+    """``key`` over iterations for each named run (falls back to ``objective_estimate``)."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "d")]
+    for i, (name, records) in enumerate(runs.items()):
+        xs, ys = _series(records, key)
+        if not xs:
+            xs, ys = _series(records, "objective_estimate")
+        line, marker = styles[i % len(styles)]
+        # distinct dashes and markers keep identical curves (e.g. no leader / naive) visible
+        ax.plot(xs, ys, linestyle=line, marker=marker, markersize=4, label=name)
+    ax.set_xlabel("outer iteration")
+    ax.set_ylabel(key)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,135 @@
+"""The ``align-cbrl`` command, the shipped configs and the quickstart pieces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("trl")
+
+from align_cbrl.cli import main
+from align_cbrl.config_parser import load_config, to_dict
+from align_cbrl.data import known_prompt_sets, load_prompts
+from align_cbrl.metrics import read_jsonl
+from align_cbrl.quickstart import QUICKSTART_CONFIG, format_table
+from align_cbrl.trainer import HPGDConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = """
+output_dir: {out}
+task: tiny_language
+iterations: 3
+follower_steps: 0
+prompts_per_iteration: 4
+num_samples: 4
+save_every: 1
+eval_samples: 4
+tensorboard: false
+progress: false
+leader:
+  spec: {{type: weights, init_weights: 0.0, cost_coef: 0.25, cost_kind: l2}}
+  lr: 0.1
+followers:
+  - {{name: exact, trainer: exact, beta: 0.5}}
+"""
+
+
+def write_config(tmp_path, out="run"):
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG.format(out=tmp_path / out))
+    return path
+
+
+def test_train_runs_writes_outputs_and_resumes(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    assert main(["train", "--config", str(cfg), "--iterations", "2"]) == 0
+    out = tmp_path / "run"
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "leader" / "leader.json").is_file()
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
+    assert "eval/objective_exact" in capsys.readouterr().out
+    # running again without --resume is refused, nothing changes
+    before = (out / "metrics.jsonl").read_bytes()
+    assert main(["train", "--config", str(cfg)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_bytes() == before
+    # --resume extends the run to 3 iterations
+    assert main(["train", "--config", str(cfg), "--resume"]) == 0
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--leader.lrr", "0.1"], "did you mean 'lr'"),
+        (["--followers.0.beta", "0"], "beta > 0"),
+        (["--num_samples", "1"], "num_samples must be an integer >= 2"),
+        (["--followers.0.model", "/no/such/dir"], "no model directory"),
+        (["--followers.0.dataset", "nothing-here"], "neither an embedded prompt set"),
+    ],
+)
+def test_train_config_errors_are_one_line(tmp_path, capsys, args, message):
+    cfg = write_config(tmp_path)
+    assert main(["train", "--config", str(cfg), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_usage_and_unknown_command(capsys):
+    assert main(["--help"]) == 0
+    assert "quickstart" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    assert "--config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["quickstart", "tiny_language_grpo", "tiny_language_rloo"])
+def test_shipped_configs_load(name):
+    config = load_config(HPGDConfig, ROOT / "configs" / f"{name}.yaml")
+    assert config.followers and config.leader.estimator == "hpgd"
+
+
+def test_quickstart_yaml_matches_the_embedded_default():
+    data = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    from_yaml = to_dict(load_config(HPGDConfig, ROOT / "configs" / "quickstart.yaml"))
+    embedded = to_dict(load_config(HPGDConfig, None, {**QUICKSTART_CONFIG}))
+    from_yaml.pop("output_dir")
+    embedded.pop("output_dir")
+    assert from_yaml == embedded
+    assert data["task"] == "quickstart"
+
+
+def test_format_table_rows():
+    results = {
+        "HPGD leader": {
+            "seconds": 12.4,
+            "summary": {
+                "eval/objective_exact": 0.5,
+                "eval/objective_estimate": 0.4,
+                "eval/a/base_reward": 1.0,
+                "eval/a/incentive": 0.25,
+                "eval/a/cost": 0.125,
+            },
+        },
+        "reference": {"summary": {"eval/objective_exact": 0.75}},
+    }
+    lines = format_table(results).splitlines()
+    assert lines[2] == "| HPGD leader | 0.500 | 0.400 | 1.000 | 0.250 | 0.125 | 12 |"
+    assert lines[3] == "| reference | 0.750 | - | - | - | - | - |"
+
+
+def test_embedded_prompt_sets_and_file_errors(tmp_path):
+    assert known_prompt_sets() == ["quickstart", "tiny_language"]
+    rows = load_prompts("quickstart")
+    assert {r["category"] for r in rows} == {"quick", "polite", "careful"}
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "hi", "category": "x"}\n\n{"prompt": "", "category": "y"}\n')
+    with pytest.raises(ValueError, match=r"row 1 .* non-empty string 'prompt'"):
+        load_prompts(str(f))
+    f.write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        load_prompts(str(f))
