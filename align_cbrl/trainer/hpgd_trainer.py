@@ -92,7 +92,17 @@ class HPGDTrainer:
         overwrite: start from scratch even if ``output_dir`` holds a run: its ``metrics.jsonl``
             and ``checkpoints/`` are removed when :meth:`train` starts (after all validation
             passed), never on an error.
-        sync: :class:`LeaderSync` for multi-process runs (default: current process group).
+        sync: :class:`LeaderSync` for multi-process runs (default: the process group that is
+            initialised once the followers are built; ``accelerate launch`` / TRL initialise it
+            while constructing their trainers, so it is looked up after them).
+
+    Multi-process (``accelerate launch``, torchrun): every rank builds the same leader and
+    followers; the leader is broadcast from rank 0, each rank estimates from its own share of
+    the prompts (``prompts_per_iteration`` per rank, drawn from one shared generator and split
+    by rank, so ranks see different prompts while the generator state stays rank-independent)
+    and the hypergradient is all-reduced with group-count weights before every step, so all
+    ranks hold bit-identical leader parameters. Only rank 0 writes metrics, checkpoints, the
+    leader, the summary and plots.
 
     Everything is validated here, before anything is written: followers with ``beta <= 0``,
     missing model directories, empty datasets, unknown reward components, an existing run.
@@ -110,7 +120,7 @@ class HPGDTrainer:
             raise TypeError(f"config must be an HPGDConfig, got {type(config).__name__}")
         self.config = config
         self.output_dir = Path(config.output_dir)
-        self.sync = sync or LeaderSync()
+        self._given_sync = sync
         self.checkpoints = CheckpointManager(self.output_dir, keep=config.keep_checkpoints)
         latest = self.checkpoints.latest()
         has_run = latest is not None or (self.output_dir / "metrics.jsonl").is_file()
@@ -138,6 +148,8 @@ class HPGDTrainer:
         col = self.setup.context_column
         for b in self.bundles:
             contexts += [r.get(col) for r in b.rows] if col is not None else []
+        # looked up only now: building TRL trainers initialises accelerate's process group
+        self.sync = sync if sync is not None else LeaderSync()
         torch.manual_seed(config.seed)
         self.leader = build_leader_from_config(config, self.setup, contexts)
         self.bilevel = bilevel_for(self.leader, self.setup)
@@ -285,11 +297,13 @@ class HPGDTrainer:
                     rec[f"{name}/train_{k}"] = float(out[k])
         t1 = time.perf_counter()
         batches = []
+        G, world, rank = cfg.prompts_per_iteration, self.sync.world_size, self.sync.rank
         for b in self.bundles:
-            idx = torch.randint(
-                len(b.rows), (cfg.prompts_per_iteration,), generator=self._prompt_gen
-            )
-            batches.append(self._sample(b, idx.tolist(), cfg.num_samples))
+            # one draw for all ranks (the generator state stays rank-independent, so any
+            # rank's checkpoint resumes every rank); each rank keeps its own slice
+            idx = torch.randint(len(b.rows), (G * world,), generator=self._prompt_gen)
+            mine = idx[rank * G : (rank + 1) * G]
+            batches.append(self._sample(b, mine.tolist(), cfg.num_samples))
         t2 = time.perf_counter()
         rec.update(self._leader_update(batches, reward))
         t3 = time.perf_counter()
