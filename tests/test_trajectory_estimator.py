@@ -40,7 +40,7 @@ def _episodes(starts_row: np.ndarray) -> list[tuple[int, int]]:
     return [(idx[i], idx[i + 1]) for i in range(len(idx) - 1)]
 
 
-def _reference(states, rbar, starts, dr, gamma, lam, form, baseline=None):
+def _reference(states, actions, rbar, starts, dr, gamma, lam, form, leader_q, q_table, v_table):
     """Loops over runs/episodes/steps; dr is [R, T, P] explicit per-step gradient vectors."""
     n_runs, n_steps, n_par = dr.shape
     out = np.zeros((n_runs, n_par))
@@ -49,34 +49,57 @@ def _reference(states, rbar, starts, dr, gamma, lam, form, baseline=None):
         g_hat = np.zeros(n_steps)
         d_hat = np.zeros((n_steps, n_par))
         tau = np.zeros(n_steps, dtype=int)
-        for a, b in eps:
+        fold = np.zeros(n_steps, dtype=int)
+        for e, (a, b) in enumerate(eps):
             for t in range(a, b):
                 tau[t] = t - a
+                fold[t] = e % 2
                 g_hat[t] = sum(gamma ** (k - t) * rbar[r, k] for k in range(t, b))
                 d_hat[t] = sum(gamma ** (k - t) * dr[r, k] for k in range(t, b))
-        d_bar = {}
-        for s in set(states[r].tolist()):
-            mask = states[r] == s
-            d_bar[s] = d_hat[mask].mean(axis=0)
+        q_hat = np.zeros(n_steps)
+        v_hat = np.zeros(n_steps)
+        valid = np.ones(n_steps, dtype=bool)
+        for t in range(n_steps):
+            s, a = states[r, t], actions[r, t]
+            if leader_q == "crossfit":
+                other = fold != fold[t]
+                m_sa = other & (states[r] == s) & (actions[r] == a)
+                m_s = other & (states[r] == s)
+                valid[t] = m_sa.any() and (form != "covariance" or m_s.any())
+                q_hat[t] = g_hat[m_sa].mean() if m_sa.any() else 0.0
+                v_hat[t] = g_hat[m_s].mean() if m_s.any() else 0.0
+            elif leader_q == "table":
+                q_hat[t], v_hat[t] = q_table[s, a], v_table[s]
+            else:
+                q_hat[t], v_hat[t] = g_hat[t], v_table[s]
         total = np.zeros(n_par)
         for t in range(n_steps):
-            s = int(states[r, t])
+            if not valid[t]:
+                continue
+            s = states[r, t]
             if form == "mc":
-                total += gamma ** tau[t] * (d_hat[t] - d_bar[s]) * g_hat[t] / lam
+                same = states[r] == s
+                if leader_q == "crossfit":
+                    same = same & (fold == fold[t])
+                d_bar = d_hat[same].mean(axis=0)
+                total += gamma ** tau[t] * (d_hat[t] - d_bar) * q_hat[t] / lam
             elif form == "covariance":
-                total += gamma ** tau[t] * d_hat[t] * (g_hat[t] - baseline[s]) / lam
+                total += gamma ** tau[t] * d_hat[t] * (q_hat[t] - v_hat[t]) / lam
         out[r] = total / len(eps)
     return out
 
 
+@pytest.mark.parametrize("leader_q", ["crossfit", "table", "trajectory"])
 @pytest.mark.parametrize("form", ["mc", "covariance", "naive"])
-@pytest.mark.parametrize("gamma", [0.9, 0.99, 1.0])
-def test_weights_match_explicit_double_sums(form: str, gamma: float) -> None:
+@pytest.mark.parametrize("gamma", [0.9, 1.0])
+def test_weights_match_explicit_double_sums(form: str, gamma: float, leader_q: str) -> None:
     rng = np.random.default_rng(0)
-    n_states, n_par = 5, 3
+    n_states, n_actions, n_par = 5, 2, 3
     states, rbar, starts = _random_batch(rng, n_runs=3, n_steps=60, n_states=n_states)
+    actions = rng.integers(0, n_actions, size=states.shape)
     dr = rng.normal(size=(3, 60, n_par))
-    baseline = rng.normal(size=n_states)
+    q_table = rng.normal(size=(n_states, n_actions))
+    v_table = rng.normal(size=n_states)
     lam = 0.37
     w = hpgd_weights(
         states,
@@ -86,10 +109,26 @@ def test_weights_match_explicit_double_sums(form: str, gamma: float) -> None:
         lam,
         form=form,
         n_states=n_states,
-        baseline=torch.as_tensor(baseline),
+        actions=torch.as_tensor(actions),
+        n_actions=n_actions,
+        leader_q=leader_q,
+        q_table=torch.as_tensor(q_table),
+        v_table=torch.as_tensor(v_table),
     )
     got = torch.einsum("rt,rtp->rp", w.follower, torch.as_tensor(dr)).numpy()
-    want = _reference(states.numpy(), rbar.numpy(), starts.numpy(), dr, gamma, lam, form, baseline)
+    want = _reference(
+        states.numpy(),
+        actions,
+        rbar.numpy(),
+        starts.numpy(),
+        dr,
+        gamma,
+        lam,
+        form,
+        leader_q,
+        q_table,
+        v_table,
+    )
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
@@ -152,7 +191,7 @@ def test_unbiased_on_a_two_armed_bandit_with_exact_answer() -> None:
     rbar = torch.where(actions == 1, 0.5, 2.0).double()
     starts = torch.ones(n_runs, n_steps, dtype=torch.bool)
     states = torch.zeros(n_runs, n_steps, dtype=torch.long)
-    w = hpgd_weights(states, rbar, starts, 0.99, lam, form="mc", n_states=1)
+    w = hpgd_weights(states, rbar, starts, 0.99, lam, form="mc", n_states=1, leader_q="trajectory")
     d_r = actions.double()  # d r_x / dx per step
     est = (w.follower * d_r).sum(1)
     # Per-state centring uses the visit average: expectation (n-1)/n of the covariance.
@@ -166,6 +205,7 @@ def test_unbiased_on_a_two_armed_bandit_with_exact_answer() -> None:
         lam,
         form="covariance",
         n_states=1,
+        leader_q="trajectory",
         baseline=torch.tensor([2.0 * (1 - p) + 0.5 * p]),
     )
     est_cov = (cov.follower * d_r).sum(1)
@@ -178,7 +218,18 @@ def test_unbiased_on_a_two_armed_bandit_with_exact_answer() -> None:
         ({"lam": 0.0}, "lam must be > 0"),
         ({"lam": -1.0}, "lam must be > 0"),
         ({"form": "bogus"}, "unknown HPGD form"),
-        ({"form": "covariance"}, "needs a leader baseline"),
+        ({"form": "mc", "leader_q": None}, "independent of the future"),
+        ({"form": "covariance", "leader_q": "trajectory"}, "needs a leader baseline"),
+        ({"leader_q": "table"}, "needs actions"),
+        (
+            {"leader_q": "table", "actions": torch.zeros(1, 3, dtype=torch.long), "n_actions": 2},
+            "needs q_table",
+        ),
+        (
+            {"leader_q": "crossfit", "actions": torch.full((1, 3), 7), "n_actions": 2},
+            "action indices must lie",
+        ),
+        ({"leader_q": "nope"}, "unknown leader_q"),
         ({"gamma": 1.5}, "gamma must lie"),
     ],
 )
@@ -186,11 +237,10 @@ def test_bad_input_is_refused(kwargs, match) -> None:
     states = torch.zeros(1, 3, dtype=torch.long)
     rbar = torch.zeros(1, 3, dtype=torch.float64)
     starts = torch.tensor([[True, False, False]])
-    args = {"gamma": 0.9, "lam": 1.0, "form": "mc"} | kwargs
+    args = {"gamma": 0.9, "lam": 1.0, "form": "mc", "leader_q": "trajectory"} | kwargs
+    gamma, lam = args.pop("gamma"), args.pop("lam")
     with pytest.raises(ValueError, match=match):
-        hpgd_weights(
-            states, rbar, starts, args["gamma"], args["lam"], form=args["form"], n_states=1
-        )
+        hpgd_weights(states, rbar, starts, gamma, lam, n_states=1, **args)
 
 
 def test_shape_errors_are_clear() -> None:
@@ -202,6 +252,7 @@ def test_shape_errors_are_clear() -> None:
             0.9,
             1.0,
             n_states=1,
+            leader_q="trajectory",
         )
     with pytest.raises(ValueError, match="shape mismatch"):
         hpgd_weights(
@@ -223,3 +274,103 @@ def test_shape_errors_are_clear() -> None:
         )
     with pytest.raises(ValueError, match="state indices"):
         per_state_sum(torch.ones(1, 2), torch.tensor([[0, 5]]), 3)
+
+
+class _RandomMDP:
+    """A small random MDP with a terminal goal, solved exactly (soft value iteration).
+
+    Follower reward ``r_x(s) = x[s]`` in the non-goal states and 1 at the goal; leader reward
+    ``c[s]``. The exact hypergradient is a central finite difference of the exact ``F(x)``."""
+
+    S, A = 4, 2
+    gamma, lam = 0.9, 0.3
+
+    def __init__(self, seed: int = 3) -> None:
+        rng = np.random.default_rng(seed)
+        P = rng.dirichlet(np.ones(self.S + 1) * 0.7, size=(self.S, self.A))
+        P[:, :, self.S] += 0.15
+        self.P = P / P.sum(-1, keepdims=True)
+        self.c = rng.normal(size=self.S)
+        self.x = rng.normal(size=self.S) * 0.2
+
+    def policy(self, x: np.ndarray) -> np.ndarray:
+        V = np.zeros(self.S + 1)
+        V[self.S] = 1.0
+        for _ in range(5000):
+            Q = x[:, None] + self.gamma * self.P @ V
+            new = V.copy()
+            new[: self.S] = self.lam * np.log(np.exp(Q / self.lam).sum(1))
+            if np.max(abs(new - V)) < 1e-15:
+                break
+            V = new
+        Q = x[:, None] + self.gamma * self.P @ V
+        pi = np.exp((Q - Q.max(1, keepdims=True)) / self.lam)
+        return pi / pi.sum(1, keepdims=True)
+
+    def objective(self, x: np.ndarray) -> float:
+        Pp = np.einsum("sa,sat->st", self.policy(x), self.P)[:, : self.S]
+        return float(np.linalg.solve(np.eye(self.S) - self.gamma * Pp, self.c)[0])
+
+    def exact_gradient(self) -> np.ndarray:
+        eps = 1e-5
+        return np.array(
+            [
+                (self.objective(self.x + eps * e) - self.objective(self.x - eps * e)) / (2 * eps)
+                for e in np.eye(self.S)
+            ]
+        )
+
+    def sample(self, n_runs: int, n_steps: int, seed: int):
+        """Auto-reset rollouts from state 0; the goal is recorded as an episode's last step."""
+        g = np.random.default_rng(seed)
+        pi, S = self.policy(self.x), self.S
+        st = np.zeros((n_runs, n_steps), np.int64)
+        ac = np.zeros_like(st)
+        lr = np.zeros((n_runs, n_steps))
+        es = np.zeros((n_runs, n_steps), bool)
+        s = np.zeros(n_runs, np.int64)
+        new = np.ones(n_runs, bool)
+        for t in range(n_steps):
+            st[:, t], es[:, t] = s, new
+            at_goal = s == S
+            sc = np.minimum(s, S - 1)
+            a = (g.random(n_runs) < pi[sc, 1]).astype(np.int64)
+            a[at_goal] = 0
+            ac[:, t] = a
+            lr[:, t] = np.where(at_goal, 0.0, self.c[sc])
+            nxt = (g.random(n_runs)[:, None] > np.cumsum(self.P[sc, a], axis=1)).sum(1)
+            s, new = np.where(at_goal, 0, nxt), at_goal
+        return tuple(map(torch.from_numpy, (st, ac, lr, es)))
+
+
+def test_crossfit_is_unbiased_where_the_same_trajectory_product_is_not() -> None:
+    """Mean of 1,000 estimates (800 steps, ~215 episodes each) vs the exact hypergradient.
+
+    Same-trajectory returns give E[Dhat Ghat | s,a] = dQ Qbar + Cov(Dhat, Ghat | s,a): measured
+    12.8x the gradient's norm here, whatever the sample size. Cross-fitted leader values agree
+    with the exact gradient within sampling error (chi-square over the 4 coordinates)."""
+    mdp = _RandomMDP()
+    exact = mdp.exact_gradient()
+    st, ac, lr, es = mdp.sample(1000, 800, seed=0)
+    chi2_999_4dof = 18.467
+    for form, leader_q in [("mc", "crossfit"), ("covariance", "crossfit"), ("mc", "trajectory")]:
+        w = hpgd_weights(
+            st,
+            lr,
+            es,
+            mdp.gamma,
+            mdp.lam,
+            form=form,
+            n_states=mdp.S + 1,
+            actions=ac,
+            n_actions=mdp.A,
+            leader_q=leader_q,
+        )
+        g = per_state_sum(w.follower, st, mdp.S + 1)[:, : mdp.S].numpy()
+        mean, se = g.mean(0), g.std(0, ddof=1) / math.sqrt(g.shape[0])
+        chi2 = float((((mean - exact) / se) ** 2).sum())
+        rel = np.linalg.norm(mean - exact) / np.linalg.norm(exact)
+        if leader_q == "crossfit":
+            assert chi2 < chi2_999_4dof, (form, chi2, rel)
+        else:
+            assert rel > 5.0, rel  # the structural bias the cross-fit removes

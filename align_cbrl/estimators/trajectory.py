@@ -19,11 +19,30 @@ Three forms of the follower-response term are provided:
 
 ``"mc"``  -- the paper's Monte-Carlo estimator: the follower's gradient is centred per state with
     visit averages, ``dA_hat_t = Dhat_t - Dbar(s_t)``, ``Dbar(s) = mean{Dhat_t : s_t = s}``, and
-    multiplied by ``Ghat_t / lam``. A state visited once contributes nothing.
-``"covariance"`` -- ``(1/lam) E_a[dQ* Abar]`` with a leader-side baseline: ``Dhat_t (Ghat_t - b(s_t))
-    / lam``. Unbiased when ``b = Vbar``; any ``b`` that does not depend on the current sample (e.g. an
-    EMA critic table from previous iterations) keeps the bias at ``E[(Vbar - b) dV*]``.
+    multiplied by a leader value estimate ``Qhat_t / lam``. A state visited once contributes
+    nothing.
+``"covariance"`` -- ``(1/lam) E_a[dQ* Abar]``: ``Dhat_t (Qhat_t - Vhat(s_t)) / lam`` with a
+    leader-side baseline ``Vhat``; no follower-side centring, so single visits count.
 ``"naive"`` -- the direct terms only (no follower response).
+
+**Where the leader's values come from matters.** ``Dhat_t`` is a return over the future of
+step ``t``; if ``Qhat_t`` is the leader's return ``Ghat_t`` over the *same* future, then
+``E[Dhat_t Ghat_t | s_t, a_t] = dQ* Qbar + Cov(Dhat_t, Ghat_t | s_t, a_t)`` and the estimate is
+biased (on Four-Rooms the bias is tens of times the gradient). ``leader_q`` selects an estimate
+independent of that future:
+
+``"crossfit"`` (default when ``actions`` are given) -- episodes are split into two folds
+    (alternating episode index within each run; episodes are i.i.d.); ``Qhat_t`` is the mean of
+    ``Ghat`` over the visits of ``(s_t, a_t)`` in the *other* fold and ``Vhat(s_t)`` the mean
+    over its visits of ``s_t``; ``Dbar`` (form ``"mc"``) is taken within the step's own fold.
+    Steps whose pair was not visited in the other fold contribute nothing. Consistent, and
+    unbiased up to the usual every-visit averaging effects.
+``"table"`` -- user-supplied leader critic tables ``q_table[S, A]`` (and ``v_table[S]`` for
+    ``"covariance"``), e.g. running averages from *previous* iterations: independent of the
+    current sample, biased only by their lag.
+``"trajectory"`` -- ``Qhat_t = Ghat_t`` from the same trajectory (the plain product above,
+    biased by the conditional covariance; kept for comparison). ``"covariance"`` then needs
+    ``v_table`` (a baseline).
 
 Every estimate is linear in the per-step gradients, so instead of materialising ``Dhat_t`` (one
 vector per step) we reorder the double sums into per-step scalar weights:
@@ -63,6 +82,8 @@ __all__ = [
 
 Form = Literal["mc", "covariance", "naive"]
 FORMS: tuple[str, ...] = ("mc", "covariance", "naive")
+LeaderQ = Literal["crossfit", "table", "trajectory"]
+LEADER_Q: tuple[str, ...] = ("crossfit", "table", "trajectory")
 
 
 @dataclass(frozen=True)
@@ -203,6 +224,38 @@ def _as_run_column(lam: float | torch.Tensor, n_runs: int, like: torch.Tensor) -
     return lam_t[:, None]
 
 
+def _fold_of_step(episode_start: torch.Tensor) -> torch.Tensor:
+    """Fold (0/1) of every step: the parity of its episode's index within the run."""
+    return ((episode_start.long().cumsum(dim=1) - 1) % 2).long()
+
+
+def _grouped_mean(
+    values: torch.Tensor, index: torch.Tensor, n_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-run means and counts of ``values`` grouped by ``index`` (``[R, n_index]`` each)."""
+    total = per_state_sum(values, index, n_index)
+    count = per_state_sum(torch.ones_like(values), index, n_index)
+    return total / count.clamp_min(1.0), count
+
+
+def _table_lookup(
+    table: torch.Tensor,
+    n_runs: int,
+    idx: torch.Tensor,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    t = table.to(dtype)
+    if t.shape == shape:
+        t = t.expand(n_runs, *shape)
+    if t.shape != (n_runs, *shape):
+        raise ValueError(
+            f"{name} must have shape {list(shape)} or {[n_runs, *shape]}, got {list(table.shape)}"
+        )
+    return torch.gather(t.reshape(n_runs, -1), 1, idx)
+
+
 def hpgd_weights(
     states: torch.Tensor,
     leader_rewards: torch.Tensor,
@@ -212,20 +265,30 @@ def hpgd_weights(
     *,
     form: Form = "mc",
     n_states: int,
+    actions: torch.Tensor | None = None,
+    n_actions: int | None = None,
+    leader_q: LeaderQ | None = None,
+    q_table: torch.Tensor | None = None,
+    v_table: torch.Tensor | None = None,
     baseline: torch.Tensor | None = None,
 ) -> HPGDWeights:
     """Per-step weights (W) of the HPGD estimate of (HG) from sampled trajectories.
 
     Args:
-        states: ``[R, T]`` state indices (used for per-state centring and baselines).
+        states: ``[R, T]`` state indices.
         leader_rewards: ``[R, T]`` observed leader rewards ``rbar_t`` (values, no gradient).
         episode_start: ``[R, T]`` bool, True at the first step of every episode.
         gamma: discount factor in [0, 1].
         lam: follower temperature (> 0), a float or one per run ``[R]``.
-        form: ``"mc"`` (paper), ``"covariance"`` (leader baseline) or ``"naive"``.
+        form: ``"mc"`` (paper), ``"covariance"`` or ``"naive"``.
         n_states: number of states (bounds of ``states``).
-        baseline: ``[S]`` or ``[R, S]`` leader value estimates ``b(s)``; required for
-            ``"covariance"`` (use zeros for no baseline), ignored otherwise.
+        actions: ``[R, T]`` action indices (needed by ``leader_q="crossfit"`` and ``"table"``).
+        n_actions: number of actions (bounds of ``actions``).
+        leader_q: source of the leader values multiplying ``Dhat_t`` (module docstring):
+            ``"crossfit"`` (default when ``actions`` are given), ``"table"`` or ``"trajectory"``.
+        q_table: ``[S, A]`` or ``[R, S, A]`` leader Q estimates (``leader_q="table"``).
+        v_table: ``[S]`` or ``[R, S]`` leader value estimates, the baseline of ``"covariance"``
+            with ``leader_q`` ``"table"`` or ``"trajectory"``. ``baseline`` is an alias.
     """
     if form not in FORMS:
         raise ValueError(f"unknown HPGD form {form!r}; choose one of {', '.join(FORMS)}")
@@ -236,6 +299,10 @@ def hpgd_weights(
     if not bool(torch.isfinite(leader_rewards).all()):
         bad = torch.nonzero(~torch.isfinite(leader_rewards))[0].tolist()
         raise ValueError(f"leader_rewards contains NaN/inf (first at [run, step] = {bad})")
+    if baseline is not None:
+        if v_table is not None:
+            raise ValueError("pass either baseline or v_table (they are the same), not both")
+        v_table = baseline
     dtype = leader_rewards.dtype
     n_runs = states.shape[0]
     lam_col = _as_run_column(lam, n_runs, leader_rewards)
@@ -247,44 +314,96 @@ def hpgd_weights(
     inv_ep = (1.0 / n_episodes)[:, None]
     g_hat = segmented_scan(leader_rewards, episode_start, gamma, reverse=True, max_len=max_len)
 
-    # Direct and transition terms (shared by all forms).
+    # Direct and transition terms (shared by all forms): known score x one return, unbiased.
     leader_w = gpow * inv_ep
     next_in_episode = torch.zeros_like(episode_start)
     next_in_episode[:, :-1] = ~episode_start[:, 1:]
     transition_w = torch.zeros_like(leader_rewards)
     transition_w[:, :-1] = gamma * gpow[:, :-1] * g_hat[:, 1:]
-    transition_w = (
-        torch.where(next_in_episode, transition_w, torch.zeros_like(transition_w)) * inv_ep
-    )
-
+    transition_w = torch.where(next_in_episode, transition_w, torch.zeros_like(transition_w))
+    transition_w = transition_w * inv_ep
+    zeros = torch.zeros_like(leader_rewards)
     if form == "naive":
-        follower_w = torch.zeros_like(leader_rewards)
-    elif form == "mc":
-        # sum_t gamma^tau_t Ghat_t Dhat_t -> weight gamma^tau_k * sum_{t<=k} Ghat_t on d rtilde_k.
-        prefix_g = segmented_scan(g_hat, episode_start, 1.0, reverse=False, max_len=max_len)
-        direct = gpow * prefix_g
-        # sum_t gamma^tau_t Ghat_t Dbar(s_t) = sum_t' c_t' Dhat_t', c = C(s)/n(s) ->
+        return HPGDWeights(
+            follower=zeros, leader=leader_w, transition=transition_w, n_episodes=n_episodes
+        )
+
+    # ---- leader values multiplying the follower's return Dhat_t --------------------------
+    if leader_q is None:
+        if actions is None:
+            raise ValueError(
+                "hpgd_weights needs an estimate of the leader's Q-values that is independent of "
+                "the future of each step: pass actions= and n_actions= (leader_q='crossfit'), "
+                "critic tables (leader_q='table'), or opt into the biased same-trajectory "
+                "product with leader_q='trajectory'"
+            )
+        leader_q = "crossfit"
+    if leader_q not in LEADER_Q:
+        raise ValueError(f"unknown leader_q {leader_q!r}; choose one of {', '.join(LEADER_Q)}")
+    if leader_q in ("crossfit", "table"):
+        if actions is None or n_actions is None:
+            raise ValueError(f"leader_q={leader_q!r} needs actions= ([R, T]) and n_actions=")
+        if actions.shape != states.shape:
+            raise ValueError(
+                f"actions {tuple(actions.shape)} must have the shape of states {tuple(states.shape)}"
+            )
+        if actions.numel() and (int(actions.min()) < 0 or int(actions.max()) >= n_actions):
+            raise ValueError(
+                f"action indices must lie in [0, {n_actions - 1}], got range "
+                f"[{int(actions.min())}, {int(actions.max())}]"
+            )
+    n_sa = n_states * (n_actions or 0)
+    valid = torch.ones_like(leader_rewards, dtype=torch.bool)
+    if leader_q == "crossfit":
+        fold = _fold_of_step(episode_start)
+        sa = states * n_actions + actions
+        q_mean, q_count = _grouped_mean(g_hat, fold * n_sa + sa, 2 * n_sa)
+        other_sa = (1 - fold) * n_sa + sa
+        q_hat = torch.gather(q_mean, 1, other_sa)
+        valid = torch.gather(q_count, 1, other_sa) > 0
+        v_mean, v_count = _grouped_mean(g_hat, fold * n_states + states, 2 * n_states)
+        other_s = (1 - fold) * n_states + states
+        v_hat = torch.gather(v_mean, 1, other_s)
+        if form == "covariance":
+            valid = valid & (torch.gather(v_count, 1, other_s) > 0)
+        centre_index, n_centre = fold * n_states + states, 2 * n_states
+    else:
+        if leader_q == "table":
+            if q_table is None:
+                raise ValueError("leader_q='table' needs q_table ([S, A] or [R, S, A])")
+            q_hat = _table_lookup(
+                q_table,
+                n_runs,
+                states * n_actions + actions,
+                "q_table",
+                (n_states, n_actions),
+                dtype,
+            )
+        else:  # trajectory
+            q_hat = g_hat
+        if form == "covariance":
+            if v_table is None:
+                raise ValueError(
+                    f"form='covariance' with leader_q={leader_q!r} needs a leader baseline "
+                    "v_table (alias baseline) of shape [S] or [R, S] (zeros for none)"
+                )
+            v_hat = _table_lookup(v_table, n_runs, states, "v_table", (n_states,), dtype)
+        centre_index, n_centre = states, n_states
+    q_hat = torch.where(valid, q_hat, zeros)
+
+    if form == "mc":
+        # sum_t gamma^tau_t Qhat_t Dhat_t -> weight gamma^tau_k * sum_{t<=k} Qhat_t on d rtilde_k.
+        prefix_q = segmented_scan(q_hat, episode_start, 1.0, reverse=False, max_len=max_len)
+        direct = gpow * prefix_q
+        # sum_t gamma^tau_t Qhat_t Dbar(s_t) = sum_t' c_t' Dhat_t', c = C(s)/n(s) (per fold) ->
         # weight J_k = sum_{t'<=k} gamma^(k-t') c_t' on d rtilde_k.
-        visits = per_state_sum(torch.ones_like(leader_rewards), states, n_states)
-        c_state = per_state_sum(gpow * g_hat, states, n_states) / visits.clamp_min(1.0)
-        c_step = torch.gather(c_state, 1, states)
+        visits = per_state_sum(torch.ones_like(leader_rewards), centre_index, n_centre)
+        c_state = per_state_sum(gpow * q_hat, centre_index, n_centre) / visits.clamp_min(1.0)
+        c_step = torch.gather(c_state, 1, centre_index)
         centring = segmented_scan(c_step, episode_start, gamma, reverse=False, max_len=max_len)
         follower_w = (direct - centring) * inv_ep / lam_col
     else:  # covariance
-        if baseline is None:
-            raise ValueError(
-                'form="covariance" needs a leader baseline b(s) of shape [S] or [R, S] '
-                "(pass zeros for no baseline)"
-            )
-        b = baseline.to(dtype)
-        if b.dim() == 1:
-            b = b.expand(n_runs, -1)
-        if b.shape != (n_runs, n_states):
-            raise ValueError(
-                f"baseline must have shape [{n_states}] or [{n_runs}, {n_states}], "
-                f"got {tuple(baseline.shape)}"
-            )
-        adv = g_hat - torch.gather(b, 1, states)
+        adv = torch.where(valid, q_hat - v_hat, zeros)
         prefix_adv = segmented_scan(adv, episode_start, 1.0, reverse=False, max_len=max_len)
         follower_w = gpow * prefix_adv * inv_ep / lam_col
 
