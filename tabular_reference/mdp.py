@@ -1,0 +1,362 @@
+"""Dense finite-MDP reference (the slow-but-obviously-right oracle), torch float64.
+
+Implements, for a generic finite MDP with transition tensor ``P[s, a, s']`` and reward
+``r[s, a]``, the objects of the reference notes (``/work/shared/reference-notes.md``):
+
+* section 1, the entropy-regularised (optionally KL-to-a-prior) soft-optimal follower
+  ``Q*(s,a) = r(s,a) + gamma * sum_s' P(s'|s,a) V*(s')``,
+  ``V*(s) = lam * log sum_a prior(a|s) exp(Q*(s,a)/lam)``, ``pi* = prior * exp((Q* - V*)/lam)``,
+  solved exactly by soft policy iteration (= Newton's method on the soft Bellman equation,
+  each step one dense linear solve) to a stated sup-norm residual;
+* section 1, the leader's value ``f = mu0^T Vbar`` of the follower's policy;
+* section 2, the exact hypergradient ``dF/dx``, both in closed form (:func:`exact_hypergradient`,
+  the adjoint of the implicit function ``V* = T_x(V*)``) and as an autograd-differentiable
+  function (:func:`soft_value`, an implicit-function layer), so ``F(x)`` written in torch can
+  simply be ``.backward()``-ed.
+
+Conventions
+-----------
+* ``prior=None`` means the *uniform-without-normalisation* entropy convention used by the
+  Four-Rooms experiment, ``V = lam * logsumexp(Q / lam)`` (no ``-lam log|A|`` term). Passing
+  ``prior`` (rows summing to 1) gives the KL-regularised follower ``pi* ∝ prior exp(Q/lam)``.
+* ``terminal_mask[s] = True`` makes ``s`` terminal: the episode ends there, its value is its
+  (action-independent) reward, ``V(s) = mean_a r(s, a)`` with no entropy bonus and no
+  continuation; the same holds for the leader, ``Vbar(s) = mean_a rbar(s, a)``. Rows of ``P``
+  at terminal states are ignored; the policy reported there is the prior (or uniform).
+* All functions accept float tensors and compute in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "SoftSolution",
+    "discounted_occupancy",
+    "exact_hypergradient",
+    "leader_value",
+    "policy_evaluation",
+    "soft_bellman_operator",
+    "soft_policy",
+    "soft_solve",
+    "soft_value",
+]
+
+_DT = torch.float64
+
+
+@dataclass(frozen=True)
+class SoftSolution:
+    """Soft-optimal follower: ``Q[S, A]``, ``V[S]``, ``pi[S, A]``, the final sup-norm soft
+    Bellman residual ``max_s |T(V)(s) - V(s)|`` and the number of Newton iterations."""
+
+    Q: Tensor
+    V: Tensor
+    pi: Tensor
+    residual: float
+    iters: int
+
+
+def _check(P: Tensor, r: Tensor, gamma: float, lam: float) -> None:
+    if P.dim() != 3 or P.shape[0] != P.shape[2]:
+        raise ValueError(f"P must have shape [S, A, S], got {tuple(P.shape)}")
+    if r.shape != P.shape[:2]:
+        raise ValueError(f"r must have shape [S, A] = {tuple(P.shape[:2])}, got {tuple(r.shape)}")
+    if not 0.0 <= float(gamma) < 1.0:
+        raise ValueError(f"gamma must be in [0, 1), got {gamma}")
+    if not float(lam) > 0.0:
+        raise ValueError(f"lam (follower temperature) must be > 0, got {lam}")
+
+
+def _terminal(terminal_mask: Tensor | None, S: int, device: torch.device) -> Tensor:
+    if terminal_mask is None:
+        return torch.zeros(S, dtype=torch.bool, device=device)
+    m = torch.as_tensor(terminal_mask, dtype=torch.bool, device=device)
+    if m.shape != (S,):
+        raise ValueError(f"terminal_mask must have shape [{S}], got {tuple(m.shape)}")
+    return m
+
+
+def _log_prior(prior: Tensor | None, like: Tensor) -> Tensor | None:
+    if prior is None:
+        return None
+    prior = prior.to(_DT)
+    if prior.shape != like.shape:
+        raise ValueError(f"prior must have shape {tuple(like.shape)}, got {tuple(prior.shape)}")
+    return torch.log(prior)
+
+
+def soft_policy(
+    Q: Tensor, lam: float, prior: Tensor | None = None, terminal_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Section 1: ``V(s) = lam log sum_a prior(a|s) exp(Q(s,a)/lam)`` and
+    ``pi(a|s) = prior(a|s) exp((Q(s,a) - V(s))/lam)``; terminal states get ``V = mean_a Q``
+    and the prior (uniform) policy. Returns ``(V[S], pi[S, A])``."""
+    logits = Q / lam
+    lp = _log_prior(prior, Q)
+    if lp is not None:
+        logits = logits + lp
+    V = lam * torch.logsumexp(logits, dim=-1)
+    pi = torch.softmax(logits, dim=-1)
+    if terminal_mask is not None and bool(terminal_mask.any()):
+        A = Q.shape[1]
+        default = prior.to(_DT) if prior is not None else torch.full_like(Q, 1.0 / A)
+        V = torch.where(terminal_mask, Q.mean(-1), V)
+        pi = torch.where(terminal_mask[:, None], default, pi)
+    return V, pi
+
+
+def soft_bellman_operator(
+    P: Tensor,
+    r: Tensor,
+    V: Tensor,
+    gamma: float,
+    lam: float,
+    prior: Tensor | None = None,
+    terminal_mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One application of the soft Bellman operator (section 1).
+
+    Returns ``(T(V)[S], Q[S, A], pi[S, A])`` with ``Q = r + gamma P V`` (``Q = r`` at terminal
+    states, whose continuation is ignored)."""
+    term = _terminal(terminal_mask, P.shape[0], P.device)
+    Q = r + gamma * torch.einsum("sat,t->sa", P, V)
+    Q = torch.where(term[:, None], r, Q)
+    TV, pi = soft_policy(Q, lam, prior, term)
+    return TV, Q, pi
+
+
+def _policy_matrix(P: Tensor, pi: Tensor, term: Tensor) -> Tensor:
+    """``P_pi[s, s'] = sum_a pi(a|s) P(s'|s,a)``, with zero rows at terminal states."""
+    Ppi = torch.einsum("sa,sat->st", pi, P)
+    return torch.where(term[:, None], torch.zeros_like(Ppi), Ppi)
+
+
+def policy_evaluation(
+    P: Tensor,
+    pi: Tensor,
+    reward: Tensor,
+    gamma: float,
+    terminal_mask: Tensor | None = None,
+) -> Tensor:
+    """Exact value of policy ``pi`` for the state reward ``reward[S]`` (already averaged over
+    actions under ``pi``): ``V = (I - gamma P_pi)^{-1} reward`` with terminal rows
+    ``V(s) = reward(s)``. Differentiable by autograd."""
+    S = P.shape[0]
+    term = _terminal(terminal_mask, S, P.device)
+    M = torch.eye(S, dtype=_DT, device=P.device) - gamma * _policy_matrix(P.to(_DT), pi, term)
+    return torch.linalg.solve(M, reward.to(_DT))
+
+
+def soft_solve(
+    P: Tensor,
+    r: Tensor,
+    gamma: float,
+    lam: float,
+    terminal_mask: Tensor | None = None,
+    tol: float = 1e-12,
+    prior: Tensor | None = None,
+    V0: Tensor | None = None,
+    max_iters: int = 500,
+) -> SoftSolution:
+    """Exact soft-optimal follower (section 1) by soft policy iteration.
+
+    Each iteration is a Newton step on the soft Bellman equation ``V = T(V)``: with
+    ``pi = softmax`` of the current ``Q``, solve the entropy-regularised evaluation
+    ``V <- (I - gamma P_pi)^{-1} sum_a pi (r - lam log(pi/prior))``. Stops when the sup-norm
+    residual ``max_s |T(V) - V|`` is ``<= tol`` (raises ``RuntimeError`` if ``max_iters`` is
+    exhausted). No gradients are tracked; use :func:`soft_value` for autograd."""
+    _check(P, r, gamma, lam)
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    with torch.no_grad():
+        P = P.to(_DT)
+        r = r.to(_DT)
+        S = r.shape[0]
+        term = _terminal(terminal_mask, S, P.device)
+        lp = _log_prior(prior, r)
+        V = torch.zeros(S, dtype=_DT) if V0 is None else V0.to(_DT).clone()
+        eye = torch.eye(S, dtype=_DT, device=P.device)
+        for it in range(max_iters + 1):
+            TV, Q, pi = soft_bellman_operator(P, r, V, gamma, lam, prior, term)
+            res = float((TV - V).abs().max())
+            if res <= tol:
+                return SoftSolution(Q=Q, V=TV, pi=pi, residual=res, iters=it)
+            if it == max_iters:
+                break
+            logratio = torch.log(pi.clamp_min(1e-300))
+            if lp is not None:
+                logratio = logratio - lp
+            # pi log pi -> 0 where pi == 0
+            ent = torch.where(pi > 0, pi * logratio, torch.zeros_like(pi)).sum(-1)
+            rhs = (pi * r).sum(-1) - lam * ent
+            rhs = torch.where(term, r.mean(-1), rhs)
+            M = eye - gamma * _policy_matrix(P, pi, term)
+            V = torch.linalg.solve(M, rhs)
+        raise RuntimeError(
+            f"soft_solve did not reach tol={tol} in max_iters={max_iters} (residual {res:.3e}); "
+            "increase max_iters or tol"
+        )
+
+
+def discounted_occupancy(
+    P: Tensor, pi: Tensor, mu0: Tensor, gamma: float, terminal_mask: Tensor | None = None
+) -> Tensor:
+    """Discounted state occupancy ``mu = (I - gamma P_pi)^{-T} mu0`` (terminal states count
+    the discounted probability of being reached; they have no successors)."""
+    S = P.shape[0]
+    term = _terminal(terminal_mask, S, P.device)
+    M = torch.eye(S, dtype=_DT, device=P.device) - gamma * _policy_matrix(P.to(_DT), pi, term)
+    return torch.linalg.solve(M.T, mu0.to(_DT))
+
+
+def leader_value(
+    P: Tensor,
+    pi: Tensor,
+    rbar: Tensor,
+    gamma: float,
+    mu0: Tensor,
+    terminal_mask: Tensor | None = None,
+) -> Tensor:
+    """Leader's objective ``f = mu0^T Vbar`` (section 1) for the follower policy ``pi``:
+    ``Vbar = (I - gamma P_pi)^{-1} sum_a pi rbar`` (``Vbar(s) = mean_a rbar(s,a)`` at terminal
+    states). Differentiable by autograd in ``P, pi, rbar``."""
+    S = P.shape[0]
+    term = _terminal(terminal_mask, S, P.device)
+    rb = torch.where(term, rbar.to(_DT).mean(-1), (pi * rbar.to(_DT)).sum(-1))
+    return mu0.to(_DT) @ policy_evaluation(P, pi, rb, gamma, term)
+
+
+class _SoftValueFn(torch.autograd.Function):
+    """Implicit-function layer ``(P, r) -> V*`` with the adjoint backward of section 2:
+    ``dV* = (I - gamma P_pi)^{-1} sum_a pi (dr + gamma dP V*)`` (the entropy term is stationary
+    at the optimum), so ``grad_r = pi * w``, ``grad_P = gamma pi w V*^T`` with
+    ``w = (I - gamma P_pi)^{-T} grad_V``."""
+
+    @staticmethod
+    def forward(ctx, P, r, gamma, lam, prior, term, tol, V0):  # type: ignore[override]
+        sol = soft_solve(P.detach(), r.detach(), gamma, lam, term, tol, prior, V0)
+        ctx.save_for_backward(P.detach().to(_DT), sol.pi, sol.V, term)
+        ctx.gamma = gamma
+        return sol.V
+
+    @staticmethod
+    def backward(ctx, gV):  # type: ignore[override]
+        P, pi, V, term = ctx.saved_tensors
+        S, A = pi.shape
+        gamma = ctx.gamma
+        M = torch.eye(S, dtype=_DT) - gamma * _policy_matrix(P, pi, term)
+        w = torch.linalg.solve(M.T, gV.to(_DT))
+        act = torch.where(term[:, None], torch.full_like(pi, 1.0 / A), pi)
+        g_r = act * w[:, None]
+        g_P = gamma * (pi * w[:, None] * (~term)[:, None])[:, :, None] * V[None, None, :]
+        return g_P, g_r, None, None, None, None, None, None
+
+
+def soft_value(
+    P: Tensor,
+    r: Tensor,
+    gamma: float,
+    lam: float,
+    terminal_mask: Tensor | None = None,
+    prior: Tensor | None = None,
+    tol: float = 1e-12,
+    V0: Tensor | None = None,
+) -> Tensor:
+    """Differentiable soft-optimal value ``V*(P, r)`` (implicit-function layer).
+
+    Combine with ``Q = r + gamma P V`` and :func:`soft_policy` to get a differentiable
+    ``pi*``; e.g. the leader objective ``F(x) = leader_value(P, pi*(x), rbar(x), ...)`` then
+    backpropagates the exact hypergradient of section 2."""
+    _check(P, r, gamma, lam)
+    S = P.shape[0]
+    term = _terminal(terminal_mask, S, P.device)
+    return _SoftValueFn.apply(P.to(_DT), r.to(_DT), gamma, lam, prior, term, tol, V0)
+
+
+def soft_best_response(
+    P: Tensor,
+    r: Tensor,
+    gamma: float,
+    lam: float,
+    terminal_mask: Tensor | None = None,
+    prior: Tensor | None = None,
+    tol: float = 1e-12,
+) -> Tensor:
+    """Differentiable ``pi*(P, r)`` (section 1) built on :func:`soft_value`."""
+    S = P.shape[0]
+    term = _terminal(terminal_mask, S, P.device)
+    V = soft_value(P, r, gamma, lam, term, prior, tol)
+    Q = r.to(_DT) + gamma * torch.einsum("sat,t->sa", P.to(_DT), V)
+    Q = torch.where(term[:, None], r.to(_DT), Q)
+    return soft_policy(Q, lam, prior, term)[1]
+
+
+def exact_hypergradient(
+    P: Tensor,
+    r: Tensor,
+    rbar: Tensor,
+    gamma: float,
+    lam: float,
+    mu0: Tensor,
+    dr: Tensor | None = None,
+    drbar: Tensor | None = None,
+    dP: Tensor | None = None,
+    terminal_mask: Tensor | None = None,
+    prior: Tensor | None = None,
+    tol: float = 1e-12,
+) -> tuple[Tensor, Tensor]:
+    """Closed-form exact hypergradient (section 2) by the adjoint method.
+
+    Given the Jacobians ``dr[S, A, K] = d r / d x``, ``drbar[S, A, K]`` and
+    ``dP[S, A, S, K]`` (any may be ``None`` = zero; ``K`` = number of leader parameters),
+    returns ``(F, dF/dx[K])`` for ``F = mu0^T Vbar`` with
+
+    ``dF = sum_{s,a} mu(s) pi(a|s) [ drbar(s,a) + (1/lam) (dQ*(s,a) - dV*(s)) Abar(s,a)
+    + gamma sum_s' dP(s'|s,a) Vbar(s') ]``,
+
+    ``mu`` the discounted occupancy from ``mu0``, ``Abar = Qbar - Vbar`` the leader's
+    advantage under ``pi*`` and ``dQ*, dV*`` the follower's value derivatives
+    (``dV* = (I - gamma P_pi)^{-1} sum_a pi (dr + gamma dP V*)``,
+    ``dQ* = dr + gamma (dP V* + P dV*)``).
+    Terminal states contribute ``mu(s) mean_a drbar(s, a)``."""
+    sol = soft_solve(P, r, gamma, lam, terminal_mask, tol, prior)
+    P = P.to(_DT)
+    S, A = r.shape
+    term = _terminal(terminal_mask, S, P.device)
+    pi, V = sol.pi, sol.V
+    ks = [t.shape[-1] for t in (dr, drbar, dP) if t is not None]
+    if not ks:
+        raise ValueError("give at least one of dr, drbar, dP")
+    K = ks[0]
+    z = torch.zeros(S, A, K, dtype=_DT)
+    dr = z if dr is None else dr.to(_DT)
+    drbar = z if drbar is None else drbar.to(_DT)
+    dPV = z if dP is None else torch.einsum("satk,t->sak", dP.to(_DT), V)
+    nt = (~term).to(_DT)
+    # leader values
+    rb = torch.where(term, rbar.to(_DT).mean(-1), (pi * rbar.to(_DT)).sum(-1))
+    Vbar = policy_evaluation(P, pi, rb, gamma, term)
+    Qbar = rbar.to(_DT) + gamma * torch.einsum("sat,t->sa", P, Vbar)
+    Abar = (Qbar - Vbar[:, None]) * nt[:, None]
+    mu = discounted_occupancy(P, pi, mu0, gamma, term)
+    F = mu0.to(_DT) @ Vbar
+    # follower value derivatives
+    Mf = torch.eye(S, dtype=_DT) - gamma * _policy_matrix(P, pi, term)
+    drhs = torch.einsum("sa,sak->sk", pi, dr + gamma * dPV) * nt[:, None]
+    drhs = drhs + term.to(_DT)[:, None] * dr.mean(1)
+    dV = torch.linalg.solve(Mf, drhs)  # [S, K]
+    dQ = dr + gamma * (dPV + torch.einsum("sat,tk->sak", P, dV))
+    dA = (dQ - dV[:, None, :]) * nt[:, None, None]
+    w = mu[:, None] * pi * nt[:, None]  # visitation of non-terminal (s, a)
+    g = torch.einsum("sa,sak->k", w, drbar + dA * Abar[:, :, None] / lam)
+    g = g + gamma * torch.einsum(
+        "sa,sak->k",
+        w,
+        torch.zeros_like(dr) if dP is None else torch.einsum("satk,t->sak", dP.to(_DT), Vbar),
+    )
+    g = g + torch.einsum("s,sk->k", mu * term.to(_DT), drbar.mean(1))
+    return F, g
