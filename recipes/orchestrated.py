@@ -1,0 +1,77 @@
+"""HPGD leader + TRL followers, orchestrated: align_cbrl owns the outer loop.
+
+The body shared by ``grpo_orchestrated.py`` and ``rloo_orchestrated.py`` (which only fix the
+follower trainer), e.g.
+
+    accelerate launch --config_file configs/accelerate/cpu.yaml --num_processes 1 \
+        recipes/grpo_orchestrated.py --config configs/recipes/grpo_tiny.yaml
+
+Per outer iteration every follower trains ``follower_steps`` TRL steps on the current shaped
+reward, ``prompts_per_iteration`` prompts x ``num_samples`` completions are sampled per follower
+(per process), and the leader takes one HPGD step (docs/trainer.md). Under ``accelerate launch``
+with several processes each follower is data-parallel (TRL/accelerate DDP, DeepSpeed or FSDP),
+each rank estimates the hypergradient from its own prompts, the estimates are all-reduced with
+group-count weights and every rank takes the same leader step; only rank 0 writes outputs.
+
+Arguments: ``--config FILE.yaml`` (an ``HPGDConfig``), dotted overrides
+(``--leader.lr 0.05``, ``--followers.0.beta 0.2``), ``--overwrite``, ``--resume``,
+``--debug_sync DIR`` (every rank checks the leader against the others after each iteration and
+writes ``DIR/rank<r>.json`` with its parameters' exact bits).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from recipe_utils import check_identical_every_iteration, cpu_defaults, pop_flags, write_sync_report
+
+cpu_defaults()  # before torch is imported
+
+from accelerate import PartialState  # noqa: E402
+
+from align_cbrl.config_parser import ConfigError, load_config, parse_overrides  # noqa: E402
+from align_cbrl.trainer import HPGDConfig, HPGDTrainer  # noqa: E402
+
+
+def main(argv: list[str], follower_trainer: str) -> None:
+    flags, argv = pop_flags(argv, switches=["--overwrite", "--resume"], options=["--debug_sync"])
+    config_path, overrides = parse_overrides(argv)
+    if config_path is None:
+        raise ConfigError("give --config FILE.yaml (see configs/recipes/)")
+    config = load_config(HPGDConfig, config_path, overrides)
+    for i, follower in enumerate(config.followers):
+        if follower.trainer != follower_trainer:
+            raise ConfigError(
+                f"followers.{i}.trainer is {follower.trainer!r}; this recipe trains "
+                f"{follower_trainer!r} followers (use the matching recipe)"
+            )
+
+    # Joins the process group `accelerate launch` set up (gloo on CPU, nccl on GPUs); a no-op
+    # for a plain `python recipes/...` run.
+    state = PartialState()
+    trainer = HPGDTrainer(config, resume=flags["resume"], overwrite=flags["overwrite"])
+    digests = check_identical_every_iteration(trainer) if flags["debug_sync"] else []
+    try:
+        summary = trainer.train()
+    finally:
+        trainer.close()
+    if flags["debug_sync"]:
+        write_sync_report(flags["debug_sync"], trainer.sync, trainer.leader, digests)
+
+    if state.is_main_process:
+        final = summary["final"]
+        print(
+            f"{config.iterations} iterations x {config.follower_steps} {follower_trainer} steps on "
+            f"{state.num_processes} process(es); final objective estimate "
+            f"{final['objective_estimate']:.4f}"
+        )
+        for key in sorted(k for k in summary if k.startswith("eval/") and k.count("/") == 1):
+            print(f"{key}: {summary[key]:.4f}")
+        print(f"outputs under {config.output_dir}/")
+    state.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in ("grpo", "rloo"):
+        raise SystemExit("usage: orchestrated.py {grpo,rloo} --config FILE.yaml [overrides]")
+    main(sys.argv[2:], sys.argv[1])
