@@ -1,0 +1,82 @@
+"""``python -m tabular_reference tax-design``: end-to-end outputs and input errors."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+
+import pytest
+
+from align_cbrl.utils.io import load_safetensors
+from tabular_reference.tax_design.cli import register
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["tax-design", *argv])
+    return args.func(args)
+
+
+def test_end_to_end_small(tmp_path) -> None:
+    out = tmp_path / "td"
+    out.mkdir()
+    keep = out / "notes.txt"
+    keep.write_text("do not lose me")
+    argv = ["--algo", "all", "--lam", "0.2", "--seeds", "2", "--iters", "3", "--bins", "21"]
+    argv += ["--episodes", "2", "--workers", "1", "--no-progress", "--out", str(out)]
+    assert _run(argv) == 0
+    assert keep.read_text() == "do not lose me"
+    for label in ("hpgd", "naive", "zero-order_c0.5"):
+        d = out / "lam0.2" / label
+        config = json.loads((d / "config.json").read_text())
+        assert config["iters"] == 3 and config["economy"]["n_bins"] == 21
+        with open(d / "metrics.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == 4 * 2 and set(rows[0]) >= {"welfare", "tau", "v1", "v2", "v3"}
+        params = load_safetensors(d / "final_params.safetensors")
+        assert tuple(params["theta"].shape) == (2, 4)
+        assert (out / f"rates_lam0.2_{label}.png").stat().st_size > 0
+    assert (out / "welfare_lam0.2.png").stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["jobs"]) == 3
+    assert {c["algo"] for c in summary["comparisons"]} == {"hpgd", "naive"}
+    # --replot rebuilds the summary and plots from the files alone
+    (out / "summary.json").unlink()
+    (out / "welfare_lam0.2.png").unlink()
+    assert _run(["--replot", "--out", str(out)]) == 0
+    rebuilt = json.loads((out / "summary.json").read_text())
+    assert rebuilt["comparisons"] == summary["comparisons"]
+    assert (out / "welfare_lam0.2.png").stat().st_size > 0
+
+
+def test_replot_without_results(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="no finished tax-design jobs"):
+        _run(["--replot", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--algo", "sgd"], "unknown algorithm 'sgd'"),
+        (["--algo", "all", "hpgd"], "'all' cannot be combined"),
+        (["--lam", "0"], "lam must be > 0"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--episodes", "3"], "even integer"),
+        (["--iters", "0"], "iters must be an integer >= 1"),
+        (["--bins", "100"], "odd integer"),
+        (["--zo-c", "-1"], "c must be > 0"),
+    ],
+)
+def test_bad_arguments(tmp_path, argv: list[str], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        extra = [] if "--iters" in argv else ["--iters", "1"]
+        _run([*argv, *extra, "--out", str(tmp_path), "--no-progress"])
+    assert not any(tmp_path.iterdir())  # rejected before anything is written
+
+
+def test_bad_workers(tmp_path) -> None:
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        _run(["--workers", "0", "--iters", "1", "--out", str(tmp_path / "x"), "--no-progress"])
+    assert not (tmp_path / "x").exists()
