@@ -1,0 +1,151 @@
+"""Four-Rooms speed benchmark: follower solver vs plain soft value iteration, time per outer
+iteration per algorithm (batched as in ``table1``), and the extrapolated Table 1 grid time.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/four_rooms_speed.py [--iters 200]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import torch
+from numba import njit
+
+from tabular_reference.four_rooms import kernels as K
+from tabular_reference.four_rooms.algorithms import RunConfig, run
+from tabular_reference.four_rooms.env import FOUR_ROOMS as E
+from tabular_reference.four_rooms.env import GAMMA
+from tabular_reference.four_rooms.leader import penalties, softmax
+
+
+@njit(cache=True)
+def soft_vi(pen, goal, V, nbr, gamma, lam, tol, pi):
+    """Plain soft value iteration V <- T(V) (Jacobi sweeps) until max|T(V) - V| <= tol."""
+    n = V.shape[0]
+    TV = np.empty(n)
+    q = np.empty(4)
+    for it in range(10_000_000):
+        res = 0.0
+        for s in range(n):
+            if s == goal:
+                TV[s] = 1.0
+                continue
+            tot = 0.0
+            for d in range(4):
+                tot += V[nbr[s, d]]
+            m = -1e300
+            for a in range(4):
+                q[a] = pen[s] + gamma * (K.P_OTH * tot + K.P_DIFF * V[nbr[s, a]])
+                m = max(m, q[a])
+            z = 0.0
+            for a in range(4):
+                z += math.exp((q[a] - m) / lam)
+            TV[s] = m + lam * math.log(z)
+            res = max(res, abs(TV[s] - V[s]))
+        V[:] = TV
+        if res <= tol:
+            return it + 1
+    return -1
+
+
+def bench_solver(tol: float) -> None:
+    rng = np.random.default_rng(0)
+    n = 50
+    xs = rng.normal(0, 1.0, (n, 105))
+    pen = np.ascontiguousarray(penalties(softmax(xs)))
+    S = E.n_cells
+    b = E.bandwidth
+    print(f"\nfollower solve to max|T(V)-V| <= {tol:g} (goal {E.cells[E.goals[0]]}, {n} random x)")
+    print(f"{'lam':>6} {'method':>26} {'iters':>8} {'us/solve':>10}")
+    for lam in (0.001, 0.003, 0.005):
+        # plain soft VI from zero
+        pi = np.empty((S, 4))
+        V = np.zeros(S)
+        soft_vi(pen[0], E.goals[0], V, E.nbr, GAMMA, lam, tol, pi)  # compile
+        t = time.perf_counter()
+        its = [
+            soft_vi(pen[i], E.goals[0], np.zeros(S), E.nbr, GAMMA, lam, tol, pi) for i in range(5)
+        ]
+        dt = (time.perf_counter() - t) / 5
+        print(f"{lam:6g} {'soft VI (cold)':>26} {np.mean(its):8.0f} {dt * 1e6:10.0f}")
+        AB = np.empty((S, 2 * b + 1))
+        rhs = np.empty(S)
+        for label, warm in (("banded Newton (cold)", False), ("banded Newton (warm)", True)):
+            Vw = np.zeros(S)
+            K.soft_newton(pen[0], E.goals[0], Vw, E.nbr, GAMMA, lam, tol, 100, b, pi, AB, rhs)
+            its = []
+            t = time.perf_counter()
+            for i in range(n):
+                if not warm:
+                    Vw = np.zeros(S)
+                # warm: previous solution for a nearby x (x_i + small step), as in the outer loop
+                p = pen[i] if not warm else pen[0] * (1 + 1e-3 * (i % 7))
+                it, _res = K.soft_newton(
+                    p, E.goals[0], Vw, E.nbr, GAMMA, lam, tol, 100, b, pi, AB, rhs
+                )
+                its.append(it)
+            dt = (time.perf_counter() - t) / n
+            print(f"{lam:6g} {label:>26} {np.mean(its):8.2f} {dt * 1e6:10.1f}")
+
+
+def bench_algorithms(iters: int) -> dict[str, float]:
+    print(
+        f"\nouter iterations, batched as in table1 (4 lr x 10 seeds; zo 4 lr x 4 c x 10 seeds), "
+        f"{iters} iterations, exact F every iteration (worst case of the metric schedule)"
+    )
+    per: dict[str, float] = {}
+    for algo in ("amd", "zo", "hpgd"):
+        cfg = RunConfig(
+            algo=algo,
+            lam=0.003,
+            beta=3.0,
+            lrs=[0.5, 0.1, 0.05, 0.01],
+            cs=[0.01, 0.1, 0.5, 1.0],
+            seeds=list(range(10)),
+            iters=10,
+            eval_every=1,
+            eval_last=10,
+        )
+        run(cfg, progress=False)  # compile / warm up
+        cfg.iters = iters
+        cfg.eval_last = iters
+        res = run(cfg, progress=False)
+        R = res.F.shape[0]
+        per[algo] = res.wall_s / (iters * R)
+        print(
+            f"  {algo:5s} R={R:4d}: {res.wall_s / iters * 1e3:8.2f} ms / outer iteration "
+            f"(all runs), {per[algo] * 1e6:7.1f} us / run-iteration, "
+            f"Newton steps/solve {res.newton_iters_mean:.2f}"
+        )
+    return per
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--tol", type=float, default=1e-10)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    bench_solver(args.tol)
+    per = bench_algorithms(args.iters)
+    # the eval schedule of table1 evaluates F every 10th iteration + the last 1,000: the runs
+    # above evaluate every iteration, so this is an upper bound
+    n = {"hpgd": 4 * 9 * 10 * 10_000, "amd": 4 * 9 * 10 * 10_000, "zo": 16 * 9 * 10 * 10_000}
+    tot = sum(per[a] * n[a] for a in n)
+    print("\nextrapolated full Table 1 grid (upper bound, uncontended CPU):")
+    for a in n:
+        print(
+            f"  {a:5s} {n[a] / 1e6:5.1f} M run-iterations x {per[a] * 1e6:6.1f} us = "
+            f"{per[a] * n[a] / 60:6.1f} CPU-min"
+        )
+    print(f"  total {tot / 60:.1f} CPU-min = {tot / 120:.1f} min wall on 2 workers")
+
+
+if __name__ == "__main__":
+    main()

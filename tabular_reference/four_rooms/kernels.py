@@ -1,0 +1,319 @@
+"""Numba kernels for Four-Rooms (reference notes, section 3): exact soft follower by banded
+Newton (soft policy iteration), exact leader value, exact hypergradient by the adjoint, and the
+trajectory sampler. All loops are over a batch of independent runs ``R``.
+
+Conventions (see ``docs/four_rooms.md``): state-based rewards. In a non-goal cell ``s`` the
+follower collects ``pen(s)`` and the leader ``1[s == target]``; the goal is terminal with
+follower value 1 and leader value ``vgoal`` (= ``-beta * budget``). Let
+``M = I - gamma P_pi`` over all 104 cells with the goal row replaced by the identity row.
+
+* Follower (notes §1): ``Q(s,a) = pen(s) + gamma sum_d P(d|a) V(nbr(s,d))``,
+  ``V(s) = lam logsumexp_a(Q(s,a)/lam)``, solved by Newton steps
+  ``V <- M(pi)^{-1} (pen - lam sum_a pi log pi)`` until ``max|T(V) - V| <= tol``.
+* Leader (notes §1): ``Vbar = M^{-1} rbar``, ``F_xi = Vbar(start)``.
+* Hypergradient (notes §2, state-based rewards): ``mu = M^{-T} e_start`` (discounted occupancy;
+  ``mu(goal)`` = discounted probability of reaching the goal), ``Abar(s,a) = gamma 0.56
+  (Vbar(nbr(s,a)) - sum_a' pi(a'|s) Vbar(nbr(s,a')))``, ``nu(s') = sum_{s,a} mu(s) pi(a|s)
+  Abar(s,a) P(s'|s,a)``, ``rho = M^{-T} nu`` (``nu(goal) = 0``). Then
+  ``dF_xi/dpen(s) = (gamma/lam) rho(s)`` (non-goal ``s``) and ``dF_xi/dvgoal = mu(goal)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+P_INT = 0.67
+P_OTH = 0.11
+P_DIFF = P_INT - P_OTH
+
+
+@njit(cache=True, nogil=True)
+def band_lu(AB, n, b):
+    """In-place LU (no pivoting; ``M`` is strictly diagonally dominant) of the band matrix
+    stored as ``AB[i, j - i + b] = M[i, j]``; L's multipliers overwrite the lower band."""
+    for k in range(n):
+        piv = AB[k, b]
+        hi = min(n, k + b + 1)
+        for i in range(k + 1, hi):
+            l = AB[i, k - i + b] / piv
+            if l != 0.0:
+                AB[i, k - i + b] = l
+                for j in range(k + 1, hi):
+                    AB[i, j - i + b] -= l * AB[k, j - k + b]
+
+
+@njit(cache=True, nogil=True)
+def band_solve(AB, n, b, x):
+    """Solve ``M x = rhs`` in place with the factors of :func:`band_lu`."""
+    for i in range(n):
+        s = x[i]
+        for k in range(max(0, i - b), i):
+            s -= AB[i, k - i + b] * x[k]
+        x[i] = s
+    for i in range(n - 1, -1, -1):
+        s = x[i]
+        for j in range(i + 1, min(n, i + b + 1)):
+            s -= AB[i, j - i + b] * x[j]
+        x[i] = s / AB[i, b]
+
+
+@njit(cache=True, nogil=True)
+def band_solve_t(AB, n, b, x):
+    """Solve ``M^T x = rhs`` in place with the factors of :func:`band_lu`."""
+    for i in range(n):  # U^T z = rhs
+        s = x[i]
+        for k in range(max(0, i - b), i):
+            s -= AB[k, i - k + b] * x[k]
+        x[i] = s / AB[i, b]
+    for i in range(n - 1, -1, -1):  # L^T w = z
+        s = x[i]
+        for k in range(i + 1, min(n, i + b + 1)):
+            s -= AB[k, i - k + b] * x[k]
+        x[i] = s
+
+
+@njit(cache=True, nogil=True)
+def soft_q_policy(pen, goal, V, nbr, gamma, lam, pi):
+    """One soft Bellman application: fills ``pi`` and returns ``max_s |T(V)(s) - V(s)|``."""
+    n = V.shape[0]
+    res = 0.0
+    q = np.empty(4)
+    for s in range(n):
+        if s == goal:
+            pi[s, :] = 0.25
+            res = max(res, abs(1.0 - V[s]))
+            continue
+        tot = 0.0
+        for d in range(4):
+            tot += V[nbr[s, d]]
+        m = -1e300
+        for a in range(4):
+            q[a] = pen[s] + gamma * (P_OTH * tot + P_DIFF * V[nbr[s, a]])
+            m = max(m, q[a])
+        z = 0.0
+        for a in range(4):
+            e = math.exp((q[a] - m) / lam)
+            pi[s, a] = e
+            z += e
+        for a in range(4):
+            pi[s, a] /= z
+        tv = m + lam * math.log(z)
+        res = max(res, abs(tv - V[s]))
+    return res
+
+
+@njit(cache=True, nogil=True)
+def build_m(pi, goal, nbr, gamma, b, AB):
+    """Band storage of ``M = I - gamma P_pi`` (identity row at the goal), factorised."""
+    n = pi.shape[0]
+    AB[:, :] = 0.0
+    for s in range(n):
+        AB[s, b] = 1.0
+        if s == goal:
+            continue
+        for d in range(4):
+            j = nbr[s, d]
+            AB[s, j - s + b] -= gamma * (P_OTH + P_DIFF * pi[s, d])
+    band_lu(AB, n, b)
+
+
+@njit(cache=True, nogil=True)
+def soft_newton(pen, goal, V, nbr, gamma, lam, tol, max_iter, b, pi, AB, rhs):
+    """Soft-optimal follower for one context, warm-started from ``V`` (updated in place).
+
+    Returns ``(iterations, residual)``; ``pi`` holds the soft-optimal policy of the returned
+    ``V`` and ``AB`` the factorised ``M(pi)``. ``iterations = -1`` means not converged."""
+    n = V.shape[0]
+    it = 0
+    while True:
+        res = soft_q_policy(pen, goal, V, nbr, gamma, lam, pi)
+        if res <= tol:
+            break
+        if it >= max_iter:
+            it = -1
+            break
+        build_m(pi, goal, nbr, gamma, b, AB)
+        for s in range(n):
+            if s == goal:
+                rhs[s] = 1.0
+                continue
+            ent = 0.0
+            for a in range(4):
+                p = pi[s, a]
+                if p > 0.0:
+                    ent += p * math.log(p)
+            rhs[s] = pen[s] - lam * ent
+        band_solve(AB, n, b, rhs)
+        V[:] = rhs
+        it += 1
+    build_m(pi, goal, nbr, gamma, b, AB)
+    return it, res
+
+
+@njit(cache=True, nogil=True)
+def leader_and_grad(pi, goal, vgoal, start, target, nbr, gamma, lam, b, AB, want_grad, gpen):
+    """Exact leader value ``F_xi = Vbar(start)`` and (if ``want_grad``) ``gpen = dF/dpen`` in
+    place; returns ``(F, mu_goal)`` (``mu_goal = dF/dvgoal``). ``AB`` = factorised ``M(pi)``."""
+    n = pi.shape[0]
+    vbar = np.zeros(n)
+    vbar[target] = 1.0
+    vbar[goal] = vgoal
+    if target == goal:
+        vbar[goal] = vgoal
+    band_solve(AB, n, b, vbar)
+    F = vbar[start]
+    if not want_grad:
+        return F, 0.0
+    mu = np.zeros(n)
+    mu[start] = 1.0
+    band_solve_t(AB, n, b, mu)
+    mug = mu[goal]
+    nu = np.zeros(n)
+    for s in range(n):
+        if s == goal:
+            continue
+        w = 0.0
+        for a in range(4):
+            w += pi[s, a] * vbar[nbr[s, a]]
+        for a in range(4):
+            abar = gamma * P_DIFF * (vbar[nbr[s, a]] - w)
+            nu[nbr[s, a]] += mu[s] * P_DIFF * pi[s, a] * abar
+    nu[goal] = 0.0
+    band_solve_t(AB, n, b, nu)
+    for s in range(n):
+        gpen[s] = 0.0 if s == goal else gamma / lam * nu[s]
+    return F, mug
+
+
+@njit(cache=True, nogil=True)
+def solve_batch(
+    pen,
+    goal,
+    vgoal,
+    V,
+    nbr,
+    start,
+    target,
+    gamma,
+    lam,
+    tol,
+    max_iter,
+    b,
+    want_grad,
+    F,
+    mug,
+    gpen,
+    pi,
+    iters,
+    resid,
+):
+    """Batched follower solve + leader value (+ exact gradient) over runs ``r``:
+    ``pen[R, S]``, ``goal[R]`` (cell index), ``vgoal[R]``, warm starts ``V[R, S]`` (in/out).
+    Outputs ``F[R]``, ``mug[R]``, ``gpen[R, S]``, ``pi[R, S, 4]``, ``iters[R]``, ``resid[R]``."""
+    R, n = pen.shape
+    AB = np.empty((n, 2 * b + 1))
+    rhs = np.empty(n)
+    for r in range(R):
+        it, res = soft_newton(
+            pen[r], goal[r], V[r], nbr, gamma, lam, tol, max_iter, b, pi[r], AB, rhs
+        )
+        iters[r] = it
+        resid[r] = res
+        f, m = leader_and_grad(
+            pi[r], goal[r], vgoal[r], start, target, nbr, gamma, lam, b, AB, want_grad, gpen[r]
+        )
+        F[r] = f
+        mug[r] = m
+
+
+@njit(cache=True, nogil=True)
+def seed_rng(seed):
+    """Seed numba's (per-thread) generator used by :func:`sample_batch`."""
+    np.random.seed(seed)
+
+
+@njit(cache=True, nogil=True)
+def sample_batch(
+    pi, goal, vgoal, start, target, nbr, n_envs, steps, max_len, states, lrew, ep_start
+):
+    """Roll out ``n_envs`` environments for ``steps`` steps each per run (auto-reset at the
+    goal or after ``max_len`` steps), concatenated along time: ``states[R, n_envs*steps]``
+    (cell index; the goal appears as the last state of a successful episode),
+    ``lrew`` the leader reward of each state (1 at the target, ``vgoal`` at the goal) and
+    ``ep_start`` marking the first state of every episode (each env starts a new one)."""
+    R = pi.shape[0]
+    for r in range(R):
+        g = goal[r]
+        t = 0
+        for _e in range(n_envs):
+            s = start
+            k = 0
+            for _i in range(steps):
+                states[r, t] = s
+                ep_start[r, t] = k == 0
+                if s == g:
+                    lrew[r, t] = vgoal[r]
+                elif s == target:
+                    lrew[r, t] = 1.0
+                else:
+                    lrew[r, t] = 0.0
+                t += 1
+                k += 1
+                if s == g or k >= max_len:
+                    s = start
+                    k = 0
+                    continue
+                u = np.random.random()
+                acc = 0.0
+                nxt = nbr[s, 3]
+                for d in range(4):
+                    acc += P_OTH + P_DIFF * pi[r, s, d]
+                    if u < acc:
+                        nxt = nbr[s, d]
+                        break
+                s = nxt
+
+
+@njit(cache=True, nogil=True)
+def sample_with_actions(
+    pi, goal, vgoal, start, target, nbr, n_envs, steps, max_len, states, actions, lrew, ep_start
+):
+    """Like kernels.sample_batch but draws the action a ~ pi(.|s) and then the slip
+    (intended direction w.p. 0.67, each other w.p. 0.11); records actions."""
+    R = pi.shape[0]
+    for r in range(R):
+        t = 0
+        for _e in range(n_envs):
+            s = start
+            k = 0
+            for _i in range(steps):
+                states[r, t] = s
+                ep_start[r, t] = k == 0
+                lrew[r, t] = vgoal[r] if s == goal[r] else (1.0 if s == target else 0.0)
+                u = np.random.random()
+                acc = 0.0
+                a = 3
+                for b in range(4):
+                    acc += pi[r, s, b]
+                    if u < acc:
+                        a = b
+                        break
+                actions[r, t] = a
+                t += 1
+                k += 1
+                if s == goal[r] or k >= max_len:
+                    s = start
+                    k = 0
+                    continue
+                u = np.random.random()
+                acc = 0.0
+                d = 3
+                for b in range(4):
+                    acc += P_OTH + P_DIFF * (1.0 if b == a else 0.0)
+                    if u < acc:
+                        d = b
+                        break
+                s = nbr[s, d]
