@@ -162,20 +162,21 @@ def segmented_scan(
         link[:, :-1] = torch.where(episode_start[:, 1:], zero, coef_t)
     else:
         link = torch.where(episode_start, zero, coef_t)
+    n_steps = math.ceil(math.log2(max_len)) if max_len > 1 else 0
     d = 1
-    n_steps = max(0, math.ceil(math.log2(max_len))) if max_len > 1 else 0
     for _ in range(n_steps):
         if d >= h.shape[1]:
             break
+        # Right-hand sides are evaluated into temporaries before the slice assignment, so the
+        # overlapping reads see the previous step's values (Hillis-Steele).
         if reverse:
-            h[:, :-d] = h[:, :-d] + link[:, :-d] * h[:, d:]
-            new_link = torch.zeros_like(link)
-            new_link[:, :-d] = link[:, :-d] * link[:, d:]
+            h[:, :-d] += link[:, :-d] * h[:, d:]
+            link[:, :-d] = link[:, :-d] * link[:, d:]
+            link[:, -d:] = 0.0  # chains running past the last step are cut
         else:
-            h[:, d:] = h[:, d:] + link[:, d:] * h[:, :-d]
-            new_link = torch.zeros_like(link)
-            new_link[:, d:] = link[:, d:] * link[:, :-d]
-        link = new_link
+            h[:, d:] += link[:, d:] * h[:, :-d]
+            link[:, d:] = link[:, d:] * link[:, :-d]
+            link[:, :d] = 0.0
         d *= 2
     return h
 
@@ -186,6 +187,11 @@ def discounted_returns(
     """Monte-Carlo returns ``Ghat_t = sum_{k>=t, same episode} gamma^(k-t) r_k``, ``[R, T]``."""
     _check_gamma(gamma)
     return segmented_scan(rewards, episode_start, gamma, reverse=True)
+
+
+def _scatter_sum(weights: torch.Tensor, index: torch.Tensor, n_index: int) -> torch.Tensor:
+    out = torch.zeros(weights.shape[0], n_index, dtype=weights.dtype, device=weights.device)
+    return out.scatter_add_(1, index, weights)
 
 
 def per_state_sum(weights: torch.Tensor, states: torch.Tensor, n_states: int) -> torch.Tensor:
@@ -199,8 +205,7 @@ def per_state_sum(weights: torch.Tensor, states: torch.Tensor, n_states: int) ->
             f"state indices must lie in [0, {n_states - 1}], got range "
             f"[{int(states.min())}, {int(states.max())}]"
         )
-    out = torch.zeros(weights.shape[0], n_states, dtype=weights.dtype, device=weights.device)
-    return out.scatter_add_(1, states, weights)
+    return _scatter_sum(weights, states, n_states)
 
 
 def _check_gamma(gamma: float) -> None:
@@ -233,8 +238,8 @@ def _grouped_mean(
     values: torch.Tensor, index: torch.Tensor, n_index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-run means and counts of ``values`` grouped by ``index`` (``[R, n_index]`` each)."""
-    total = per_state_sum(values, index, n_index)
-    count = per_state_sum(torch.ones_like(values), index, n_index)
+    total = _scatter_sum(values, index, n_index)
+    count = _scatter_sum(torch.ones_like(values), index, n_index)
     return total / count.clamp_min(1.0), count
 
 
@@ -306,9 +311,13 @@ def hpgd_weights(
     dtype = leader_rewards.dtype
     n_runs = states.shape[0]
     lam_col = _as_run_column(lam, n_runs, leader_rewards)
-    max_len = _max_episode_length(episode_start)
-
+    if states.numel() and (int(states.min()) < 0 or int(states.max()) >= n_states):
+        raise ValueError(
+            f"state indices must lie in [0, {n_states - 1}], got range "
+            f"[{int(states.min())}, {int(states.max())}]"
+        )
     tau = time_in_episode(episode_start)
+    max_len = int(tau.max().item()) + 1
     gpow = torch.pow(torch.as_tensor(gamma, dtype=dtype), tau.to(dtype))
     n_episodes = episode_start.sum(dim=1).to(dtype)
     inv_ep = (1.0 / n_episodes)[:, None]
@@ -397,8 +406,8 @@ def hpgd_weights(
         direct = gpow * prefix_q
         # sum_t gamma^tau_t Qhat_t Dbar(s_t) = sum_t' c_t' Dhat_t', c = C(s)/n(s) (per fold) ->
         # weight J_k = sum_{t'<=k} gamma^(k-t') c_t' on d rtilde_k.
-        visits = per_state_sum(torch.ones_like(leader_rewards), centre_index, n_centre)
-        c_state = per_state_sum(gpow * q_hat, centre_index, n_centre) / visits.clamp_min(1.0)
+        visits = _scatter_sum(torch.ones_like(leader_rewards), centre_index, n_centre)
+        c_state = _scatter_sum(gpow * q_hat, centre_index, n_centre) / visits.clamp_min(1.0)
         c_step = torch.gather(c_state, 1, centre_index)
         centring = segmented_scan(c_step, episode_start, gamma, reverse=False, max_len=max_len)
         follower_w = (direct - centring) * inv_ep / lam_col
