@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from align_cbrl.utils.io import atomic_write_json, load_safetensors, read_json, save_safetensors
+from align_cbrl.utils.io import (
+    atomic_write_json,
+    load_safetensors,
+    read_json,
+    replace_directory,
+    save_safetensors,
+)
 
 __all__ = [
     "CheckpointManager",
@@ -163,14 +169,7 @@ class CheckpointManager:
             for name, writer in (extra_writers or {}).items():
                 writer(tmp / name)
             atomic_write_json(tmp / "state.json", {"iteration": iteration, **dict(state or {})})
-            if final.exists():
-                old = final.with_name(f".{final.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            replace_directory(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

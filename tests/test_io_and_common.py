@@ -87,3 +87,19 @@ def test_mean_se_and_results_dir(tmp_path) -> None:
         "metrics.csv",
         "params.safetensors",
     ]
+
+
+def test_replace_directory_swaps_whole_directories(tmp_path) -> None:
+    from align_cbrl.utils.io import replace_directory
+
+    final = tmp_path / "ckpt"
+    for version in ("v1", "v2"):
+        tmp = tmp_path / f".ckpt.{version}.tmp"
+        tmp.mkdir()
+        (tmp / "state.json").write_text(version)
+        if version == "v1":
+            (tmp / "only_in_v1.txt").write_text("x")
+        replace_directory(tmp, final)
+    assert sorted(p.name for p in final.iterdir()) == ["state.json"]  # nothing of v1 left
+    assert (final / "state.json").read_text() == "v2"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temp or .old leftovers

@@ -100,7 +100,7 @@ class FunctionFollower(Follower):
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write ``follower.json`` (name, beta, step, user state) into ``directory`` atomically."""
-        from align_cbrl.utils.io import atomic_write_json
+        from align_cbrl.utils.io import atomic_write_json, replace_directory
 
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -120,13 +120,7 @@ class FunctionFollower(Follower):
                     "state": state,
                 },
             )
-            if directory.exists():
-                old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
+            replace_directory(tmp, directory)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(tmp)

@@ -816,7 +816,7 @@ class TRLFollower(Follower):
         """Write model (``save_pretrained``), tokenizer, optimizer/scheduler state, RNG state,
         TRL ``TrainerState`` and follower metadata into ``directory``, atomically: everything
         is written to a sibling temp directory that then replaces ``directory``."""
-        from align_cbrl.utils.io import atomic_write_json, save_safetensors
+        from align_cbrl.utils.io import atomic_write_json, replace_directory, save_safetensors
 
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -853,13 +853,7 @@ class TRLFollower(Follower):
                     "config": asdict(self.config),
                 },
             )
-            if directory.exists():
-                old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
+            replace_directory(tmp, directory)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(tmp)

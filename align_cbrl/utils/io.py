@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "atomic_write_text",
     "load_safetensors",
     "read_json",
+    "replace_directory",
     "save_safetensors",
 ]
 
@@ -47,6 +49,25 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def replace_directory(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> Path:
+    """Move the fully written directory ``tmp`` to ``final``, replacing any existing ``final``.
+
+    The previous version is first renamed aside and deleted only once the new one is in place,
+    so at every moment ``final`` is either the complete old or the complete new directory
+    (``tmp`` and ``final`` must be on the same file system, e.g. siblings).
+    """
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
