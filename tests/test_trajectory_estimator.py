@@ -149,19 +149,27 @@ def test_direct_and_transition_weights() -> None:
     assert torch.count_nonzero(w.follower) == 0
 
 
-def test_scan_matches_loop_and_long_episodes_are_stable() -> None:
-    # One 300-step episode at gamma = 0.9: gamma^-300 ~ 5e13 would wreck a rescaled cumsum.
+@pytest.mark.parametrize("gamma", [0.9, 0.99])
+def test_scan_matches_loop_and_long_episodes_are_stable(gamma: float) -> None:
+    # One 300-step episode: at gamma = 0.9, gamma^-299 ~ 5e13 would wreck a rescaled cumsum, so the
+    # doubling scan runs; at 0.99 (ratio 20) the rescaled cumsum runs. Both must match the loop.
     rng = np.random.default_rng(2)
     vals = rng.normal(size=(1, 300))
     starts = np.zeros((1, 300), dtype=bool)
     starts[0, 0] = True
-    got = segmented_scan(torch.as_tensor(vals), torch.as_tensor(starts), 0.9, reverse=True)
+    got = segmented_scan(torch.as_tensor(vals), torch.as_tensor(starts), gamma, reverse=True)
     want = np.zeros(300)
     acc = 0.0
     for t in range(299, -1, -1):
-        acc = vals[0, t] + 0.9 * acc
+        acc = vals[0, t] + gamma * acc
         want[t] = acc
-    np.testing.assert_allclose(got[0].numpy(), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[0].numpy(), want, rtol=1e-11, atol=1e-11)
+    fwd_g = segmented_scan(torch.as_tensor(vals), torch.as_tensor(starts), gamma, reverse=False)
+    acc, want_f = 0.0, np.zeros(300)
+    for t in range(300):
+        acc = vals[0, t] + gamma * acc
+        want_f[t] = acc
+    np.testing.assert_allclose(fwd_g[0].numpy(), want_f, rtol=1e-11, atol=1e-11)
     fwd = segmented_scan(torch.as_tensor(vals), torch.as_tensor(starts), 1.0, reverse=False)
     np.testing.assert_allclose(fwd[0].numpy(), np.cumsum(vals[0]), rtol=1e-12, atol=1e-10)
 

@@ -135,6 +135,57 @@ def _max_episode_length(episode_start: torch.Tensor) -> int:
     return int(time_in_episode(episode_start).max().item()) + 1
 
 
+# Largest coef^-(L-1) for which the rescaled-cumsum scan is used: its float64 round-off is about
+# eps * ratio * (running sum), i.e. <= ~1e-10 relative for ratios up to 1e4; beyond that (e.g.
+# gamma = 0.9 over 200 steps, ratio 1.3e9) the doubling scan, whose multipliers are all <= 1, is used.
+_CUMSUM_MAX_RATIO = 1e4
+
+
+def _segment_bounds(
+    episode_start: torch.Tensor, tau: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last index of each step's episode, ``[R, T]`` each."""
+    n = episode_start.shape[1]
+    t = torch.arange(n, device=episode_start.device).expand_as(episode_start)
+    first = t - tau
+    start_idx = torch.where(episode_start, t, torch.full_like(t, n))
+    next_start = torch.flip(torch.cummin(torch.flip(start_idx, [1]), dim=1).values, [1])
+    last = torch.empty_like(t)
+    last[:, :-1] = next_start[:, 1:] - 1
+    last[:, -1] = n - 1
+    return first, last
+
+
+def _cumsum_scan(
+    values: torch.Tensor,
+    episode_start: torch.Tensor,
+    coef: float,
+    reverse: bool,
+    tau: torch.Tensor,
+) -> torch.Tensor:
+    """Segmented linear recurrence as one rescaled cumsum (see :func:`segmented_scan`)."""
+    first, last = _segment_bounds(episode_start, tau)
+    tau_f = tau.to(values.dtype)
+    if coef == 1.0:
+        up = down = None
+    else:
+        c = torch.as_tensor(coef, dtype=values.dtype, device=values.device)
+        up, down = torch.pow(c, tau_f), torch.pow(c, -tau_f)
+    if reverse:
+        # h_t = coef^-tau_t * sum_{k=t}^{last(t)} coef^tau_k v_k
+        y = values if up is None else values * up
+        csum = torch.cumsum(y, dim=1)
+        prev = torch.cat([torch.zeros_like(csum[:, :1]), csum[:, :-1]], dim=1)
+        out = torch.gather(csum, 1, last) - prev
+        return out if down is None else out * down
+    # h_t = coef^tau_t * sum_{k=first(t)}^{t} coef^-tau_k v_k
+    y = values if down is None else values * down
+    csum = torch.cumsum(y, dim=1)
+    prev = torch.cat([torch.zeros_like(csum[:, :1]), csum[:, :-1]], dim=1)
+    out = csum - torch.gather(prev, 1, first)
+    return out if up is None else out * up
+
+
 def segmented_scan(
     values: torch.Tensor,
     episode_start: torch.Tensor,
@@ -142,17 +193,26 @@ def segmented_scan(
     *,
     reverse: bool,
     max_len: int | None = None,
+    tau: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Linear recurrence restricted to episodes, along the last axis.
 
     Forward: ``h_t = values_t + coef * h_{t-1}`` (``h`` restarts at every episode start).
     Reverse: ``h_t = values_t + coef * h_{t+1}`` (``h`` stops at every episode end).
 
-    Implemented as a Hillis-Steele doubling scan: ``ceil(log2(max_len))`` vectorised steps.
+    When ``coef^-(L-1)`` (``L`` the longest episode) is at most ``1e4`` the recurrence is one
+    rescaled cumulative sum with per-episode offsets; otherwise a Hillis-Steele doubling scan of
+    ``ceil(log2(L))`` vectorised steps, whose multipliers are all <= 1 (stable for any ``coef``).
     """
     _check_batch(episode_start, values)
+    if tau is None:
+        tau = time_in_episode(episode_start)
     if max_len is None:
-        max_len = _max_episode_length(episode_start)
+        max_len = int(tau.max().item()) + 1
+    if coef == 1.0 or (
+        0.0 < coef < 1.0 and (max_len - 1) * -math.log(coef) <= math.log(_CUMSUM_MAX_RATIO)
+    ):
+        return _cumsum_scan(values, episode_start, coef, reverse, tau)
     h = values.clone()
     # a_t: multiplier linking step t to its predecessor (forward) / successor (reverse).
     coef_t = torch.full((), coef, dtype=values.dtype, device=values.device)
@@ -231,7 +291,7 @@ def _as_run_column(lam: float | torch.Tensor, n_runs: int, like: torch.Tensor) -
 
 def _fold_of_step(episode_start: torch.Tensor) -> torch.Tensor:
     """Fold (0/1) of every step: the parity of its episode's index within the run."""
-    return ((episode_start.long().cumsum(dim=1) - 1) % 2).long()
+    return (episode_start.long().cumsum(dim=1) - 1) & 1
 
 
 def _grouped_mean(
@@ -321,7 +381,9 @@ def hpgd_weights(
     gpow = torch.pow(torch.as_tensor(gamma, dtype=dtype), tau.to(dtype))
     n_episodes = episode_start.sum(dim=1).to(dtype)
     inv_ep = (1.0 / n_episodes)[:, None]
-    g_hat = segmented_scan(leader_rewards, episode_start, gamma, reverse=True, max_len=max_len)
+    g_hat = segmented_scan(
+        leader_rewards, episode_start, gamma, reverse=True, max_len=max_len, tau=tau
+    )
 
     # Direct and transition terms (shared by all forms): known score x one return, unbiased.
     leader_w = gpow * inv_ep
@@ -402,18 +464,24 @@ def hpgd_weights(
 
     if form == "mc":
         # sum_t gamma^tau_t Qhat_t Dhat_t -> weight gamma^tau_k * sum_{t<=k} Qhat_t on d rtilde_k.
-        prefix_q = segmented_scan(q_hat, episode_start, 1.0, reverse=False, max_len=max_len)
+        prefix_q = segmented_scan(
+            q_hat, episode_start, 1.0, reverse=False, max_len=max_len, tau=tau
+        )
         direct = gpow * prefix_q
         # sum_t gamma^tau_t Qhat_t Dbar(s_t) = sum_t' c_t' Dhat_t', c = C(s)/n(s) (per fold) ->
         # weight J_k = sum_{t'<=k} gamma^(k-t') c_t' on d rtilde_k.
         visits = _scatter_sum(torch.ones_like(leader_rewards), centre_index, n_centre)
         c_state = _scatter_sum(gpow * q_hat, centre_index, n_centre) / visits.clamp_min(1.0)
         c_step = torch.gather(c_state, 1, centre_index)
-        centring = segmented_scan(c_step, episode_start, gamma, reverse=False, max_len=max_len)
+        centring = segmented_scan(
+            c_step, episode_start, gamma, reverse=False, max_len=max_len, tau=tau
+        )
         follower_w = (direct - centring) * inv_ep / lam_col
     else:  # covariance
         adv = torch.where(valid, q_hat - v_hat, zeros)
-        prefix_adv = segmented_scan(adv, episode_start, 1.0, reverse=False, max_len=max_len)
+        prefix_adv = segmented_scan(
+            adv, episode_start, 1.0, reverse=False, max_len=max_len, tau=tau
+        )
         follower_w = gpow * prefix_adv * inv_ep / lam_col
 
     return HPGDWeights(
