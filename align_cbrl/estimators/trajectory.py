@@ -131,29 +131,22 @@ def time_in_episode(episode_start: torch.Tensor) -> torch.Tensor:
     return t - last_start
 
 
-def _max_episode_length(episode_start: torch.Tensor) -> int:
-    return int(time_in_episode(episode_start).max().item()) + 1
-
-
 # Largest coef^-(L-1) for which the rescaled-cumsum scan is used: its float64 round-off is about
 # eps * ratio * (running sum), i.e. <= ~1e-10 relative for ratios up to 1e4; beyond that (e.g.
 # gamma = 0.9 over 200 steps, ratio 1.3e9) the doubling scan, whose multipliers are all <= 1, is used.
 _CUMSUM_MAX_RATIO = 1e4
 
 
-def _segment_bounds(
-    episode_start: torch.Tensor, tau: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """First and last index of each step's episode, ``[R, T]`` each."""
+def _episode_last_index(episode_start: torch.Tensor) -> torch.Tensor:
+    """Index of the last step of each step's episode, ``[R, T]``."""
     n = episode_start.shape[1]
     t = torch.arange(n, device=episode_start.device).expand_as(episode_start)
-    first = t - tau
     start_idx = torch.where(episode_start, t, torch.full_like(t, n))
     next_start = torch.flip(torch.cummin(torch.flip(start_idx, [1]), dim=1).values, [1])
     last = torch.empty_like(t)
     last[:, :-1] = next_start[:, 1:] - 1
     last[:, -1] = n - 1
-    return first, last
+    return last
 
 
 def _cumsum_scan(
@@ -164,7 +157,6 @@ def _cumsum_scan(
     tau: torch.Tensor,
 ) -> torch.Tensor:
     """Segmented linear recurrence as one rescaled cumsum (see :func:`segmented_scan`)."""
-    first, last = _segment_bounds(episode_start, tau)
     tau_f = tau.to(values.dtype)
     if coef == 1.0:
         up = down = None
@@ -176,12 +168,13 @@ def _cumsum_scan(
         y = values if up is None else values * up
         csum = torch.cumsum(y, dim=1)
         prev = torch.cat([torch.zeros_like(csum[:, :1]), csum[:, :-1]], dim=1)
-        out = torch.gather(csum, 1, last) - prev
+        out = torch.gather(csum, 1, _episode_last_index(episode_start)) - prev
         return out if down is None else out * down
     # h_t = coef^tau_t * sum_{k=first(t)}^{t} coef^-tau_k v_k
     y = values if down is None else values * down
     csum = torch.cumsum(y, dim=1)
     prev = torch.cat([torch.zeros_like(csum[:, :1]), csum[:, :-1]], dim=1)
+    first = torch.arange(values.shape[1], device=values.device) - tau  # episode's first index
     out = csum - torch.gather(prev, 1, first)
     return out if up is None else out * up
 
