@@ -56,7 +56,8 @@ def test_orchestrated_grpo_reaches_90_percent_of_the_exact_optimum(tmp_path):
 
 @pytest.mark.slow
 def test_plugin_grpo_reaches_90_percent_of_the_exact_optimum(tmp_path):
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
+    from trl_helpers import grpo_args
 
     from align_cbrl.models import build_tiny_lm
     from align_cbrl.trainer import HPGDCallback, HPGDReward
@@ -72,24 +73,12 @@ def test_plugin_grpo_reaches_90_percent_of_the_exact_optimum(tmp_path):
     x0 = task.bilevel(task.make_leader(**spec))
     reward = HPGDReward(task.bilevel(leader), task.components)
     callback = HPGDCallback(reward, update_every=10, optimizer_name="adam", lr=0.2)
-    args = GRPOConfig(
-        output_dir=str(tmp_path / "trl"),
-        beta=0.5,
-        scale_rewards="none",
+    args = grpo_args(
+        tmp_path,
         num_generations=8,
         per_device_train_batch_size=16,
-        max_completion_length=2,
-        learning_rate=1e-2,
         max_steps=200,
-        lr_scheduler_type="constant",
-        report_to="none",
-        save_strategy="no",
         logging_steps=1000,
-        disable_tqdm=True,
-        use_cpu=True,
-        activation_checkpointing=False,
-        seed=0,
-        bf16=False,
     )
     ds = datasets.Dataset.from_dict({"prompt": task.prompts, "category": task.contexts})
     GRPOTrainer(

@@ -8,7 +8,8 @@ import torch
 pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
-from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from trl import GRPOTrainer  # noqa: E402
+from trl_helpers import grpo_args  # noqa: E402
 
 from align_cbrl.estimators.grouped import hpgd_gradient  # noqa: E402
 from align_cbrl.models import build_tiny_lm  # noqa: E402
@@ -20,30 +21,6 @@ from align_cbrl.trainer.builders import resolve_task  # noqa: E402
 def task_and_model():
     task = resolve_task("tiny_language")
     return task, build_tiny_lm("word", words=task.vocab)
-
-
-def grpo_args(tmp_path, **kw):
-    args = dict(
-        output_dir=str(tmp_path / "trl"),
-        beta=0.5,
-        scale_rewards="none",
-        num_generations=4,
-        per_device_train_batch_size=8,
-        max_completion_length=2,
-        learning_rate=1e-2,
-        max_steps=4,
-        lr_scheduler_type="constant",
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        use_cpu=True,
-        activation_checkpointing=False,
-        seed=0,
-        bf16=False,
-    )
-    args.update(kw)
-    return GRPOConfig(**args)
 
 
 def make_trainer(tmp_path, task, model, callback_kw=None, **args_kw):
