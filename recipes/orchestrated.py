@@ -23,7 +23,13 @@ from __future__ import annotations
 
 import sys
 
-from recipe_utils import check_identical_every_iteration, cpu_defaults, pop_flags, write_sync_report
+from recipe_utils import (
+    check_identical_every_iteration,
+    cpu_defaults,
+    finish,
+    pop_flags,
+    write_sync_report,
+)
 
 cpu_defaults()  # before torch is imported
 
@@ -68,7 +74,7 @@ def main(argv: list[str], follower_trainer: str) -> None:
         for key in sorted(k for k in summary if k.startswith("eval/") and k.count("/") == 1):
             print(f"{key}: {summary[key]:.4f}")
         print(f"outputs under {config.output_dir}/")
-    state.wait_for_everyone()
+    finish(state)  # barrier, then tear the process group down before Python exits
 
 
 if __name__ == "__main__":

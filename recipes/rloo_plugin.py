@@ -24,7 +24,13 @@ from __future__ import annotations
 
 import sys
 
-from recipe_utils import cpu_defaults, make_sync_check_callback, pop_flags, write_sync_report
+from recipe_utils import (
+    cpu_defaults,
+    finish,
+    make_sync_check_callback,
+    pop_flags,
+    write_sync_report,
+)
 
 cpu_defaults()  # before torch is imported
 
@@ -133,7 +139,7 @@ def main(argv: list[str]) -> None:
             f"{last.get('hpgd/objective_estimate', float('nan')):.4f}"
         )
         print(f"leader under {config.output_dir}/leader, metrics in leader_metrics.jsonl")
-    state.wait_for_everyone()
+    finish(state)  # barrier, then tear the process group down before Python exits
 
 
 if __name__ == "__main__":

@@ -75,12 +75,10 @@ def main() -> None:
         json.dump(result, fh)
     if world > 1:
         dist.barrier()
-        # Leave without running gloo's C++ teardown: when one rank tears its pairs down while the
-        # other is still destroying the group, gloo can abort ("terminate called without an
-        # active exception", SIGABRT) after all results are written. Everything is on disk.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        # Join gloo's worker threads while Python is alive: otherwise the last collective's work
+        # object can be freed on a gloo thread during interpreter finalisation, which aborts the
+        # rank (SIGABRT, "terminate called without an active exception"); see recipes/recipe_utils.finish.
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
