@@ -1,6 +1,7 @@
 """Runtime of the full tax-design sweep (target: <= 15 minutes on the 2-core machine).
 
-Runs hpgd, zero-order and naive for lam in {0.1, 0.2, 0.3}, 10 seeds, 1,000 outer iterations
+Runs hpgd, zero-order (exact values), zero-order-sampled (Monte-Carlo values from the same number
+of environment steps per iteration as HPGD) and naive for lam in {0.1, 0.2, 0.3}, 10 seeds, 1,000 outer iterations
 (seeds batched per job, a 2-process pool with one torch thread each), then prints the wall time,
 the per-job times, the final welfare and tax rates, and the HPGD vs zero-order iteration ratio.
 
@@ -32,13 +33,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--lam", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--zo-c", type=float, default=0.5)
+    parser.add_argument(
+        "--algos", nargs="+", default=["hpgd", "zero-order", "zero-order-sampled", "naive"]
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     settings = AlgoSettings(zo_c=args.zo_c)
     jobs = make_jobs(
-        ["hpgd", "zero-order", "naive"],
+        args.algos,
         args.lam,
         list(range(args.seeds)),
         args.iters,
@@ -54,7 +58,7 @@ def main() -> None:
     for j in sorted(report["jobs"], key=lambda j: (j["lam"], j["label"])):
         r = j["final_rates_mean"]
         print(
-            f"  lam={j['lam']:g} {j['label']:>16}: {j['seconds']:6.0f}s  F {j['initial_welfare']:.3f}"
+            f"  lam={j['lam']:g} {j['label']:>24}: {j['seconds']:6.0f}s  F {j['initial_welfare']:.3f}"
             f" -> {j['final_welfare_mean']:.3f} ± {j['final_welfare_se']:.3f}  "
             f"tau={r['tau']:.3f} v=({r['v1']:.3f}, {r['v2']:.3f}, {r['v3']:.3f})"
         )

@@ -28,7 +28,7 @@ def test_end_to_end_small(tmp_path) -> None:
     argv += ["--episodes", "2", "--workers", "1", "--no-progress", "--out", str(out)]
     assert _run(argv) == 0
     assert keep.read_text() == "do not lose me"
-    for label in ("hpgd", "naive", "zero-order_c0.5"):
+    for label in ("hpgd", "naive", "zero-order_c0.5", "zero-order-sampled_c0.5"):
         d = out / "lam0.2" / label
         config = json.loads((d / "config.json").read_text())
         assert config["iters"] == 3 and config["economy"]["n_bins"] == 21
@@ -40,8 +40,12 @@ def test_end_to_end_small(tmp_path) -> None:
         assert (out / f"rates_lam0.2_{label}.png").stat().st_size > 0
     assert (out / "welfare_lam0.2.png").stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["jobs"]) == 3
+    assert len(summary["jobs"]) == 4
     assert {c["algo"] for c in summary["comparisons"]} == {"hpgd", "naive"}
+    assert {c["zero_order"] for c in summary["comparisons"]} == {
+        "zero-order_c0.5",
+        "zero-order-sampled_c0.5",
+    }
     # --replot rebuilds the summary and plots from the files alone
     (out / "summary.json").unlink()
     (out / "welfare_lam0.2.png").unlink()

@@ -11,7 +11,7 @@ import torch
 
 from align_cbrl.estimators.trajectory import discounted_returns, time_in_episode
 from align_cbrl.estimators.zero_order import gaussian_smoothing_gradient, sample_directions
-from tabular_reference.tax_design.algorithms import AlgoSettings, run_batch
+from tabular_reference.tax_design.algorithms import AlgoSettings, run_batch, sampled_welfare
 from tabular_reference.tax_design.critic import MonteCarloCritic
 from tabular_reference.tax_design.economy import Economy
 from tabular_reference.tax_design.hpgd import (
@@ -166,13 +166,30 @@ def test_exact_ascent_increases_welfare(econ: Economy) -> None:
     assert hist.rates.shape == (6, 2, 4)
 
 
-@pytest.mark.parametrize("algo", ["hpgd", "naive", "zero-order"])
+@pytest.mark.parametrize("algo", ["hpgd", "naive", "zero-order", "zero-order-sampled"])
 def test_sampling_algorithms_run(econ: Economy, algo: str) -> None:
     hist = run_batch(econ, algo, [0.1, 0.3], [0, 1], 3, AlgoSettings(episodes=4), progress=False)
     assert hist.welfare.shape == (4, 2) and (hist.grad_norm > 0).all()
     # each step moves theta by at most lr * max_norm (SGD with clipping)
     moved = torch.linalg.vector_norm(torch.as_tensor(hist.theta) - initial_theta(2), dim=1)
     assert (moved <= 3 * 0.01 + 1e-12).all()
+
+
+def test_sampled_welfare_is_unbiased(econ: Economy) -> None:
+    """Monte-Carlo values of the sampled-value zero-order baseline vs the exact F_xi = mu0^T Vbar_xi
+    per household type (z-test over runs; 200-step episodes truncate by 0.9^200)."""
+    R, N, lam = 16, 20, 0.2
+    theta = initial_theta(R) + 0.3 * torch.randn(R, 4, generator=torch.Generator().manual_seed(3))
+    W = welfare(econ, theta, lam)
+    F_ctx = W.Vbar @ econ.mu0  # [R, C]
+    gen = torch.Generator().manual_seed(4)
+    for k in range(econ.n_contexts):
+        ctx = torch.full((R, N), k, dtype=torch.long)
+        est = torch.stack([sampled_welfare(econ, theta, W.follower, ctx, gen) for _ in range(3)])
+        err = (est - F_ctx[:, k]).reshape(-1)  # runs differ in theta: compare run-wise errors
+        z = err.mean() / (err.std() / err.numel() ** 0.5)
+        assert abs(z) <= Z_MAX, (k, float(err.mean()), float(err.std()))
+        assert float(err.std()) > 0
 
 
 def test_settings_errors() -> None:

@@ -12,7 +12,11 @@ exact welfare ``F(theta_t)`` is recorded, and the gradient comes from
 ``naive``       the same trajectories, direct terms only (``d rbar`` and the planner's own
                 ``d log P`` term), i.e. the follower's response ignored (``form="naive"``);
 ``zero-order``  Gaussian smoothing ``(F_xi(theta + u_t z) - F_xi(theta)) z / u_t`` with exact
-                values, one sampled household type per iteration, ``u_t = c / t``;
+                values, one sampled household type per iteration, ``u_t = c / t`` (an oracle
+                baseline: it reads values HPGD has to estimate);
+``zero-order-sampled``  the same with Monte-Carlo values (:func:`sampled_welfare`): half of
+                HPGD's episode budget at ``theta + u_t z``, half at ``theta`` (same household
+                type), i.e. the same number of environment steps per iteration as HPGD;
 ``exact``       the exact hypergradient (:func:`solver.welfare_and_grad`; the AMD-like reference).
 """
 
@@ -46,15 +50,23 @@ from tabular_reference.tax_design.hpgd import (
 from tabular_reference.tax_design.rewards import initial_theta, rates
 from tabular_reference.tax_design.sampling import balanced_contexts, rollout
 from tabular_reference.tax_design.solver import (
+    FollowerSolution,
     check_lam,
     leader_values,
     soft_policy_iteration,
     welfare_and_grad,
 )
 
-__all__ = ["ALGORITHMS", "AlgoSettings", "History", "batch_generator", "run_batch"]
+__all__ = [
+    "ALGORITHMS",
+    "AlgoSettings",
+    "History",
+    "batch_generator",
+    "run_batch",
+    "sampled_welfare",
+]
 
-ALGORITHMS: tuple[str, ...] = ("hpgd", "zero-order", "naive", "exact")
+ALGORITHMS: tuple[str, ...] = ("hpgd", "zero-order", "zero-order-sampled", "naive", "exact")
 ZO_CONSTANTS: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0)
 CRITICS: tuple[str, ...] = ("learned", "exact")
 
@@ -126,6 +138,26 @@ def _critic_inputs(econ: Economy, theta: Tensor, traj) -> tuple[Tensor, Tensor, 
     with torch.no_grad():
         rewards = leader_rewards(econ, theta, b)
     return b["joint_state"], rewards, b["episode_start"]
+
+
+def sampled_welfare(
+    econ: Economy,
+    theta: Tensor,
+    follower: FollowerSolution,
+    contexts: Tensor,
+    generator: torch.Generator,
+) -> Tensor:
+    """Monte-Carlo welfare ``[R]``: the mean over ``contexts.shape[1]`` sampled episodes (household
+    type ``contexts[r, n]``, initial bin ``~ mu0``) of the discounted welfare
+    ``sum_t gamma^t W(s_t, a_t)`` (notes, section 4; ``F_xi = mu0^T Vbar_xi`` in expectation, up to
+    the ``gamma^T`` truncation of the episode)."""
+    x = rates(theta)
+    traj = rollout(econ, follower, x[:, 0], contexts, econ.config.episode_length, generator)
+    R, N, T = traj.actions.shape
+    with torch.no_grad():
+        w = leader_rewards(econ, theta, flat_batch(econ, traj)).reshape(R, N, T)
+    discount = econ.gamma ** torch.arange(T, dtype=w.dtype)
+    return (w * discount).sum(-1).mean(-1)
 
 
 def batch_generator(algo: str, seeds: Sequence[int], lams: Sequence[float]) -> torch.Generator:
@@ -204,17 +236,22 @@ def run_batch(
             )
             if learned is not None:
                 learned.update(*_critic_inputs(econ, theta, traj))
-        elif algo == "zero-order":
+        elif algo in ("zero-order", "zero-order-sampled"):
             z = sample_directions(gen, (R, 4))
             u = smoothing_radius(settings.zo_c, t + 1)
             ctx = torch.multinomial(econ.context_probs, R, replacement=True, generator=gen)
             theta_p = theta + u * z
             sol_p = soft_policy_iteration(econ, theta_p, lam, V0=sol.V, tol=settings.tol)
             newton += sol_p.iters
-            xp = rates(theta_p)
-            Vbar_p = leader_values(econ, sol_p.P, sol_p.pi_f, sol_p.log_pa, xp[:, 0], xp[:, 1:])
-            f_plus = (Vbar_p @ econ.mu0)[rows, ctx]
-            grad = gaussian_smoothing_gradient(f_plus, F_ctx[rows, ctx], z, u)
+            if algo == "zero-order":
+                xp = rates(theta_p)
+                Vbar_p = leader_values(econ, sol_p.P, sol_p.pi_f, sol_p.log_pa, xp[:, 0], xp[:, 1:])
+                f_plus, f_zero = (Vbar_p @ econ.mu0)[rows, ctx], F_ctx[rows, ctx]
+            else:
+                ctx_ep = ctx[:, None].expand(R, settings.episodes // 2).contiguous()
+                f_plus = sampled_welfare(econ, theta_p, sol_p, ctx_ep, gen)
+                f_zero = sampled_welfare(econ, theta, sol, ctx_ep, gen)
+            grad = gaussian_smoothing_gradient(f_plus, f_zero, z, u)
         else:
             _, grad, _ = welfare_and_grad(econ, theta, lam, V0=sol.V, tol=settings.tol)
         grad_norm[t] = torch.linalg.vector_norm(grad, dim=1).numpy()

@@ -1,7 +1,7 @@
 """``python -m tabular_reference tax-design``: train tax-design planners and plot the results.
 
 Example: ``python -m tabular_reference tax-design --algo all --lam 0.1 0.2 0.3 --seeds 10
---iters 1000 --out runs/tax_design`` (``--algo all`` = hpgd, zero-order, naive).
+--iters 1000 --out runs/tax_design`` (``--algo all`` = hpgd, zero-order, zero-order-sampled, naive).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tabular_reference.tax_design.hpgd import FOLLOWER_TRANSITION, FORMS, LEADER
 
 __all__ = ["main", "register"]
 
-DEFAULT_ALGOS = ("hpgd", "zero-order", "naive")
+DEFAULT_ALGOS = ("hpgd", "zero-order", "zero-order-sampled", "naive")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

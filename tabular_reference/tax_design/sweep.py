@@ -42,8 +42,8 @@ class Job:
 
     @property
     def label(self) -> str:
-        if self.algo == "zero-order":
-            return f"zero-order_c{self.settings.zo_c:g}"
+        if self.algo.startswith("zero-order"):
+            return f"{self.algo}_c{self.settings.zo_c:g}"
         return self.algo
 
     def directory(self, out: Path) -> Path:
@@ -241,11 +241,11 @@ def make_jobs(
     jobs = []
     for lam in lams:
         for a in algos:
-            for c in zo_cs if a == "zero-order" else [settings.zo_c]:
+            for c in zo_cs if a.startswith("zero-order") else [settings.zo_c]:
                 s = AlgoSettings(**{**asdict(settings), "zo_c": c})
                 jobs.append(Job(a, float(lam), tuple(seeds), iters, s, n_bins))
     # Longest first (sampling algorithms), so that the pool stays busy.
-    cost = {"hpgd": 3, "naive": 3, "exact": 2, "zero-order": 1}
+    cost = {"hpgd": 3, "naive": 3, "zero-order-sampled": 3, "exact": 2, "zero-order": 1}
     return sorted(jobs, key=lambda j: -cost[j.algo])
 
 
