@@ -149,20 +149,28 @@ def _episode_last_index(episode_start: torch.Tensor) -> torch.Tensor:
     return last
 
 
+def _powers(coef: float, tau: torch.Tensor, max_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """``coef ** tau`` elementwise, through a table of ``coef ** k`` for ``k < max_len``
+    (``tau[R, T]`` takes at most ``max_len`` distinct values; the lookup is ~10x cheaper than ``pow``)."""
+    c = torch.as_tensor(coef, dtype=dtype, device=tau.device)
+    table = torch.pow(c, torch.arange(max_len, dtype=dtype, device=tau.device))
+    return table.expand(tau.shape[0], max_len).gather(1, tau)
+
+
 def _cumsum_scan(
     values: torch.Tensor,
     episode_start: torch.Tensor,
     coef: float,
     reverse: bool,
     tau: torch.Tensor,
+    max_len: int,
 ) -> torch.Tensor:
     """Segmented linear recurrence as one rescaled cumsum (see :func:`segmented_scan`)."""
-    tau_f = tau.to(values.dtype)
     if coef == 1.0:
         up = down = None
     else:
-        c = torch.as_tensor(coef, dtype=values.dtype, device=values.device)
-        up, down = torch.pow(c, tau_f), torch.pow(c, -tau_f)
+        up = _powers(coef, tau, max_len, values.dtype)
+        down = _powers(1.0 / coef, tau, max_len, values.dtype)
     if reverse:
         # h_t = coef^-tau_t * sum_{k=t}^{last(t)} coef^tau_k v_k
         y = values if up is None else values * up
@@ -205,7 +213,7 @@ def segmented_scan(
     if coef == 1.0 or (
         0.0 < coef < 1.0 and (max_len - 1) * -math.log(coef) <= math.log(_CUMSUM_MAX_RATIO)
     ):
-        return _cumsum_scan(values, episode_start, coef, reverse, tau)
+        return _cumsum_scan(values, episode_start, coef, reverse, tau, max_len)
     h = values.clone()
     # a_t: multiplier linking step t to its predecessor (forward) / successor (reverse).
     coef_t = torch.full((), coef, dtype=values.dtype, device=values.device)
@@ -371,7 +379,7 @@ def hpgd_weights(
         )
     tau = time_in_episode(episode_start)
     max_len = int(tau.max().item()) + 1
-    gpow = torch.pow(torch.as_tensor(gamma, dtype=dtype), tau.to(dtype))
+    gpow = _powers(gamma, tau, max_len, dtype)
     n_episodes = episode_start.sum(dim=1).to(dtype)
     inv_ep = (1.0 / n_episodes)[:, None]
     g_hat = segmented_scan(

@@ -308,6 +308,9 @@ def run(cfg: RunConfig, progress: bool = True, desc: str | None = None) -> RunRe
     )
 
 
+_RUN_CHUNK = 8  # runs per estimator call in hpgd_estimate
+
+
 def _buffers(R: int, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(states, actions, leader_rewards, episode_start)`` arrays of shape ``[R, T]``."""
     return (
@@ -359,30 +362,36 @@ def hpgd_estimate(
         lrew,
         ep_start,
     )
-    st = torch.from_numpy(states)
-    kw: dict = {}
-    if form != "naive":
-        kw = {"actions": torch.from_numpy(actions), "n_actions": 4, "leader_q": "crossfit"}
-        if form == "covariance" and tables is not None:
-            kw.update(
-                leader_q="table",
-                q_table=torch.from_numpy(tables[0]),
-                v_table=torch.from_numpy(tables[1]),
-            )
-    w = hpgd_weights(
-        st,
-        torch.from_numpy(lrew),
-        torch.from_numpy(ep_start),
-        GAMMA,
-        cfg.lam,
-        form=form,
-        n_states=env.n_cells,
-        **kw,
-    )
+    gpen = np.empty((R, env.n_cells))
+    lead = np.empty((R, env.n_cells))
+    # Runs are independent: estimate in chunks of runs so that the estimator's [runs, T]
+    # temporaries stay cache-sized (two workers on the whole batch slow each other down ~1.5x).
+    for lo in range(0, R, _RUN_CHUNK):
+        sl = slice(lo, min(R, lo + _RUN_CHUNK))
+        st = torch.from_numpy(states[sl])
+        kw: dict = {}
+        if form != "naive":
+            kw = {"actions": torch.from_numpy(actions[sl]), "n_actions": 4, "leader_q": "crossfit"}
+            if form == "covariance" and tables is not None:
+                kw.update(
+                    leader_q="table",
+                    q_table=torch.from_numpy(tables[0][sl]),
+                    v_table=torch.from_numpy(tables[1][sl]),
+                )
+        w = hpgd_weights(
+            st,
+            torch.from_numpy(lrew[sl]),
+            torch.from_numpy(ep_start[sl]),
+            GAMMA,
+            cfg.lam,
+            form=form,
+            n_states=env.n_cells,
+            **kw,
+        )
+        gpen[sl] = per_state_sum(w.follower, st, env.n_cells).numpy()
+        lead[sl] = per_state_sum(w.leader, st, env.n_cells).numpy()
     rows = np.arange(R)
-    gpen = per_state_sum(w.follower, st, env.n_cells).numpy()
     gpen[rows, goal] = 0.0  # the goal's follower reward (1) does not depend on x
-    lead = per_state_sum(w.leader, st, env.n_cells).numpy()
     mug = lead[rows, goal]  # only the goal's leader reward (-beta * budget) depends on x
     return logits_gradient(sigma, gpen, mug, cfg.beta, goal, cfg.budget_mode)
 
