@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from itertools import pairwise
 
 import numpy as np
 import torch
@@ -309,7 +308,7 @@ def run(cfg: RunConfig, progress: bool = True, desc: str | None = None) -> RunRe
     )
 
 
-_RUN_CHUNK = 10  # about this many runs per estimator call in hpgd_estimate
+_RUN_CHUNK = 8  # runs per estimator call in hpgd_estimate
 
 
 def _buffers(R: int, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -367,9 +366,8 @@ def hpgd_estimate(
     lead = np.empty((R, env.n_cells))
     # Runs are independent: estimate in chunks of runs so that the estimator's [runs, T]
     # temporaries stay cache-sized (two workers on the whole batch slow each other down ~1.5x).
-    bounds = np.linspace(0, R, max(1, round(R / _RUN_CHUNK)) + 1).round().astype(int)
-    for lo, hi in pairwise(bounds):
-        sl = slice(int(lo), int(hi))
+    for lo in range(0, R, _RUN_CHUNK):
+        sl = slice(lo, min(R, lo + _RUN_CHUNK))
         st = torch.from_numpy(states[sl])
         kw: dict = {}
         if form != "naive":
