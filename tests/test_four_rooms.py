@@ -164,6 +164,31 @@ def test_sampler_statistics():
     assert np.diff(np.append(starts, T)).max() <= 200
 
 
+def test_sampler_with_actions_joint_statistics():
+    """sample_with_actions (one uniform per step for the action and the slip): the empirical
+    joint frequencies of (action, next cell) from the start cell equal pi(a|s) P(s'|s,a)
+    (exact transition table; independent check of the reused-uniform trick)."""
+    rng = np.random.default_rng(1)
+    pi = rng.dirichlet(np.full(4, 0.5), size=(1, 104))
+    pi[0, E.start] = [0.6, 0.05, 0.3, 0.05]
+    K.seed_rng(7)
+    T = 200_000
+    st, ac = np.empty((1, T), np.int64), np.empty((1, T), np.int64)
+    lr, es = np.empty((1, T)), np.empty((1, T), np.bool_)
+    goal = np.array([E.goals[1]])
+    K.sample_with_actions(
+        pi, goal, np.array([-0.5]), E.start, E.target, E.nbr, 1, T, 200, st, ac, lr, es
+    )
+    s0 = E.start
+    m = (st[0, :-1] == s0) & ~es[0, 1:]
+    joint = np.zeros((4, 104))
+    np.add.at(joint, (ac[0, :-1][m], st[0, 1:][m]), 1.0)
+    joint /= m.sum()
+    exact = pi[0, s0][:, None] * E.dense_transitions()[s0]
+    assert np.abs(joint - exact).max() < 4 * np.sqrt(0.25 / m.sum())
+    assert np.allclose(joint.sum(1), pi[0, s0], atol=4 * np.sqrt(0.25 / m.sum()))
+
+
 @pytest.mark.slow
 def test_hpgd_mean_estimate_matches_exact_gradient():
     """Average of 400 independent HPGD estimates (10,000 steps each, the library estimator with

@@ -164,13 +164,18 @@ def _cumsum_scan(
     reverse: bool,
     tau: torch.Tensor,
     max_len: int,
+    up: torch.Tensor | None = None,
+    down: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Segmented linear recurrence as one rescaled cumsum (see :func:`segmented_scan`)."""
+    """Segmented linear recurrence as one rescaled cumsum (see :func:`segmented_scan`).
+    ``up = coef^tau`` and ``down = coef^-tau`` may be passed in when already computed."""
     if coef == 1.0:
         up = down = None
     else:
-        up = _powers(coef, tau, max_len, values.dtype)
-        down = _powers(1.0 / coef, tau, max_len, values.dtype)
+        if up is None:
+            up = _powers(coef, tau, max_len, values.dtype)
+        if down is None:
+            down = _powers(1.0 / coef, tau, max_len, values.dtype)
     if reverse:
         # h_t = coef^-tau_t * sum_{k=t}^{last(t)} coef^tau_k v_k
         y = values if up is None else values * up
@@ -185,6 +190,13 @@ def _cumsum_scan(
     first = torch.arange(values.shape[1], device=values.device) - tau  # episode's first index
     out = csum - torch.gather(prev, 1, first)
     return out if up is None else out * up
+
+
+def _cumsum_ok(coef: float, max_len: int) -> bool:
+    """Whether the rescaled-cumsum scan is accurate for ``coef`` over episodes of ``max_len``."""
+    return coef == 1.0 or (
+        0.0 < coef < 1.0 and (max_len - 1) * -math.log(coef) <= math.log(_CUMSUM_MAX_RATIO)
+    )
 
 
 def segmented_scan(
@@ -210,9 +222,7 @@ def segmented_scan(
         tau = time_in_episode(episode_start)
     if max_len is None:
         max_len = int(tau.max().item()) + 1
-    if coef == 1.0 or (
-        0.0 < coef < 1.0 and (max_len - 1) * -math.log(coef) <= math.log(_CUMSUM_MAX_RATIO)
-    ):
+    if _cumsum_ok(coef, max_len):
         return _cumsum_scan(values, episode_start, coef, reverse, tau, max_len)
     h = values.clone()
     # a_t: multiplier linking step t to its predecessor (forward) / successor (reverse).
@@ -380,11 +390,22 @@ def hpgd_weights(
     tau = time_in_episode(episode_start)
     max_len = int(tau.max().item()) + 1
     gpow = _powers(gamma, tau, max_len, dtype)
+    if _cumsum_ok(gamma, max_len) and gamma != 1.0:
+        # The gamma-scans below share gamma^tau (= gpow) and gamma^-tau: compute them once.
+        gdown = _powers(1.0 / gamma, tau, max_len, dtype)
+
+        def gamma_scan(values: torch.Tensor, reverse: bool) -> torch.Tensor:
+            return _cumsum_scan(values, episode_start, gamma, reverse, tau, max_len, gpow, gdown)
+    else:
+
+        def gamma_scan(values: torch.Tensor, reverse: bool) -> torch.Tensor:
+            return segmented_scan(
+                values, episode_start, gamma, reverse=reverse, max_len=max_len, tau=tau
+            )
+
     n_episodes = episode_start.sum(dim=1).to(dtype)
     inv_ep = (1.0 / n_episodes)[:, None]
-    g_hat = segmented_scan(
-        leader_rewards, episode_start, gamma, reverse=True, max_len=max_len, tau=tau
-    )
+    g_hat = gamma_scan(leader_rewards, reverse=True)
 
     # Direct and transition terms (shared by all forms): known score x one return, unbiased.
     leader_w = gpow * inv_ep
@@ -433,12 +454,12 @@ def hpgd_weights(
         other_sa = (1 - fold) * n_sa + sa
         q_hat = torch.gather(q_mean, 1, other_sa)
         valid = torch.gather(q_count, 1, other_sa) > 0
-        v_mean, v_count = _grouped_mean(g_hat, fold * n_states + states, 2 * n_states)
-        other_s = (1 - fold) * n_states + states
-        v_hat = torch.gather(v_mean, 1, other_s)
-        if form == "covariance":
-            valid = valid & (torch.gather(v_count, 1, other_s) > 0)
         centre_index, n_centre = fold * n_states + states, 2 * n_states
+        if form == "covariance":
+            v_mean, v_count = _grouped_mean(g_hat, centre_index, n_centre)
+            other_s = (1 - fold) * n_states + states
+            v_hat = torch.gather(v_mean, 1, other_s)
+            valid = valid & (torch.gather(v_count, 1, other_s) > 0)
     else:
         if leader_q == "table":
             if q_table is None:
@@ -465,24 +486,18 @@ def hpgd_weights(
 
     if form == "mc":
         # sum_t gamma^tau_t Qhat_t Dhat_t -> weight gamma^tau_k * sum_{t<=k} Qhat_t on d rtilde_k.
-        prefix_q = segmented_scan(
-            q_hat, episode_start, 1.0, reverse=False, max_len=max_len, tau=tau
-        )
+        prefix_q = _cumsum_scan(q_hat, episode_start, 1.0, False, tau, max_len)
         direct = gpow * prefix_q
         # sum_t gamma^tau_t Qhat_t Dbar(s_t) = sum_t' c_t' Dhat_t', c = C(s)/n(s) (per fold) ->
         # weight J_k = sum_{t'<=k} gamma^(k-t') c_t' on d rtilde_k.
         visits = _scatter_sum(torch.ones_like(leader_rewards), centre_index, n_centre)
         c_state = _scatter_sum(gpow * q_hat, centre_index, n_centre) / visits.clamp_min(1.0)
         c_step = torch.gather(c_state, 1, centre_index)
-        centring = segmented_scan(
-            c_step, episode_start, gamma, reverse=False, max_len=max_len, tau=tau
-        )
+        centring = gamma_scan(c_step, reverse=False)
         follower_w = (direct - centring) * inv_ep / lam_col
     else:  # covariance
         adv = torch.where(valid, q_hat - v_hat, zeros)
-        prefix_adv = segmented_scan(
-            adv, episode_start, 1.0, reverse=False, max_len=max_len, tau=tau
-        )
+        prefix_adv = _cumsum_scan(adv, episode_start, 1.0, False, tau, max_len)
         follower_w = gpow * prefix_adv * inv_ep / lam_col
 
     return HPGDWeights(

@@ -282,38 +282,44 @@ def sample_with_actions(
     pi, goal, vgoal, start, target, nbr, n_envs, steps, max_len, states, actions, lrew, ep_start
 ):
     """Like kernels.sample_batch but draws the action a ~ pi(.|s) and then the slip
-    (intended direction w.p. 0.67, each other w.p. 0.11); records actions."""
+    (intended direction w.p. 0.67, each other w.p. 0.11); records actions.
+
+    One uniform ``u`` per step serves both draws: ``a`` is the bin of ``u`` in the cumulative
+    ``pi(.|s)`` and, given ``a``, ``(u - lo_a) / pi(a|s)`` is again uniform on [0, 1) and picks
+    the slip (tested against the exact frequencies)."""
     R = pi.shape[0]
     for r in range(R):
         t = 0
+        g = goal[r]
+        vg = vgoal[r]
         for _e in range(n_envs):
             s = start
             k = 0
             for _i in range(steps):
                 states[r, t] = s
                 ep_start[r, t] = k == 0
-                lrew[r, t] = vgoal[r] if s == goal[r] else (1.0 if s == target else 0.0)
+                lrew[r, t] = vg if s == g else (1.0 if s == target else 0.0)
                 u = np.random.random()
-                acc = 0.0
+                lo = 0.0
                 a = 3
-                for b in range(4):
-                    acc += pi[r, s, b]
-                    if u < acc:
+                for b in range(3):
+                    p = pi[r, s, b]
+                    if u < lo + p:
                         a = b
                         break
+                    lo += p
                 actions[r, t] = a
                 t += 1
                 k += 1
-                if s == goal[r] or k >= max_len:
+                if s == g or k >= max_len:
                     s = start
                     k = 0
                     continue
-                u = np.random.random()
-                acc = 0.0
-                d = 3
-                for b in range(4):
-                    acc += P_OTH + P_DIFF * (1.0 if b == a else 0.0)
-                    if u < acc:
-                        d = b
-                        break
+                p = pi[r, s, a]
+                v = (u - lo) / p if p > 0.0 else 0.0
+                if v < P_INT:
+                    d = a
+                else:
+                    j = min(int((v - P_INT) / P_OTH), 2)  # the j-th of the other three
+                    d = j if j < a else j + 1
                 s = nbr[s, d]
