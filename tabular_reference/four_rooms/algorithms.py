@@ -6,6 +6,9 @@
   the paper's Monte-Carlo form plus the direct term). ``hpgd-cov`` uses ``form="covariance"``
   with a leader-side baseline (an EMA table of per-state leader returns from previous
   iterations, per context); ``naive`` uses ``form="naive"`` (direct term only).
+  ``hpgd-paper`` is the paper's plain Monte-Carlo product: ``form="mc"`` with the leader's
+  return ``Ghat_t`` from the *same* trajectory (``leader_q="trajectory"``), which is biased by
+  ``Cov(Dhat_t, Ghat_t | s_t, a_t)`` (docs/four_rooms.md); kept to compare with the paper.
 * ``amd``      -- the exact deterministic hypergradient, full expectation over the contexts.
 * ``zo``       -- zero-order Gaussian smoothing ``g = (F_xi(x + u_t z) - F_xi(x)) z / u_t``,
   ``u_t = c / t``, one sampled context, exact values
@@ -38,8 +41,8 @@ from tabular_reference.four_rooms.env import (
 from tabular_reference.four_rooms.leader import BUDGET_MODES, budget, logits_gradient, softmax
 from tabular_reference.four_rooms.leader import penalties as penalties_of
 
-ALGORITHMS = ("hpgd", "hpgd-cov", "naive", "amd", "zo")
-HPGD_FORMS = {"hpgd": "mc", "hpgd-cov": "covariance", "naive": "naive"}
+ALGORITHMS = ("hpgd", "hpgd-cov", "hpgd-paper", "naive", "amd", "zo")
+HPGD_FORMS = {"hpgd": "mc", "hpgd-cov": "covariance", "hpgd-paper": "mc", "naive": "naive"}
 
 
 @dataclass
@@ -210,8 +213,11 @@ def _eval_schedule(iters: int, every: int, last: int) -> np.ndarray:
     return t[keep]
 
 
-def run(cfg: RunConfig, progress: bool = True, desc: str | None = None) -> RunResult:
-    """Run one batched job (see :class:`RunConfig`)."""
+def run(
+    cfg: RunConfig, progress: bool = True, desc: str | None = None, x0: np.ndarray | None = None
+) -> RunResult:
+    """Run one batched job (see :class:`RunConfig`). ``x0[R, 105]`` (optional) replaces the
+    random initial logits, one row per run in the order ``lrs x cs x seeds``."""
     cfg.validate()
     t0 = time.perf_counter()
     env = FOUR_ROOMS
@@ -224,6 +230,16 @@ def run(cfg: RunConfig, progress: bool = True, desc: str | None = None) -> RunRe
     x = np.stack(
         [np.random.default_rng(int(s)).normal(0.0, cfg.init_std, env.n_params) for s in seeds]
     )
+    if x0 is not None:
+        x0 = np.asarray(x0, dtype=np.float64)
+        if x0.shape != x.shape:
+            raise ValueError(
+                f"x0 must have shape {list(x.shape)} (runs = lrs x cs x seeds, {env.n_params} "
+                f"logits), got {list(x0.shape)}"
+            )
+        if not np.isfinite(x0).all():
+            raise ValueError("x0 contains NaN/inf")
+        x = x0.copy()
     goals = np.array([env.goal_index(tuple(g)) for g in cfg.goals], dtype=np.int64)
     n_ctx = len(goals)
     solver = _Solver(R, goals, cfg)
@@ -278,7 +294,17 @@ def run(cfg: RunConfig, progress: bool = True, desc: str | None = None) -> RunRe
                 F, _gp, _m, pi, sigma, goal, vgoal, _V = solver.solve(x, ctx, False)
                 form = HPGD_FORMS[cfg.algo]
                 tables = critic.tables(ctx) if form == "covariance" else None
-                g = hpgd_estimate(pi, sigma, goal, vgoal, cfg, form, tables, buffers)
+                g = hpgd_estimate(
+                    pi,
+                    sigma,
+                    goal,
+                    vgoal,
+                    cfg,
+                    form,
+                    tables,
+                    buffers,
+                    same_trajectory=cfg.algo == "hpgd-paper",
+                )
                 if form == "covariance":
                     critic.update(ctx, buffers)
             if record:
@@ -330,6 +356,7 @@ def hpgd_estimate(
     form: str,
     tables: tuple[np.ndarray, np.ndarray] | None = None,
     buffers: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    same_trajectory: bool = False,
 ) -> np.ndarray:
     """One HPGD gradient estimate per run (notes §2) from ``cfg.steps_per_iter`` sampled steps
     of the follower ``pi[R, S, 4]``: the library weights (:func:`hpgd_weights`) contracted with
@@ -340,7 +367,9 @@ def hpgd_estimate(
     leader's Q per (state, action) from the other half of the episodes); ``"covariance"`` uses
     ``tables = (q_table[R, S, 4], v_table[R, S])`` (leader critic tables from previous
     iterations, ``leader_q="table"``) or, when ``None``, the cross-fit; ``"naive"`` has no
-    follower term. ``buffers`` = preallocated arrays from :func:`_buffers` (filled here)."""
+    follower term. ``same_trajectory=True`` (form ``"mc"``) multiplies by the leader's return
+    from the same trajectory (``leader_q="trajectory"``, the paper's biased product).
+    ``buffers`` = preallocated arrays from :func:`_buffers` (filled here)."""
     env = FOUR_ROOMS
     R = pi.shape[0]
     T = cfg.steps_per_iter
@@ -370,7 +399,9 @@ def hpgd_estimate(
         sl = slice(lo, min(R, lo + _RUN_CHUNK))
         st = torch.from_numpy(states[sl])
         kw: dict = {}
-        if form != "naive":
+        if form == "mc" and same_trajectory:
+            kw = {"leader_q": "trajectory"}
+        elif form != "naive":
             kw = {"actions": torch.from_numpy(actions[sl]), "n_actions": 4, "leader_q": "crossfit"}
             if form == "covariance" and tables is not None:
                 kw.update(

@@ -15,6 +15,7 @@ from tabular_reference.four_rooms.plots import plot_penalty_map
 LABELS = {
     "hpgd": "HPGD",
     "hpgd-cov": "HPGD (covariance)",
+    "hpgd-paper": "HPGD (paper's same-trajectory product)",
     "naive": "naive",
     "amd": "AMD",
     "zo": "Zero-order",
