@@ -42,7 +42,13 @@ from tabular_reference.four_rooms.leader import BUDGET_MODES, budget, logits_gra
 from tabular_reference.four_rooms.leader import penalties as penalties_of
 
 ALGORITHMS = ("hpgd", "hpgd-cov", "hpgd-paper", "naive", "amd", "zo")
-HPGD_FORMS = {"hpgd": "mc", "hpgd-cov": "covariance", "hpgd-paper": "mc", "naive": "naive"}
+# algorithm -> (estimator form, source of the leader values; see hpgd_estimate)
+HPGD_ESTIMATORS = {
+    "hpgd": ("mc", "crossfit"),
+    "hpgd-cov": ("covariance", "table"),
+    "hpgd-paper": ("mc", "trajectory"),
+    "naive": ("naive", None),
+}
 
 
 @dataclass
@@ -251,7 +257,7 @@ def run(
     Fhist = np.full((R, len(eval_t)), np.nan)
     T = cfg.steps_per_iter
 
-    if cfg.algo in HPGD_FORMS:
+    if cfg.algo in HPGD_ESTIMATORS:
         buffers = _buffers(R, T)
         critic = _Critic(R, n_ctx, env.n_cells, cfg.baseline_ema)
     bar = tqdm(
@@ -292,20 +298,10 @@ def run(
                 ).numpy()
             else:
                 F, _gp, _m, pi, sigma, goal, vgoal, _V = solver.solve(x, ctx, False)
-                form = HPGD_FORMS[cfg.algo]
-                tables = critic.tables(ctx) if form == "covariance" else None
-                g = hpgd_estimate(
-                    pi,
-                    sigma,
-                    goal,
-                    vgoal,
-                    cfg,
-                    form,
-                    tables,
-                    buffers,
-                    same_trajectory=cfg.algo == "hpgd-paper",
-                )
-                if form == "covariance":
+                form, leader_q = HPGD_ESTIMATORS[cfg.algo]
+                tables = critic.tables(ctx) if leader_q == "table" else None
+                g = hpgd_estimate(pi, sigma, goal, vgoal, cfg, form, tables, buffers, leader_q)
+                if leader_q == "table":
                     critic.update(ctx, buffers)
             if record:
                 other = np.zeros(R)
@@ -356,20 +352,19 @@ def hpgd_estimate(
     form: str,
     tables: tuple[np.ndarray, np.ndarray] | None = None,
     buffers: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
-    same_trajectory: bool = False,
+    leader_q: str | None = "crossfit",
 ) -> np.ndarray:
     """One HPGD gradient estimate per run (notes §2) from ``cfg.steps_per_iter`` sampled steps
     of the follower ``pi[R, S, 4]``: the library weights (:func:`hpgd_weights`) contracted with
     the analytic Jacobians of the state-based rewards (``d pen(s)`` at non-goal cells,
     ``d vgoal`` at the goal). Returns ``dF_xi/dx[R, 105]``.
 
-    ``form="mc"`` uses the library's cross-fitted leader values (``leader_q="crossfit"``: the
-    leader's Q per (state, action) from the other half of the episodes); ``"covariance"`` uses
-    ``tables = (q_table[R, S, 4], v_table[R, S])`` (leader critic tables from previous
-    iterations, ``leader_q="table"``) or, when ``None``, the cross-fit; ``"naive"`` has no
-    follower term. ``same_trajectory=True`` (form ``"mc"``) multiplies by the leader's return
-    from the same trajectory (``leader_q="trajectory"``, the paper's biased product).
-    ``buffers`` = preallocated arrays from :func:`_buffers` (filled here)."""
+    ``leader_q`` is the library's source of the leader values (``form`` ``"mc"`` or
+    ``"covariance"``; ignored by ``"naive"``, which has no follower term): ``"crossfit"`` (the
+    leader's Q per (state, action) from the other half of the episodes), ``"table"`` (needs
+    ``tables = (q_table[R, S, 4], v_table[R, S])``, leader critic tables from previous
+    iterations) or ``"trajectory"`` (the return of the same trajectory: the paper's biased
+    product). ``buffers`` = preallocated arrays from :func:`_buffers` (filled here)."""
     env = FOUR_ROOMS
     R = pi.shape[0]
     T = cfg.steps_per_iter
@@ -398,14 +393,17 @@ def hpgd_estimate(
     for lo in range(0, R, _RUN_CHUNK):
         sl = slice(lo, min(R, lo + _RUN_CHUNK))
         st = torch.from_numpy(states[sl])
-        kw: dict = {}
-        if form == "mc" and same_trajectory:
+        kw: dict
+        if form == "naive":
+            kw = {}
+        elif leader_q == "trajectory":
             kw = {"leader_q": "trajectory"}
-        elif form != "naive":
-            kw = {"actions": torch.from_numpy(actions[sl]), "n_actions": 4, "leader_q": "crossfit"}
-            if form == "covariance" and tables is not None:
+        else:
+            kw = {"actions": torch.from_numpy(actions[sl]), "n_actions": 4, "leader_q": leader_q}
+            if leader_q == "table":
+                if tables is None:
+                    raise ValueError("leader_q='table' needs tables=(q_table, v_table)")
                 kw.update(
-                    leader_q="table",
                     q_table=torch.from_numpy(tables[0][sl]),
                     v_table=torch.from_numpy(tables[1][sl]),
                 )
