@@ -390,18 +390,16 @@ def hpgd_weights(
     tau = time_in_episode(episode_start)
     max_len = int(tau.max().item()) + 1
     gpow = _powers(gamma, tau, max_len, dtype)
-    if _cumsum_ok(gamma, max_len) and gamma != 1.0:
-        # The gamma-scans below share gamma^tau (= gpow) and gamma^-tau: compute them once.
-        gdown = _powers(1.0 / gamma, tau, max_len, dtype)
+    # The gamma-scans below share gamma^tau (= gpow) and gamma^-tau: compute them once.
+    use_cumsum = _cumsum_ok(gamma, max_len)
+    gdown = _powers(1.0 / gamma, tau, max_len, dtype) if use_cumsum and gamma != 1.0 else None
 
-        def gamma_scan(values: torch.Tensor, reverse: bool) -> torch.Tensor:
+    def gamma_scan(values: torch.Tensor, reverse: bool) -> torch.Tensor:
+        if use_cumsum:
             return _cumsum_scan(values, episode_start, gamma, reverse, tau, max_len, gpow, gdown)
-    else:
-
-        def gamma_scan(values: torch.Tensor, reverse: bool) -> torch.Tensor:
-            return segmented_scan(
-                values, episode_start, gamma, reverse=reverse, max_len=max_len, tau=tau
-            )
+        return segmented_scan(
+            values, episode_start, gamma, reverse=reverse, max_len=max_len, tau=tau
+        )
 
     n_episodes = episode_start.sum(dim=1).to(dtype)
     inv_ep = (1.0 / n_episodes)[:, None]
