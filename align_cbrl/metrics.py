@@ -10,13 +10,40 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from align_cbrl.utils.io import atomic_write_text
 
-__all__ = ["MetricsLogger", "read_jsonl"]
+__all__ = ["TENSORBOARD_MISSING", "MetricsLogger", "read_jsonl", "tensorboard_available"]
+
+TENSORBOARD_MISSING = (
+    "tensorboard: true, but the tensorboard package is not installed; pip install tensorboard "
+    "(it is in align-cbrl's default install) or set tensorboard: false / auto"
+)
+_TB_NOTICE_SHOWN = False
+
+
+def tensorboard_available() -> bool:
+    """Whether ``torch.utils.tensorboard`` can be imported (it needs the tensorboard package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _notice_tensorboard_off(path: Path) -> None:
+    global _TB_NOTICE_SHOWN
+    if not _TB_NOTICE_SHOWN:
+        _TB_NOTICE_SHOWN = True
+        print(
+            "tensorboard: off (the tensorboard package is not installed; pip install tensorboard); "
+            f"no tensorboard/ directory is written, metrics go to {path.name}",
+            file=sys.stderr,
+        )
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -55,24 +82,29 @@ class MetricsLogger:
         tensorboard: bool | str = "auto",
         enabled: bool = True,
         filename: str = "metrics.jsonl",
+        purge_step: int | None = None,
     ) -> None:
+        """``tensorboard``: ``True`` (an error when the package is missing), ``False`` or
+        ``"auto"`` (on when installed; otherwise a one-line notice, once per process, says that
+        no ``tensorboard/`` is written and why). ``purge_step``: on resume, the first step that
+        will be logged again; TensorBoard hides the earlier run's events from that step on
+        (``SummaryWriter(purge_step=...)``), so no step appears twice."""
         self.enabled = enabled
         self.path = Path(output_dir) / filename
         self._tb = None
         if not enabled:
             return
+        if tensorboard is True and not tensorboard_available():
+            raise ValueError(TENSORBOARD_MISSING)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                if tensorboard is True:
-                    raise ImportError(
-                        "tensorboard=True but the tensorboard package is not installed; "
-                        "pip install 'align-cbrl[tensorboard]' or set tensorboard: false"
-                    ) from None
-            else:
-                self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+        if tensorboard and tensorboard_available():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(
+                log_dir=str(Path(output_dir) / "tensorboard"), purge_step=purge_step
+            )
+        elif tensorboard == "auto":
+            _notice_tensorboard_off(self.path)
 
     def truncate_after(self, step: int) -> None:
         """Drop records after ``step`` (used when resuming from a checkpoint at ``step``)."""
