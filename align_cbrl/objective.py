@@ -59,7 +59,10 @@ class BilevelRewards(nn.Module):
         upper: weights of the leader's objective mix.
 
     ``forward(scores[B, K], contexts, features=None) -> RewardPair``. Contexts are the raw
-    context values (e.g. categories) of each sample's prompt, shared by leader and mixes."""
+    context values (e.g. categories) of each sample's prompt, shared by leader and mixes. A
+    tensor of integer row indices is refused: the leader numbers its rows in its context order
+    and each mix in its ``by_context`` order (shared weights last), so one index would name
+    different contexts in the two tables."""
 
     def __init__(
         self,
@@ -83,6 +86,12 @@ class BilevelRewards(nn.Module):
         contexts: Sequence[Any] | Tensor | None = None,
         features: Tensor | None = None,
     ) -> RewardPair:
+        if isinstance(contexts, Tensor) and not contexts.is_floating_point():
+            raise TypeError(
+                "BilevelRewards: pass the contexts as a list of values (e.g. the batch's "
+                "categories), not a tensor of row indices; the leader and the reward mixes "
+                "number their rows differently"
+            )
         inc = self.leader(scores, contexts, features)
         r = self.follower(scores, contexts).to(inc.dtype) + inc
         rbar = self.upper(scores, contexts, self.leader.cost(inc)).to(inc.dtype)

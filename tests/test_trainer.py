@@ -18,6 +18,7 @@ from align_cbrl.reference.tiny_language import exact_objective, optimize_exact
 from align_cbrl.rewards.base import ComponentOutputError, RewardComponent
 from align_cbrl.rewards.registry import register_component
 from align_cbrl.trainer import (
+    GroupBuffer,
     GroupedSamples,
     HPGDConfig,
     HPGDReward,
@@ -83,6 +84,8 @@ def test_reward_function_is_base_mix_plus_incentive_and_logs_components():
     task = resolve_task("tiny_language")
     leader = task.make_leader(init_weights={"n_words": -0.5, "count_b": 1.5}, cost_coef=0.2)
     reward = HPGDReward(task.bilevel(leader), task.components, name="shaped")
+    buffer = GroupBuffer()
+    reward.subscribe(buffer)
     prompts = ["a b", "a b", "b c", "b c"]
     completions = ["a a", "", "b", "d b"]
     cats = ["concise", "concise", "b_topic", "b_topic"]
@@ -108,17 +111,17 @@ def test_reward_function_is_base_mix_plus_incentive_and_logs_components():
     assert logged["shaped/count_b"] == pytest.approx(0.5)
     incentive = [-0.5 * n + 1.5 * b for n, b in zip(n_words, count_b, strict=True)]
     assert logged["shaped/incentive"] == pytest.approx(sum(incentive) / 4)
-    # buffered with the dataset column but without TRL's extras
-    assert len(reward.buffer) == 1 and sorted(reward.buffer[0]["columns"]) == ["category"]
-    groups = reward.take_groups(2, beta=0.5)
-    assert groups.num_groups == 2 and reward.buffer == []
+    # the subscribed buffer gets the context column but none of TRL's extras
+    assert len(buffer) == 1 and sorted(buffer.batches[0].columns) == ["category"]
+    groups = buffer.take(2, beta=0.5, follower="f")
+    assert groups.num_groups == 2 and len(buffer) == 0
 
 
 def test_reward_function_errors():
     task = resolve_task("tiny_language")
     leader = task.make_leader()
     reward = HPGDReward(task.bilevel(leader), task.components)
-    with pytest.raises(RewardFunctionError, match="no 'category' column"):
+    with pytest.raises(RewardFunctionError, match="context_column='topic'"):
         reward(["a b"], ["a"], topic=["x"])
     with torch.no_grad():
         leader.theta.fill_(float("nan"))
@@ -127,9 +130,11 @@ def test_reward_function_errors():
     with pytest.raises(ValueError, match="must match the leader's component_names"):
         HPGDReward(task.bilevel(leader), task.components[::-1])
     reward2 = HPGDReward(task.bilevel(task.make_leader()), task.components)
+    buffer = GroupBuffer()
+    reward2.subscribe(buffer)
     reward2(["a b", "b c"], ["a", "b"], category=["concise", "b_topic"])
     with pytest.raises(ValueError, match="mixes prompts"):
-        reward2.take_groups(2, beta=0.5)
+        buffer.take(2, beta=0.5, follower="f")
 
 
 # --------------------------------------------------------------------------- estimation
@@ -163,8 +168,8 @@ def test_surrogate_gradient_equals_covariance_formula_over_followers():
     surrogate, stats = leader_surrogate(bilevel, batches, "hpgd", "category")
     (grad,) = torch.autograd.grad(surrogate, leader.theta)
     torch.testing.assert_close(grad.reshape(-1), expected, rtol=1e-10, atol=1e-12)
-    assert stats["objective_estimate"] == pytest.approx(
-        stats["f1/leader_reward"] + stats["f2/leader_reward"]
+    assert stats.objective_estimate == pytest.approx(
+        stats.followers["f1"].leader_reward + stats.followers["f2"].leader_reward
     )
 
 

@@ -11,19 +11,29 @@ from align_cbrl.trainer.estimation import (
     build_optimizer,
     leader_surrogate,
 )
+from align_cbrl.trainer.groups import GroupBuffer, ScoredBatch
 from align_cbrl.trainer.reward_function import HPGDReward
+from align_cbrl.trainer.stats import FollowerStats, LeaderStats, UpdateResult
+from align_cbrl.trainer.strategies import LeaderUpdate, build_leader_update
 
 __all__ = [
     "FollowerConfig",
+    "FollowerStats",
+    "GroupBuffer",
     "GroupedSamples",
     "HPGDCallback",
     "HPGDConfig",
     "HPGDReward",
     "HPGDTrainer",
     "LeaderConfig",
+    "LeaderStats",
+    "LeaderUpdate",
     "RewardsConfig",
     "RunExistsError",
+    "ScoredBatch",
+    "UpdateResult",
     "apply_leader_gradient",
+    "build_leader_update",
     "build_optimizer",
     "leader_surrogate",
 ]

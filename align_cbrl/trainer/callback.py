@@ -2,43 +2,81 @@
 
 Add two objects to the script you already have::
 
-    reward = HPGDReward(bilevel, components)                    # r_x for TRL, buffers groups
+    reward = HPGDReward(bilevel, components)                    # r_x for TRL (a plain function)
     trainer = GRPOTrainer(..., reward_funcs=[reward], callbacks=[HPGDCallback(reward, update_every=10)])
 
 TRL generates ``num_generations`` completions per prompt and calls the reward function once per
-generation batch; the reward object keeps the scored groups. Every ``update_every`` optimiser
-steps the callback takes the groups generated since the previous update and moves the leader
-one step along the HPGD estimate (reference notes section 2)
+generation batch; the callback subscribes its :class:`~align_cbrl.trainer.groups.GroupBuffer`
+to the reward and so keeps the scored groups. Every ``update_every`` optimiser steps it moves
+the leader one step along the HPGD estimate (reference notes section 2)
 
-    dF/dx ≈ mean_g [ mean_i d rbar_i + (1/beta) 1/(N-1) sum_i (d r_i - mean d r)(rbar_i - mean rbar) ]
+    dF/dx ≈ mean_g [ mean_i d rbar_i + (1/beta) 1/(N-1) sum_i (w d r_i - mean w d r)(rbar_i - mean rbar) ]
 
-(gradient of ``hpgd_surrogate``), all-reduced over processes, clipped, one optimiser step. The
-next generation batch is rewarded with the updated incentive. No extra generation: the leader
-costs one component-scoring pass per batch (done anyway to compute ``r_x``) plus one small
-backward pass per update.
+(gradient of ``hpgd_surrogate``, ``w`` = TRL's ``reward_weights`` entry of this reward),
+all-reduced over processes, clipped, one optimiser step
+(:class:`~align_cbrl.trainer.strategies.LeaderUpdate`). The next generation batch is rewarded
+with the updated incentive. No extra generation.
 
-``beta`` (the follower's KL temperature) is read from the TRL config (``args.beta``) at
-``on_train_begin`` unless given; ``beta <= 0`` (GRPO's default ``0.0``) is refused there, before
-any training step. ``scale_rewards`` other than ``"none"`` changes the follower's objective
-(the effective temperature becomes ``beta * std``); the callback refuses it unless
-``allow_reward_scaling=True``.
+**Checked before any generation** (``on_train_begin``): ``beta > 0`` (GRPO's default ``0.0`` is
+refused); ``scale_rewards != "none"``, ``multi_objective_aggregation="normalize_then_sum"``,
+RLOO's ``normalize_advantages=True`` and ``reward_clip_range`` change the follower's objective
+(refused unless ``allow_reward_scaling=True``); trainers that score rewards in another process
+(TRL's ``AsyncGRPOTrainer``) are refused. A leader that has received no scored batch by its
+first update (the :class:`HPGDReward` is missing from ``reward_funcs``) raises.
+
+**Checkpoints and resume.** At every TRL checkpoint the callback writes
+``checkpoint-<step>/hpgd_leader/`` (the leader, its optimiser, the estimator state, the groups
+buffered since the last update and the leader's metric history; safetensors + JSON, atomic).
+``trainer.train(resume_from_checkpoint=...)`` restores them at ``on_train_begin``, so an
+interrupted and resumed run ends with the same leader bytes as an uninterrupted one (CPU).
+
+**Metrics** (names shared with orchestrated runs, :mod:`align_cbrl.trainer.stats`) go into
+TRL's own metric store at the step of the update, so they land in ``trainer.state.log_history``,
+``trainer_state.json`` and every ``report_to`` backend; they are also appended to
+``<output_dir>/leader_metrics.jsonl``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
+from align_cbrl.checkpoint import optimizer_state_from_files, optimizer_state_to_files
 from align_cbrl.distributed import LeaderSync
 from align_cbrl.followers.base import validate_beta
+from align_cbrl.leaders.base import STATE_FILE
 from align_cbrl.metrics import MetricsLogger
-from align_cbrl.trainer.estimation import apply_leader_gradient, build_optimizer, leader_surrogate
+from align_cbrl.trainer.estimation import build_optimizer
+from align_cbrl.trainer.groups import GroupBuffer, ScoredBatch
 from align_cbrl.trainer.reward_function import HPGDReward
+from align_cbrl.trainer.stats import UpdateResult
+from align_cbrl.trainer.strategies import build_leader_update
+from align_cbrl.utils.io import (
+    atomic_write_json,
+    load_safetensors,
+    read_json,
+    replace_directory,
+    save_safetensors,
+)
 
-__all__ = ["HPGDCallback"]
+__all__ = ["CHECKPOINT_DIR", "HPGDCallback"]
+
+CHECKPOINT_DIR = "hpgd_leader"  # inside TRL's checkpoint-<step>/
+_PLUGIN_ESTIMATORS = ("hpgd", "naive", "fixed")
+
+
+def _scores_out_of_process(args: Any) -> str | None:
+    """Name of the config class if it belongs to a trainer that scores in another process."""
+    for cls in type(args).__mro__:
+        if cls.__module__.startswith("trl.experimental.async") or cls.__name__.startswith("Async"):
+            return cls.__name__
+    return None
 
 
 class HPGDCallback(TrainerCallback):
@@ -50,16 +88,23 @@ class HPGDCallback(TrainerCallback):
         optimizer: a ``torch.optim`` optimiser over the leader's parameters; default built
             from ``optimizer_name`` / ``lr``.
         optimizer_name, lr: ``"adam"`` / ``"sgd"`` and learning rate of the default optimiser.
-        estimator: ``"hpgd"`` or ``"naive"`` (direct term only, a baseline).
+        estimator: ``"hpgd"``, ``"naive"`` (direct term only) or ``"fixed"`` (never steps).
         max_grad_norm: global-norm clipping (0 disables).
         beta: the follower's KL temperature; default ``args.beta`` of the TRL trainer.
-        allow_reward_scaling: accept ``scale_rewards != "none"`` (the estimate is then biased).
-        output_dir: if set, leader metrics go to ``<output_dir>/leader_metrics.jsonl`` and the
-            leader is saved into each TRL checkpoint (``checkpoint-*/leader``) and at the end
-            (``<output_dir>/leader``).
+        reward_index: position of ``reward`` in ``reward_funcs``, needed only when
+            ``args.reward_weights`` has more than one entry (its weight ``w`` enters the
+            hypergradient as ``w d r_x``).
+        allow_reward_scaling: accept configurations that rescale rewards per group or batch
+            (``scale_rewards``, ``normalize_then_sum``, RLOO ``normalize_advantages``,
+            ``reward_clip_range``); the estimate is then biased.
+        output_dir: where ``leader_metrics.jsonl`` and the final ``leader/`` go; default the
+            TRL ``args.output_dir``. The leader is also saved inside every TRL checkpoint.
+        resume_from: a TRL checkpoint directory to restore the leader from when TRL resumes
+            from a checkpoint outside ``args.output_dir`` (default: ``checkpoint-<step>``
+            under ``args.output_dir``).
+        follower_name: the follower's name in the metric keys (``<name>/incentive`` ...).
         sync: :class:`LeaderSync` (default: the process group that is initialised when
-            training begins; TRL/accelerate initialise it while building the trainer, which
-            may happen after this callback is constructed).
+            training begins).
     """
 
     def __init__(
@@ -67,94 +112,198 @@ class HPGDCallback(TrainerCallback):
         reward: HPGDReward,
         update_every: int = 10,
         *,
-        optimizer: Any | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
         optimizer_name: str = "adam",
         lr: float = 0.1,
         estimator: str = "hpgd",
         max_grad_norm: float = 1.0,
         beta: float | None = None,
+        reward_index: int | None = None,
         allow_reward_scaling: bool = False,
         output_dir: str | os.PathLike[str] | None = None,
+        resume_from: str | os.PathLike[str] | None = None,
+        follower_name: str = "follower",
         sync: LeaderSync | None = None,
     ) -> None:
         if not isinstance(reward, HPGDReward):
             raise TypeError("reward must be the HPGDReward object passed to the trainer")
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
             raise ValueError(f"update_every must be an int >= 1, got {update_every!r}")
-        if estimator not in ("hpgd", "naive"):
-            raise ValueError(f"estimator must be 'hpgd' or 'naive', got {estimator!r}")
-        if not reward.buffer_enabled:
+        if reward_index is not None and (
+            isinstance(reward_index, bool) or not isinstance(reward_index, int) or reward_index < 0
+        ):
+            raise ValueError(f"reward_index must be an int >= 0, got {reward_index!r}")
+        if not isinstance(follower_name, str) or not follower_name or "/" in follower_name:
             raise ValueError(
-                "build the HPGDReward with buffer=True so the callback sees the groups"
+                f"follower_name must be a non-empty name without '/', got {follower_name!r}"
             )
         self.reward = reward
         self.leader = reward.bilevel.leader
         self.update_every = update_every
         self.optimizer = optimizer or build_optimizer(self.leader.parameters(), optimizer_name, lr)
-        self.estimator = estimator
-        self.max_grad_norm = float(max_grad_norm)
+        self.leader_update = build_leader_update(
+            estimator, self.optimizer, float(max_grad_norm), allowed=_PLUGIN_ESTIMATORS
+        )
         self.beta = None if beta is None else validate_beta(beta, "HPGDCallback")
+        self._given_beta = self.beta
+        self.reward_index = reward_index
+        self.reward_weight = 1.0
         self.allow_reward_scaling = allow_reward_scaling
         self.output_dir = None if output_dir is None else Path(output_dir)
+        self.resume_from = None if resume_from is None else Path(resume_from)
+        self.follower_name = follower_name
         self._given_sync = sync
         self.sync = sync if sync is not None else LeaderSync()
         self.group_size: int | None = None
+        self.buffer = GroupBuffer()
         self.history: list[dict[str, float]] = []
+        self.batches_seen = 0
         self._pending: dict[str, float] = {}
+        self._trl_metrics: Any = None
         self._logger: MetricsLogger | None = None
+        reward.subscribe(self._receive)
 
-    # ------------------------------------------------------------------ TRL events
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        beta = self.beta if self.beta is not None else getattr(args, "beta", None)
+    # ------------------------------------------------------------------ the reward's sink
+    def _receive(self, batch: ScoredBatch) -> None:
+        self.batches_seen += 1
+        self.buffer.add(batch)
+
+    def _bind_trainer_metrics(self, log_metric: Any) -> None:
+        owner = getattr(log_metric, "__self__", None)
+        metrics = getattr(owner, "_metrics", None)
+        if isinstance(metrics, dict):
+            self._trl_metrics = metrics
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self, args: Any) -> None:
+        async_cls = _scores_out_of_process(args)
+        if async_cls is not None:
+            raise ValueError(
+                f"HPGDCallback: {async_cls} scores completions in a separate rollout process, "
+                "where the leader's updates never arrive (and the callback never sees the "
+                "groups); use GRPOTrainer or RLOOTrainer (use_vllm=True works with them)"
+            )
+        beta = self._given_beta if self._given_beta is not None else getattr(args, "beta", None)
         self.beta = validate_beta(
             beta,
             "HPGDCallback: the TRL trainer's beta (its KL coefficient; GRPOConfig defaults to "
             "beta=0.0)",
         )
-        scaling = getattr(args, "scale_rewards", "none")
-        if scaling not in ("none", False) and not self.allow_reward_scaling:
-            raise ValueError(
-                f"HPGDCallback: scale_rewards={scaling!r} divides each group's rewards by their "
-                "std, so the follower optimises another objective than E[r] - beta KL and the "
-                "hypergradient is biased; set scale_rewards='none' in the TRL config (or pass "
-                "allow_reward_scaling=True to accept the bias)"
-            )
+        if not self.allow_reward_scaling:
+            opt_in = "(or pass HPGDCallback(allow_reward_scaling=True) to accept the bias)"
+            scaling = getattr(args, "scale_rewards", "none")
+            if scaling not in ("none", False, None):
+                raise ValueError(
+                    f"HPGDCallback: scale_rewards={scaling!r} divides each group's rewards by "
+                    "their std, so the follower optimises another objective than E[r] - beta KL "
+                    f"and the hypergradient is biased; set scale_rewards='none' {opt_in}"
+                )
+            if getattr(args, "multi_objective_aggregation", None) == "normalize_then_sum":
+                raise ValueError(
+                    "HPGDCallback: multi_objective_aggregation='normalize_then_sum' standardises "
+                    "each reward per group, so the follower does not maximise E[sum w r] - beta "
+                    f"KL; use 'sum_then_normalize' with scale_rewards='none' {opt_in}"
+                )
+            if getattr(args, "normalize_advantages", False):
+                raise ValueError(
+                    "HPGDCallback: normalize_advantages=True divides RLOO's advantages by their "
+                    "batch std (the same bias as scale_rewards); set normalize_advantages=False "
+                    f"{opt_in}"
+                )
+            if getattr(args, "reward_clip_range", None) is not None:
+                raise ValueError(
+                    f"HPGDCallback: reward_clip_range={args.reward_clip_range!r} clips the "
+                    "rewards, so the follower does not maximise E[r] - beta KL; set "
+                    f"reward_clip_range=None {opt_in}"
+                )
         n = getattr(args, "num_generations", None)
         if not isinstance(n, int) or n < 2:
             raise ValueError(
                 f"HPGDCallback needs num_generations >= 2 completions per prompt, got {n!r}"
             )
         self.group_size = n
+        weights = getattr(args, "reward_weights", None)
+        if weights is None:
+            self.reward_weight = 1.0
+        else:
+            weights = list(weights)
+            if self.reward_index is not None:
+                if self.reward_index >= len(weights):
+                    raise ValueError(
+                        f"HPGDCallback: reward_index={self.reward_index} but args.reward_weights "
+                        f"has {len(weights)} entries"
+                    )
+                w = weights[self.reward_index]
+            elif len(weights) == 1:
+                w = weights[0]
+            else:
+                raise ValueError(
+                    f"HPGDCallback: args.reward_weights has {len(weights)} entries {weights}; "
+                    "pass HPGDCallback(..., reward_index=i) with the position of the HPGDReward "
+                    "in reward_funcs so the hypergradient uses its weight"
+                )
+            w = float(w)
+            if not torch.isfinite(torch.tensor(w)) or w == 0.0:
+                raise ValueError(
+                    f"HPGDCallback: the HPGDReward's reward weight must be finite and non-zero "
+                    f"(with 0 the leader cannot influence the follower), got {w}"
+                )
+            self.reward_weight = w
+
+    # ------------------------------------------------------------------ TRL events
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._validate(args)
         if self._given_sync is None:
             self.sync = LeaderSync()  # the trainer has initialised the process group by now
+        out = self.output_dir if self.output_dir is not None else Path(args.output_dir)
+        self._out = out
+        step = int(state.global_step)
+        if step > 0:
+            self._restore(Path(args.output_dir), step)
+        else:
+            self.buffer.clear()
+            self.history, self.batches_seen = [], 0
         self.sync.broadcast(self.leader)
-        if self.output_dir is not None and self._logger is None:
+        if self._logger is None:
             self._logger = MetricsLogger(
-                self.output_dir,
+                out,
                 tensorboard=False,
                 enabled=self.sync.is_main_process,
                 filename="leader_metrics.jsonl",
             )
-            self._logger.truncate_after(int(state.global_step))
+        self._logger.truncate_after(step)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step % self.update_every == 0 and self.reward.buffer:
-            self.update(int(state.global_step))
+        step = int(state.global_step)
+        if step % self.update_every:
+            return
+        if not self.buffer:
+            if self.batches_seen == 0:
+                raise RuntimeError(
+                    f"HPGDCallback: no scored completions reached the leader by step {step} "
+                    f"(its first update): pass the same HPGDReward object "
+                    f"({self.reward.__name__!r}) in the trainer's reward_funcs"
+                )
+            return  # no new generation since the last update (steps_per_generation > K)
+        self.update(step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        # fallback for trainers without TRL's metric store: later callbacks still see them
         if logs is not None and self._pending:
             logs.update(self._pending)
-            self._pending = {}
+        self._pending = {}
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.output_dir is not None and self.sync.is_main_process:
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
-                self.leader.save(ckpt / "leader")
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.sync.is_main_process and ckpt.is_dir():
+            self._write_checkpoint(ckpt / CHECKPOINT_DIR, int(state.global_step))
+        self.sync.barrier()
+        if ckpt.is_dir() and self.sync.world_size > 1:
+            self._write_groups(ckpt / f"{CHECKPOINT_DIR}_rank{self.sync.rank}")
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.output_dir is not None and self.sync.is_main_process:
-            self.leader.save(self.output_dir / "leader")
+        if self.sync.is_main_process:
+            self.leader.save(self._out / "leader")
         if self._logger is not None:
             self._logger.close()
             self._logger = None
@@ -164,28 +313,113 @@ class HPGDCallback(TrainerCallback):
         """One leader step from everything buffered since the previous update."""
         if self.group_size is None or self.beta is None:
             raise RuntimeError("HPGDCallback.update before on_train_begin")
-        samples = self.reward.take_groups(self.group_size, self.beta)
-        surrogate, stats = leader_surrogate(
-            self.reward.bilevel, [samples], self.estimator, self.reward.context_column
+        last = self.buffer.batches[-1] if self.buffer.batches else None
+        if last is not None and last.logger is not None:
+            self._bind_trainer_metrics(last.logger)
+        samples = self.buffer.take(
+            self.group_size, self.beta, self.follower_name, self.reward_weight
         )
-        norm = apply_leader_gradient(
+        result: UpdateResult = self.leader_update.step(
             self.leader,
-            self.optimizer,
-            surrogate=surrogate,
-            n_groups=samples.num_groups,
-            max_grad_norm=self.max_grad_norm,
+            self.reward.bilevel,
+            [samples],
+            self.reward.context_column,
             sync=self.sync,
         )
-        record = {
-            "hpgd/grad_norm": norm,
-            "hpgd/groups": float(samples.num_groups),
-            "hpgd/objective_estimate": stats["objective_estimate"],
-            "hpgd/incentive": stats["trl/incentive"],
-            "hpgd/cost": stats["trl/cost"],
-            "hpgd/base_reward": stats["trl/base_reward"],
-        }
+        record = result.to_metrics()
         self.history.append({"step": float(step), **record})
-        self._pending.update(record)
+        if self._trl_metrics is not None:
+            store = self._trl_metrics.setdefault("train", {})
+            for k, v in record.items():
+                store.setdefault(k, []).append(v)
+        else:
+            self._pending.update(record)
         if self._logger is not None:
             self._logger.log(step, record)
         return record
+
+    # ------------------------------------------------------------------ checkpoints
+    def _groups_files(self, directory: Path) -> None:
+        tensors, doc = self.buffer.state_dict()
+        save_safetensors(directory / "groups.safetensors", tensors)
+        atomic_write_json(directory / "groups.json", doc)
+
+    def _write_groups(self, final: Path) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            self._groups_files(tmp)
+            replace_directory(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _write_checkpoint(self, final: Path, step: int) -> None:
+        """Leader, optimiser, estimator state, buffered groups (rank 0's) and history."""
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            self.leader.save(tmp / "leader")
+            tensors, skeleton = optimizer_state_to_files(self.optimizer.state_dict())
+            save_safetensors(tmp / "optimizer.safetensors", tensors)
+            atomic_write_json(tmp / "optimizer.json", skeleton)
+            est = self.leader_update.estimator.state_dict()
+            est_tensors = {k: v for k, v in est.items() if isinstance(v, torch.Tensor)}
+            save_safetensors(tmp / "estimator.safetensors", est_tensors)
+            self._groups_files(tmp)
+            atomic_write_json(
+                tmp / "state.json",
+                {
+                    "step": step,
+                    "estimator": self.leader_update.estimator.name,
+                    "estimator_state": {k: v for k, v in est.items() if k not in est_tensors},
+                    "batches_seen": self.batches_seen,
+                    "history": self.history,
+                    "world_size": self.sync.world_size,
+                },
+            )
+            replace_directory(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _restore(self, trl_output_dir: Path, step: int) -> None:
+        ckpt = self.resume_from or trl_output_dir / f"checkpoint-{step}"
+        src = ckpt / CHECKPOINT_DIR
+        if not (src / "state.json").is_file():
+            raise FileNotFoundError(
+                f"HPGDCallback: TRL resumed at step {step} but {src} holds no leader state "
+                "(a checkpoint written without this callback, or elsewhere); pass "
+                "HPGDCallback(..., resume_from='<the checkpoint directory>')"
+            )
+        state = read_json(src / "state.json")
+        if int(state["step"]) != step:
+            raise ValueError(
+                f"HPGDCallback: {src} is from step {state['step']}, TRL resumed at step {step}"
+            )
+        if state["estimator"] != self.leader_update.estimator.name:
+            raise ValueError(
+                f"HPGDCallback: {src} was written with estimator {state['estimator']!r}, this "
+                f"callback uses {self.leader_update.estimator.name!r}"
+            )
+        if int(state.get("world_size", 1)) != self.sync.world_size:
+            raise ValueError(
+                f"HPGDCallback: {src} was written by {state.get('world_size')} process(es), "
+                f"resuming with {self.sync.world_size}; resume with the same number"
+            )
+        leader_state = load_safetensors(src / "leader" / STATE_FILE)
+        self.leader.load_state_dict(leader_state)
+        self.optimizer.load_state_dict(
+            optimizer_state_from_files(
+                load_safetensors(src / "optimizer.safetensors"), read_json(src / "optimizer.json")
+            )
+        )
+        est_state = dict(state.get("estimator_state") or {})
+        est_state.update(load_safetensors(src / "estimator.safetensors"))
+        self.leader_update.estimator.load_state_dict(est_state)
+        groups = (
+            src if self.sync.world_size == 1 else ckpt / f"{CHECKPOINT_DIR}_rank{self.sync.rank}"
+        )
+        self.buffer.load_state_dict(
+            load_safetensors(groups / "groups.safetensors"), read_json(groups / "groups.json")
+        )
+        self.batches_seen = int(state["batches_seen"])
+        self.history = [dict(r) for r in state["history"]]

@@ -6,13 +6,18 @@ Shared by the orchestrated :class:`~align_cbrl.trainer.hpgd_trainer.HPGDTrainer`
 ``r = r_x`` and ``rbar = rbar_x`` computed differentiably from the component scores, the ascent
 direction is the gradient of
 
-    S(x) = sum_f  hpgd_surrogate(r_f, rbar_f, beta_f)                       (HPGD, Eq. SUR)
+    S(x) = sum_f  hpgd_surrogate(w_f r_f, rbar_f, beta_f)                   (HPGD, Eq. SUR)
     S(x) = sum_f  naive_surrogate(rbar_f)                                   (naive baseline)
+
+``w_f`` is the weight the follower's trainer puts on ``r_x`` (TRL's ``reward_weights``; 1 by
+default): a follower that maximises ``w r_x + (other rewards) - beta KL`` has the best response
+``pi* ∝ pi_ref exp((w r_x + ...) / beta)``, so its hypergradient uses ``w d r_x`` (equivalently
+the temperature ``beta / w``); rewards the leader does not control drop out of ``d``.
 
 (:mod:`align_cbrl.estimators.grouped`): the leader's objective is the sum of the followers'
 objectives ``F(x) = sum_f E_p E_{y~pi*_f} rbar_x(p, y)``. The update minimises ``-S``: backward,
 :meth:`LeaderSync.all_reduce_gradients` (group-count weighted mean over processes), global-norm
-clipping, optimiser step.
+clipping, optimiser step (:mod:`align_cbrl.trainer.strategies` composes these steps).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torch import Tensor
 from align_cbrl.distributed import LeaderSync
 from align_cbrl.estimators.grouped import hpgd_surrogate, naive_surrogate
 from align_cbrl.objective import BilevelRewards
+from align_cbrl.trainer.stats import FollowerStats, LeaderStats
 
 __all__ = ["GroupedSamples", "apply_leader_gradient", "build_optimizer", "leader_surrogate"]
 
@@ -47,9 +53,15 @@ class GroupedSamples:
     columns: dict[str, list[Any]]
     scores: Tensor
     extra: dict[str, Any] = field(default_factory=dict)
+    reward_weight: float = 1.0
 
     def __post_init__(self) -> None:
         B = len(self.prompts)
+        if not (math.isfinite(self.reward_weight) and self.reward_weight > 0):
+            raise ValueError(
+                f"follower {self.follower!r}: the weight on the shaped reward must be a finite "
+                f"number > 0, got {self.reward_weight!r}"
+            )
         if self.group_size < 2:
             raise ValueError(
                 f"follower {self.follower!r}: HPGD needs >= 2 completions per prompt "
@@ -90,36 +102,41 @@ def leader_surrogate(
     batches: Sequence[GroupedSamples],
     estimator: str,
     context_column: str | None,
-) -> tuple[Tensor, dict[str, float]]:
+) -> tuple[Tensor, LeaderStats]:
     """The surrogate ``S(x)`` of the module docstring and per-follower statistics.
 
-    ``estimator``: ``"hpgd"`` or ``"naive"``. Statistics (means over the samples, under the
-    current ``x``): ``<f>/leader_reward`` (``rbar``), ``<f>/reward`` (``r``), ``<f>/base_reward``
-    (``r - incentive``), ``<f>/incentive``, ``<f>/incentive_abs``, ``<f>/cost`` and
-    ``objective_estimate = sum_f mean rbar_f``."""
+    ``estimator``: ``"hpgd"`` or ``"naive"``. Statistics (:class:`LeaderStats`, means over the
+    samples under the current ``x``): ``rbar``, ``r``, ``r - incentive``, the incentive, its
+    absolute value and its cost per follower; ``objective_estimate = sum_f mean rbar_f``."""
     if estimator not in ("hpgd", "naive"):
         raise ValueError(f"estimator must be 'hpgd' or 'naive' here, got {estimator!r}")
     if not batches:
         raise ValueError("no completion groups to estimate from")
     total: Tensor | None = None
-    stats: dict[str, float] = {"objective_estimate": 0.0}
+    per: dict[str, FollowerStats] = {}
     for b in batches:
         out = bilevel(b.scores, b.contexts(context_column))
         G, N = b.num_groups, b.group_size
         r, rbar = out.r.reshape(G, N), out.rbar.reshape(G, N)
-        term = hpgd_surrogate(r, rbar, b.beta) if estimator == "hpgd" else naive_surrogate(rbar)
+        if estimator == "hpgd":
+            term = hpgd_surrogate(b.reward_weight * r, rbar, b.beta)
+        else:
+            term = naive_surrogate(rbar)
         total = term if total is None else total + term
         inc = out.incentive.detach()
-        f = b.follower
-        stats[f"{f}/leader_reward"] = float(rbar.detach().mean())
-        stats[f"{f}/reward"] = float(r.detach().mean())
-        stats[f"{f}/base_reward"] = float((out.r.detach() - inc).mean())
-        stats[f"{f}/incentive"] = float(inc.mean())
-        stats[f"{f}/incentive_abs"] = float(inc.abs().mean())
-        stats[f"{f}/cost"] = float(bilevel.leader.cost(inc).mean())
-        stats["objective_estimate"] += stats[f"{f}/leader_reward"]
+        if b.follower in per:
+            raise ValueError(f"two batches for follower {b.follower!r}; give each once")
+        per[b.follower] = FollowerStats(
+            reward=float(r.detach().mean()),
+            base_reward=float((out.r.detach() - inc).mean()),
+            leader_reward=float(rbar.detach().mean()),
+            incentive=float(inc.mean()),
+            incentive_abs=float(inc.abs().mean()),
+            cost=float(bilevel.leader.cost(inc).mean()),
+            groups=G,
+        )
     assert total is not None
-    return total, stats
+    return total, LeaderStats(per)
 
 
 def build_optimizer(
@@ -153,31 +170,14 @@ def apply_leader_gradient(
     Sets ``.grad = -dS/dx``, all-reduces it over processes, clips the global norm to
     ``max_grad_norm`` (0 = off) and steps. Returns the hypergradient norm before clipping.
     Refuses non-finite gradients without touching the parameters."""
-    if (surrogate is None) == (flat_gradient is None):
-        raise ValueError("give exactly one of surrogate / flat_gradient")
-    params = [p for p in leader.parameters() if p.requires_grad]
-    optimizer.zero_grad(set_to_none=False)
-    if surrogate is not None:
-        (-surrogate).backward()
-    else:
-        assert flat_gradient is not None
-        i = 0
-        for p in params:
-            n = p.numel()
-            p.grad = -flat_gradient[i : i + n].reshape(p.shape).to(p.dtype).clone()
-            i += n
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    (sync or LeaderSync()).all_reduce_gradients(leader, n_groups)
-    norm = float(torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in params])))
-    if not math.isfinite(norm):
-        optimizer.zero_grad(set_to_none=False)
-        raise FloatingPointError(
-            "the leader's hypergradient is not finite (check the reward components and beta); "
-            "the leader was not updated"
-        )
-    if max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    return norm
+    from align_cbrl.trainer.strategies import ClipByGlobalNorm, apply_direction
+
+    return apply_direction(
+        leader,
+        optimizer,
+        surrogate=surrogate,
+        flat=flat_gradient,
+        n_groups=n_groups,
+        clip=ClipByGlobalNorm(max_grad_norm),
+        sync=sync or LeaderSync(),
+    )

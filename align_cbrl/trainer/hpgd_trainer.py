@@ -4,9 +4,12 @@ Outer iteration ``t = 1..T`` (reference notes section 2; the paper's HPGD):
 
 1. every follower gets the current shaped reward ``r_x`` (:class:`HPGDReward`, no gradient) and
    continues training ``K = follower_steps`` steps (warm-started TRL GRPO/RLOO, or exact);
-2. ``G = prompts_per_iteration`` prompts are drawn uniformly from each follower's dataset and
-   ``N = num_samples`` completions sampled per prompt; the components are scored once;
-3. the leader estimates ``dF/dx`` and takes one optimiser step with global-norm clipping:
+2. ``G = prompts_per_iteration`` prompts are drawn from each follower's dataset (with the
+   task's ``prompt_probs`` when the follower trains on an enumerable task's prompts, so the
+   sampled objective is the logged exact one; uniformly otherwise) and ``N = num_samples``
+   completions sampled per prompt; the components are scored once;
+3. the leader estimates ``dF/dx`` and takes one optimiser step with global-norm clipping
+   (:class:`~align_cbrl.trainer.strategies.LeaderUpdate`, shared with plugin mode):
 
    * ``hpgd``:  gradient of ``sum_f hpgd_surrogate(r_f, rbar_f, beta_f)`` (unbiased for
      ``dF/dx = E_p[E d rbar + (1/beta) Cov(d r, rbar)]`` at the followers' best responses);
@@ -29,7 +32,10 @@ optimiser + RNG via :class:`CheckpointManager`, followers via their ``save``), a
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +47,8 @@ from align_cbrl.checkpoint import CheckpointManager
 from align_cbrl.config_parser import to_dict
 from align_cbrl.distributed import LeaderSync
 from align_cbrl.metrics import MetricsLogger, read_jsonl
-from align_cbrl.reference.tiny_language import exact_objective
+from align_cbrl.models.tiny import hf_progress_bars
+from align_cbrl.reference.tiny_language import exact_objective, optimize_exact
 from align_cbrl.rewards.base import score_components
 from align_cbrl.trainer.builders import (
     FollowerBundle,
@@ -50,33 +57,31 @@ from align_cbrl.trainer.builders import (
     build_leader_from_config,
     build_reward_setup,
     resolve_task,
+    validate_run_config,
 )
 from align_cbrl.trainer.config import HPGDConfig
-from align_cbrl.trainer.estimation import (
-    GroupedSamples,
-    apply_leader_gradient,
-    build_optimizer,
-    leader_surrogate,
-)
+from align_cbrl.trainer.estimation import GroupedSamples, build_optimizer, leader_surrogate
 from align_cbrl.trainer.reward_function import HPGDReward
-from align_cbrl.utils.io import atomic_write_json, load_safetensors, save_safetensors
+from align_cbrl.trainer.run_dir import (
+    RESUMABLE_CHANGES,
+    RunExistsError,
+    plan_run_directory,
+    resume_differences,
+)
+from align_cbrl.trainer.strategies import ZeroOrder, build_leader_update
+from align_cbrl.utils.io import (
+    atomic_write_json,
+    load_safetensors,
+    read_json,
+    remove_directory,
+    save_safetensors,
+)
 
 __all__ = ["HPGDTrainer", "RunExistsError"]
 
-# config keys that may differ between a run and its resumption
-_RESUMABLE_CHANGES = {
-    "iterations",
-    "save_every",
-    "keep_checkpoints",
-    "plots",
-    "progress",
-    "tensorboard",
-}
 _TRAINER_RNG = "trainer_rng.safetensors"
-
-
-class RunExistsError(FileExistsError):
-    """The output directory already holds a run and neither resume nor overwrite was asked for."""
+# exact local optima F(x*) already computed in this process: (run identity, x bytes) -> F
+_OPTIMA: dict[tuple[str, bytes], float] = {}
 
 
 def _gen_state(g: torch.Generator) -> torch.Tensor:
@@ -88,10 +93,14 @@ class HPGDTrainer:
 
     Args:
         config: the run's :class:`HPGDConfig`.
-        resume: continue from the latest checkpoint in ``config.output_dir``.
-        overwrite: start from scratch even if ``output_dir`` holds a run: its ``metrics.jsonl``
-            and ``checkpoints/`` are removed when :meth:`train` starts (after all validation
-            passed), never on an error.
+        resume: continue from the latest checkpoint in ``config.output_dir`` (the config must
+            match, except :data:`~align_cbrl.trainer.run_dir.RESUMABLE_CHANGES`; paths are
+            compared resolved, ``output_dir`` not at all); without a checkpoint the run starts
+            again from iteration 0 and a line says so.
+        overwrite: start from scratch even if ``output_dir`` holds a run: the whole directory
+            is moved aside and deleted when :meth:`train` starts (after all validation passed,
+            never on an error), so no file of the old run survives
+            (:mod:`align_cbrl.trainer.run_dir`).
         sync: :class:`LeaderSync` for multi-process runs (default: the process group that is
             initialised once the followers are built; ``accelerate launch`` / TRL initialise it
             while constructing their trainers, so it is looked up after them).
@@ -121,29 +130,22 @@ class HPGDTrainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         self._given_sync = sync
+        validate_run_config(config)
         self.checkpoints = CheckpointManager(self.output_dir, keep=config.keep_checkpoints)
-        latest = self.checkpoints.latest()
-        has_run = latest is not None or (self.output_dir / "metrics.jsonl").is_file()
-        if resume and latest is None:
-            raise FileNotFoundError(
-                f"--resume: no checkpoint under {self.checkpoints.root}; start without --resume"
-            )
-        if has_run and not resume and not overwrite:
-            raise RunExistsError(
-                f"{self.output_dir} already holds a run (metrics.jsonl / checkpoints); pass "
-                "--resume to continue it, --overwrite to start again, or choose another "
-                "output_dir. Nothing was changed."
-            )
-        if resume and latest is not None:
-            self._check_resumable(latest)
+        self._plan = plan_run_directory(
+            self.output_dir, self.checkpoints.latest(), resume=resume, overwrite=overwrite
+        )
+        if self._plan.resume_from is not None:
+            self._check_resumable(self._plan.resume_from)
 
         self.task = resolve_task(config.task)
-        self.setup = build_reward_setup(config, self.task)
         exact = self.task is not None
-        self.bundles: list[FollowerBundle] = [
-            build_follower(fc, self.task, self.setup, i, exact)
-            for i, fc in enumerate(config.followers)
-        ]
+        with hf_progress_bars(config.progress):
+            self.setup = build_reward_setup(config, self.task)
+            self.bundles: list[FollowerBundle] = [
+                build_follower(fc, self.task, self.setup, i, exact)
+                for i, fc in enumerate(config.followers)
+            ]
         contexts: list[Any] = []
         col = self.setup.context_column
         for b in self.bundles:
@@ -161,32 +163,53 @@ class HPGDTrainer:
             config.leader.adam_betas,
         )
         self.sync.broadcast(self.leader)
+        self._x0 = self.leader.flat_parameters().detach().clone()
+        self.exact_optimum_seconds = 0.0
         self._prompt_gen = torch.Generator().manual_seed(config.seed)
         self._zo_gen = torch.Generator().manual_seed(config.seed + 1)
-        self._zo_prev: float | None = None
-        self._zo_z: torch.Tensor | None = None
-        self._t = 0
+        self.leader_update = build_leader_update(
+            config.leader.estimator,
+            self.optimizer,
+            config.leader.max_grad_norm,
+            zero_order_u=config.leader.zero_order_u,
+            zero_order_decay=config.leader.zero_order_decay,
+            generator=self._zo_gen,
+        )
+        self._prompt_probs = [self._prompt_probs_for(b) for b in self.bundles]
         self.start_iteration = 0
-        self._resume_from = latest if resume else None
-        self._overwrite = overwrite and not resume
+        self._resume_from = self._plan.resume_from
         self.history: list[dict[str, Any]] = []
         self.metrics: MetricsLogger | None = None
 
+    @property
+    def _zo_prev(self) -> float | None:
+        """Zero-order baseline ``F_{t-1}`` (checkpointed; ``None`` for other estimators)."""
+        est = self.leader_update.estimator
+        return est.prev if isinstance(est, ZeroOrder) else None
+
+    @_zo_prev.setter
+    def _zo_prev(self, value: float | None) -> None:
+        est = self.leader_update.estimator
+        if isinstance(est, ZeroOrder):
+            est.prev = value
+
+    def _prompt_probs_for(self, b: FollowerBundle) -> torch.Tensor | None:
+        """The task's prompt probabilities if follower ``b`` trains on the task's prompts and
+        they are not uniform (``None``: draw rows uniformly)."""
+        if self.task is None or b.log_ref is None:
+            return None
+        probs = self.task.prompt_probs
+        if len(b.rows) != probs.numel() or bool((probs == probs[0]).all()):
+            return None
+        return probs.clone()
+
     # ------------------------------------------------------------------ resume
     def _check_resumable(self, ckpt: Path) -> None:
-        from align_cbrl.utils.io import read_json
-
-        saved = read_json(ckpt / "state.json").get("config", {})
-        mine = to_dict(self.config)
-        diffs = sorted(
-            k
-            for k in set(saved) | set(mine)
-            if k not in _RESUMABLE_CHANGES and saved.get(k) != mine.get(k)
-        )
+        diffs = resume_differences(read_json(ckpt / "state.json"), to_dict(self.config))
         if diffs:
             raise ValueError(
                 f"--resume: the config differs from the checkpointed run in {diffs}; resume with "
-                f"the same config (only {sorted(_RESUMABLE_CHANGES)} may change)"
+                f"the same config (only {sorted(RESUMABLE_CHANGES)} may change)"
             )
 
     def _restore(self, ckpt: Path) -> None:
@@ -218,7 +241,7 @@ class HPGDTrainer:
             iteration,
             leader=self.leader,
             optimizer=self.optimizer,
-            state={"config": to_dict(self.config), "zo_prev": self._zo_prev},
+            state={"config": to_dict(self.config), "zo_prev": self._zo_prev, "cwd": os.getcwd()},
             extra_writers=writers,
         )
 
@@ -244,29 +267,23 @@ class HPGDTrainer:
         out["objective_exact"] = total
         return out
 
-    def _reward_for_followers(self) -> HPGDReward:
+    def _reward_for_followers(self, t: int) -> HPGDReward:
         """The followers' reward: ``r_x`` at the current leader, or, for zero-order, at the
-        perturbed leader ``x + u_t z_t`` (a copy)."""
-        bilevel = self.bilevel
-        if self.config.leader.estimator == "zero_order":
-            bilevel = copy.deepcopy(self.bilevel)
-            x = self.leader.flat_parameters()
-            self._zo_z = torch.randn(x.shape, generator=self._zo_gen, dtype=x.dtype)
-            torch.nn.utils.vector_to_parameters(
-                x + self._zo_u() * self._zo_z, bilevel.leader.parameters()
-            )
+        perturbed leader ``x + u_t z_t`` (a copy; :meth:`ZeroOrder.follower_bilevel`)."""
         return HPGDReward(
-            bilevel,
+            self.leader_update.follower_bilevel(self.bilevel, t),
             self.setup.components,
             context_column=self.setup.context_column,
             name="hpgd_reward",
-            buffer=False,
         )
 
-    def _zo_u(self) -> float:
-        """Smoothing radius ``u_t = u / t**decay`` of the current iteration."""
-        t = max(1, self._t)
-        return self.config.leader.zero_order_u / t**self.config.leader.zero_order_decay
+    def _draw_prompts(self, i: int, count: int) -> torch.Tensor:
+        """``count`` row indices of follower ``i``'s dataset from the shared generator: with
+        the task's prompt probabilities when set (:meth:`_prompt_probs_for`), else uniform."""
+        probs = self._prompt_probs[i]
+        if probs is None:
+            return torch.randint(len(self.bundles[i].rows), (count,), generator=self._prompt_gen)
+        return torch.multinomial(probs, count, replacement=True, generator=self._prompt_gen)
 
     def _sample(self, b: FollowerBundle, prompt_idx: list[int], n: int) -> GroupedSamples:
         rows = [b.rows[i] for i in prompt_idx]
@@ -284,9 +301,8 @@ class HPGDTrainer:
     def step(self, t: int) -> dict[str, Any]:
         """Outer iteration ``t`` (module docstring); returns its metrics."""
         cfg = self.config
-        self._t = t
         rec: dict[str, Any] = {}
-        reward = self._reward_for_followers()
+        reward = self._reward_for_followers(t)
         t0 = time.perf_counter()
         for b in self.bundles:
             b.follower.set_reward_function(reward)
@@ -298,14 +314,14 @@ class HPGDTrainer:
         t1 = time.perf_counter()
         batches = []
         G, world, rank = cfg.prompts_per_iteration, self.sync.world_size, self.sync.rank
-        for b in self.bundles:
+        for i, b in enumerate(self.bundles):
             # one draw for all ranks (the generator state stays rank-independent, so any
             # rank's checkpoint resumes every rank); each rank keeps its own slice
-            idx = torch.randint(len(b.rows), (G * world,), generator=self._prompt_gen)
+            idx = self._draw_prompts(i, G * world)
             mine = idx[rank * G : (rank + 1) * G]
             batches.append(self._sample(b, mine.tolist(), cfg.num_samples))
         t2 = time.perf_counter()
-        rec.update(self._leader_update(batches, reward))
+        rec.update(self._leader_update(batches))
         t3 = time.perf_counter()
         exact = self.exact_objective()
         if exact is not None:
@@ -316,47 +332,13 @@ class HPGDTrainer:
         rec.update(self._leader_weights())
         return rec
 
-    def _leader_update(self, batches: list[GroupedSamples], reward: HPGDReward) -> dict[str, Any]:
-        cfg = self.config.leader
-        n_groups = sum(b.num_groups for b in batches)
-        rec: dict[str, Any] = {}
-        if cfg.estimator == "zero_order":
-            with torch.no_grad():
-                _, stats = leader_surrogate(
-                    reward.bilevel, batches, "naive", self.setup.context_column
-                )
-            F_t = stats["objective_estimate"]
-            norm = 0.0
-            if self._zo_prev is not None and self._zo_z is not None:
-                g = (F_t - self._zo_prev) * self._zo_z / self._zo_u()
-                norm = apply_leader_gradient(
-                    self.leader,
-                    self.optimizer,
-                    flat_gradient=g,
-                    n_groups=n_groups,
-                    max_grad_norm=cfg.max_grad_norm,
-                    sync=self.sync,
-                )
-            self._zo_prev = F_t
-            rec["leader/zero_order_u"] = self._zo_u()
-        else:
-            estimator = "naive" if cfg.estimator == "naive" else "hpgd"
-            surrogate, stats = leader_surrogate(
-                self.bilevel, batches, estimator, self.setup.context_column
-            )
-            norm = 0.0
-            if cfg.estimator != "fixed":
-                norm = apply_leader_gradient(
-                    self.leader,
-                    self.optimizer,
-                    surrogate=surrogate,
-                    n_groups=n_groups,
-                    max_grad_norm=cfg.max_grad_norm,
-                    sync=self.sync,
-                )
-        rec["leader/grad_norm"] = norm
-        rec["objective_estimate"] = stats.pop("objective_estimate")
-        rec.update(stats)
+    def _leader_update(self, batches: list[GroupedSamples]) -> dict[str, Any]:
+        """One :class:`LeaderUpdate` step; metrics in the namespace shared with plugin mode
+        (:mod:`align_cbrl.trainer.stats`) plus per-component means."""
+        result = self.leader_update.step(
+            self.leader, self.bilevel, batches, self.setup.context_column, sync=self.sync
+        )
+        rec: dict[str, Any] = result.to_metrics()
         for b in batches:
             for k, c in enumerate(self.setup.components):
                 rec[f"{b.follower}/components/{c.name}"] = float(b.scores[:, k].mean())
@@ -391,33 +373,81 @@ class HPGDTrainer:
                 _, stats = leader_surrogate(
                     self.bilevel, batches, "naive", self.setup.context_column
                 )
-            out.update({f"eval/{k}": v for k, v in stats.items()})
+            out.update({f"eval/{k}": v for k, v in stats.to_metrics().items()})
         exact = self.exact_objective()
         if exact is not None:
             out.update({f"eval/{k}": v for k, v in exact.items()})
         return out
 
     # ------------------------------------------------------------------ the loop
+    def exact_local_optimum(self, x: torch.Tensor | None = None) -> float | None:
+        """``F(x*)`` at the local optimum that exact gradient ascent
+        (:func:`~align_cbrl.reference.tiny_language.optimize_exact`, 3000 steps, ``lr`` 2; the
+        reference of ``docs/trainer.md``) reaches from leader parameters ``x`` (default: the
+        current leader). Enumerable task with one follower only, else ``None``. Cached per run
+        setup and ``x`` within the process; the seconds spent add to
+        ``exact_optimum_seconds``."""
+        if self.task is None or len(self.bundles) != 1 or self.bundles[0].log_ref is None:
+            return None
+        b = self.bundles[0]
+        x = (self.leader.flat_parameters() if x is None else x).detach().to(torch.float64)
+        cfg = self.config
+        ident = [cfg.task, cfg.leader.spec, cfg.leader.init, to_dict(b.config)]
+        key = (json.dumps(ident, sort_keys=True, default=str), x.numpy().tobytes())
+        if key not in _OPTIMA:
+            t0 = time.perf_counter()
+            bilevel = copy.deepcopy(self.bilevel)
+            torch.nn.utils.vector_to_parameters(x.to(self._x0.dtype), bilevel.leader.parameters())
+            task = self.task.with_log_ref(b.log_ref)
+            _OPTIMA[key] = optimize_exact(task, bilevel, b.follower.beta, steps=3000, lr=2.0).F
+            self.exact_optimum_seconds += time.perf_counter() - t0
+        return _OPTIMA[key]
+
+    def exact_optimum(self) -> float | None:
+        """The best ``F(x*)`` known for the run: exact gradient ascent from the initial leader
+        ``x0`` and from the current one (``F`` is not concave; the two can reach different
+        local optima). Drawn as a line in ``training.png``; ``None`` without an enumerable
+        single-follower task."""
+        found = [self.exact_local_optimum(self._x0), self.exact_local_optimum()]
+        found = [F for F in found if F is not None]
+        return max(found) if found else None
+
+    def _plot_title(self) -> str:
+        cfg = self.config
+        fols = ", ".join(f"{f.name} ({f.trainer}, beta {f.beta:g})" for f in cfg.followers)
+        return (
+            f"{self.output_dir.name}: {cfg.leader.estimator} leader, {cfg.iterations} outer "
+            f"iterations x {cfg.follower_steps} follower steps; followers {fols}"
+        )
+
     def train(self) -> dict[str, Any]:
         """Run (or continue) the T outer iterations; returns a summary (final metrics and
         held-out evaluation), also written to ``<output_dir>/summary.json``."""
+        with hf_progress_bars(self.config.progress):
+            return self._train()
+
+    def _train(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         cfg = self.config
         main = self.sync.is_main_process
         if self._resume_from is not None:
             self._restore(self._resume_from)
+        resumed = self._resume_from is not None
         if main:
+            if self._plan.notice:
+                print(self._plan.notice, file=sys.stderr)
+            if self._plan.replace:
+                remove_directory(self.output_dir)
             self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = MetricsLogger(self.output_dir, tensorboard=cfg.tensorboard, enabled=main)
-        if self._resume_from is not None:
+        self.metrics = MetricsLogger(
+            self.output_dir,
+            tensorboard=cfg.tensorboard,
+            enabled=main,
+            purge_step=self.start_iteration + 1 if resumed else None,
+        )
+        if resumed:
             self.metrics.truncate_after(self.start_iteration)
-        elif self._overwrite:
-            import shutil
-
-            self.metrics.truncate_after(-1)
-            if main:
-                shutil.rmtree(self.checkpoints.root, ignore_errors=True)
         if self.start_iteration == 0:
             rec0 = {"objective_estimate": math.nan}
             exact = self.exact_objective()
@@ -450,13 +480,21 @@ class HPGDTrainer:
             bar.close()
         summary: dict[str, Any] = {"iterations": cfg.iterations, "final": self.history[-1]}
         summary.update(self.evaluate())
+        optimum = self.exact_optimum() if (main and cfg.plots) else None
+        if optimum is not None:
+            summary["exact_optimum"] = optimum
         if main:
             self.leader.save(self.output_dir / "leader")
             atomic_write_json(self.output_dir / "summary.json", summary)
             if cfg.plots:
                 from align_cbrl.trainer.plots import plot_run
 
-                plot_run(self.history, self.output_dir / "training.png", title=cfg.leader.estimator)
+                plot_run(
+                    self.history,
+                    self.output_dir / "training.png",
+                    title=self._plot_title(),
+                    optimum=optimum,
+                )
         self.metrics.close()
         return summary
 

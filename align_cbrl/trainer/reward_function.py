@@ -11,18 +11,24 @@ current incentive, evaluated without gradients. TRL logs a reward function under
 leader's reward ``rbar_x`` through TRL's ``log_metric`` hook (``<name>/<component>``), and keeps
 them in :attr:`HPGDReward.last_metrics`.
 
-With ``buffer=True`` it also keeps what TRL generated (prompts, completions, dataset columns,
-component scores) so that :class:`~align_cbrl.trainer.callback.HPGDCallback` can estimate the
+The function keeps no data. Whoever needs the scored groups subscribes a sink
+(:meth:`HPGDReward.subscribe`); the plugin's :class:`~align_cbrl.trainer.callback.HPGDCallback`
+does so with its own :class:`~align_cbrl.trainer.groups.GroupBuffer` and estimates the
 hypergradient from the same groups: no extra generation. TRL calls reward functions once per
 generation batch, with ``num_generations`` consecutive completions per prompt
 (``RepeatSampler(mini_repeat_count=num_generations)``), which is the group layout the
 estimator needs.
+
+The function refuses to run in a process other than the one that built it (TRL's
+``AsyncGRPOTrainer`` scores in a rollout worker process): the leader lives, and is updated, in
+the training process, so a copy elsewhere would shape rewards with a leader that never moves.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +36,7 @@ import torch
 from align_cbrl.followers.base import RewardFunctionError
 from align_cbrl.objective import BilevelRewards
 from align_cbrl.rewards.base import RewardComponent, score_components
-from align_cbrl.trainer.estimation import GroupedSamples
+from align_cbrl.trainer.groups import ScoredBatch
 
 __all__ = ["HPGDReward"]
 
@@ -59,7 +65,6 @@ class HPGDReward:
         context_column: the dataset column holding each prompt's context (``category``);
             ``None`` if the leader and mixes use no context.
         name: ``__name__`` (the key TRL logs the reward under).
-        buffer: keep the scored groups for :class:`HPGDCallback`.
         log_components: report component means through TRL's ``log_metric``.
     """
 
@@ -70,7 +75,6 @@ class HPGDReward:
         *,
         context_column: str | None = "category",
         name: str = "hpgd_reward",
-        buffer: bool = True,
         log_components: bool = True,
     ) -> None:
         names = [c.name for c in components]
@@ -83,15 +87,40 @@ class HPGDReward:
         self.components = list(components)
         self.context_column = context_column
         self.__name__ = name
-        self.buffer_enabled = buffer
         self.log_components = log_components
-        self.buffer: list[dict[str, Any]] = []
-        self.last_metrics: dict[str, float] = {}
-        self.calls = 0
+        self._sinks: list[Callable[[ScoredBatch], None]] = []
+        self._pid = os.getpid()
+
+    @property
+    def leader(self) -> Any:
+        return self.bilevel.leader
+
+    def subscribe(self, sink: Callable[[ScoredBatch], None]) -> None:
+        """Call ``sink(ScoredBatch)`` after every scored batch (e.g. a ``GroupBuffer``)."""
+        if not callable(sink):
+            raise TypeError("sink must be callable with one ScoredBatch")
+        if sink not in self._sinks:
+            self._sinks.append(sink)
+
+    def unsubscribe(self, sink: Callable[[ScoredBatch], None]) -> None:
+        self._sinks = [s for s in self._sinks if s is not sink]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy in another process (an out-of-process rollout worker) cannot reach the sinks
+        state = dict(self.__dict__)
+        state["_sinks"] = []
+        return state
 
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
     ) -> list[float]:
+        if os.getpid() != self._pid:
+            raise RewardFunctionError(
+                f"{self.__name__} was called in process {os.getpid()}, not in the training "
+                f"process {self._pid} that holds the leader (an out-of-process rollout worker, "
+                "e.g. TRL's AsyncGRPOTrainer): leader updates would never reach it; use "
+                "GRPOTrainer or RLOOTrainer, which score in the training process"
+            )
         prompts_t = [_as_text(p) for p in prompts]
         completions_t = [_as_text(c) for c in completions]
         B = len(completions_t)
@@ -108,8 +137,14 @@ class HPGDReward:
         if self.context_column is not None:
             if self.context_column not in columns:
                 raise RewardFunctionError(
-                    f"{self.__name__}: the dataset has no {self.context_column!r} column (got "
-                    f"{sorted(columns)}); add it or build HPGDReward(context_column=None)"
+                    f"{self.__name__}: the dataset has no {self.context_column!r} column; its "
+                    f"columns are {sorted(columns)}; name the one that holds each prompt's "
+                    f"context with HPGDReward(..., context_column=...) (e.g. "
+                    f"context_column={sorted(columns)[0]!r}) or pass context_column=None"
+                    if columns
+                    else f"{self.__name__}: the dataset has no {self.context_column!r} column "
+                    "(it has no columns besides the prompt); add one or build "
+                    "HPGDReward(..., context_column=None)"
                 )
             contexts = columns[self.context_column]
         scores = score_components(self.components, prompts_t, completions_t, columns)
@@ -122,46 +157,30 @@ class HPGDReward:
                 f"{self.__name__}: shaped reward is {r[bad[0]]} at index {bad[0]} (completion "
                 f"{completions_t[bad[0]]!r}); the leader's parameters are not finite"
             )
+        log_metric = kwargs.get("log_metric")
+        if self.log_components and callable(log_metric):
+            for k, v in self.batch_metrics(scores, out).items():
+                log_metric(f"{self.__name__}/{k}", v)
+        if self._sinks:
+            state = kwargs.get("trainer_state")
+            batch = ScoredBatch(
+                prompts=prompts_t,
+                completions=completions_t,
+                columns={} if contexts is None else {self.context_column: list(contexts)},
+                scores=scores,
+                step=None if state is None else int(state.global_step),
+                logger=log_metric,
+            )
+            for sink in self._sinks:
+                sink(batch)
+        return r
+
+    def batch_metrics(self, scores: torch.Tensor, out: Any) -> dict[str, float]:
+        """Means of every component, the incentive, ``rbar`` and the base reward of a batch."""
         metrics = {c.name: float(scores[:, k].mean()) for k, c in enumerate(self.components)}
         metrics.update(
             incentive=float(out.incentive.mean()),
             leader_reward=float(out.rbar.mean()),
             base_reward=float((out.r - out.incentive).mean()),
         )
-        self.last_metrics = metrics
-        log_metric = kwargs.get("log_metric")
-        if self.log_components and callable(log_metric):
-            for k, v in metrics.items():
-                log_metric(f"{self.__name__}/{k}", v)
-        state = kwargs.get("trainer_state")
-        if self.buffer_enabled:
-            self.buffer.append(
-                {
-                    "prompts": prompts_t,
-                    "completions": completions_t,
-                    "columns": columns,
-                    "scores": scores,
-                    "step": None if state is None else int(state.global_step),
-                }
-            )
-        self.calls += 1
-        return r
-
-    def take_groups(self, group_size: int, beta: float, follower: str = "trl") -> GroupedSamples:
-        """Everything buffered since the last call, as groups of ``group_size`` completions
-        (checks that consecutive entries share their prompt); empties the buffer."""
-        if not self.buffer:
-            raise RuntimeError(
-                f"{self.__name__}: nothing buffered; TRL has not called the reward yet"
-            )
-        items, self.buffer = self.buffer, []
-        cols = sorted(set.intersection(*(set(b["columns"]) for b in items)))
-        return GroupedSamples(
-            follower=follower,
-            beta=beta,
-            group_size=group_size,
-            prompts=[p for b in items for p in b["prompts"]],
-            completions=[c for b in items for c in b["completions"]],
-            columns={k: [v for b in items for v in b["columns"][k]] for k in cols},
-            scores=torch.cat([b["scores"] for b in items]),
-        )
+        return metrics

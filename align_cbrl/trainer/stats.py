@@ -1,0 +1,101 @@
+"""Typed statistics of one leader update and the metric names shared by both modes.
+
+Orchestrated runs (:class:`~align_cbrl.trainer.hpgd_trainer.HPGDTrainer`) and plugin runs
+(:class:`~align_cbrl.trainer.callback.HPGDCallback`) report the same quantities under the same
+keys (one namespace), built here from typed records instead of ad-hoc string keys:
+
+======================================  =============================================================
+key                                     meaning
+======================================  =============================================================
+``objective_estimate``                  ``sum_f mean rbar_x`` of the groups the update used
+``leader/grad_norm``                    hypergradient norm before clipping (0 without a step)
+``leader/groups``                       number of prompt groups behind the step (this process)
+``<f>/reward``                          mean shaped reward ``r_x`` of follower ``f``'s samples
+``<f>/base_reward``                     mean base mix ``r_x - i_x``
+``<f>/leader_reward``                   mean ``rbar_x``
+``<f>/incentive``, ``<f>/incentive_abs`` mean incentive ``i_x`` and mean ``|i_x|``
+``<f>/cost``                            mean incentive cost
+======================================  =============================================================
+
+In plugin mode the follower name ``f`` is the callback's ``follower_name`` (default
+``"follower"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "GRAD_NORM",
+    "GROUPS",
+    "OBJECTIVE_ESTIMATE",
+    "FollowerStats",
+    "LeaderStats",
+    "UpdateResult",
+]
+
+OBJECTIVE_ESTIMATE = "objective_estimate"
+GRAD_NORM = "leader/grad_norm"
+GROUPS = "leader/groups"
+
+
+@dataclass(frozen=True)
+class FollowerStats:
+    """Means over one follower's samples under the leader before the step."""
+
+    reward: float
+    base_reward: float
+    leader_reward: float
+    incentive: float
+    incentive_abs: float
+    cost: float
+    groups: int
+
+    def to_metrics(self, follower: str) -> dict[str, float]:
+        return {
+            f"{follower}/leader_reward": self.leader_reward,
+            f"{follower}/reward": self.reward,
+            f"{follower}/base_reward": self.base_reward,
+            f"{follower}/incentive": self.incentive,
+            f"{follower}/incentive_abs": self.incentive_abs,
+            f"{follower}/cost": self.cost,
+        }
+
+
+@dataclass(frozen=True)
+class LeaderStats:
+    """Per-follower statistics; ``objective_estimate = sum_f leader_reward_f``."""
+
+    followers: dict[str, FollowerStats] = field(default_factory=dict)
+
+    @property
+    def objective_estimate(self) -> float:
+        return float(sum(s.leader_reward for s in self.followers.values()))
+
+    @property
+    def groups(self) -> int:
+        return int(sum(s.groups for s in self.followers.values()))
+
+    def to_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {OBJECTIVE_ESTIMATE: self.objective_estimate}
+        for name, s in self.followers.items():
+            out.update(s.to_metrics(name))
+        return out
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What one leader update did: the statistics it estimated from, the hypergradient norm
+    before clipping (``0.0`` when no step was taken), whether a step was taken, and any
+    strategy-specific extras (e.g. the zero-order radius)."""
+
+    stats: LeaderStats
+    grad_norm: float
+    stepped: bool
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_metrics(self) -> dict[str, float]:
+        out = {GRAD_NORM: self.grad_norm, GROUPS: float(self.stats.groups)}
+        out.update(self.stats.to_metrics())
+        out.update(self.extra)
+        return out
