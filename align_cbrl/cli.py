@@ -1,18 +1,24 @@
 """The ``align-cbrl`` command.
 
-* ``align-cbrl train --config configs/<name>.yaml [--resume] [--overwrite] [--key.sub value ...]``:
+* ``align-cbrl train --config configs/<name>.yaml [--resume | --overwrite] [--key.sub value ...]``:
   an orchestrated HPGD run (:class:`~align_cbrl.trainer.HPGDTrainer`) configured by an
   :class:`~align_cbrl.trainer.HPGDConfig` YAML; dotted overrides follow TRL's ``TrlParser``
-  (``--leader.lr 0.05``, ``--followers.0.beta 0.2``).
-* ``align-cbrl quickstart [--output-dir DIR] [--iterations T]``: the README's main job
-  (:mod:`align_cbrl.quickstart`).
+  (``--leader.lr 0.05``, ``--followers.0.beta 0.2``); booleans also as ``--progress`` /
+  ``--no-progress``. ``align-cbrl train --help`` lists every config key with its default and
+  help text (from the dataclass fields' ``metadata["help"]``).
+* ``align-cbrl quickstart [--output-dir DIR] [--iterations T] [--progress | --no-progress]``:
+  the README's main job (:mod:`align_cbrl.quickstart`).
+* ``align-cbrl --version``.
 
+``--help`` works anywhere on the command line. The current directory is put first on
+``sys.path`` (as ``python -m`` does) so a ``callable`` reward module next to the config imports.
 Configuration and input errors are printed as one ``error: ...`` line (exit status 2), without a
-traceback; nothing already written is removed.
+traceback, before anything is written.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import warnings
@@ -53,24 +59,97 @@ def quiet_libraries() -> None:
         pass
 
 
-USAGE = """usage: align-cbrl <command> [options]
+USAGE = """usage: align-cbrl <command> [options]     (align-cbrl <command> --help for details)
 
 commands:
-  train --config FILE.yaml [--resume] [--overwrite] [--key.sub VALUE ...]
+  train --config FILE.yaml [--resume | --overwrite] [--KEY VALUE ...]
         orchestrated HPGD run (see configs/*.yaml and docs/trainer.md)
-  quickstart [--output-dir DIR] [--iterations T] [--no-progress]
+  quickstart [--output-dir DIR] [--iterations T] [--progress | --no-progress]
         HPGD leader vs no leader vs naive leader on the embedded default
+
+options:
+  -h, --help     show this help and exit
+  --version      print the version and exit
 """
+
+TRAIN_DESCRIPTION = """\
+Orchestrated HPGD run: T outer iterations; in each, every follower trains K steps on the
+leader's current shaped reward, G prompts x N completions are sampled per follower, and the
+leader takes one clipped optimiser step along the hypergradient estimate.
+
+The YAML file (see configs/*.yaml) sets the config keys listed below; --KEY VALUE on the command
+line overrides one (VALUE is read as YAML: 0.1, true, [1, 2]; dashes or underscores in KEY;
+--KEY=VALUE works too). Nested keys are dotted: --leader.lr 0.05; list entries are indexed:
+--followers.0.beta 0.2. Booleans: --KEY / --no-KEY, or --KEY true|false (e.g. --no-progress).
+
+Every setting is validated before anything is written; a problem is one "error: ..." line
+(exit status 2). Reward components of type `callable` ('module:function') are imported with the
+current directory first on the import path, as `python -m` would."""
+
+TRAIN_EPILOG = """\
+outputs under output_dir: metrics.jsonl, tensorboard/ (unless tensorboard: false or the package
+is missing; a line says so), checkpoints/iter_NNNNNN/, leader/, summary.json, training.png.
+examples:
+  align-cbrl train --config configs/tiny_language_grpo.yaml --leader.lr 0.1 --no-progress
+  align-cbrl train --config configs/tiny_language_grpo.yaml --resume --iterations 40"""
+
+
+def version_line() -> str:
+    from align_cbrl import __version__
+
+    return f"align-cbrl {__version__}"
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """The ``align-cbrl train`` options and every config key (sections from the
+    :class:`~align_cbrl.trainer.HPGDConfig` dataclasses, help from their field metadata); used
+    for ``--help``, the values are parsed by :func:`~align_cbrl.config_parser.parse_overrides`."""
+    from align_cbrl.config_parser import add_config_arguments
+    from align_cbrl.trainer.config import HPGDConfig
+
+    parser = argparse.ArgumentParser(
+        prog="align-cbrl train",
+        usage="align-cbrl train --config FILE.yaml [--resume | --overwrite] [--KEY VALUE ...]",
+        description=TRAIN_DESCRIPTION,
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", metavar="FILE.yaml", help="the run's YAML config (required; see configs/)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in output_dir from its latest checkpoint (only iterations, "
+        "save_every, keep_checkpoints, plots, progress, tensorboard may change; output_dir may "
+        "be given another way or the directory moved); a run without a checkpoint starts again "
+        "from iteration 0, and says so",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in output_dir: the whole directory is moved aside and deleted once "
+        "validation passed, so no file of the old run survives",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    add_config_arguments(parser, HPGDConfig)
+    return parser
 
 
 def train_main(argv: Sequence[str]) -> int:
     """``align-cbrl train``: load the config, validate, run; returns the exit status."""
+    argv = list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(train_parser().format_help())
+        return 0
+    if "--version" in argv:
+        print(version_line())
+        return 0
     set_cpu_defaults()
     quiet_libraries()
     from align_cbrl.config_parser import load_config, parse_overrides
     from align_cbrl.trainer import HPGDConfig, HPGDTrainer
 
-    argv = list(argv)
     flags = {"--resume": False, "--overwrite": False}
     for flag in flags:
         while flag in argv:
@@ -78,9 +157,11 @@ def train_main(argv: Sequence[str]) -> int:
             flags[flag] = True
     if flags["--resume"] and flags["--overwrite"]:
         raise ValueError("give --resume or --overwrite, not both")
-    config_path, overrides = parse_overrides(argv)
+    config_path, overrides = parse_overrides(argv, HPGDConfig)
     if config_path is None:
-        raise ValueError("align-cbrl train needs --config FILE.yaml (see configs/)")
+        raise ValueError(
+            "align-cbrl train needs --config FILE.yaml (see configs/; align-cbrl train --help)"
+        )
     config = load_config(HPGDConfig, config_path, overrides)
     trainer = HPGDTrainer(config, resume=flags["--resume"], overwrite=flags["--overwrite"])
     try:
@@ -94,6 +175,15 @@ def train_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cwd_on_path() -> None:
+    """Put the current directory first on ``sys.path``, as ``python -m`` does (a console
+    script's ``sys.path[0]`` is its bin directory), so a ``callable`` reward module next to the
+    config imports."""
+    cwd = os.getcwd()
+    if not any(p in ("", ".", cwd) for p in sys.path):
+        sys.path.insert(0, cwd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``align-cbrl`` console script."""
     from align_cbrl.config_parser import ConfigError
@@ -103,12 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if args else 2
+    if args[0] in ("--version", "-V"):
+        print(version_line())
+        return 0
     command, rest = args[0], args[1:]
+    _cwd_on_path()
     try:
         if command == "train":
-            if rest and rest[0] in ("-h", "--help"):
-                print(USAGE)
-                return 0
             return train_main(rest)
         if command == "quickstart":
             from align_cbrl.quickstart import main as quickstart_main
@@ -119,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ValueError,
         FileNotFoundError,
         FileExistsError,
+        NotADirectoryError,
         RewardFunctionError,
     ) as err:
         print(f"error: {err}", file=sys.stderr)

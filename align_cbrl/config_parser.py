@@ -24,7 +24,16 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "from_dict", "load_config", "parse_overrides", "to_dict"]
+__all__ = [
+    "ConfigError",
+    "add_config_arguments",
+    "field_type",
+    "from_dict",
+    "is_bool_field",
+    "load_config",
+    "parse_overrides",
+    "to_dict",
+]
 
 T = TypeVar("T")
 
@@ -164,8 +173,43 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
         node[last] = value
 
 
-def parse_overrides(argv: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
-    """Split ``[--config F] [--a.b V | --a.b=V]...`` into the config path and a dotted mapping."""
+def field_type(cls: Any, dotted: str) -> Any:
+    """The annotated type of the (nested) field ``dotted`` of dataclass ``cls`` (list entries by
+    index: ``followers.0.beta``); ``None`` when there is no such field."""
+    tp: Any = cls
+    for part in dotted.split("."):
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin in (typing.Union, types.UnionType):
+            inner = [a for a in args if a is not type(None)]
+            tp = inner[0] if len(inner) == 1 else tp
+            origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                return None
+            tp = hints[part]
+        elif (origin in (list, Sequence) or tp is list) and part.isdigit():
+            tp = args[0] if args else Any
+        else:
+            return None
+    return tp
+
+
+def is_bool_field(tp: Any) -> bool:
+    """``True`` for ``bool`` and unions that accept a bool (``bool | str``)."""
+    if tp is bool:
+        return True
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and bool in typing.get_args(tp)
+
+
+def parse_overrides(
+    argv: Sequence[str], cls: type | None = None
+) -> tuple[str | None, dict[str, Any]]:
+    """Split ``[--config F] [--a.b V | --a.b=V]...`` into the config path and a dotted mapping.
+
+    Keys may use dashes or underscores (``--output-dir`` = ``--output_dir``). Values are YAML
+    scalars. With the config dataclass ``cls``, a boolean key also works as a flag:
+    ``--progress`` (true) and ``--no-progress`` (false), besides ``--progress false``."""
     config_path = None
     overrides: dict[str, Any] = {}
     i = 0
@@ -175,18 +219,114 @@ def parse_overrides(argv: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
         if not tok.startswith("--"):
             raise ConfigError(f"unexpected argument {tok!r}; overrides look like --key value")
         key, eq, val = tok[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise ConfigError(f"--{key} needs a value")
-            val = argv[i + 1]
-            i += 1
-        i += 1
         key = key.replace("-", "_")
+        i += 1
+        if not eq:
+            flag = None
+            negated = cls is not None and key.startswith("no_") and field_type(cls, key) is None
+            if negated and is_bool_field(field_type(cls, key[3:])):
+                key, flag = key[3:], False
+            at_flag = i >= len(argv) or argv[i].startswith("--")
+            if flag is None and cls is not None and at_flag and is_bool_field(field_type(cls, key)):
+                flag = True
+            if flag is not None:
+                overrides[key] = flag
+                continue
+            if i >= len(argv):
+                raise ConfigError(f"--{key} needs a value")
+            val = argv[i]
+            i += 1
         if key == "config":
             config_path = val
             continue
-        overrides[key] = yaml.safe_load(val) if val != "" else ""
+        try:
+            overrides[key] = yaml.safe_load(val) if val != "" else ""
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(f"--{key} {val!r} is not a valid YAML value ({first})") from exc
     return config_path, overrides
+
+
+# --------------------------------------------------------------------------- help text
+def _metavar(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return "|".join(_metavar(a) for a in args if a is not type(None))
+    if origin is typing.Literal:
+        return "{" + ",".join(str(a) for a in args) + "}"
+    if origin in (list, Sequence, tuple) or tp in (list, tuple):
+        return "LIST"
+    if origin in (dict, Mapping) or tp is dict:
+        return "MAPPING"
+    names = {bool: "BOOL", int: "INT", float: "FLOAT", str: "STR"}
+    return names.get(tp, "VALUE")
+
+
+def _yaml_value(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text.removesuffix("...").strip()
+
+
+def _field_default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _section_type(tp: Any) -> tuple[type | None, bool]:
+    """``(dataclass, is_list)`` when ``tp`` is a dataclass or a list of dataclasses."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return tp, False
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is list and args and dataclasses.is_dataclass(args[0]):
+        return args[0], True
+    return None, False
+
+
+def add_config_arguments(parser: Any, cls: type) -> None:
+    """Document every key of config dataclass ``cls`` on an ``argparse`` parser: one argument
+    group per section (top level, nested dataclasses, lists of dataclasses as ``name.N``), each
+    key with its type, default and help text from the field's ``metadata["help"]`` (the
+    convention of TRL's ``HfArgumentParser``). Used for ``--help`` output only; the values are
+    parsed by :func:`parse_overrides`."""
+
+    def add_section(title: str, tp: type, prefix: str, description: str | None) -> None:
+        group = parser.add_argument_group(title, description)
+        hints = typing.get_type_hints(tp)
+        nested = []
+        for f in dataclasses.fields(tp):
+            if not f.init:
+                continue
+            ftp = hints[f.name]
+            sub, is_list = _section_type(ftp)
+            if sub is not None:
+                nested.append((f, sub, is_list))
+                continue
+            key = f"--{prefix}{f.name}"
+            names = [key]
+            if is_bool_field(ftp):
+                names.append(f"--no-{prefix}{f.name}")
+            default = _field_default(f)
+            text = str(f.metadata.get("help", "")).strip()
+            if default is dataclasses.MISSING:
+                text += " (required)"
+            else:
+                text += f" (default: {_yaml_value(default)})"
+            kwargs: dict[str, Any] = (
+                {"action": "store_true"} if is_bool_field(ftp) else {"metavar": _metavar(ftp)}
+            )
+            group.add_argument(
+                *names, help=text.replace("%", "%%"), dest=f"{prefix}{f.name}", **kwargs
+            )
+        for f, sub, is_list in nested:
+            name = f"{prefix}{f.name}.N" if is_list else f"{prefix}{f.name}"
+            help_text = str(f.metadata.get("help", "")).strip() or None
+            kind = f"{sub.__name__}, a list: N = 0, 1, ..." if is_list else sub.__name__
+            add_section(f"{name} ({kind})", sub, f"{name}.", help_text)
+
+    add_section("config keys (top level)", cls, "", None)
 
 
 def load_config(
@@ -198,6 +338,10 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            yamls = sorted(q.name for q in p.glob("*.yaml"))
+            hint = f" (it holds {', '.join(yamls)})" if yamls else ""
+            raise ConfigError(f"--config {p} is a directory; give a YAML file{hint}")
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:

@@ -45,6 +45,7 @@ __all__ = [
     "completion_logprobs",
     "default_cache_dir",
     "enumerate_completions",
+    "hf_progress_bars",
     "load_tiny_lm",
 ]
 
@@ -87,6 +88,25 @@ _DEFAULT_MODEL_CFG: dict[str, Any] = {
     "tie_word_embeddings": False,
     "initializer_range": 0.2,
 }
+
+
+@contextlib.contextmanager
+def hf_progress_bars(enabled: bool) -> Any:
+    """With ``enabled=False``, transformers' own progress bars ("Loading weights", "Writing
+    model shards") are off within the block and the previous setting is restored afterwards;
+    with ``True`` the setting is left as it is (the CLI turns them off globally)."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before:
+            hf_logging.enable_progress_bar()
+        else:
+            hf_logging.disable_progress_bar()
 
 
 def default_cache_dir() -> Path:

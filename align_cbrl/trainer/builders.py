@@ -9,6 +9,7 @@ and what to change.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -34,6 +35,7 @@ __all__ = [
     "exact_log_ref",
     "resolve_model",
     "resolve_task",
+    "validate_run_config",
 ]
 
 
@@ -59,6 +61,28 @@ class FollowerBundle:
     follower: Follower
     rows: list[dict[str, Any]]
     log_ref: torch.Tensor | None = None
+
+
+def validate_run_config(config: HPGDConfig) -> None:
+    """Checks that need no model or dataset, run before anything is built or written: the
+    followers' optimiser settings (which TRL would otherwise reject only at the first training
+    step, after metrics were written) and ``tensorboard: true`` without the package."""
+    from align_cbrl.metrics import TENSORBOARD_MISSING, tensorboard_available
+
+    for i, fc in enumerate(config.followers):
+        who = f"followers.{i} ({fc.name!r})"
+        if fc.trainer == "exact":
+            continue
+        positive = {"learning_rate": fc.learning_rate, "temperature": fc.temperature}
+        for key, value in positive.items():
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{who}: {key} must be a number > 0, got {value!r}")
+        if not (math.isfinite(fc.max_grad_norm) and fc.max_grad_norm >= 0):
+            raise ValueError(
+                f"{who}: max_grad_norm must be >= 0 (0 disables clipping), got {fc.max_grad_norm}"
+            )
+    if config.tensorboard is True and not tensorboard_available():
+        raise ValueError(TENSORBOARD_MISSING)
 
 
 def resolve_task(task: str | dict[str, Any] | None) -> TinyLanguageTask | None:

@@ -2,7 +2,8 @@
 
 * :func:`plot_run`: one run's curves over outer iterations: the leader objective (the sampled
   estimate ``sum_f mean rbar`` and, on an enumerable task, the exact ``F(x)``), the incentive paid,
-  the hypergradient norm, and the followers' base reward.
+  the hypergradient norm, and the followers' base reward; the exact optimum ``F(x*)`` as a line
+  when it is known.
 * :func:`plot_comparison`: the leader objective of several runs (e.g. HPGD leader / no leader /
   naive leader) on shared axes.
 """
@@ -38,9 +39,17 @@ def _pyplot() -> Any:
 
 
 def plot_run(
-    records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], title: str = ""
+    records: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    title: str = "",
+    optimum: float | None = None,
 ) -> Path:
-    """Four panels of one run's metrics (``metrics.jsonl`` records); returns the PNG path."""
+    """Four panels of one run's metrics (``metrics.jsonl`` records) over the outer iterations
+    (integer ticks); ``title`` names the run (default "HPGD run"). ``optimum``: the exact
+    leader objective at a (local) optimum, ``F(x*)``, drawn as a horizontal line in the
+    objective panel (enumerable tasks). Returns the PNG path."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,8 +62,15 @@ def plot_run(
         xs, ys = _series(records, key)
         if xs:
             ax.plot(xs, ys, marker=".", label=label)
+    if optimum is not None and math.isfinite(optimum):
+        ax.axhline(
+            optimum,
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label=f"exact F(x*) = {optimum:.3f}",
+        )
     ax.set_title("leader objective")
-    ax.legend()
     followers = sorted(
         {k.split("/")[0] for r in records for k in r if k.endswith("/incentive_abs")}
     )
@@ -70,9 +86,10 @@ def plot_run(
     axes[1, 0].set_title("hypergradient norm (before clipping)")
     for a in axes.flat:
         a.set_xlabel("outer iteration")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         if a.get_legend_handles_labels()[0]:
             a.legend(fontsize=8)
-    fig.suptitle(f"HPGD run {title}".strip())
+    fig.suptitle(title or "HPGD run")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -99,6 +116,9 @@ def plot_comparison(
         # distinct dashes and markers keep identical curves (e.g. no leader / naive) visible
         ax.plot(xs, ys, linestyle=line, marker=marker, markersize=4, label=name)
     ax.set_xlabel("outer iteration")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(key)
     ax.set_title(title)
     ax.legend()

@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write_text",
     "load_safetensors",
     "read_json",
+    "remove_directory",
     "replace_directory",
     "save_safetensors",
 ]
@@ -68,6 +69,22 @@ def replace_directory(tmp: str | os.PathLike[str], final: str | os.PathLike[str]
     else:
         os.replace(tmp, final)
     return final
+
+
+def remove_directory(path: str | os.PathLike[str]) -> bool:
+    """Remove directory ``path`` as one unit: it is first renamed to a hidden sibling
+    (``.<name>.removed-<pid>``; one ``os.rename``, so ``path`` is at every moment either the
+    complete old directory or absent), then the sibling is deleted. Returns whether anything was
+    removed. A deletion that fails half-way leaves only the hidden sibling, never a mix of old
+    files under ``path``."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.removed-{os.getpid()}.", dir=path.parent))
+    target = aside / path.name
+    os.replace(path, target)
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
