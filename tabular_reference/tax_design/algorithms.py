@@ -14,9 +14,12 @@ exact welfare ``F(theta_t)`` is recorded, and the gradient comes from
 ``zero-order``  Gaussian smoothing ``(F_xi(theta + u_t z) - F_xi(theta)) z / u_t`` with exact
                 values, one sampled household type per iteration, ``u_t = c / t`` (an oracle
                 baseline: it reads values HPGD has to estimate);
-``zero-order-sampled``  the same with Monte-Carlo values (:func:`sampled_welfare`): half of
-                HPGD's episode budget at ``theta + u_t z``, half at ``theta`` (same household
-                type), i.e. the same number of environment steps per iteration as HPGD;
+``zero-order-sampled``  the published baseline (notes, section 5): the same smoothing with
+                Monte-Carlo welfare (:func:`sampled_welfare`) from ``zo_episodes`` sampled
+                200-step episodes at ``theta + u_t z`` and as many at ``theta`` (default 300 +
+                300, i.e. 60,000 steps per value), both household types in equal shares,
+                ``u_t = 50 / t``; the two estimates share their uniforms when ``zo_crn``
+                (common random numbers);
 ``exact``       the exact hypergradient (:func:`solver.welfare_and_grad`; the AMD-like reference).
 """
 
@@ -47,8 +50,13 @@ from tabular_reference.tax_design.hpgd import (
     hpgd_gradient,
     leader_rewards,
 )
-from tabular_reference.tax_design.rewards import initial_theta, rates
-from tabular_reference.tax_design.sampling import balanced_contexts, rollout
+from tabular_reference.tax_design.rewards import asset_welfare, initial_theta, rates, welfare_action
+from tabular_reference.tax_design.sampling import (
+    balanced_contexts,
+    draw_seed,
+    rollout,
+    sampled_returns,
+)
 from tabular_reference.tax_design.solver import (
     FollowerSolution,
     check_lam,
@@ -74,7 +82,10 @@ CRITICS: tuple[str, ...] = ("learned", "exact")
 @dataclass(frozen=True)
 class AlgoSettings:
     """Hyper-parameters of the outer loop. ``episodes``: sampled 200-step episodes per outer
-    iteration and run (split equally between the two household types); ``form``/``leader_q``: the
+    iteration and run for HPGD and naive (split equally between the two household types; 300 =
+    the published 60,000 steps, 50 = the earlier 10,000); ``zo_episodes``: episodes per value
+    estimate of ``zero-order-sampled`` (at ``theta + u_t z`` and again at ``theta``);
+    ``zo_crn``: common random numbers for those two estimates; ``form``/``leader_q``: the
     core estimator's options; ``critic``: the leader value table of ``leader_q="table"``
     (``"learned"``: :class:`critic.MonteCarloCritic` from past
     trajectories; ``"exact"``: the model's ``Vbar``); ``zo_c``: the
@@ -82,12 +93,14 @@ class AlgoSettings:
 
     lr: float = 0.01
     max_norm: float = 1.0
-    episodes: int = 50
+    episodes: int = 300
+    zo_episodes: int = 300
+    zo_crn: bool = False
     form: str = "mc"
     leader_q: str = "table"
     critic: str = "learned"
     follower_transition: str = "expected"
-    zo_c: float = 0.5
+    zo_c: float = 50.0
     tol: float = 1e-11
 
     def __post_init__(self) -> None:
@@ -99,6 +112,11 @@ class AlgoSettings:
             raise ValueError(
                 f"episodes per iteration must be an even integer >= 2 (one share per household "
                 f"type), got {self.episodes!r}"
+            )
+        if not isinstance(self.zo_episodes, int) or self.zo_episodes < 2 or self.zo_episodes % 2:
+            raise ValueError(
+                f"zero-order episodes per value estimate must be an even integer >= 2 (one share "
+                f"per household type), got {self.zo_episodes!r}"
             )
         if self.form not in FORMS:
             raise ValueError(f"unknown HPGD form {self.form!r}; choose one of {', '.join(FORMS)}")
@@ -133,8 +151,9 @@ class History:
     newton_steps: int
 
 
-def _critic_inputs(econ: Economy, theta: Tensor, traj) -> tuple[Tensor, Tensor, Tensor]:
-    b = flat_batch(econ, traj)
+def _critic_inputs(
+    econ: Economy, theta: Tensor, b: dict[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
     with torch.no_grad():
         rewards = leader_rewards(econ, theta, b)
     return b["joint_state"], rewards, b["episode_start"]
@@ -145,19 +164,25 @@ def sampled_welfare(
     theta: Tensor,
     follower: FollowerSolution,
     contexts: Tensor,
-    generator: torch.Generator,
+    generator: torch.Generator | None = None,
+    *,
+    seed: int | None = None,
 ) -> Tensor:
     """Monte-Carlo welfare ``[R]``: the mean over ``contexts.shape[1]`` sampled episodes (household
     type ``contexts[r, n]``, initial bin ``~ mu0``) of the discounted welfare
     ``sum_t gamma^t W(s_t, a_t)`` (notes, section 4; ``F_xi = mu0^T Vbar_xi`` in expectation, up to
-    the ``gamma^T`` truncation of the episode)."""
-    x = rates(theta)
-    traj = rollout(econ, follower, x[:, 0], contexts, econ.config.episode_length, generator)
-    R, N, T = traj.actions.shape
-    with torch.no_grad():
-        w = leader_rewards(econ, theta, flat_batch(econ, traj)).reshape(R, N, T)
-    discount = econ.gamma ** torch.arange(T, dtype=w.dtype)
-    return (w * discount).sum(-1).mean(-1)
+    the ``gamma^T`` truncation of the episode). The sampler's seed is ``seed`` or, if omitted,
+    drawn from ``generator``; equal seeds give common random numbers."""
+    if seed is None:
+        if generator is None:
+            raise ValueError("sampled_welfare needs a generator or a seed")
+        seed = draw_seed(generator)
+    x = rates(theta.detach())
+    w_action = welfare_action(econ, x[:, 0], x[:, 1:])
+    returns = sampled_returns(
+        econ, follower, asset_welfare(econ), w_action, contexts, econ.config.episode_length, seed
+    )
+    return returns.mean(-1)
 
 
 def batch_generator(algo: str, seeds: Sequence[int], lams: Sequence[float]) -> torch.Generator:
@@ -197,6 +222,7 @@ def run_batch(
     V_warm: Tensor | None = None
     newton = 0
     contexts = balanced_contexts(econ, R, settings.episodes)
+    zo_contexts = balanced_contexts(econ, R, settings.zo_episodes)
     learned: MonteCarloCritic | None = None
     rows = torch.arange(R)
     bar = tqdm(
@@ -215,13 +241,14 @@ def run_batch(
             break
         if algo in ("hpgd", "naive"):
             traj = rollout(econ, sol, x[:, 0], contexts, econ.config.episode_length, gen)
+            batch = flat_batch(econ, traj)
             form = "naive" if algo == "naive" else settings.form
             critic_v = Vbar
             uses_critic = form != "naive" and settings.leader_q != "crossfit"
             if uses_critic and settings.critic == "learned":
                 if learned is None:  # first iteration: bootstrap from this batch
                     learned = MonteCarloCritic(econ, R)
-                    learned.update(*_critic_inputs(econ, theta, traj))
+                    learned.update(*_critic_inputs(econ, theta, batch))
                 critic_v = learned.values()
             grad, _ = hpgd_gradient(
                 econ,
@@ -233,24 +260,31 @@ def run_batch(
                 leader_q=settings.leader_q,
                 critic=critic_v,
                 follower_transition=settings.follower_transition,
+                batch=batch,
             )
             if learned is not None:
-                learned.update(*_critic_inputs(econ, theta, traj))
-        elif algo in ("zero-order", "zero-order-sampled"):
+                learned.update(*_critic_inputs(econ, theta, batch))
+        elif algo == "zero-order":
             z = sample_directions(gen, (R, 4))
             u = smoothing_radius(settings.zo_c, t + 1)
             ctx = torch.multinomial(econ.context_probs, R, replacement=True, generator=gen)
             theta_p = theta + u * z
             sol_p = soft_policy_iteration(econ, theta_p, lam, V0=sol.V, tol=settings.tol)
             newton += sol_p.iters
-            if algo == "zero-order":
-                xp = rates(theta_p)
-                Vbar_p = leader_values(econ, sol_p.P, sol_p.pi_f, sol_p.log_pa, xp[:, 0], xp[:, 1:])
-                f_plus, f_zero = (Vbar_p @ econ.mu0)[rows, ctx], F_ctx[rows, ctx]
-            else:
-                ctx_ep = ctx[:, None].expand(R, settings.episodes // 2).contiguous()
-                f_plus = sampled_welfare(econ, theta_p, sol_p, ctx_ep, gen)
-                f_zero = sampled_welfare(econ, theta, sol, ctx_ep, gen)
+            xp = rates(theta_p)
+            Vbar_p = leader_values(econ, sol_p.P, sol_p.pi_f, sol_p.log_pa, xp[:, 0], xp[:, 1:])
+            f_plus, f_zero = (Vbar_p @ econ.mu0)[rows, ctx], F_ctx[rows, ctx]
+            grad = gaussian_smoothing_gradient(f_plus, f_zero, z, u)
+        elif algo == "zero-order-sampled":
+            z = sample_directions(gen, (R, 4))
+            u = smoothing_radius(settings.zo_c, t + 1)
+            theta_p = theta + u * z
+            sol_p = soft_policy_iteration(econ, theta_p, lam, V0=sol.V, tol=settings.tol)
+            newton += sol_p.iters
+            seed_p = draw_seed(gen)
+            seed_0 = seed_p if settings.zo_crn else draw_seed(gen)
+            f_plus = sampled_welfare(econ, theta_p, sol_p, zo_contexts, seed=seed_p)
+            f_zero = sampled_welfare(econ, theta, sol, zo_contexts, seed=seed_0)
             grad = gaussian_smoothing_gradient(f_plus, f_zero, z, u)
         else:
             _, grad, _ = welfare_and_grad(econ, theta, lam, V0=sol.V, tol=settings.tol)

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from numba import njit
 from torch import Tensor
 
-from align_cbrl.estimators.trajectory import discounted_returns, per_state_sum, time_in_episode
 from tabular_reference.tax_design.economy import Economy
 
 __all__ = ["MonteCarloCritic"]
@@ -47,12 +47,26 @@ class MonteCarloCritic:
 
     def update(self, joint_state: Tensor, rewards: Tensor, episode_start: Tensor) -> None:
         """Add one iteration's steps (``[R, T]`` layout of the core estimator)."""
-        T_ep = self.econ.config.episode_length
-        g_hat = discounted_returns(rewards, episode_start, self.econ.gamma)
-        usable = (time_in_episode(episode_start) <= T_ep - self.horizon).to(rewards.dtype)
+        if not joint_state.shape == rewards.shape == episode_start.shape:
+            raise ValueError(
+                f"joint_state {tuple(joint_state.shape)}, rewards {tuple(rewards.shape)} and "
+                f"episode_start {tuple(episode_start.shape)} must have equal shapes"
+            )
         n_cells = self.sums.shape[1]
-        self.sums = self.decay * self.sums + per_state_sum(g_hat * usable, joint_state, n_cells)
-        self.counts = self.decay * self.counts + per_state_sum(usable, joint_state, n_cells)
+        sums = np.zeros_like(self.sums.numpy())
+        counts = np.zeros_like(sums)
+        _returns_per_cell(
+            joint_state.to(torch.int64).contiguous().numpy(),
+            rewards.detach().to(torch.float64).contiguous().numpy(),
+            episode_start.contiguous().numpy(),
+            float(self.econ.gamma),
+            self.econ.config.episode_length - self.horizon,
+            n_cells,
+            sums,
+            counts,
+        )
+        self.sums = self.decay * self.sums + torch.from_numpy(sums)
+        self.counts = self.decay * self.counts + torch.from_numpy(counts)
 
     def values(self) -> Tensor | None:
         if not bool((self.counts > 0).any()):
@@ -69,3 +83,24 @@ class MonteCarloCritic:
                 if v.any():
                     out[r, c] = np.interp(x, x[v], mean[r, c, v])
         return torch.from_numpy(out)
+
+
+@njit(cache=True, nogil=True)
+def _returns_per_cell(cells, rewards, episode_start, gamma, last_usable, n_cells, sums, counts):
+    """Per run: the within-episode return ``Ghat_t = sum_{k>=t, same episode} gamma^(k-t) r_k``
+    (a backward pass) of every step whose time in its episode is ``<= last_usable``, summed per
+    cell into ``sums[r, cell]``, with the step count in ``counts[r, cell]`` (the update of (C))."""
+    R, T = rewards.shape
+    g = np.empty(T)
+    for r in range(R):
+        acc = 0.0
+        for t in range(T - 1, -1, -1):
+            nxt_in_episode = t + 1 < T and not episode_start[r, t + 1]
+            acc = rewards[r, t] + (gamma * acc if nxt_in_episode else 0.0)
+            g[t] = acc
+        tau = 0
+        for t in range(T):
+            tau = 0 if (episode_start[r, t] or t == 0) else tau + 1
+            if tau <= last_usable:
+                sums[r, cells[r, t]] += g[t]
+                counts[r, cells[r, t]] += 1.0

@@ -36,7 +36,9 @@ the episodes; with 202 (type, bin) cells x 1,250 actions most pairs are unvisite
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from numba import njit
 from torch import Tensor
 
 from align_cbrl.estimators.trajectory import (
@@ -44,7 +46,7 @@ from align_cbrl.estimators.trajectory import (
     hpgd_weights,
 )
 from tabular_reference.tax_design.economy import Economy
-from tabular_reference.tax_design.kernel import expected_next, kernel_parts, log_kernel
+from tabular_reference.tax_design.kernel import expected_next, kernel_parts
 from tabular_reference.tax_design.rewards import asset_welfare, rates, welfare_action
 from tabular_reference.tax_design.sampling import Trajectories
 from tabular_reference.tax_design.solver import FollowerSolution
@@ -84,11 +86,11 @@ def flat_batch(econ: Economy, traj: Trajectories) -> dict[str, Tensor]:
 
 def leader_rewards(econ: Economy, theta: Tensor, b: dict[str, Tensor]) -> Tensor:
     """Observed welfare (W) of every sampled step, ``[R, N*T]`` (a differentiable function of
-    ``theta``; the asset term does not depend on it)."""
+    ``theta``; the asset term does not depend on it): the per-action table of
+    :func:`rewards.welfare_action` read at the sampled actions."""
     x = rates(theta)
-    a = b["action"]
-    act = welfare_action(econ, x[:, 0], x[:, 1:], hours=econ.hours_a[a], cons=econ.cons_a[a])
-    return asset_welfare(econ)[b["state"]] + act
+    act = welfare_action(econ, x[:, 0], x[:, 1:])  # [R, A]
+    return asset_welfare(econ)[b["state"]] + torch.gather(act, 1, b["action"])
 
 
 def leader_q_table(
@@ -107,12 +109,31 @@ def leader_q_table(
     R, C, S = critic.shape
     x = rates(theta.detach())
     with torch.no_grad():
-        cont = expected_next(follower.parts, critic)[..., econ.flow_a]  # [R, C, S, A]
-        act = welfare_action(econ, x[:, 0], x[:, 1:])  # [R, A]
-        q = asset_welfare(econ)[None, None, :, None] + act[:, None, None, :] + econ.gamma * cont
+        state_part = asset_welfare(econ)[None, None, :, None] + econ.gamma * expected_next(
+            follower.parts, critic
+        )  # [R, C, S, F]
         if advantage:
-            q = q - critic[..., None]
-    return q.reshape(R, C * S, econ.n_actions)
+            state_part = state_part - critic[..., None]
+        act = welfare_action(econ, x[:, 0], x[:, 1:])  # [R, A]
+        q = np.empty((R, C * S, econ.n_actions))
+        _fill_q(
+            state_part.reshape(R, C * S, -1).contiguous().numpy(),
+            econ.flow_a.numpy(),
+            act.contiguous().numpy(),
+            q,
+        )
+    return torch.from_numpy(q)
+
+
+@njit(cache=True, nogil=True)
+def _fill_q(state_part, flow_a, act, out):
+    """``out[r, i, a] = state_part[r, i, flow_a[a]] + act[r, a]``."""
+    R, n, _ = state_part.shape
+    A = flow_a.shape[0]
+    for r in range(R):
+        for i in range(n):
+            for a in range(A):
+                out[r, i, a] = state_part[r, i, flow_a[a]] + act[r, a]
 
 
 def hpgd_gradient(
@@ -126,6 +147,7 @@ def hpgd_gradient(
     leader_q: str = "table",
     critic: Tensor | None = None,
     follower_transition: str = "expected",
+    batch: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, HPGDWeights]:
     """HPGD estimate of ``dF/dtheta`` ``[R, 4]`` from ``traj`` (see module docstring).
 
@@ -139,6 +161,7 @@ def hpgd_gradient(
     expectation given ``(s_t, a_t)``, ``gamma (K_tau stopgrad(V*))[s_t, f_t]``, whose gradient is the
     exact ``gamma sum_s' dP(s'|s_t,a_t) V*(s')`` of section 2 (Rao-Blackwellised: same mean, no
     next-state noise; uses the transition law the planner already needs for ``d log P``).
+    ``batch``: ``flat_batch(econ, traj)`` if the caller has it already.
     """
     if follower_transition not in FOLLOWER_TRANSITION:
         raise ValueError(
@@ -149,7 +172,7 @@ def hpgd_gradient(
         raise ValueError(f"unknown HPGD form {form!r}; choose one of {', '.join(FORMS)}")
     if leader_q not in LEADER_Q:
         raise ValueError(f"unknown leader_q {leader_q!r}; choose one of {', '.join(LEADER_Q)}")
-    b = flat_batch(econ, traj)
+    b = flat_batch(econ, traj) if batch is None else batch
     R, C, S = theta.shape[0], econ.n_contexts, econ.n_states
     if critic is not None and critic.shape != (R, C, S):
         raise ValueError(f"critic must have shape {(R, C, S)}, got {tuple(critic.shape)}")
@@ -185,27 +208,112 @@ def hpgd_gradient(
         q_table=q_table,
         v_table=v_table,
     )
-    rows = torch.arange(R)[:, None]
+    grad = _surrogate_gradient(econ, theta, follower, b, w, follower_transition)
+    return grad, w
+
+
+def _step_sum(weights: Tensor, index: Tensor, n: int) -> Tensor:
+    """``out[r, i] = sum_{t: index[r, t] = i} weights[r, t]``, ``[R, n]``."""
+    out = torch.zeros(weights.shape[0], n, dtype=weights.dtype)
+    return out.scatter_add_(1, index, weights)
+
+
+def _surrogate_gradient(
+    econ: Economy,
+    theta: Tensor,
+    follower: FollowerSolution,
+    b: dict[str, Tensor],
+    w: HPGDWeights,
+    follower_transition: str,
+) -> Tensor:
+    """Gradient of the surrogate (module docstring)
+
+        sum_t follower_t rtilde_t + leader_t rbar_t + transition_t log P_tau(s_{t+1}|s_t,a_t)
+
+    with every per-step term a lookup in a small ``theta``-dependent table, so the step weights
+    are first summed per table cell (exactly the same sum, reordered) and autograd runs over the
+    tables only:
+
+    * ``rbar_t = asset(s_t) + W_tau,v(a_t)``: weights summed per action, ``[R, A]``;
+    * Cobb-Douglas ``cd(c_t, a_t) shrink_c(v)``: follower weights per (type, action);
+    * ``gamma (K_tau V*)[c_t, s_t, f_t]`` (``"expected"``): follower weights per (type, bin, flow);
+    * ``log P_tau(s'|s, f)``: by (K), ``log D[f, s' - s] - log Z[s, f]`` when the mean is not
+      clipped (clipped rows use the fixed laws at the range ends: no ``tau`` dependence), so the
+      weights (``transition_t``, plus ``gamma follower_t (V*(s') - E[V*(s')|s, f])`` for
+      ``"score"``) are summed per (flow, offset) and per (bin, flow).
+    """
+    R = theta.shape[0]
+    C, S, F, A = econ.n_contexts, econ.n_states, econ.n_flows, econ.n_actions
+    parts = follower.parts
+    L = parts.D.shape[-1]
+    score = follower_transition == "score"
     with torch.no_grad():
-        # V*(s') - E[V*(s') | s, f]: same expectation (E[d log P | s, a] = 0), far less variance.
-        expected = expected_next(follower.parts, follower.V)  # [R, C, S, F]
-        v_next = (
-            follower.V[rows, b["context"], b["next_state"]]
-            - expected[rows, b["context"], b["state"], b["flow"]]
-        )
+        expected = expected_next(parts, follower.V) if score else follower.V[..., None]
+        tables = [np.zeros((R, n)) for n in (A, C * A, C * S * F, F * L, S * F)]
+
+        def arr(t: Tensor) -> np.ndarray:
+            return t.detach().contiguous().numpy()
+
+        bad = _aggregate(
+            arr(w.leader), arr(w.follower), arr(w.transition),
+            arr(b["state"]), arr(b["flow"]), arr(b["context"]), arr(b["action"]),
+            arr(b["next_state"]), arr(parts.clip_hi | parts.clip_lo), int(parts.d_lo),
+            score, econ.gamma, arr(follower.V), arr(expected), *tables,
+        )  # fmt: skip
+        if bad:
+            raise ValueError("a sampled transition lies outside the kernel's band of offsets")
+        w_lead, w_cd, w_kv, w_d, w_z = (torch.from_numpy(t) for t in tables)
     with torch.enable_grad():
         th = theta.detach().requires_grad_(True)
         x = rates(th)
         tau, vat = x[:, 0], x[:, 1:]
-        shrink = torch.exp(-(econ.alphas[b["context"]] * torch.log1p(vat)[:, None, :]).sum(-1))
-        cobb_douglas = econ.cd_base[b["context"], b["action"]] * shrink
-        log_p = log_kernel(econ, tau[:, None], b["state"], b["flow"], b["next_state"])
-        if follower_transition == "score":
-            rtilde = cobb_douglas + econ.gamma * log_p * v_next
-        else:
-            kv = expected_next(kernel_parts(econ, tau), follower.V.detach())
-            rtilde = cobb_douglas + econ.gamma * kv[rows, b["context"], b["state"], b["flow"]]
-        rbar = leader_rewards(econ, th, b)
-        surrogate = (w.follower * rtilde + w.leader * rbar + w.transition * log_p).sum()
+        shrink = torch.exp(-(econ.alphas[None] * torch.log1p(vat)[:, None, :]).sum(-1))  # [R, C]
+        cd = (econ.cd_base[None] * shrink[..., None]).reshape(R, C * A)
+        k = kernel_parts(econ, tau)
+        one = torch.ones((), dtype=k.D.dtype)
+        log_d = torch.log(torch.where(w_d != 0, k.D.reshape(R, F * L), one))
+        log_z = torch.log(torch.where(w_z != 0, k.Z.reshape(R, S * F), one))
+        surrogate = (
+            (w_cd * cd).sum()
+            + (w_lead * welfare_action(econ, tau, vat)).sum()
+            + (w_d * log_d).sum()
+            - (w_z * log_z).sum()
+        )
+        if not score:
+            kv = expected_next(k, follower.V.detach()).reshape(R, C * S * F)
+            surrogate = surrogate + econ.gamma * (w_kv * kv).sum()
         (grad,) = torch.autograd.grad(surrogate, th)
-    return grad, w
+    return grad
+
+
+@njit(cache=True, nogil=True)
+def _aggregate(
+    w_leader, w_follower, w_transition, state, flow, context, action, next_state, clipped, d_lo,
+    score, gamma, V, expected, w_lead, w_cd, w_kv, w_d, w_z,
+):  # fmt: skip
+    """Sum the step weights per table cell (:func:`_surrogate_gradient`); returns True if a
+    weighted, unclipped transition lies outside the band of offsets."""
+    R, T = state.shape
+    A = w_lead.shape[1]
+    S, F = clipped.shape[1], clipped.shape[2]
+    L = w_d.shape[1] // F
+    bad = False
+    for r in range(R):
+        for t in range(T):
+            s, f, c, a, s2 = state[r, t], flow[r, t], context[r, t], action[r, t], next_state[r, t]
+            wf = w_follower[r, t]
+            w_lead[r, a] += w_leader[r, t]
+            w_cd[r, c * A + a] += wf
+            tw = w_transition[r, t]
+            if score:
+                tw += gamma * wf * (V[r, c, s2] - expected[r, c, s, f])
+            else:
+                w_kv[r, (c * S + s) * F + f] += wf
+            if tw != 0.0 and not clipped[r, s, f]:
+                k = s2 - s - d_lo
+                if k < 0 or k >= L:
+                    bad = True
+                else:
+                    w_d[r, f * L + k] += tw
+                    w_z[r, s * F + f] += tw
+    return bad

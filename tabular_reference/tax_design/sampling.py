@@ -1,24 +1,42 @@
 """Household trajectories sampled from the exact soft-optimal policies (reference notes, section 4).
 
-Each run ``r`` simulates ``N`` episodes of ``T`` steps (200 in the paper) in parallel; episode
-``n`` is played by household type ``contexts[r, n]``. A step draws the flow group
-``f ~ pi(f | s)``, the action inside it ``a ~ pi(a | f)`` (together exactly ``a ~ pi*(a|s)``, see
-:mod:`solver`), and the next asset bin ``s' ~ K_tau[s, f, :]`` (:func:`kernel.sample_next_state`).
-Initial bins are drawn from ``mu0``. All draws use inverse-CDF sampling with one generator.
+Each run ``r`` simulates ``N`` episodes of ``T`` steps (200 in the paper); episode ``n`` is played
+by household type ``contexts[r, n]``. A step draws the flow group ``f ~ pi(f | s)``, the action
+inside it ``a ~ pi(a | f)`` (together exactly ``a ~ pi*(a|s)``, see :mod:`solver`), and the next
+asset bin ``s' ~ K_tau[s, f, :]`` of equation (K) in :mod:`kernel`. Initial bins are drawn from
+``mu0``.
+
+All draws are made by a numba kernel (:func:`_simulate`) from a SplitMix64 stream seeded from
+the caller's torch generator, with Walker's alias method (one uniform and one comparison per draw; tables built per
+call by :func:`_alias_rows`, Vose's construction). The next-bin law uses the kernel's shift
+structure: away from the clip, ``K[s, f, s + d] = D[f, d] / Z[s, f]`` over the band of offsets
+``d``, i.e. the law ``D[f, :] / sum_d D[f, d]`` conditioned on ``s + d`` staying inside the grid
+(the in-grid mass is ``Z[s, f]``), so the draw samples an offset from ``D[f, :]`` and redraws
+until it lands inside (acceptance ``>= 1/2``: the pre-noise mean lies inside the range); rows
+whose mean is clipped use the fixed laws at ``lo`` / ``hi``. Two calls with the same seed use the
+same stream of uniforms (*common random numbers*, :func:`sampled_returns`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from numba import njit
 from torch import Tensor
 
 from tabular_reference.tax_design.economy import Economy
-from tabular_reference.tax_design.kernel import next_state_sampler, sample_next_state
+from tabular_reference.tax_design.kernel import KernelParts
 from tabular_reference.tax_design.solver import FollowerSolution
 
-__all__ = ["Trajectories", "balanced_contexts", "rollout"]
+__all__ = [
+    "Trajectories",
+    "balanced_contexts",
+    "draw_seed",
+    "rollout",
+    "sampled_returns",
+]
 
 
 @dataclass(frozen=True)
@@ -47,11 +65,171 @@ def balanced_contexts(econ: Economy, n_runs: int, n_episodes: int) -> Tensor:
     return (torch.arange(n_episodes) % C).expand(n_runs, n_episodes).clone()
 
 
-def _draw(cdf: Tensor, generator: torch.Generator, upper: Tensor | int) -> Tensor:
-    u = torch.rand((*cdf.shape[:-1], 1), generator=generator, dtype=cdf.dtype)
-    u = u * cdf[..., -1:]  # rows sum to 1 up to round-off: sample within the row's total
-    idx = torch.searchsorted(cdf, u, right=True)[..., 0]
-    return torch.minimum(idx, torch.as_tensor(upper) - 1)
+def draw_seed(generator: torch.Generator) -> int:
+    """A 62-bit seed for the numba sampler, drawn from ``generator``."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+
+
+# ---------------------------------------------------------------------------------- kernels
+@njit(cache=True, nogil=True)
+def _alias_rows(p, count, prob, alias):
+    """Walker alias tables of every row ``p[i, :count[i]]`` (unnormalised weights >= 0) by Vose's
+    construction: a draw ``k = floor(u K)``, then ``k`` if ``frac(u K) < prob[i, k]`` else
+    ``alias[i, k]``, has law ``p[i, :K] / sum p[i, :K]`` (``K = count[i]``)."""
+    n_rows = p.shape[0]
+    width = p.shape[1]
+    small = np.empty(width, dtype=np.int64)
+    large = np.empty(width, dtype=np.int64)
+    scaled = np.empty(width)
+    for i in range(n_rows):
+        K = count[i]
+        total = 0.0
+        for k in range(K):
+            total += p[i, k]
+        n_small = 0
+        n_large = 0
+        for k in range(K):
+            scaled[k] = p[i, k] * K / total
+            alias[i, k] = k
+            if scaled[k] < 1.0:
+                small[n_small] = k
+                n_small += 1
+            else:
+                large[n_large] = k
+                n_large += 1
+        while n_small > 0 and n_large > 0:
+            n_small -= 1
+            lo = small[n_small]
+            hi = large[n_large - 1]
+            prob[i, lo] = scaled[lo]
+            alias[i, lo] = hi
+            scaled[hi] = (scaled[hi] + scaled[lo]) - 1.0
+            if scaled[hi] < 1.0:
+                n_large -= 1
+                small[n_small] = hi
+                n_small += 1
+        for j in range(n_large):
+            prob[i, large[j]] = 1.0
+        for j in range(n_small):  # round-off leftovers
+            prob[i, small[j]] = 1.0
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(cache=True, nogil=True)
+def _uniform(state):
+    """SplitMix64 step on ``state[0]`` -> a uniform double in ``[0, 1)`` (53 random bits)."""
+    state[0] += _GOLDEN
+    z = state[0]
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z = z ^ (z >> np.uint64(31))
+    return float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True, nogil=True)
+def _draw(state, prob, alias, row, K):
+    u = _uniform(state) * K
+    k = int(u)
+    if k >= K:
+        k = K - 1
+    return k if u - k < prob[row, k] else alias[row, k]
+
+
+@njit(cache=True, nogil=True)
+def _simulate(
+    seed, f_prob, f_alias, g_prob, g_alias, group_index, group_count, mu_prob, mu_alias,
+    d_prob, d_alias, d_lo, clip_hi, clip_lo, edge_prob, edge_alias, contexts, n_steps, store,
+    states, flows, actions, w_state, w_action, gamma, returns,
+):  # fmt: skip
+    """Simulate ``contexts.shape[1]`` episodes per run. ``store``: write ``states/flows/
+    actions``; otherwise only the discounted welfare ``returns[r, n] = sum_t gamma^t (w_state[s_t]
+    + w_action[r, a_t])``. Alias rows: flows ``(r, c, s)``, in-group actions ``(r, c, f)``,
+    offsets ``(r, f)``, clipped laws ``0`` (top) / ``1`` (bottom)."""
+    state = np.empty(1, dtype=np.uint64)
+    state[0] = np.uint64(seed)
+    R, N = contexts.shape
+    S = mu_prob.shape[1]
+    F = f_prob.shape[1]
+    L = d_prob.shape[1]
+    C = f_prob.shape[0] // (R * S)
+    for r in range(R):
+        for n in range(N):
+            c = contexts[r, n]
+            s = _draw(state, mu_prob, mu_alias, 0, S)
+            if store:
+                states[r, n, 0] = s
+            disc = 1.0
+            ret = 0.0
+            for t in range(n_steps):
+                f = _draw(state, f_prob, f_alias, (r * C + c) * S + s, F)
+                g = _draw(state, g_prob, g_alias, (r * C + c) * F + f, group_count[f])
+                a = group_index[f, g]
+                if clip_hi[r, s, f]:
+                    s_next = _draw(state, edge_prob, edge_alias, 0, S)
+                elif clip_lo[r, s, f]:
+                    s_next = _draw(state, edge_prob, edge_alias, 1, S)
+                else:
+                    s_next = -1
+                    while s_next < 0 or s_next >= S:
+                        s_next = s + d_lo + _draw(state, d_prob, d_alias, r * F + f, L)
+                if store:
+                    flows[r, n, t] = f
+                    actions[r, n, t] = a
+                    states[r, n, t + 1] = s_next
+                else:
+                    ret += disc * (w_state[s] + w_action[r, a])
+                    disc *= gamma
+                s = s_next
+            if not store:
+                returns[r, n] = ret
+
+
+def _alias(p: np.ndarray, count: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    p = np.ascontiguousarray(p.reshape(-1, p.shape[-1]))
+    if count is None:
+        count = np.full(p.shape[0], p.shape[1], dtype=np.int64)
+    prob = np.ones(p.shape)
+    alias = np.zeros(p.shape, dtype=np.int64)
+    _alias_rows(p, count, prob, alias)
+    return prob, alias
+
+
+def _tables(econ: Economy, follower: FollowerSolution, parts: KernelParts) -> tuple:
+    """Numpy inputs of :func:`_simulate` for the policy ``follower`` and the kernel ``parts``."""
+    R = follower.pi_f.shape[0]
+    with torch.no_grad():
+        pi_f = follower.pi_f.detach().numpy()  # [R, C, S, F]
+        pa = (follower.log_pa.detach().exp()[..., econ.group_index] * econ.group_mask).numpy()
+        count = econ.group_mask.sum(-1).numpy()  # [F]
+        edges = torch.stack([parts.top, parts.bottom]).detach().numpy()
+        D = parts.D.detach().numpy()
+    f_prob, f_alias = _alias(pi_f)
+    g_prob, g_alias = _alias(pa, np.tile(count, R * pa.shape[1]))
+    mu_prob, mu_alias = _alias(econ.mu0.numpy()[None])
+    d_prob, d_alias = _alias(D)
+    e_prob, e_alias = _alias(edges)
+    return (
+        f_prob, f_alias, g_prob, g_alias, econ.group_index.numpy(), count, mu_prob, mu_alias,
+        d_prob, d_alias, int(parts.d_lo), parts.clip_hi.contiguous().numpy(),
+        parts.clip_lo.contiguous().numpy(), e_prob, e_alias,
+    )  # fmt: skip
+
+
+def _check(follower: FollowerSolution, contexts: Tensor, n_steps: int, econ: Economy) -> None:
+    R = contexts.shape[0]
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    if follower.pi_f.shape[0] != R or follower.parts.D.shape[0] != R:
+        raise ValueError(
+            f"runs disagree: contexts {tuple(contexts.shape)}, policy "
+            f"{tuple(follower.pi_f.shape)}, kernel {tuple(follower.parts.D.shape)}"
+        )
+    if contexts.numel() and (int(contexts.min()) < 0 or int(contexts.max()) >= econ.n_contexts):
+        raise ValueError(f"contexts must lie in [0, {econ.n_contexts - 1}]")
 
 
 def rollout(
@@ -62,34 +240,54 @@ def rollout(
     n_steps: int,
     generator: torch.Generator,
 ) -> Trajectories:
-    """Simulate ``contexts.shape[1]`` episodes of ``n_steps`` steps per run under ``pi*``."""
+    """Simulate ``contexts.shape[1]`` episodes of ``n_steps`` steps per run under ``pi*`` in the
+    kernel ``follower.parts`` (built for the income taxes ``tau[R]`` by the solver)."""
     R, N = contexts.shape
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    if follower.pi_f.shape[0] != R or tau.shape != (R,):
+    _check(follower, contexts, n_steps, econ)
+    if tau.shape != (R,):
+        raise ValueError(f"runs disagree: contexts {tuple(contexts.shape)}, tau {tuple(tau.shape)}")
+    states = np.empty((R, N, n_steps + 1), dtype=np.int64)
+    flows = np.empty((R, N, n_steps), dtype=np.int64)
+    actions = np.empty((R, N, n_steps), dtype=np.int64)
+    ctx = contexts.to(torch.int64).contiguous().numpy()
+    dummy = np.zeros((1, 1))
+    _simulate(
+        draw_seed(generator), *_tables(econ, follower, follower.parts), ctx, n_steps, True,
+        states, flows, actions, np.zeros(1), dummy, 0.0, dummy,
+    )  # fmt: skip
+    return Trajectories(
+        states=torch.from_numpy(states),
+        flows=torch.from_numpy(flows),
+        actions=torch.from_numpy(actions),
+        contexts=contexts,
+    )
+
+
+def sampled_returns(
+    econ: Economy,
+    follower: FollowerSolution,
+    w_state: Tensor,
+    w_action: Tensor,
+    contexts: Tensor,
+    n_steps: int,
+    seed: int,
+) -> Tensor:
+    """Discounted returns ``sum_{t<n_steps} gamma^t (w_state[s_t] + w_action[r, a_t])`` of
+    ``contexts.shape[1]`` sampled episodes per run, ``[R, N]``, without storing the trajectories.
+    Two calls with the same ``seed`` use the same uniforms (common random numbers)."""
+    R, N = contexts.shape
+    _check(follower, contexts, n_steps, econ)
+    if w_state.shape != (econ.n_states,) or w_action.shape != (R, econ.n_actions):
         raise ValueError(
-            f"runs disagree: contexts {tuple(contexts.shape)}, tau {tuple(tau.shape)}, "
-            f"policy {tuple(follower.pi_f.shape)}"
+            f"welfare tables must have shapes {(econ.n_states,)} and {(R, econ.n_actions)}, got "
+            f"{tuple(w_state.shape)} and {tuple(w_action.shape)}"
         )
-    with torch.no_grad():
-        cdf_f = torch.cumsum(follower.pi_f, dim=-1)  # [R, C, S, F]
-        pa = follower.log_pa.exp()[..., econ.group_index] * econ.group_mask  # [R, C, F, G]
-        cdf_g = torch.cumsum(pa, dim=-1)
-        group_count = econ.group_mask.sum(-1)
-        rows = torch.arange(R)[:, None].expand(R, N)
-        mu_cdf = torch.cumsum(econ.mu0, 0).expand(R, N, -1).contiguous()
-        s = _draw(mu_cdf, generator, econ.n_states)
-        states = torch.empty(R, N, n_steps + 1, dtype=torch.long)
-        flows = torch.empty(R, N, n_steps, dtype=torch.long)
-        actions = torch.empty(R, N, n_steps, dtype=torch.long)
-        states[:, :, 0] = s
-        table = next_state_sampler(econ, tau)
-        for t in range(n_steps):
-            f = _draw(cdf_f[rows, contexts, s], generator, econ.n_flows)
-            g = _draw(cdf_g[rows, contexts, f], generator, group_count[f])
-            a = econ.group_index[f, g]
-            s = sample_next_state(econ, table, rows, s, f, generator)
-            flows[:, :, t] = f
-            actions[:, :, t] = a
-            states[:, :, t + 1] = s
-    return Trajectories(states=states, flows=flows, actions=actions, contexts=contexts)
+    out = np.zeros((R, N))
+    empty = np.empty((1, 1, 1), dtype=np.int64)
+    _simulate(
+        int(seed), *_tables(econ, follower, follower.parts),
+        contexts.to(torch.int64).contiguous().numpy(), n_steps, False, empty, empty, empty,
+        w_state.detach().to(torch.float64).contiguous().numpy(),
+        w_action.detach().to(torch.float64).contiguous().numpy(), float(econ.gamma), out,
+    )  # fmt: skip
+    return torch.from_numpy(out)
