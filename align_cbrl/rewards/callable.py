@@ -1,4 +1,6 @@
-"""Reward component wrapping any Python callable given by import path ``module.sub:function``.
+"""Reward component wrapping any Python callable: the function itself, or its import path
+``"module.sub:function"`` (the form a YAML config can hold; ``"__main__:fn"`` names a function
+of the running script).
 
 The callable is invoked TRL-style, ``fn(prompts=..., completions=..., **context_columns,
 **kwargs)``, so existing TRL reward functions plug in unchanged. It may return a list (with
@@ -49,7 +51,8 @@ def import_callable(target: str) -> Callable[..., Any]:
 class CallableReward(RewardComponent):
     """Score = ``fn(prompts=..., completions=..., **contexts, **kwargs)``.
 
-    With ``factory=True`` the target is called once as ``target(**kwargs)`` and the returned
+    ``target`` is a callable or an import path ``"package.module:function"``. With
+    ``factory=True`` the target is called once as ``target(**kwargs)`` and the returned
     object is the scorer (then called without ``kwargs``)."""
 
     kind = "callable"
@@ -57,14 +60,25 @@ class CallableReward(RewardComponent):
     def __init__(
         self,
         name: str,
-        target: str,
+        target: str | Callable[..., Any],
         kwargs: Mapping[str, Any] | None = None,
         factory: bool = False,
         none_value: float | None = None,
     ) -> None:
         super().__init__(name, none_value)
-        fn = import_callable(target)
-        self.target = target
+        if callable(target):
+            fn = target
+            self.target = f"{getattr(target, '__module__', '?')}:" + getattr(
+                target, "__qualname__", type(target).__name__
+            )
+        elif isinstance(target, str):
+            fn = import_callable(target)
+            self.target = target
+        else:
+            raise TypeError(
+                f"callable component {name!r}: target must be a function or an import path "
+                f"'package.module:function', got {type(target).__name__}"
+            )
         if factory:
             fn = fn(**dict(kwargs or {}))
             if not callable(fn):

@@ -1,7 +1,10 @@
 """Registry of reward-component types and YAML loading (components swappable by config).
 
 A component spec is a mapping with a ``type`` (a registered name), a ``name`` (unique within a
-config) and the type's parameters, e.g. ``{type: length, name: brevity, target: 3}``. A reward
+config) and the type's parameters, e.g. ``{type: length, name: brevity, target: 3}``. In Python
+a spec may also be a plain function (a TRL-style reward function ``fn(prompts, completions,
+**columns)``), which becomes a ``callable`` component named after the function; the ``callable``
+type's ``target`` accepts the function itself as well as ``"module:function"``. A reward
 config file (read with ``yaml.safe_load`` only) has the form::
 
     components:            # the named scores s_k(p, y)
@@ -79,10 +82,23 @@ def _accepted(factory: Factory) -> tuple[set[str], bool]:
     return {n for n, p in sig.parameters.items() if p.kind is not p.VAR_POSITIONAL}, var_kw
 
 
-def build_component(spec: Mapping[str, Any]) -> RewardComponent:
-    """Build one component from its spec (``type``, ``name`` and the type's parameters)."""
+def build_component(spec: Mapping[str, Any] | Callable[..., Any]) -> RewardComponent:
+    """Build one component from its spec (``type``, ``name`` and the type's parameters), or
+    wrap a Python function as a ``callable`` component named ``fn.__name__``."""
+    if isinstance(spec, RewardComponent):
+        return spec
+    if callable(spec) and not isinstance(spec, Mapping):
+        name = getattr(spec, "__name__", None)
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(
+                f"reward function {spec!r} has no usable __name__; wrap it as "
+                "{'type': 'callable', 'name': ..., 'target': fn}"
+            )
+        return CallableReward(name=name, target=spec)
     if not isinstance(spec, Mapping):
-        raise TypeError(f"a component spec must be a mapping, got {type(spec).__name__}: {spec!r}")
+        raise TypeError(
+            f"a component spec must be a mapping or a function, got {type(spec).__name__}: {spec!r}"
+        )
     params = dict(spec)
     kind = params.pop("type", None)
     if kind is None:
@@ -115,8 +131,11 @@ def build_component(spec: Mapping[str, Any]) -> RewardComponent:
     return comp
 
 
-def build_components(specs: Sequence[Mapping[str, Any]]) -> list[RewardComponent]:
-    """Build a list of components; names must be unique."""
+def build_components(
+    specs: Sequence[Mapping[str, Any] | Callable[..., Any]],
+) -> list[RewardComponent]:
+    """Build a list of components (specs, functions or built components); names must be
+    unique."""
     if isinstance(specs, Mapping | str) or not isinstance(specs, Sequence):
         raise TypeError("'components' must be a list of component specs")
     comps = []
