@@ -16,8 +16,14 @@ Multi-process: TRL generates whole groups on every rank; the callback broadcasts
 the start and all-reduces its hypergradient with group-count weights, so all ranks hold the same
 leader; only rank 0 writes ``leader_metrics.jsonl`` and ``leader/``.
 
-Arguments: ``--config FILE.yaml``, dotted overrides, ``--debug_sync DIR`` (compare the leader
-across ranks after every update; each rank writes ``DIR/rank<r>.json``).
+Checkpoints: TRL saves ``<output_dir>/trl/checkpoint-<step>`` every ``save_every`` leader
+updates (``save_every x follower_steps`` optimiser steps; none with ``save_every: 0``), and the
+callback writes the leader, its optimiser and the buffered groups into each
+(``checkpoint-<step>/hpgd_leader``). ``--resume`` continues from the latest one
+(``trainer.train(resume_from_checkpoint=True)``).
+
+Arguments: ``--config FILE.yaml``, dotted overrides, ``--resume``, ``--debug_sync DIR``
+(compare the leader across ranks after every update; each rank writes ``DIR/rank<r>.json``).
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from align_cbrl.trainer.estimation import build_optimizer  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
-    flags, argv = pop_flags(argv, options=["--debug_sync"])
+    flags, argv = pop_flags(argv, switches=["--resume"], options=["--debug_sync"])
     config_path, overrides = parse_overrides(argv)
     if config_path is None:
         raise ConfigError("give --config FILE.yaml (see configs/recipes/)")
@@ -111,7 +117,9 @@ def main(argv: list[str]) -> None:
         max_steps=config.iterations * config.follower_steps,
         seed=fc.seed,
         logging_steps=config.follower_steps,
-        save_strategy="no",
+        save_strategy="steps" if config.save_every else "no",
+        save_steps=max(1, config.save_every * config.follower_steps),
+        save_total_limit=config.keep_checkpoints,
         report_to="none",
         disable_tqdm=not config.progress,
         activation_checkpointing=False,
@@ -127,7 +135,7 @@ def main(argv: list[str]) -> None:
         callbacks=callbacks,
         peft_config=None if fc.lora is None else lora_config(fc.lora),
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=True if flags["resume"] else None)
 
     if flags["debug_sync"]:
         write_sync_report(flags["debug_sync"], hpgd.sync, leader, callbacks[-1].digests)
@@ -136,7 +144,7 @@ def main(argv: list[str]) -> None:
         print(
             f"{len(hpgd.history)} leader updates over {trainer.state.global_step} RLOO steps on "
             f"{state.num_processes} process(es); last objective estimate "
-            f"{last.get('hpgd/objective_estimate', float('nan')):.4f}"
+            f"{last.get('objective_estimate', float('nan')):.4f}"
         )
         print(f"leader under {config.output_dir}/leader, metrics in leader_metrics.jsonl")
     finish(state)  # barrier, then tear the process group down before Python exits

@@ -65,9 +65,9 @@ def test_plugin_recipe_runs_and_moves_the_leader(tmp_path, name, config):
     run(name, config, out)
     rows = read_jsonl(out / "leader_metrics.jsonl")
     assert [r["step"] for r in rows] == [2, 4, 6]  # every follower_steps = 2, 3 updates
-    assert all(r["hpgd/groups"] == 2 for r in rows)  # 2 optimiser steps x 1 prompt each
+    assert all(r["leader/groups"] == 2 for r in rows)  # 2 optimiser steps x 1 prompt each
     # a group whose completions all have the same rbar carries no signal: some updates may be 0
-    assert any(r["hpgd/grad_norm"] > 0 for r in rows)
+    assert any(r["leader/grad_norm"] > 0 for r in rows)
     assert load_leader(out / "leader").weight_table().detach().abs().max() > 0.05
 
 
