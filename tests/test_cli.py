@@ -56,7 +56,7 @@ def test_train_runs_writes_outputs_and_resumes(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert (out / "metrics.jsonl").read_bytes() == before
     # --resume extends the run to 3 iterations
-    assert main(["train", "--config", str(cfg), "--resume"]) == 0
+    assert main(["train", "--config", str(cfg), "--resume", "--no-plots"]) == 0
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2, 3]
 
 
@@ -133,3 +133,137 @@ def test_embedded_prompt_sets_and_file_errors(tmp_path):
     f.write_text("")
     with pytest.raises(ValueError, match="is empty"):
         load_prompts(str(f))
+
+
+def test_train_help_lists_sections_keys_defaults_and_help(capsys):
+    from align_cbrl.trainer.config import FollowerConfig, HPGDConfig, LeaderConfig
+
+    for argv in (["train", "--help"], ["train", "--config", "x.yaml", "--help"], ["train", "-h"]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: align-cbrl train --config FILE.yaml")
+        for opt in ("--config FILE.yaml", "--resume", "--overwrite", "--version"):
+            assert opt in out
+        for section in ("config keys (top level):", "rewards (RewardsConfig):"):
+            assert section in out
+        assert "leader (LeaderConfig):" in out
+        assert "followers.N (FollowerConfig, a list: N = 0, 1, ...):" in out
+    flat = " ".join(out.split())
+    assert "--output_dir STR run directory:" in flat and "(default: runs/hpgd)" in flat
+    assert "--progress, --no-progress" in flat
+    assert "--leader.lr FLOAT leader learning rate (> 0) (default: 0.1)" in flat
+    assert "--followers.N.trainer {grpo,rloo,exact}" in flat
+    # every key of every section, with its help text from the field metadata
+    import dataclasses
+
+    for cls, prefix in (
+        (HPGDConfig, ""),
+        (LeaderConfig, "leader."),
+        (FollowerConfig, "followers.N."),
+    ):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help metadata"
+            if prefix == "" and f.name in ("rewards", "leader", "followers"):
+                continue
+            assert f"--{prefix}{f.name}" in flat
+            # argparse wraps lines (also after hyphens): compare without whitespace
+            assert "".join(f.metadata["help"].split()) in "".join(out.split())
+
+
+def test_version(capsys):
+    from align_cbrl import __version__
+
+    for argv in (["--version"], ["train", "--version"]):
+        assert main(argv) == 0
+        assert capsys.readouterr().out == f"align-cbrl {__version__}\n"
+    with pytest.raises(SystemExit) as exc:
+        main(["quickstart", "--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"align-cbrl {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "progress"),
+    [
+        ([], True),
+        (["--no-progress"], False),
+        (["--progress", "false"], False),
+        (["--progress"], True),
+    ],
+)
+def test_quickstart_takes_the_same_boolean_flags_as_train(monkeypatch, capsys, argv, progress):
+    import align_cbrl.quickstart as qs
+
+    seen = {}
+
+    def fake(output_dir, overrides, progress):
+        seen.update(output_dir=output_dir, overrides=overrides, progress=progress)
+        return {}
+
+    monkeypatch.setattr(qs, "run_quickstart", fake)
+    assert main(["quickstart", "--output_dir", "x", "--iterations", "2", *argv]) == 0
+    assert seen == {"output_dir": "x", "overrides": {"iterations": 2}, "progress": progress}
+    capsys.readouterr()
+
+
+def test_train_boolean_flag_styles(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    assert main(["train", "--config", str(cfg), "--iterations", "1", "--no-plots"]) == 0
+    assert not (tmp_path / "run" / "training.png").exists()
+    capsys.readouterr()
+
+
+def test_config_directory_error(tmp_path, capsys):
+    assert main(["train", "--config", str(ROOT / "configs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --config {ROOT / 'configs'} is a directory; give a YAML file")
+    assert "quickstart.yaml" in err
+
+
+CALLABLE_CONFIG = """
+output_dir: run
+iterations: 1
+follower_steps: 0
+prompts_per_iteration: 1
+num_samples: 2
+save_every: 0
+eval_samples: 0
+tensorboard: false
+plots: false
+progress: false
+rewards:
+  components:
+    - {type: callable, name: chars, target: "my_reward_mod:chars"}
+  follower: {weights: {chars: 1.0}}
+  leader: {weights: {chars: 1.0}}
+followers:
+  - {name: f, model: tiny-bpe, dataset: quickstart, num_generations: 2, prompts_per_step: 1,
+     max_completion_length: 4}
+"""
+
+
+def test_console_script_imports_a_callable_reward_from_the_working_directory(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "align-cbrl"
+    if not script.is_file():
+        pytest.skip("the align-cbrl console script is not installed")
+    (tmp_path / "my_reward_mod.py").write_text(
+        "def chars(prompts, completions, **columns):\n"
+        "    return [float(len(c)) for c in completions]\n"
+    )
+    (tmp_path / "c.yaml").write_text(CALLABLE_CONFIG)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [str(script), "train", "--config", "c.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (last,) = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1:]
+    assert last["step"] == 1 and last["f/components/chars"] >= 0

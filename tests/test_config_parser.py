@@ -88,3 +88,43 @@ def test_missing_file_and_bad_argv(tmp_path) -> None:
         parse_overrides(["--seed"])
     with pytest.raises(ConfigError, match="unexpected argument"):
         parse_overrides(["seed=3"])
+
+
+def test_config_directory_is_named_as_such(tmp_path) -> None:
+    (tmp_path / "a.yaml").write_text("iterations: 1\n")
+    with pytest.raises(ConfigError, match=r"^--config .* is a directory; give a YAML file"):
+        load_config(Job, tmp_path)
+
+
+@dataclass
+class Flags:
+    progress: bool = True
+    tensorboard: bool | str = "auto"
+    iterations: int = 3
+    leader: Leader = field(default_factory=Leader)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--no-progress"], {"progress": False}),
+        (["--progress"], {"progress": True}),
+        (["--progress", "false"], {"progress": False}),
+        (["--progress=no"], {"progress": False}),
+        (["--no-progress", "--iterations", "5"], {"progress": False, "iterations": 5}),
+        (["--progress", "--no-tensorboard"], {"progress": True, "tensorboard": False}),
+        (["--tensorboard", "auto"], {"tensorboard": "auto"}),
+        (["--leader.lr", "-0.5"], {"leader.lr": -0.5}),
+    ],
+)
+def test_boolean_flags(argv, expected) -> None:
+    assert parse_overrides(argv, Flags) == (None, expected)
+
+
+def test_boolean_flags_need_the_config_class_and_a_bool_field() -> None:
+    with pytest.raises(ConfigError, match="--iterations needs a value"):
+        parse_overrides(["--iterations"], Flags)
+    with pytest.raises(ConfigError, match="unexpected argument 'x'"):
+        parse_overrides(["--no-progress", "x"], Flags)
+    with pytest.raises(ConfigError, match="--progress needs a value"):
+        parse_overrides(["--progress"])  # no class: every key takes a value
