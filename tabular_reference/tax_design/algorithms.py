@@ -70,6 +70,7 @@ __all__ = [
     "AlgoSettings",
     "History",
     "batch_generator",
+    "episodes_from_steps",
     "run_batch",
     "sampled_welfare",
 ]
@@ -149,6 +150,23 @@ class History:
     grad_norm: np.ndarray
     theta: np.ndarray
     newton_steps: int
+
+
+def episodes_from_steps(steps: int, episode_length: int, what: str, n_types: int = 2) -> int:
+    """Number of ``episode_length``-step episodes in a budget of ``steps`` environment steps;
+    the budget must hold at least one episode per household type and split into whole episodes,
+    an equal number per type."""
+    if not isinstance(steps, int) or steps < episode_length:
+        raise ValueError(
+            f"{what}: a budget of {steps!r} steps is below one {episode_length}-step episode"
+        )
+    unit = episode_length * n_types
+    if steps % unit:
+        raise ValueError(
+            f"{what}: the budget ({steps} steps) must be a multiple of {unit} (whole "
+            f"{episode_length}-step episodes, as many for each of the {n_types} household types)"
+        )
+    return steps // episode_length
 
 
 def _critic_inputs(

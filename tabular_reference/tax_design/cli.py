@@ -2,6 +2,8 @@
 
 Example: ``python -m tabular_reference tax-design --algo all --lam 0.1 0.2 0.3 --seeds 10
 --iters 1000 --out runs/tax_design`` (``--algo all`` = hpgd, zero-order, zero-order-sampled, naive).
+Defaults are the published configuration: ``--steps 60000`` per iteration for HPGD / naive,
+``--zo-steps 60000`` per welfare estimate and ``--zo-c 50`` for zero-order-sampled.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tabular_reference.tax_design.algorithms import ALGORITHMS, AlgoSettings
+from tabular_reference.tax_design.algorithms import ALGORITHMS, AlgoSettings, episodes_from_steps
+from tabular_reference.tax_design.economy import EconomyConfig
 from tabular_reference.tax_design.hpgd import FOLLOWER_TRANSITION, FORMS, LEADER_Q
 
 __all__ = ["main", "register"]
@@ -38,10 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
     p.add_argument("--max-norm", type=float, default=1.0, help="global-norm gradient clipping")
     p.add_argument(
-        "--episodes",
+        "--steps",
         type=int,
-        default=50,
-        help="sampled 200-step episodes per outer iteration and run (HPGD / naive)",
+        nargs="+",
+        default=[60_000],
+        help="HPGD / naive budget: environment steps per outer iteration and run (200-step "
+        "episodes, half per household type); several values run one job each (10000 = the "
+        "earlier budget)",
     )
     p.add_argument("--form", choices=FORMS, default="mc", help="HPGD follower-term form")
     p.add_argument(
@@ -63,7 +69,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="income-tax term of the follower pseudo-reward: score (log P x V*) or its expectation",
     )
     p.add_argument(
-        "--zo-c", type=float, nargs="+", default=[0.5], help="zero-order constant(s) c, u_t = c/t"
+        "--zo-c", type=float, nargs="+", default=[50.0], help="zero-order constant(s) c, u_t = c/t"
+    )
+    p.add_argument(
+        "--zo-steps",
+        type=int,
+        default=60_000,
+        help="zero-order-sampled: environment steps per welfare estimate (at x and at x + u z)",
+    )
+    p.add_argument(
+        "--zo-crn",
+        action="store_true",
+        help="zero-order-sampled: common random numbers for the two welfare estimates",
     )
     p.add_argument("--bins", type=int, default=101, help="asset bins (odd, >= 11)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (1 thread each)")
@@ -93,10 +110,14 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds must be >= 1 (number of seeds), got {args.seeds}")
     if args.workers < 1:
         raise ValueError(f"workers must be >= 1 (--workers), got {args.workers}")
+    T = EconomyConfig().episode_length
+    budgets = [episodes_from_steps(n, T, "--steps") for n in args.steps]
     settings = AlgoSettings(
         lr=args.lr,
         max_norm=args.max_norm,
-        episodes=args.episodes,
+        episodes=budgets[0],
+        zo_episodes=episodes_from_steps(args.zo_steps, T, "--zo-steps"),
+        zo_crn=args.zo_crn,
         form=args.form,
         leader_q=args.leader_q,
         critic=args.critic,
@@ -104,7 +125,14 @@ def main(args: argparse.Namespace) -> int:
         zo_c=args.zo_c[0],
     )
     jobs = make_jobs(
-        algos, args.lam, list(range(args.seeds)), args.iters, settings, args.zo_c, args.bins
+        algos,
+        args.lam,
+        list(range(args.seeds)),
+        args.iters,
+        settings,
+        args.zo_c,
+        args.bins,
+        budgets=budgets,
     )
     report = run_sweep(jobs, args.out, workers=args.workers, progress=not args.no_progress)
     _print_report(report)
@@ -116,15 +144,24 @@ def _print_report(report: dict) -> None:
     for j in report["jobs"]:
         rates = ", ".join(f"{k}={v:.3f}" for k, v in j["final_rates_mean"].items())
         print(
-            f"lam={j['lam']:g} {j['label']:>18}: F {j['initial_welfare']:.3f} -> "
+            f"lam={j['lam']:g} {j['label']:>30}: F {j['initial_welfare']:.3f} -> "
             f"{j['final_welfare_mean']:.3f} ± {j['final_welfare_se']:.3f}  [{rates}]  "
             f"{j['seconds']:.0f}s"
         )
-    for c in report["comparisons"]:
+    for r in report["rows"]:
+        if r["reference"] is None or r["algo"] == r["reference"]:
+            continue
         print(
-            f"lam={c['lam']:g}: {c['algo']} reaches {c['zero_order']}'s final welfare "
-            f"{c['zero_order_final_welfare']:.3f} at iteration {c['iterations_to_reach']} "
-            f"(ratio {c['ratio']})"
+            f"lam={r['lam']:g} {r['algo']:>30}: reaches {r['reference']}'s final welfare "
+            f"{r['reference_final']:.3f} at iteration {r['iters_to_zo_sampled_final']} (mean "
+            f"over the {r['n_seeds_reaching']}/{r['n_seeds']} seeds that do; seed-mean curve: "
+            f"{r['mean_curve_reach']}); half gain at {r['half_gain_iteration']}"
+        )
+    for a in report["acceptance"]:
+        print(
+            f"lam={a['lam']:g}: {a['hpgd']} reach fraction {a['reach_fraction']} "
+            f"({a['n_seeds_reaching']} seeds); minus {a['naive']}: {a['hpgd_minus_naive']} "
+            f"= {a['hpgd_minus_naive_in_se']} s.e."
         )
 
 

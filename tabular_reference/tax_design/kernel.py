@@ -70,10 +70,10 @@ def band_offsets(econ: Economy) -> tuple[int, int]:
 def interval_prob(a: Tensor, b: Tensor) -> Tensor:
     """``Phi(b) - Phi(a)`` for ``a <= b``, computed on the side of the smaller tail (no
     cancellation when both are far in the upper tail)."""
-    upper = a > 0
-    direct = torch.special.ndtr(b) - torch.special.ndtr(a)
-    mirrored = torch.special.ndtr(-a) - torch.special.ndtr(-b)
-    return torch.where(upper, mirrored, direct)
+    upper = a > 0  # Phi(b) - Phi(a) = Phi(-a) - Phi(-b): evaluate the mirrored pair there
+    lo = torch.where(upper, -b, a)
+    hi = torch.where(upper, -a, b)
+    return torch.special.ndtr(hi) - torch.special.ndtr(lo)
 
 
 def flows(econ: Economy, tau: Tensor) -> Tensor:

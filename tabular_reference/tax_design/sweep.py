@@ -1,12 +1,16 @@
-"""Tax-design experiment sweep: (algorithm x temperature [x zero-order c]) jobs, results, plots.
+"""Tax-design experiment sweep: (algorithm x temperature [x zero-order c] [x budget]) jobs,
+results, statistics and plots.
 
-Each job trains all seeds of one (algorithm, lam[, c]) as one batch (:func:`algorithms.run_batch`)
-and writes ``OUT/lam{lam}/{label}/`` with ``config.json``, ``metrics.csv`` (iteration, seed,
-welfare, tau, v1, v2, v3), ``summary.json`` and ``final_params.safetensors`` (``theta``,
-``rates``). Jobs run in a process pool (one torch thread per process). The sweep then writes
-``OUT/summary.json`` (final welfare and rates per job, HPGD-vs-zero-order iteration ratio) and the
-plots ``welfare_lam{lam}.png`` (mean +- s.e. over seeds, every algorithm) and
-``rates_lam{lam}_{label}.png`` (tau, v_1, v_2, v_3 vs iteration).
+Each job trains all seeds of one (algorithm, lam[, c][, budget]) as one batch
+(:func:`algorithms.run_batch`) and writes ``OUT/lam{lam}/{label}/`` with ``config.json``,
+``metrics.csv`` (iteration, seed, welfare, tau, v1, v2, v3), ``summary.json``,
+``final_params.safetensors`` (``theta``, ``rates``) and ``curves.safetensors``. Jobs run in a
+process pool (one torch thread per process), longest first. The sweep then writes
+``OUT/summary.json`` (:func:`summarise`: per-job rows with the iterations to reach
+zero-order-sampled's final welfare, half-gain iterations and final rates; comparisons; the
+acceptance figures) and the plots ``welfare_lam{lam}.png`` (mean +- s.e. over seeds, every
+algorithm), ``rates_lam{lam}.png`` (tau, v_1, v_2, v_3 vs iteration, HPGD and zero-order-sampled
+side by side) and ``rates_lam{lam}_{label}.png``.
 """
 
 from __future__ import annotations
@@ -42,8 +46,17 @@ class Job:
 
     @property
     def label(self) -> str:
-        if self.algo.startswith("zero-order"):
-            return f"{self.algo}_c{self.settings.zo_c:g}"
+        """Directory / legend name: the algorithm with its budget (environment steps per
+        iteration, or per value estimate for ``zero-order-sampled``) and zero-order constant."""
+        T = EconomyConfig().episode_length
+        st = self.settings
+        if self.algo == "zero-order":
+            return f"zero-order_c{st.zo_c:g}"
+        if self.algo == "zero-order-sampled":
+            crn = "_crn" if st.zo_crn else ""
+            return f"zero-order-sampled_c{st.zo_c:g}_s{st.zo_episodes * T}{crn}"
+        if self.algo in ("hpgd", "naive"):
+            return f"{self.algo}_s{st.episodes * T}"
         return self.algo
 
     def directory(self, out: Path) -> Path:
@@ -133,6 +146,25 @@ def reach_iteration(curve: np.ndarray, target: float) -> int | None:
     return int(hit[0]) if hit.size else None
 
 
+def seed_reach(curve: np.ndarray, target: float) -> list[int | None]:
+    """Per seed, the first iteration at which ``curve[:, seed]`` reaches ``target`` (None: never)."""
+    out: list[int | None] = []
+    for k in range(curve.shape[1]):
+        hit = np.nonzero(curve[:, k] >= target)[0]
+        out.append(int(hit[0]) if hit.size else None)
+    return out
+
+
+def half_gain_iteration(curve: np.ndarray) -> int | None:
+    """First iteration at which the seed-mean curve has made half of its own total gain
+    ``mean[-1] - mean[0]`` (None if there is no gain)."""
+    mean = curve.mean(axis=1)
+    gain = mean[-1] - mean[0]
+    if not gain > 0:
+        return None
+    return int(np.nonzero(mean >= mean[0] + 0.5 * gain)[0][0])
+
+
 def _load_curves(job: Job, out: Path) -> dict[str, np.ndarray]:
     from align_cbrl.utils.io import load_safetensors
 
@@ -140,13 +172,59 @@ def _load_curves(job: Job, out: Path) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in arrays.items()}
 
 
+def _reference(lam_jobs: Sequence[Job]) -> Job | None:
+    """The zero-order-sampled job the others are compared with: without common random numbers
+    if there is one, then the largest budget."""
+    zs = [j for j in lam_jobs if j.algo == "zero-order-sampled"]
+    if not zs:
+        return None
+    return sorted(zs, key=lambda j: (j.settings.zo_crn, -j.settings.zo_episodes, j.label))[0]
+
+
+def plot_rates_side_by_side(panels: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    """The four rates vs iteration (mean ± s.e. over seeds) in one panel per algorithm;
+    ``panels[label] = rates[iters+1, seeds, 4]``."""
+    from tabular_reference.common.plots import _pyplot, save_figure
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.2 * len(panels), 3.8), dpi=120, sharey=True, squeeze=False
+    )
+    for ax, (label, rates) in zip(axes[0], panels.items()):
+        x = np.arange(rates.shape[0])
+        for i, name in enumerate(RATE_NAMES):
+            m, se = mean_se(rates[:, :, i], axis=1)
+            (line,) = ax.plot(x, m, lw=1.5, label=name)
+            ax.fill_between(x, m - se, m + se, color=line.get_color(), alpha=0.25, lw=0)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("outer iteration")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("rate")
+    axes[0][0].legend(loc="best", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def summarise(jobs: Sequence[Job], summaries: Sequence[dict], out: Path) -> dict[str, Any]:
-    """Cross-job summary (HPGD vs zero-order reach ratio) and plots."""
-    report: dict[str, Any] = {"jobs": list(summaries), "comparisons": []}
+    """Cross-job summary and plots. ``rows``: one per job (final welfare mean ± s.e., final rates,
+    half-gain iteration, seeds whose welfare rose, seeds with the VAT ordered by preference
+    ``v2 < v1 < v3``, and the iterations to reach the ``zero-order-sampled`` reference's final
+    welfare: per seed, their mean over the seeds that reach it, how many do, and the iteration of
+    the seed-mean curve). ``comparisons``: every algorithm vs every zero-order job's final
+    welfare. ``acceptance``: per lambda, HPGD vs the reference and vs naive (same budget)."""
+    by_label = {(j.lam, j.label): s for j, s in zip(jobs, summaries)}
+    report: dict[str, Any] = {
+        "jobs": list(summaries),
+        "rows": [],
+        "comparisons": [],
+        "acceptance": [],
+    }
     for lam in sorted({j.lam for j in jobs}):
-        lam_jobs = [j for j in jobs if j.lam == lam]
+        lam_jobs = sorted((j for j in jobs if j.lam == lam), key=lambda j: j.label)
         curves = {j.label: _load_curves(j, out) for j in lam_jobs}
         x = np.arange(lam_jobs[0].iters + 1)
+        iters = lam_jobs[0].iters
         plot_learning_curves(
             {k: (x, v["welfare"].T) for k, v in curves.items()},
             out / f"welfare_lam{lam:g}.png",
@@ -160,25 +238,95 @@ def summarise(jobs: Sequence[Job], summaries: Sequence[dict], out: Path) -> dict
                 ylabel="rate",
                 title=f"Tax design, lambda = {lam:g}, {label}: tax rates",
             )
-        iters = lam_jobs[0].iters
+        ref = _reference(lam_jobs)
+        side = [j for j in lam_jobs if j.algo == "hpgd"]
+        side = sorted(side, key=lambda j: -j.settings.episodes)[:1] + ([ref] if ref else [])
+        if side:
+            plot_rates_side_by_side(
+                {j.label: curves[j.label]["rates"] for j in side},
+                out / f"rates_lam{lam:g}.png",
+                f"Tax design, lambda = {lam:g}: tau, v1, v2, v3 (mean ± s.e. over seeds)",
+            )
+        target = float(curves[ref.label]["welfare"][-1].mean()) if ref else None
+        for j in lam_jobs:
+            w, r = curves[j.label]["welfare"], curves[j.label]["rates"]
+            summ = by_label[(lam, j.label)]
+            final_rates = r[-1].mean(axis=0)
+            row: dict[str, Any] = {
+                "lam": lam,
+                "algo": j.label,
+                "final_mean": summ["final_welfare_mean"],
+                "final_se": summ["final_welfare_se"],
+                "initial": float(w[0].mean()),
+                "rates": [float(v) for v in final_rates],
+                "half_gain_iteration": half_gain_iteration(w),
+                "n_seeds": int(w.shape[1]),
+                "n_rising": int((w[-1] > w[0]).sum()),
+                "n_vat_ordered": int(
+                    ((r[-1, :, 2] < r[-1, :, 1]) & (r[-1, :, 1] < r[-1, :, 3])).sum()
+                ),
+                "seconds": summ.get("seconds"),
+                "cpu_seconds": summ.get("cpu_seconds"),
+                "reference": ref.label if ref else None,
+                "reference_final": target,
+                "iters_to_zo_sampled_final": None,
+                "n_seeds_reaching": None,
+                "mean_curve_reach": None,
+            }
+            if target is not None:
+                per_seed = seed_reach(w, target)
+                hits = [k for k in per_seed if k is not None]
+                row["iters_to_zo_sampled_final"] = float(np.mean(hits)) if hits else None
+                row["n_seeds_reaching"] = len(hits)
+                row["reach_per_seed"] = per_seed
+                row["mean_curve_reach"] = reach_iteration(w, target)
+            report["rows"].append(row)
         for zo_label, zo in curves.items():
             if not zo_label.startswith("zero-order"):
                 continue
-            target = float(zo["welfare"][-1].mean())
+            zo_target = float(zo["welfare"][-1].mean())
             for label, v in curves.items():
                 if label.startswith("zero-order"):
                     continue
-                reach = reach_iteration(v["welfare"], target)
+                reach = reach_iteration(v["welfare"], zo_target)
+                hits = [k for k in seed_reach(v["welfare"], zo_target) if k is not None]
                 report["comparisons"].append(
                     {
                         "lam": lam,
                         "algo": label,
                         "zero_order": zo_label,
-                        "zero_order_final_welfare": target,
+                        "zero_order_final_welfare": zo_target,
                         "iterations_to_reach": reach,
                         "ratio": None if reach is None else reach / iters,
+                        "seed_mean_reach": float(np.mean(hits)) if hits else None,
+                        "n_seeds_reaching": len(hits),
                     }
                 )
+        rows = {row["algo"]: row for row in report["rows"] if row["lam"] == lam}
+        for j in lam_jobs:
+            if j.algo != "hpgd":
+                continue
+            h = rows[j.label]
+            naive = rows.get(f"naive_s{j.settings.episodes * EconomyConfig().episode_length}")
+            entry: dict[str, Any] = {
+                "lam": lam,
+                "hpgd": j.label,
+                "reference": h["reference"],
+                "iters_to_reference_final": h["iters_to_zo_sampled_final"],
+                "n_seeds_reaching": h["n_seeds_reaching"],
+                "reach_fraction": None
+                if h["iters_to_zo_sampled_final"] is None
+                else h["iters_to_zo_sampled_final"] / iters,
+                "naive": None if naive is None else naive["algo"],
+                "hpgd_minus_naive": None,
+                "hpgd_minus_naive_in_se": None,
+            }
+            if naive is not None:
+                diff = h["final_mean"] - naive["final_mean"]
+                se = float(np.hypot(h["final_se"], naive["final_se"]))
+                entry["hpgd_minus_naive"] = diff
+                entry["hpgd_minus_naive_in_se"] = diff / se if se > 0 else None
+            report["acceptance"].append(entry)
     from align_cbrl.utils.io import atomic_write_json
 
     atomic_write_json(out / "summary.json", report)
@@ -196,6 +344,9 @@ def discover(out: str | os.PathLike[str]) -> tuple[list[Job], list[dict]]:
         raw = {k: v for k, v in config["settings"].items() if k in known}
         if config["algo"] != "hpgd":  # options only HPGD reads: keep the defaults
             for k in ("form", "leader_q", "critic", "follower_transition"):
+                raw.pop(k, None)
+        if config["algo"] != "zero-order-sampled":
+            for k in ("zo_episodes", "zo_crn"):
                 raw.pop(k, None)
         settings = AlgoSettings(**raw)
         jobs.append(
@@ -222,8 +373,11 @@ def make_jobs(
     settings: AlgoSettings,
     zo_cs: Sequence[float],
     n_bins: int = 101,
+    budgets: Sequence[int] | None = None,
 ) -> list[Job]:
-    """One job per (algorithm, lam), and per ``c`` for zero-order; validates the inputs."""
+    """One job per (algorithm, lam), per ``c`` for the zero-order methods and per HPGD / naive
+    budget (``budgets``: episodes per iteration, default ``[settings.episodes]``); validates the
+    inputs."""
     for a in algos:
         if a not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {a!r}; choose from {', '.join(ALGORITHMS)}")
@@ -238,15 +392,35 @@ def make_jobs(
     for c in zo_cs:
         if not c > 0:
             raise ValueError(f"zero-order constant c must be > 0, got {c}")
+    budgets = [settings.episodes] if budgets is None else list(budgets)
     jobs = []
     for lam in lams:
         for a in algos:
-            for c in zo_cs if a.startswith("zero-order") else [settings.zo_c]:
-                s = AlgoSettings(**{**asdict(settings), "zo_c": c})
-                jobs.append(Job(a, float(lam), tuple(seeds), iters, s, n_bins))
-    # Longest first (sampling algorithms), so that the pool stays busy.
-    cost = {"hpgd": 3, "naive": 3, "zero-order-sampled": 3, "exact": 2, "zero-order": 1}
-    return sorted(jobs, key=lambda j: -cost[j.algo])
+            if a.startswith("zero-order"):
+                variants = [{"zo_c": c} for c in zo_cs]
+            elif a in ("hpgd", "naive"):
+                variants = [{"episodes": e} for e in budgets]
+            else:
+                variants = [{}]
+            # exact ascent draws nothing: every seed would give the same run
+            job_seeds = tuple(seeds[:1]) if a == "exact" else tuple(seeds)
+            for v in variants:
+                s = AlgoSettings(**{**asdict(settings), **v})  # validates each budget
+                jobs.append(Job(a, float(lam), job_seeds, iters, s, n_bins))
+    return sorted(jobs, key=lambda j: -_cost(j))
+
+
+def _cost(job: Job) -> float:
+    """Rough CPU milliseconds per outer iteration and 10 runs (measured, 101 bins), used to start
+    the longest jobs first so that the pool stays busy."""
+    st = job.settings
+    return {
+        "hpgd": 80 + 0.45 * st.episodes,
+        "naive": 60 + 0.35 * st.episodes,
+        "zero-order-sampled": 110 + 0.2 * st.zo_episodes,
+        "zero-order": 110.0,
+        "exact": 60.0,
+    }[job.algo]
 
 
 def run_sweep(
