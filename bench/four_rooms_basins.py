@@ -71,6 +71,11 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10_000)
     ap.add_argument("--lr", type=float, default=0.5)
     ap.add_argument("--out", default="results/four_rooms_basins.json")
+    ap.add_argument(
+        "--dynamics",
+        default="paper",
+        help="slip preset: paper | published | notes (earlier results)",
+    )
     args = ap.parse_args()
     job = json.loads(Path(args.src + ".json").read_text())
     x_all = load_file(args.src + ".safetensors")["final_x"]
@@ -88,7 +93,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for lam, beta in CELLS:
         t0 = time.perf_counter()
-        base = dict(algo="amd", lam=lam, beta=beta, lrs=[args.lr], iters=args.iters)
+        base = dict(
+            algo="amd", lam=lam, beta=beta, lrs=[args.lr], iters=args.iters, dynamics=args.dynamics
+        )
         a = run(RunConfig(seeds=[0], **base), progress=False).F_last
         b = run(RunConfig(seeds=list(range(len(x0))), **base), progress=False, x0=x0).F_last
         ph, pa, pz = PAPER[(lam, beta)]

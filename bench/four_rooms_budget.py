@@ -33,6 +33,16 @@ def main() -> None:
     ap.add_argument("--budgets", default="100,1000,10000")
     ap.add_argument("--lams", default="0.001,0.003,0.005")
     ap.add_argument("--json", default=None, help="also write the table as JSON here")
+    ap.add_argument(
+        "--dynamics",
+        default="paper",
+        help="slip preset: paper | published | notes (earlier results)",
+    )
+    ap.add_argument(
+        "--estimator-backend",
+        default="fused",
+        help="fused | library (the random stream of the measurements dated 2026-11-21)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -62,6 +72,8 @@ def main() -> None:
                     goals=[(1, 9)],
                     eval_last=args.eval_last,
                     job_seed=int(lam * 1e6) * 100_000 + T + forms.index(form),
+                    dynamics=args.dynamics,
+                    estimator_backend=args.estimator_backend,
                 )
                 res = run(cfg, progress=False)
                 m, se = mean_se(res.F_last)

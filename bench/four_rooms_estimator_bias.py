@@ -6,9 +6,14 @@ with the exact gradient dF_xi/dpen (adjoint, validated against finite difference
 * ``mc traj``   -- ``hpgd_weights(form="mc", leader_q="trajectory")`` (Ghat from the same future);
 * ``mc xfit``   -- ``hpgd_weights(form="mc", leader_q="crossfit")`` (what ``hpgd`` uses);
 * ``cov* traj`` -- ``form="covariance"``, same-trajectory Ghat, EXACT Vbar as baseline;
+* ``published`` -- :func:`align_cbrl.estimators.published.published_hpgd_weights`, the published
+  code's every-visit tables of both returns from the same batch (``--algo hpgd-published``);
 * ``oracle dA`` -- the same trajectories and the same Ghat_t, but the follower factor replaced
   by the exact ``dA(s_t, a_t) = dQ*(s_t,a_t) - dV*(s_t)`` from the model:
   ``(1/lam) sum_t gamma^tau_t dA(s_t,a_t) Ghat_t / n_episodes``.
+
+``--dynamics`` picks the preset: the exact gradient is in its planning model, trajectories come
+from its sampling model (so ``published`` also shows the planning/sampling mismatch).
 
 If ``oracle dA`` matches the exact gradient while ``mc traj`` does not, the bias comes from
 using Dhat_t (a return over the SAME future as Ghat_t) in place of dQ*(s_t, a_t):
@@ -27,6 +32,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import torch
 
+from align_cbrl.estimators.published import published_hpgd_weights
 from align_cbrl.estimators.trajectory import (
     discounted_returns,
     hpgd_weights,
@@ -36,6 +42,7 @@ from align_cbrl.estimators.trajectory import (
 from tabular_reference import mdp
 from tabular_reference.four_rooms import kernels as K
 from tabular_reference.four_rooms.algorithms import RunConfig, _Solver
+from tabular_reference.four_rooms.dynamics import PRESETS, resolve_dynamics
 from tabular_reference.four_rooms.env import FOUR_ROOMS as E
 from tabular_reference.four_rooms.env import GAMMA, MAX_EPISODE_STEPS
 
@@ -45,17 +52,24 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="independent estimates to average")
     ap.add_argument("--lam", type=float, default=0.005)
     ap.add_argument("--beta", type=float, default=1.0)
+    ap.add_argument("--dynamics", default="paper", help=f"preset: {' | '.join(PRESETS)}")
+    ap.add_argument("--json", default=None, help="also write the table to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(1)
     n, lam, beta = args.n, args.lam, args.beta
+    model = resolve_dynamics(args.dynamics)
     x = np.repeat(np.random.default_rng(11).normal(0, 0.3, (1, 105)), n, axis=0)
-    cfg = RunConfig(algo="hpgd", lam=lam, beta=beta, lrs=[0.1], seeds=list(range(n)))
+    cfg = RunConfig(
+        algo="hpgd", lam=lam, beta=beta, lrs=[0.1], seeds=list(range(n)), dynamics=model.name
+    )
     solver = _Solver(n, np.array(E.goals), cfg)
-    P = E.dense_transitions()
+    P = E.dense_transitions(model.plan)
+    rows = []
     S, T = E.n_cells, 10_000
     K.seed_rng(5)
     np.random.seed(5)
     print(
+        f"dynamics {model.name} (plan {model.plan.as_list()}, sample {model.sample.as_list()}), "
         f"lam={lam}, beta={beta}, {n} estimates x {T} steps; metrics in penalty space "
         "(non-goal cells)"
     )
@@ -77,8 +91,9 @@ def main() -> None:
         lr = np.empty((n, T))
         es = np.empty((n, T), np.bool_)
         K.sample_with_actions(
-            pi, goal, vgoal, E.start, E.target, E.nbr, 5, T // 5, MAX_EPISODE_STEPS, st, ac, lr, es
-        )
+            pi, goal, vgoal, E.start, E.target, E.nbr, *model.sample.as_list(), 5, T // 5,
+            MAX_EPISODE_STEPS, st, ac, lr, es,
+        )  # fmt: skip
         stt, lrt, est = torch.from_numpy(st), torch.from_numpy(lr), torch.from_numpy(es)
         out = {}
         w = hpgd_weights(stt, lrt, est, GAMMA, lam, form="mc", n_states=S, leader_q="trajectory")
@@ -97,6 +112,12 @@ def main() -> None:
             leader_q="crossfit",
         )
         out["mc xfit"] = per_state_sum(w.follower, stt, S).numpy().mean(0)
+        tau = time_in_episode(est)
+        done = (stt == g) | (tau == MAX_EPISODE_STEPS - 1)
+        w = published_hpgd_weights(
+            stt, act, lrt, est, GAMMA, lam, n_states=S, n_actions=4, done=done
+        )
+        out["published"] = per_state_sum(w.follower, stt, S).numpy().mean(0)
         sol_vbar = mdp.policy_evaluation(
             torch.tensor(P),
             torch.tensor(pi[0]),
@@ -133,11 +154,27 @@ def main() -> None:
             v[~mask] = 0.0
             cos = v[mask] @ exact[mask] / np.linalg.norm(v[mask]) / np.linalg.norm(exact[mask])
             rel = np.linalg.norm(v[mask] - exact[mask]) / np.linalg.norm(exact[mask])
+            ratio = np.linalg.norm(v[mask]) / np.linalg.norm(exact[mask])
             print(
-                f"  {name:10s} cosine {cos:7.4f}  |mean|/|exact| "
-                f"{np.linalg.norm(v[mask]) / np.linalg.norm(exact[mask]):8.3f}  "
+                f"  {name:10s} cosine {cos:7.4f}  |mean|/|exact| {ratio:8.3f}  "
                 f"rel. error {rel:8.3f}"
             )
+            rows.append(
+                {
+                    "goal": list(E.cells[g]),
+                    "estimator": name,
+                    "cosine": float(cos),
+                    "norm_ratio": float(ratio),
+                    "rel_error": float(rel),
+                }
+            )
+    if args.json:
+        import json
+        from pathlib import Path
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        meta = {"dynamics": model.to_dict(), "lam": lam, "beta": beta, "n": n, "steps": T}
+        Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

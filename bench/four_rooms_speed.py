@@ -1,7 +1,8 @@
 """Four-Rooms speed benchmark: follower solver vs plain soft value iteration, time per outer
-iteration per algorithm (batched as in ``table1``), and the extrapolated Table 1 grid time.
+iteration per algorithm (batched as in ``table1``), the fused numba HPGD path against the
+previous library path (old/new ratios), and the extrapolated Table 1 grid time.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/four_rooms_speed.py [--iters 200]``.
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/four_rooms_speed.py [--iters 200] [--dynamics paper]``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from numba import njit
 
 from tabular_reference.four_rooms import kernels as K
 from tabular_reference.four_rooms.algorithms import RunConfig, run
+from tabular_reference.four_rooms.dynamics import PRESETS, resolve_dynamics
 from tabular_reference.four_rooms.env import FOUR_ROOMS as E
 from tabular_reference.four_rooms.env import GAMMA
 from tabular_reference.four_rooms.leader import penalties, softmax
 
 
 @njit(cache=True)
-def soft_vi(pen, goal, V, nbr, gamma, lam, tol, pi):
+def soft_vi(pen, goal, V, nbr, gamma, lam, p_oth, p_diff, tol, pi):
     """Plain soft value iteration V <- T(V) (Jacobi sweeps) until max|T(V) - V| <= tol."""
     n = V.shape[0]
     TV = np.empty(n)
@@ -41,7 +43,7 @@ def soft_vi(pen, goal, V, nbr, gamma, lam, tol, pi):
                 tot += V[nbr[s, d]]
             m = -1e300
             for a in range(4):
-                q[a] = pen[s] + gamma * (K.P_OTH * tot + K.P_DIFF * V[nbr[s, a]])
+                q[a] = pen[s] + gamma * (p_oth * tot + p_diff * V[nbr[s, a]])
                 m = max(m, q[a])
             z = 0.0
             for a in range(4):
@@ -54,7 +56,9 @@ def soft_vi(pen, goal, V, nbr, gamma, lam, tol, pi):
     return -1
 
 
-def bench_solver(tol: float) -> None:
+def bench_solver(tol: float, dynamics: str) -> None:
+    plan = resolve_dynamics(dynamics).plan
+    po, pd = plan.p_other, plan.p_diff
     rng = np.random.default_rng(0)
     n = 50
     xs = rng.normal(0, 1.0, (n, 105))
@@ -67,10 +71,11 @@ def bench_solver(tol: float) -> None:
         # plain soft VI from zero
         pi = np.empty((S, 4))
         V = np.zeros(S)
-        soft_vi(pen[0], E.goals[0], V, E.nbr, GAMMA, lam, tol, pi)  # compile
+        soft_vi(pen[0], E.goals[0], V, E.nbr, GAMMA, lam, po, pd, tol, pi)  # compile
         t = time.perf_counter()
         its = [
-            soft_vi(pen[i], E.goals[0], np.zeros(S), E.nbr, GAMMA, lam, tol, pi) for i in range(5)
+            soft_vi(pen[i], E.goals[0], np.zeros(S), E.nbr, GAMMA, lam, po, pd, tol, pi)
+            for i in range(5)
         ]
         dt = (time.perf_counter() - t) / 5
         print(f"{lam:6g} {'soft VI (cold)':>26} {np.mean(its):8.0f} {dt * 1e6:10.0f}")
@@ -78,7 +83,9 @@ def bench_solver(tol: float) -> None:
         rhs = np.empty(S)
         for label, warm in (("banded Newton (cold)", False), ("banded Newton (warm)", True)):
             Vw = np.zeros(S)
-            K.soft_newton(pen[0], E.goals[0], Vw, E.nbr, GAMMA, lam, tol, 100, b, pi, AB, rhs)
+            K.soft_newton(
+                pen[0], E.goals[0], Vw, E.nbr, GAMMA, lam, po, pd, tol, 100, b, pi, AB, rhs
+            )
             its = []
             t = time.perf_counter()
             for i in range(n):
@@ -87,22 +94,33 @@ def bench_solver(tol: float) -> None:
                 # warm: previous solution for a nearby x (x_i + small step), as in the outer loop
                 p = pen[i] if not warm else pen[0] * (1 + 1e-3 * (i % 7))
                 it, _res = K.soft_newton(
-                    p, E.goals[0], Vw, E.nbr, GAMMA, lam, tol, 100, b, pi, AB, rhs
+                    p, E.goals[0], Vw, E.nbr, GAMMA, lam, po, pd, tol, 100, b, pi, AB, rhs
                 )
                 its.append(it)
             dt = (time.perf_counter() - t) / n
             print(f"{lam:6g} {label:>26} {np.mean(its):8.2f} {dt * 1e6:10.1f}")
 
 
-def bench_algorithms(iters: int) -> dict[str, float]:
+def bench_algorithms(iters: int, dynamics: str) -> dict[str, float]:
     print(
         f"\nouter iterations, batched as in table1 (4 lr x 10 seeds; zo 4 lr x 4 c x 10 seeds), "
-        f"{iters} iterations, exact F every iteration (worst case of the metric schedule)"
+        f"{iters} iterations, exact F every iteration (worst case of the metric schedule), "
+        f"dynamics {dynamics}; wall and process CPU time"
     )
     per: dict[str, float] = {}
-    for algo in ("amd", "zo", "hpgd"):
+    variants = [
+        ("amd", "amd", "fused"),
+        ("zo", "zo", "fused"),
+        ("hpgd", "hpgd", "fused"),
+        ("hpgd old", "hpgd", "library"),
+        ("hpgd-published", "hpgd-published", "fused"),
+        ("hpgd-published old", "hpgd-published", "library"),
+    ]
+    for name, algo, backend in variants:
         cfg = RunConfig(
             algo=algo,
+            dynamics=dynamics,
+            estimator_backend=backend,
             lam=0.003,
             beta=3.0,
             lrs=[0.5, 0.1, 0.05, 0.01],
@@ -115,14 +133,18 @@ def bench_algorithms(iters: int) -> dict[str, float]:
         run(cfg, progress=False)  # compile / warm up
         cfg.iters = iters
         cfg.eval_last = iters
+        c0 = time.process_time()
         res = run(cfg, progress=False)
+        cpu = time.process_time() - c0
         R = res.F.shape[0]
-        per[algo] = res.wall_s / (iters * R)
+        per[name] = res.wall_s / (iters * R)
         print(
-            f"  {algo:5s} R={R:4d}: {res.wall_s / iters * 1e3:8.2f} ms / outer iteration "
-            f"(all runs), {per[algo] * 1e6:7.1f} us / run-iteration, "
-            f"Newton steps/solve {res.newton_iters_mean:.2f}"
+            f"  {name:18s} R={R:4d}: {res.wall_s / iters * 1e3:8.2f} ms / outer iteration "
+            f"(all runs), {per[name] * 1e6:7.1f} us / run-iteration (CPU "
+            f"{cpu / (iters * R) * 1e6:7.1f}), Newton steps/solve {res.newton_iters_mean:.2f}"
         )
+    for new in ("hpgd", "hpgd-published"):
+        print(f"  {new}: old/new = {per[new + ' old'] / per[new]:.2f}x")
     return per
 
 
@@ -130,10 +152,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--tol", type=float, default=1e-10)
+    ap.add_argument("--dynamics", default="paper", help=f"preset: {' | '.join(PRESETS)}")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    bench_solver(args.tol)
-    per = bench_algorithms(args.iters)
+    resolve_dynamics(args.dynamics)
+    bench_solver(args.tol, args.dynamics)
+    per = bench_algorithms(args.iters, args.dynamics)
     # the eval schedule of table1 evaluates F every 10th iteration + the last 1,000: the runs
     # above evaluate every iteration, so this is an upper bound
     n = {"hpgd": 4 * 9 * 10 * 10_000, "amd": 4 * 9 * 10 * 10_000, "zo": 16 * 9 * 10 * 10_000}

@@ -1,5 +1,6 @@
 """Four-Rooms fast path against independent answers: the dense oracle (tabular_reference.mdp),
-central finite differences, enumeration of the map, and the mean of many HPGD estimates."""
+central finite differences, enumeration of the map, and the mean of many HPGD estimates.
+Each test names the dynamics preset it uses (tabular_reference.four_rooms.dynamics)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from tabular_reference import mdp
+from tabular_reference.four_rooms import hpgd_kernels as HK
 from tabular_reference.four_rooms import kernels as K
 from tabular_reference.four_rooms.algorithms import (
     RunConfig,
@@ -15,6 +17,7 @@ from tabular_reference.four_rooms.algorithms import (
     hpgd_estimate,
     run,
 )
+from tabular_reference.four_rooms.dynamics import PRESETS
 from tabular_reference.four_rooms.env import FOUR_ROOMS as E
 from tabular_reference.four_rooms.env import GAMMA, MAP
 from tabular_reference.four_rooms.leader import budget, logits_gradient, penalties, softmax
@@ -22,12 +25,18 @@ from tabular_reference.four_rooms.leader import budget, logits_gradient, penalti
 D = torch.float64
 
 
+NOTES = PRESETS["notes"].plan  # 0.67 / 0.11
+PAPER = PRESETS["paper"].plan  # 0.56 / 0.44/3
+
+
 def test_map_and_slip_transitions():
+    """Preset notes (0.67 / 0.11); the paper preset's values are checked in
+    tests/test_four_rooms_dynamics.py."""
     assert E.n_cells == 104 and E.n_params == 105
     assert sum(ch != "x" for row in MAP for ch in row) == 104
     for cell in [(3, 6), (6, 2), (7, 9), (10, 6), (4, 1), (8, 4), (1, 9), (11, 11)]:
         assert cell in E.index
-    P = E.dense_transitions()
+    P = E.dense_transitions(NOTES)
     np.testing.assert_allclose(P.sum(-1), 1.0, atol=1e-15)
     # interior cell (2,2): four distinct neighbours, 0.67 intended / 0.11 each other
     s = E.index[(2, 2)]
@@ -45,8 +54,9 @@ def test_map_and_slip_transitions():
     assert P[d, 1, E.index[(3, 7)]] == pytest.approx(0.67)
 
 
-def _dense(x: np.ndarray, goal: int, beta: float):
-    """Dense oracle objects for logits x[105] and goal cell index (torch, differentiable)."""
+def _dense(x: np.ndarray, goal: int, beta: float, preset: str):
+    """Dense oracle objects for logits x[105] and goal cell index (torch, differentiable),
+    transitions of the preset's planning model."""
     xt = torch.tensor(x, dtype=D, requires_grad=True)
     sig = torch.softmax(xt, 0)
     pen = -0.2 * sig[:104]
@@ -54,7 +64,7 @@ def _dense(x: np.ndarray, goal: int, beta: float):
     S = 104
     term = torch.zeros(S, dtype=torch.bool)
     term[goal] = True
-    P = torch.tensor(E.dense_transitions(), dtype=D)
+    P = torch.tensor(E.dense_transitions(PRESETS[preset].plan), dtype=D)
     r = torch.where(term[:, None], torch.ones(S, 4, dtype=D), pen[:, None].expand(S, 4))
     rb = torch.zeros(S, 4, dtype=D)
     rb[E.target] = 1.0
@@ -64,16 +74,17 @@ def _dense(x: np.ndarray, goal: int, beta: float):
     return xt, P, r, rb, mu0, term
 
 
+@pytest.mark.parametrize("preset", ["paper", "notes"])
 @pytest.mark.parametrize("lam", [0.001, 0.005])
-def test_fast_solver_matches_dense_oracle(lam):
+def test_fast_solver_matches_dense_oracle(lam, preset):
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1.0, (1, 105))
-    cfg = RunConfig(algo="amd", lam=lam, beta=3.0, lrs=[0.1], seeds=[0], tol=1e-11)
+    cfg = RunConfig(algo="amd", lam=lam, beta=3.0, lrs=[0.1], seeds=[0], tol=1e-11, dynamics=preset)
     solver = _Solver(1, np.array(E.goals), cfg)
     for k, goal in enumerate(E.goals):
         F, gpen, mug, pi, sigma, g_idx, _vg, V = solver.solve(x, np.array([k]), True)
         assert solver.newton_calls > 0
-        xt, P, r, rb, mu0, term = _dense(x[0], goal, 3.0)
+        xt, P, r, rb, mu0, term = _dense(x[0], goal, 3.0, preset)
         sol = mdp.soft_solve(P.detach(), r.detach(), GAMMA, lam, term, tol=1e-12)
         np.testing.assert_allclose(V[0], sol.V.numpy(), atol=1e-10)
         np.testing.assert_allclose(pi[0], sol.pi.numpy(), atol=1e-8)
@@ -91,12 +102,16 @@ def test_fast_solver_matches_dense_oracle(lam):
         assert np.linalg.norm(g - gd.numpy()) <= 1e-7 * np.linalg.norm(gd.numpy())
 
 
-@pytest.mark.parametrize("lam,beta", [(0.001, 1.0), (0.005, 5.0)])
-def test_exact_hypergradient_vs_central_differences(lam, beta):
+@pytest.mark.parametrize(
+    "lam,beta,preset", [(0.001, 1.0, "paper"), (0.005, 5.0, "paper"), (0.005, 5.0, "notes")]
+)
+def test_exact_hypergradient_vs_central_differences(lam, beta, preset):
     """Both contexts, random x: relative error of the exact gradient < 1e-4."""
     rng = np.random.default_rng(7)
     x = rng.normal(0, 0.5, (1, 105))
-    cfg = RunConfig(algo="amd", lam=lam, beta=beta, lrs=[0.1], seeds=[0], tol=1e-12)
+    cfg = RunConfig(
+        algo="amd", lam=lam, beta=beta, lrs=[0.1], seeds=[0], tol=1e-12, dynamics=preset
+    )
     solver = _Solver(1, np.array(E.goals), cfg)
     for k in range(2):
         _F, gpen, mug, _pi, sigma, goal, _vg, _V = solver.solve(x, np.array([k]), True)
@@ -140,8 +155,10 @@ def test_budget_modes_and_chain_rule():
         budget(sig, goal, "bogus")
 
 
-def test_sampler_statistics():
+@pytest.mark.parametrize("preset", ["paper", "notes"])
+def test_sampler_statistics(preset):
     """Empirical next-cell frequencies from one state equal P_pi (independent check)."""
+    slip = PRESETS[preset].sample
     rng = np.random.default_rng(0)
     pi = rng.dirichlet(np.ones(4), size=(1, 104))
     K.seed_rng(123)
@@ -150,10 +167,12 @@ def test_sampler_statistics():
     lr = np.empty((1, T))
     es = np.empty((1, T), dtype=np.bool_)
     goal = np.array([E.goals[0]])
-    K.sample_batch(pi, goal, np.array([-0.5]), E.start, E.target, E.nbr, 1, T, 200, st, lr, es)
+    K.sample_batch(
+        pi, goal, np.array([-0.5]), E.start, E.target, E.nbr, *slip.as_list(), 1, T, 200, st, lr, es
+    )
     s0 = E.start
     nxt = st[0, 1:][(st[0, :-1] == s0) & ~es[0, 1:]]
-    Ppi = np.einsum("a,at->t", pi[0, s0], E.dense_transitions()[s0])
+    Ppi = np.einsum("a,at->t", pi[0, s0], E.dense_transitions(slip)[s0])
     freq = np.bincount(nxt, minlength=104) / len(nxt)
     assert np.abs(freq - Ppi).max() < 4 * np.sqrt(0.25 / len(nxt))
     # rewards and episode structure
@@ -164,10 +183,12 @@ def test_sampler_statistics():
     assert np.diff(np.append(starts, T)).max() <= 200
 
 
-def test_sampler_with_actions_joint_statistics():
+@pytest.mark.parametrize("preset", ["paper", "notes"])
+def test_sampler_with_actions_joint_statistics(preset):
     """sample_with_actions (one uniform per step for the action and the slip): the empirical
     joint frequencies of (action, next cell) from the start cell equal pi(a|s) P(s'|s,a)
     (exact transition table; independent check of the reused-uniform trick)."""
+    slip = PRESETS[preset].sample
     rng = np.random.default_rng(1)
     pi = rng.dirichlet(np.full(4, 0.5), size=(1, 104))
     pi[0, E.start] = [0.6, 0.05, 0.3, 0.05]
@@ -177,36 +198,53 @@ def test_sampler_with_actions_joint_statistics():
     lr, es = np.empty((1, T)), np.empty((1, T), np.bool_)
     goal = np.array([E.goals[1]])
     K.sample_with_actions(
-        pi, goal, np.array([-0.5]), E.start, E.target, E.nbr, 1, T, 200, st, ac, lr, es
+        pi,
+        goal,
+        np.array([-0.5]),
+        E.start,
+        E.target,
+        E.nbr,
+        *slip.as_list(),
+        1,
+        T,
+        200,
+        st,
+        ac,
+        lr,
+        es,
     )
     s0 = E.start
     m = (st[0, :-1] == s0) & ~es[0, 1:]
     joint = np.zeros((4, 104))
     np.add.at(joint, (ac[0, :-1][m], st[0, 1:][m]), 1.0)
     joint /= m.sum()
-    exact = pi[0, s0][:, None] * E.dense_transitions()[s0]
+    exact = pi[0, s0][:, None] * E.dense_transitions(slip)[s0]
     assert np.abs(joint - exact).max() < 4 * np.sqrt(0.25 / m.sum())
     assert np.allclose(joint.sum(1), pi[0, s0], atol=4 * np.sqrt(0.25 / m.sum()))
 
 
 @pytest.mark.slow
-def test_hpgd_mean_estimate_matches_exact_gradient():
-    """Average of 400 independent HPGD estimates (10,000 steps each, the library estimator with
-    cross-fitted leader values) at a fixed x vs the exact gradient of F_xi, goal (11,11):
-    cosine similarity > 0.99 for the paper's MC form and for the covariance form."""
+@pytest.mark.parametrize("preset", ["paper", "notes"])
+def test_hpgd_mean_estimate_matches_exact_gradient(preset):
+    """Average of 400 independent HPGD estimates (10,000 steps each, cross-fitted leader
+    values; MC form fused in numba, covariance form through the library) at a fixed x vs the
+    exact gradient of F_xi, goal (11,11): cosine similarity > 0.99 for both forms."""
     lam, beta = 0.005, 1.0
     rng = np.random.default_rng(11)
     x0 = rng.normal(0, 0.3, (1, 105))
     n = 400
-    cfg = RunConfig(algo="hpgd", lam=lam, beta=beta, lrs=[0.1], seeds=list(range(n)))
+    cfg = RunConfig(
+        algo="hpgd", lam=lam, beta=beta, lrs=[0.1], seeds=list(range(n)), dynamics=preset
+    )
     solver = _Solver(n, np.array(E.goals), cfg)
     K.seed_rng(5)
     x = np.repeat(x0, n, axis=0)
     ctx = np.full(n, 1)
     _F, gpen, mug, pi, sigma, goal, vgoal, _V = solver.solve(x, ctx, True)
     exact = logits_gradient(sigma[:1], gpen[:1], mug[:1], beta, goal[:1])[0]
+    xr = np.stack([HK.seed_state(i) for i in range(n)])
     for form in ("mc", "covariance"):
-        est = hpgd_estimate(pi, sigma, goal, vgoal, cfg, form).mean(0)
+        est = hpgd_estimate(pi, sigma, goal, vgoal, cfg, form, rng_state=xr).mean(0)
         cos = est @ exact / np.linalg.norm(est) / np.linalg.norm(exact)
         assert cos > 0.99, f"{form}: cosine {cos:.4f}"
 
@@ -329,11 +367,13 @@ def test_policy_gradient_with_exact_follower_advantage_is_unbiased():
 
     lam, beta, n, T = 0.005, 1.0, 100, 10_000
     x = np.repeat(np.random.default_rng(11).normal(0, 0.3, (1, 105)), n, axis=0)
-    cfg = RunConfig(algo="hpgd", lam=lam, beta=beta, lrs=[0.1], seeds=list(range(n)))
+    cfg = RunConfig(
+        algo="hpgd", lam=lam, beta=beta, lrs=[0.1], seeds=list(range(n)), dynamics="paper"
+    )
     solver = _Solver(n, np.array(E.goals), cfg)
     _F, gpen, _m, pi, _s, goal, vgoal, _V = solver.solve(x, np.full(n, 1), True)
     g, S = int(goal[0]), E.n_cells
-    P = E.dense_transitions()
+    P = E.dense_transitions(PAPER)
     Ppi = np.einsum("sa,sat->st", pi[0], P)
     Ppi[g] = 0.0
     rhs = np.eye(S)
@@ -346,7 +386,9 @@ def test_policy_gradient_with_exact_follower_advantage_is_unbiased():
     lr = np.empty((n, T))
     es = np.empty((n, T), np.bool_)
     K.seed_rng(3)
-    K.sample_with_actions(pi, goal, vgoal, E.start, E.target, E.nbr, 5, T // 5, 200, st, ac, lr, es)
+    K.sample_with_actions(
+        pi, goal, vgoal, E.start, E.target, E.nbr, *PAPER.as_list(), 5, T // 5, 200, st, ac, lr, es
+    )
     G = discounted_returns(torch.from_numpy(lr), torch.from_numpy(es), GAMMA).numpy()
     gp = GAMMA ** time_in_episode(torch.from_numpy(es)).numpy()
     W = np.zeros((n, S, 4))

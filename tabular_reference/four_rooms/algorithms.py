@@ -9,10 +9,21 @@
   ``hpgd-paper`` is the paper's plain Monte-Carlo product: ``form="mc"`` with the leader's
   return ``Ghat_t`` from the *same* trajectory (``leader_q="trajectory"``), which is biased by
   ``Cov(Dhat_t, Ghat_t | s_t, a_t)`` (docs/four_rooms.md); kept to compare with the paper.
+  ``hpgd-published`` is the estimator of the published code: every-visit per-(state, action)
+  and per-state tables of the follower's reward-gradient returns and of the leader's returns,
+  both from the same batch (:func:`align_cbrl.estimators.published.published_hpgd_weights`).
 * ``amd``      -- the exact deterministic hypergradient, full expectation over the contexts.
 * ``zo``       -- zero-order Gaussian smoothing ``g = (F_xi(x + u_t z) - F_xi(x)) z / u_t``,
   ``u_t = c / t``, one sampled context, exact values
   (:func:`align_cbrl.estimators.zero_order.gaussian_smoothing_gradient`).
+
+The follower plans (and AMD, zero-order and the metric are computed) in the ``plan`` slip model
+of ``RunConfig.dynamics``; HPGD's trajectories are sampled from its ``sample`` model
+(:mod:`tabular_reference.four_rooms.dynamics`; default preset ``paper``). ``hpgd``,
+``hpgd-published`` and ``naive`` sample and estimate in one fused numba pass
+(:mod:`tabular_reference.four_rooms.hpgd_kernels`, equal to the library estimators on the same
+batch); ``estimator_backend="library"`` runs the previous path (inverse-CDF sampler + the
+library's torch estimators), whose random stream reproduces earlier results bit for bit.
 
 All update ``x <- x + lr * clip_1(g)`` (SGD ascent, global-norm clipping at 1, notes §3).
 The metric is the exact ``F(x_t)`` averaged over the contexts, recorded every ``eval_every``
@@ -28,10 +39,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from align_cbrl.estimators.trajectory import hpgd_weights, per_state_sum
+from align_cbrl.estimators.published import published_hpgd_weights
+from align_cbrl.estimators.trajectory import hpgd_weights, per_state_sum, time_in_episode
 from align_cbrl.estimators.zero_order import gaussian_smoothing_gradient, sample_directions
 from tabular_reference.common.optim import sgd_ascent
+from tabular_reference.four_rooms import hpgd_kernels as HK
 from tabular_reference.four_rooms import kernels as K
+from tabular_reference.four_rooms.dynamics import Dynamics, resolve_dynamics
 from tabular_reference.four_rooms.env import (
     FOUR_ROOMS,
     GAMMA,
@@ -41,14 +55,25 @@ from tabular_reference.four_rooms.env import (
 from tabular_reference.four_rooms.leader import BUDGET_MODES, budget, logits_gradient, softmax
 from tabular_reference.four_rooms.leader import penalties as penalties_of
 
-ALGORITHMS = ("hpgd", "hpgd-cov", "hpgd-paper", "naive", "amd", "zo")
+ALGORITHMS = ("hpgd", "hpgd-cov", "hpgd-paper", "hpgd-published", "naive", "amd", "zo")
 # algorithm -> (estimator form, source of the leader values; see hpgd_estimate)
 HPGD_ESTIMATORS = {
     "hpgd": ("mc", "crossfit"),
     "hpgd-cov": ("covariance", "table"),
     "hpgd-paper": ("mc", "trajectory"),
+    "hpgd-published": ("published", None),
     "naive": ("naive", None),
 }
+# estimators with a fused numba kernel (form, leader_q) -> hpgd_kernels form code
+_FUSED = {
+    ("mc", "crossfit"): HK.FORM_CROSSFIT,
+    ("published", None): HK.FORM_PUBLISHED,
+    ("naive", None): HK.FORM_NAIVE,
+}
+BACKENDS = ("fused", "library")
+# exact: soft-optimal follower (banded Newton); published: the published code's truncated solve
+# (Q = 0, 100 improvements x 5 sweeps, goal with lam H), a variant to explain lambda = 0.005
+FOLLOWER_SOLVES = ("exact", "published")
 
 
 @dataclass
@@ -76,6 +101,14 @@ class RunConfig:
     step_reward: float = 0.0
     baseline_ema: float = 0.1
     job_seed: int = 0
+    dynamics: str | dict = "paper"
+    estimator_backend: str = "fused"
+    follower_solve: str = "exact"
+
+    @property
+    def model(self) -> Dynamics:
+        """The resolved planning/sampling dynamics (:func:`resolve_dynamics`)."""
+        return resolve_dynamics(self.dynamics)
 
     def validate(self) -> None:
         if self.algo not in ALGORITHMS:
@@ -113,10 +146,23 @@ class RunConfig:
             raise ValueError(f"baseline_ema must be in (0, 1], got {self.baseline_ema}")
         if self.eval_every < 1 or self.eval_last < 1:
             raise ValueError("eval_every and eval_last must be >= 1")
+        resolve_dynamics(self.dynamics)
+        if self.follower_solve not in FOLLOWER_SOLVES:
+            raise ValueError(
+                f"follower_solve must be one of {FOLLOWER_SOLVES}, got {self.follower_solve!r}"
+            )
+        if self.estimator_backend not in BACKENDS:
+            raise ValueError(
+                f"estimator_backend must be one of {BACKENDS}, got {self.estimator_backend!r}"
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["goals"] = [list(g) for g in self.goals]
+        if isinstance(self.dynamics, dict):
+            d["dynamics"] = {
+                k: list(v) if isinstance(v, tuple) else v for k, v in self.dynamics.items()
+            }
         return d
 
 
@@ -146,6 +192,7 @@ class _Solver:
         self.env = FOUR_ROOMS
         self.goals = goals  # cell indices per context
         self.cfg = cfg
+        self.plan = cfg.model.plan
         S = self.env.n_cells
         self.V = np.zeros((R, len(goals), S))
         self.R, self.S = R, S
@@ -169,6 +216,14 @@ class _Solver:
         mug = np.empty(R)
         gpen = np.empty((R, self.S))
         pi = np.empty((R, self.S, 4))
+        if cfg.follower_solve == "published":
+            K.solve_batch_published(
+                pen, goal, vgoal, env.nbr, env.start, env.target, GAMMA, cfg.lam,
+                self.plan.p_other, self.plan.p_diff, 100, 5, env.bandwidth, want_grad, F, mug,
+                gpen, pi,
+            )  # fmt: skip
+            self.newton_calls += R
+            return F, gpen, mug, pi, sigma, goal, vgoal, V
         iters = np.empty(R, dtype=np.int64)
         res = np.empty(R)
         K.solve_batch(
@@ -181,6 +236,8 @@ class _Solver:
             env.target,
             GAMMA,
             cfg.lam,
+            self.plan.p_other,
+            self.plan.p_diff,
             cfg.tol,
             cfg.max_newton,
             env.bandwidth,
@@ -259,6 +316,10 @@ def run(
 
     if cfg.algo in HPGD_ESTIMATORS:
         buffers = _buffers(R, T)
+        # the fused sampler's per-run xoshiro256+ streams (a separate seed sequence, so that the
+        # library backend's stream is unchanged)
+        seeds_x = np.random.default_rng([cfg.job_seed, 11]).integers(2**63, size=R)
+        xrng = np.stack([HK.seed_state(int(v)) for v in seeds_x])
         critic = _Critic(R, n_ctx, env.n_cells, cfg.baseline_ema)
     bar = tqdm(
         range(cfg.iters + 1),
@@ -300,7 +361,9 @@ def run(
                 F, _gp, _m, pi, sigma, goal, vgoal, _V = solver.solve(x, ctx, False)
                 form, leader_q = HPGD_ESTIMATORS[cfg.algo]
                 tables = critic.tables(ctx) if leader_q == "table" else None
-                g = hpgd_estimate(pi, sigma, goal, vgoal, cfg, form, tables, buffers, leader_q)
+                g = hpgd_estimate(
+                    pi, sigma, goal, vgoal, cfg, form, tables, buffers, leader_q, rng_state=xrng
+                )
                 if leader_q == "table":
                     critic.update(ctx, buffers)
             if record:
@@ -330,16 +393,20 @@ def run(
     )
 
 
-_RUN_CHUNK = 8  # runs per estimator call in hpgd_estimate
+_RUN_CHUNK = 8  # runs per estimator call in the library path of hpgd_estimate
+
+Buffers = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def _buffers(R: int, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(states, actions, leader_rewards, episode_start)`` arrays of shape ``[R, T]``."""
+def _buffers(R: int, T: int) -> Buffers:
+    """``(states, actions, leader_rewards, episode_start, tau)`` arrays of shape ``[R, T]``
+    (the fused path fills states, actions and tau; the library path the first four)."""
     return (
         np.empty((R, T), dtype=np.int64),
         np.empty((R, T), dtype=np.int64),
         np.empty((R, T)),
         np.empty((R, T), dtype=np.bool_),
+        np.empty((R, T), dtype=np.int64),
     )
 
 
@@ -351,26 +418,66 @@ def hpgd_estimate(
     cfg: RunConfig,
     form: str,
     tables: tuple[np.ndarray, np.ndarray] | None = None,
-    buffers: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    buffers: Buffers | None = None,
     leader_q: str | None = "crossfit",
+    rng_state: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One HPGD gradient estimate per run (notes §2) from ``cfg.steps_per_iter`` sampled steps
-    of the follower ``pi[R, S, 4]``: the library weights (:func:`hpgd_weights`) contracted with
-    the analytic Jacobians of the state-based rewards (``d pen(s)`` at non-goal cells,
-    ``d vgoal`` at the goal). Returns ``dF_xi/dx[R, 105]``.
+    """One HPGD gradient estimate per run (notes §2) from ``cfg.steps_per_iter`` steps of the
+    follower ``pi[R, S, 4]`` sampled in the ``sample`` slip model of ``cfg.dynamics``: the
+    estimator's per-step weights contracted with the analytic Jacobians of the state-based
+    rewards (``d pen(s)`` at non-goal cells, ``d vgoal`` at the goal). Returns ``dF_xi/dx[R, 105]``.
 
-    ``leader_q`` is the library's source of the leader values (``form`` ``"mc"`` or
-    ``"covariance"``; ignored by ``"naive"``, which has no follower term): ``"crossfit"`` (the
-    leader's Q per (state, action) from the other half of the episodes), ``"table"`` (needs
-    ``tables = (q_table[R, S, 4], v_table[R, S])``, leader critic tables from previous
-    iterations) or ``"trajectory"`` (the return of the same trajectory: the paper's biased
-    product). ``buffers`` = preallocated arrays from :func:`_buffers` (filled here)."""
+    ``form``: ``"mc"`` / ``"covariance"`` (library :func:`hpgd_weights`, with ``leader_q``
+    ``"crossfit"``, ``"table"`` -- needs ``tables = (q_table[R, S, 4], v_table[R, S])`` -- or
+    ``"trajectory"``), ``"published"`` (:func:`published_hpgd_weights`) or ``"naive"``.
+    ``mc``/``crossfit``, ``published`` and ``naive`` run fused in numba unless
+    ``cfg.estimator_backend == "library"``; they draw from ``rng_state[R, 4]`` (xoshiro256+
+    states, :func:`~tabular_reference.four_rooms.hpgd_kernels.seed_state`, advanced in place), the
+    library path from numba's global generator (:func:`kernels.seed_rng`).
+    ``buffers`` = preallocated :func:`_buffers`."""
     env = FOUR_ROOMS
     R = pi.shape[0]
     T = cfg.steps_per_iter
     if buffers is None:
         buffers = _buffers(R, T)
-    states, actions, lrew, ep_start = buffers
+    states, actions, lrew, ep_start, taus = buffers
+    sample = cfg.model.sample
+    key = (form, None if form in ("naive", "published") else leader_q)
+    if cfg.estimator_backend == "fused" and key in _FUSED:
+        if rng_state is None or rng_state.shape != (R, 4) or rng_state.dtype != np.uint64:
+            raise ValueError(
+                f"the fused HPGD path needs rng_state: uint64 [{R}, 4] xoshiro256+ states "
+                "(hpgd_kernels.seed_state per run)"
+            )
+        gpen = np.empty((R, env.n_cells))
+        mug = np.empty(R)
+        HK.sample_and_estimate(
+            pi,
+            goal,
+            vgoal,
+            env.start,
+            env.target,
+            env.nbr,
+            sample.p_intended,
+            sample.p_other,
+            cfg.n_envs,
+            T // cfg.n_envs,
+            MAX_EPISODE_STEPS,
+            GAMMA,
+            cfg.lam,
+            _FUSED[key],
+            rng_state,
+            states,
+            actions,
+            taus,
+            gpen,
+            mug,
+        )
+        if np.isnan(mug).any():
+            raise RuntimeError(
+                "hpgd-published: a run had no finished episode in its batch; raise steps_per_iter"
+            )
+        return logits_gradient(sigma, gpen, mug, cfg.beta, goal, cfg.budget_mode)
     K.sample_with_actions(
         pi,
         goal,
@@ -378,6 +485,8 @@ def hpgd_estimate(
         env.start,
         env.target,
         env.nbr,
+        sample.p_intended,
+        sample.p_other,
         cfg.n_envs,
         T // cfg.n_envs,
         MAX_EPISODE_STEPS,
@@ -392,37 +501,47 @@ def hpgd_estimate(
     # temporaries stay cache-sized (two workers on the whole batch slow each other down ~1.5x).
     for lo in range(0, R, _RUN_CHUNK):
         sl = slice(lo, min(R, lo + _RUN_CHUNK))
-        st = torch.from_numpy(states[sl])
-        kw: dict
-        if form == "naive":
-            kw = {}
-        elif leader_q == "trajectory":
-            kw = {"leader_q": "trajectory"}
-        else:
-            kw = {"actions": torch.from_numpy(actions[sl]), "n_actions": 4, "leader_q": leader_q}
-            if leader_q == "table":
-                if tables is None:
-                    raise ValueError("leader_q='table' needs tables=(q_table, v_table)")
-                kw.update(
-                    q_table=torch.from_numpy(tables[0][sl]),
-                    v_table=torch.from_numpy(tables[1][sl]),
-                )
-        w = hpgd_weights(
-            st,
+        w = _library_weights(
+            torch.from_numpy(states[sl]),
+            torch.from_numpy(actions[sl]),
             torch.from_numpy(lrew[sl]),
             torch.from_numpy(ep_start[sl]),
-            GAMMA,
-            cfg.lam,
-            form=form,
-            n_states=env.n_cells,
-            **kw,
+            torch.from_numpy(goal[sl]),
+            cfg,
+            form,
+            leader_q,
+            None if tables is None else (tables[0][sl], tables[1][sl]),
         )
+        st = torch.from_numpy(states[sl])
         gpen[sl] = per_state_sum(w.follower, st, env.n_cells).numpy()
         lead[sl] = per_state_sum(w.leader, st, env.n_cells).numpy()
     rows = np.arange(R)
     gpen[rows, goal] = 0.0  # the goal's follower reward (1) does not depend on x
     mug = lead[rows, goal]  # only the goal's leader reward (-beta * budget) depends on x
     return logits_gradient(sigma, gpen, mug, cfg.beta, goal, cfg.budget_mode)
+
+
+def _library_weights(st, ac, lr, es, goal, cfg: RunConfig, form, leader_q, tables):
+    """The library estimators (torch) on one chunk of sampled runs."""
+    S = FOUR_ROOMS.n_cells
+    if form == "published":
+        tau = time_in_episode(es)
+        done = (st == goal[:, None]) | (tau == MAX_EPISODE_STEPS - 1)
+        return published_hpgd_weights(
+            st, ac, lr, es, GAMMA, cfg.lam, n_states=S, n_actions=4, done=done
+        )
+    kw: dict
+    if form == "naive":
+        kw = {}
+    elif leader_q == "trajectory":
+        kw = {"leader_q": "trajectory"}
+    else:
+        kw = {"actions": ac, "n_actions": 4, "leader_q": leader_q}
+        if leader_q == "table":
+            if tables is None:
+                raise ValueError("leader_q='table' needs tables=(q_table, v_table)")
+            kw.update(q_table=torch.from_numpy(tables[0]), v_table=torch.from_numpy(tables[1]))
+    return hpgd_weights(st, lr, es, GAMMA, cfg.lam, form=form, n_states=S, **kw)
 
 
 class _Critic:
@@ -448,7 +567,7 @@ class _Critic:
     def update(self, ctx: np.ndarray, buffers) -> None:
         from align_cbrl.estimators.trajectory import discounted_returns
 
-        states, actions, lrew, ep_start = buffers
+        states, actions, lrew, ep_start = buffers[:4]
         R = states.shape[0]
         S = self.v.shape[-1]
         rows = np.arange(R)

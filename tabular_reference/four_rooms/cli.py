@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from tabular_reference.four_rooms.algorithms import ALGORITHMS, RunConfig
+from tabular_reference.four_rooms.dynamics import PRESETS, resolve_dynamics
 
 ALGO_CHOICES = (*ALGORITHMS, "all")
 ALL_ALGOS = ("hpgd", "amd", "zo")
@@ -55,6 +56,22 @@ def register(subparsers: Any) -> None:
         help="restrict contexts to this goal 'row,col' (repeatable); default both",
     )
     p.add_argument("--budget-mode", default="all", help="budget convention: all | collected")
+    p.add_argument(
+        "--dynamics",
+        default="paper",
+        help=f"slip model preset: {' | '.join(PRESETS)} (paper: 0.56/0.1467 everywhere; "
+        "published: plans in 0.56, samples HPGD's trajectories from 0.67/0.11; notes: 0.67/0.11)",
+    )
+    p.add_argument(
+        "--follower-solve",
+        default="exact",
+        help="exact (default) | published (the published code's truncated Q iteration)",
+    )
+    p.add_argument(
+        "--estimator-backend",
+        default="fused",
+        help="fused (numba, default) | library (torch estimators, the earlier random stream)",
+    )
     p.add_argument("--eval-last", type=int, default=1_000, help="metric window (iterations)")
     p.add_argument(
         "--config",
@@ -81,6 +98,27 @@ def register(subparsers: Any) -> None:
     )
     t.add_argument("--settings", type=Path, default=None, help="selected settings JSON/YAML")
     t.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    t.add_argument("--dynamics", default="paper", help=f"slip model preset: {' | '.join(PRESETS)}")
+    t.add_argument(
+        "--hpgd-algo",
+        default="hpgd",
+        help="HPGD estimator of the grid's HPGD column: hpgd (cross-fitted, default) | "
+        "hpgd-published (the published every-visit estimator) | hpgd-cov | hpgd-paper",
+    )
+    t.add_argument(
+        "--algos",
+        default="hpgd,amd,zo",
+        help="comma-separated subset of the grid's columns to run (hpgd, amd, zo)",
+    )
+    t.add_argument(
+        "--lams", type=_floats, default=None, help="subset of lambda in {0.001, 0.003, 0.005}"
+    )
+    t.add_argument(
+        "--follower-solve",
+        default="exact",
+        help="exact (soft-optimal, default) | published (the published code's Q iteration: "
+        "from Q = 0, 100 improvements x 5 sweeps, goal with lam H)",
+    )
     t.add_argument("--seeds", type=int, default=10)
     t.add_argument("--iters", type=int, default=10_000)
     t.add_argument("--no-progress", action="store_true")
@@ -128,6 +166,9 @@ def four_rooms_main(args: argparse.Namespace) -> int:
         cs=list(args.c),
         budget_mode=args.budget_mode,
         eval_last=min(args.eval_last, args.iters),
+        dynamics=args.dynamics,
+        estimator_backend=args.estimator_backend,
+        follower_solve=args.follower_solve,
     )
     if args.goal:
         base["goals"] = [tuple(g) for g in args.goal]
@@ -152,6 +193,7 @@ def four_rooms_main(args: argparse.Namespace) -> int:
 def table1_main(args: argparse.Namespace) -> int:
     from tabular_reference.four_rooms.table1 import run_table1
 
+    resolve_dynamics(args.dynamics)
     run_table1(
         args.out,
         quick=args.quick,
@@ -161,6 +203,11 @@ def table1_main(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         iters=args.iters,
         progress=not args.no_progress,
+        dynamics=args.dynamics,
+        hpgd_algo=args.hpgd_algo,
+        algos=[a.strip() for a in args.algos.split(",") if a.strip()],
+        follower_solve=args.follower_solve,
+        **({} if args.lams is None else {"lams": args.lams}),
     )
     return 0
 

@@ -5,9 +5,11 @@ up/down neighbours of a cell are at most :data:`BANDWIDTH` indices away and the 
 ``I - gamma P_pi`` of the follower and leader are banded.
 
 Dynamics: actions 0..3 = up, right, down, left; moving into a wall leaves the agent in place.
-With probability ``4/3 * 0.33 = 0.44`` the chosen action is replaced by a uniformly random one,
-so the intended move happens with probability ``0.67`` and each other move with ``0.11``
-(``P(d | a) = 0.11 + 0.56 [d == a]`` over the four *directions* ``d``).
+The slip probabilities are not fixed here: a :class:`~tabular_reference.four_rooms.dynamics.SlipModel`
+gives ``P(d | a) = p_other + (p_intended - p_other) [d == a]`` over the four *directions* ``d``,
+and :mod:`tabular_reference.four_rooms.dynamics` names the planning and sampling models of each
+configuration (``paper``: 0.56 / 0.1467, ``notes``: 0.67 / 0.11, ``published``: plans in the first,
+samples from the second).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from tabular_reference.four_rooms.dynamics import SlipModel
 
 MAP = (
     "xxxxxxxxxxxxx",
@@ -36,9 +40,6 @@ TARGET = (8, 4)
 GOALS = ((1, 9), (11, 11))
 DOORWAYS = ((3, 6), (6, 2), (7, 9), (10, 6))
 GAMMA = 0.99
-SLIP = 4.0 / 3.0 * 0.33
-P_INTENDED = 1.0 - SLIP + SLIP / 4.0  # 0.67
-P_OTHER = SLIP / 4.0  # 0.11
 MAX_EPISODE_STEPS = 200
 BUDGET = 0.2
 MOVES = ((-1, 0), (0, 1), (1, 0), (0, -1))  # up, right, down, left
@@ -73,14 +74,14 @@ class FourRooms:
             raise ValueError(f"goal {tuple(goal)} is not a free cell of the Four-Rooms map")
         return self.index[tuple(goal)]
 
-    def dense_transitions(self) -> np.ndarray:
-        """Dense ``P[s, a, s']`` (float64) with the 0.67 / 0.11 slip."""
+    def dense_transitions(self, slip: SlipModel) -> np.ndarray:
+        """Dense ``P[s, a, s']`` (float64) of the slip model ``slip``."""
         S = self.n_cells
         P = np.zeros((S, N_ACTIONS, S))
         for s in range(S):
             for a in range(N_ACTIONS):
                 for d in range(4):
-                    P[s, a, self.nbr[s, d]] += P_INTENDED if d == a else P_OTHER
+                    P[s, a, self.nbr[s, d]] += slip.p_intended if d == a else slip.p_other
         return P
 
 

@@ -7,12 +7,16 @@ follower collects ``pen(s)`` and the leader ``1[s == target]``; the goal is term
 follower value 1 and leader value ``vgoal`` (= ``-beta * budget``). Let
 ``M = I - gamma P_pi`` over all 104 cells with the goal row replaced by the identity row.
 
+Dynamics are arguments, not constants: the planning model enters as ``p_oth`` and
+``p_diff = p_intended - p_oth`` (``P(d | a) = p_oth + p_diff [d == a]``), the sampling model of the
+samplers as ``p_int, p_oth`` (``tabular_reference.four_rooms.dynamics``).
+
 * Follower (notes §1): ``Q(s,a) = pen(s) + gamma sum_d P(d|a) V(nbr(s,d))``,
   ``V(s) = lam logsumexp_a(Q(s,a)/lam)``, solved by Newton steps
   ``V <- M(pi)^{-1} (pen - lam sum_a pi log pi)`` until ``max|T(V) - V| <= tol``.
 * Leader (notes §1): ``Vbar = M^{-1} rbar``, ``F_xi = Vbar(start)``.
 * Hypergradient (notes §2, state-based rewards): ``mu = M^{-T} e_start`` (discounted occupancy;
-  ``mu(goal)`` = discounted probability of reaching the goal), ``Abar(s,a) = gamma 0.56
+  ``mu(goal)`` = discounted probability of reaching the goal), ``Abar(s,a) = gamma p_diff
   (Vbar(nbr(s,a)) - sum_a' pi(a'|s) Vbar(nbr(s,a')))``, ``nu(s') = sum_{s,a} mu(s) pi(a|s)
   Abar(s,a) P(s'|s,a)``, ``rho = M^{-T} nu`` (``nu(goal) = 0``). Then
   ``dF_xi/dpen(s) = (gamma/lam) rho(s)`` (non-goal ``s``) and ``dF_xi/dvgoal = mu(goal)``.
@@ -24,10 +28,6 @@ import math
 
 import numpy as np
 from numba import njit
-
-P_INT = 0.67
-P_OTH = 0.11
-P_DIFF = P_INT - P_OTH
 
 
 @njit(cache=True, nogil=True)
@@ -76,7 +76,7 @@ def band_solve_t(AB, n, b, x):
 
 
 @njit(cache=True, nogil=True)
-def soft_q_policy(pen, goal, V, nbr, gamma, lam, pi):
+def soft_q_policy(pen, goal, V, nbr, gamma, lam, p_oth, p_diff, pi):
     """One soft Bellman application: fills ``pi`` and returns ``max_s |T(V)(s) - V(s)|``."""
     n = V.shape[0]
     res = 0.0
@@ -91,7 +91,7 @@ def soft_q_policy(pen, goal, V, nbr, gamma, lam, pi):
             tot += V[nbr[s, d]]
         m = -1e300
         for a in range(4):
-            q[a] = pen[s] + gamma * (P_OTH * tot + P_DIFF * V[nbr[s, a]])
+            q[a] = pen[s] + gamma * (p_oth * tot + p_diff * V[nbr[s, a]])
             m = max(m, q[a])
         z = 0.0
         for a in range(4):
@@ -106,7 +106,7 @@ def soft_q_policy(pen, goal, V, nbr, gamma, lam, pi):
 
 
 @njit(cache=True, nogil=True)
-def build_m(pi, goal, nbr, gamma, b, AB):
+def build_m(pi, goal, nbr, gamma, p_oth, p_diff, b, AB):
     """Band storage of ``M = I - gamma P_pi`` (identity row at the goal), factorised."""
     n = pi.shape[0]
     AB[:, :] = 0.0
@@ -116,12 +116,12 @@ def build_m(pi, goal, nbr, gamma, b, AB):
             continue
         for d in range(4):
             j = nbr[s, d]
-            AB[s, j - s + b] -= gamma * (P_OTH + P_DIFF * pi[s, d])
+            AB[s, j - s + b] -= gamma * (p_oth + p_diff * pi[s, d])
     band_lu(AB, n, b)
 
 
 @njit(cache=True, nogil=True)
-def soft_newton(pen, goal, V, nbr, gamma, lam, tol, max_iter, b, pi, AB, rhs):
+def soft_newton(pen, goal, V, nbr, gamma, lam, p_oth, p_diff, tol, max_iter, b, pi, AB, rhs):
     """Soft-optimal follower for one context, warm-started from ``V`` (updated in place).
 
     Returns ``(iterations, residual)``; ``pi`` holds the soft-optimal policy of the returned
@@ -129,13 +129,13 @@ def soft_newton(pen, goal, V, nbr, gamma, lam, tol, max_iter, b, pi, AB, rhs):
     n = V.shape[0]
     it = 0
     while True:
-        res = soft_q_policy(pen, goal, V, nbr, gamma, lam, pi)
+        res = soft_q_policy(pen, goal, V, nbr, gamma, lam, p_oth, p_diff, pi)
         if res <= tol:
             break
         if it >= max_iter:
             it = -1
             break
-        build_m(pi, goal, nbr, gamma, b, AB)
+        build_m(pi, goal, nbr, gamma, p_oth, p_diff, b, AB)
         for s in range(n):
             if s == goal:
                 rhs[s] = 1.0
@@ -149,12 +149,14 @@ def soft_newton(pen, goal, V, nbr, gamma, lam, tol, max_iter, b, pi, AB, rhs):
         band_solve(AB, n, b, rhs)
         V[:] = rhs
         it += 1
-    build_m(pi, goal, nbr, gamma, b, AB)
+    build_m(pi, goal, nbr, gamma, p_oth, p_diff, b, AB)
     return it, res
 
 
 @njit(cache=True, nogil=True)
-def leader_and_grad(pi, goal, vgoal, start, target, nbr, gamma, lam, b, AB, want_grad, gpen):
+def leader_and_grad(
+    pi, goal, vgoal, start, target, nbr, gamma, lam, p_diff, b, AB, want_grad, gpen
+):
     """Exact leader value ``F_xi = Vbar(start)`` and (if ``want_grad``) ``gpen = dF/dpen`` in
     place; returns ``(F, mu_goal)`` (``mu_goal = dF/dvgoal``). ``AB`` = factorised ``M(pi)``."""
     n = pi.shape[0]
@@ -179,8 +181,8 @@ def leader_and_grad(pi, goal, vgoal, start, target, nbr, gamma, lam, b, AB, want
         for a in range(4):
             w += pi[s, a] * vbar[nbr[s, a]]
         for a in range(4):
-            abar = gamma * P_DIFF * (vbar[nbr[s, a]] - w)
-            nu[nbr[s, a]] += mu[s] * P_DIFF * pi[s, a] * abar
+            abar = gamma * p_diff * (vbar[nbr[s, a]] - w)
+            nu[nbr[s, a]] += mu[s] * p_diff * pi[s, a] * abar
     nu[goal] = 0.0
     band_solve_t(AB, n, b, nu)
     for s in range(n):
@@ -199,6 +201,8 @@ def solve_batch(
     target,
     gamma,
     lam,
+    p_oth,
+    p_diff,
     tol,
     max_iter,
     b,
@@ -218,12 +222,24 @@ def solve_batch(
     rhs = np.empty(n)
     for r in range(R):
         it, res = soft_newton(
-            pen[r], goal[r], V[r], nbr, gamma, lam, tol, max_iter, b, pi[r], AB, rhs
+            pen[r], goal[r], V[r], nbr, gamma, lam, p_oth, p_diff, tol, max_iter, b, pi[r], AB, rhs
         )
         iters[r] = it
         resid[r] = res
         f, m = leader_and_grad(
-            pi[r], goal[r], vgoal[r], start, target, nbr, gamma, lam, b, AB, want_grad, gpen[r]
+            pi[r],
+            goal[r],
+            vgoal[r],
+            start,
+            target,
+            nbr,
+            gamma,
+            lam,
+            p_diff,
+            b,
+            AB,
+            want_grad,
+            gpen[r],
         )
         F[r] = f
         mug[r] = m
@@ -237,7 +253,20 @@ def seed_rng(seed):
 
 @njit(cache=True, nogil=True)
 def sample_batch(
-    pi, goal, vgoal, start, target, nbr, n_envs, steps, max_len, states, lrew, ep_start
+    pi,
+    goal,
+    vgoal,
+    start,
+    target,
+    nbr,
+    p_int,
+    p_oth,
+    n_envs,
+    steps,
+    max_len,
+    states,
+    lrew,
+    ep_start,
 ):
     """Roll out ``n_envs`` environments for ``steps`` steps each per run (auto-reset at the
     goal or after ``max_len`` steps), concatenated along time: ``states[R, n_envs*steps]``
@@ -270,7 +299,7 @@ def sample_batch(
                 acc = 0.0
                 nxt = nbr[s, 3]
                 for d in range(4):
-                    acc += P_OTH + P_DIFF * pi[r, s, d]
+                    acc += p_oth + (p_int - p_oth) * pi[r, s, d]
                     if u < acc:
                         nxt = nbr[s, d]
                         break
@@ -279,10 +308,24 @@ def sample_batch(
 
 @njit(cache=True, nogil=True)
 def sample_with_actions(
-    pi, goal, vgoal, start, target, nbr, n_envs, steps, max_len, states, actions, lrew, ep_start
+    pi,
+    goal,
+    vgoal,
+    start,
+    target,
+    nbr,
+    p_int,
+    p_oth,
+    n_envs,
+    steps,
+    max_len,
+    states,
+    actions,
+    lrew,
+    ep_start,
 ):
     """Like kernels.sample_batch but draws the action a ~ pi(.|s) and then the slip
-    (intended direction w.p. 0.67, each other w.p. 0.11); records actions.
+    (intended direction w.p. ``p_int``, each other w.p. ``p_oth``); records actions.
 
     One uniform ``u`` per step serves both draws: ``a`` is the bin of ``u`` in the cumulative
     ``pi(.|s)`` and, given ``a``, ``(u - lo_a) / pi(a|s)`` is again uniform on [0, 1) and picks
@@ -317,9 +360,99 @@ def sample_with_actions(
                     continue
                 p = pi[r, s, a]
                 v = (u - lo) / p if p > 0.0 else 0.0
-                if v < P_INT:
+                if v < p_int:
                     d = a
                 else:
-                    j = min(int((v - P_INT) / P_OTH), 2)  # the j-th of the other three
+                    j = min(int((v - p_int) / p_oth), 2)  # the j-th of the other three
                     d = j if j < a else j + 1
                 s = nbr[s, d]
+
+
+@njit(cache=True, nogil=True)
+def published_q_iteration(pen, goal, nbr, gamma, lam, p_oth, p_diff, n_improve, n_sweeps, pi, Q):
+    """The published code's follower solve: from ``Q = 0``, ``n_improve`` policy improvements
+    ``pi = softmax(Q / lam)``, each followed by ``n_sweeps`` synchronous sweeps of
+    ``Q(s,a) = pen(s) + lam H(pi(.|s)) + gamma sum_d P(d|a) sum_a' pi(a'|nbr(s,d)) Q(nbr(s,d),a')``;
+    the goal is terminal, ``Q(goal, a) = 1 + lam H(pi(.|goal))``. Returns the final
+    ``pi = softmax(Q / lam)`` in ``pi``; not the exact soft-optimal policy (a residual of order
+    ``gamma^(n_improve n_sweeps)`` of the values, amplified by ``1 / lam`` in the softmax)."""
+    n = pen.shape[0]
+    Q[:, :] = 0.0
+    H = np.empty(n)
+    W = np.empty(n)
+    Qn = np.empty((n, 4))
+    for _it in range(n_improve + 1):
+        for s in range(n):
+            m = max(max(Q[s, 0], Q[s, 1]), max(Q[s, 2], Q[s, 3]))
+            z = 0.0
+            for a in range(4):
+                e = math.exp((Q[s, a] - m) / lam)
+                pi[s, a] = e
+                z += e
+            h = 0.0
+            for a in range(4):
+                p = pi[s, a] / z
+                pi[s, a] = p
+                if p > 0.0:
+                    h -= p * math.log(p)
+            H[s] = h
+        if _it == n_improve:
+            break
+        for _sw in range(n_sweeps):
+            for s in range(n):
+                W[s] = (
+                    pi[s, 0] * Q[s, 0]
+                    + pi[s, 1] * Q[s, 1]
+                    + pi[s, 2] * Q[s, 2]
+                    + pi[s, 3] * Q[s, 3]
+                )
+            for s in range(n):
+                if s == goal:
+                    for a in range(4):
+                        Qn[s, a] = 1.0 + lam * H[s]
+                    continue
+                tot = W[nbr[s, 0]] + W[nbr[s, 1]] + W[nbr[s, 2]] + W[nbr[s, 3]]
+                base = pen[s] + lam * H[s] + gamma * p_oth * tot
+                for a in range(4):
+                    Qn[s, a] = base + gamma * p_diff * W[nbr[s, a]]
+            Q[:, :] = Qn
+
+
+@njit(cache=True, nogil=True)
+def solve_batch_published(
+    pen,
+    goal,
+    vgoal,
+    nbr,
+    start,
+    target,
+    gamma,
+    lam,
+    p_oth,
+    p_diff,
+    n_improve,
+    n_sweeps,
+    b,
+    want_grad,
+    F,
+    mug,
+    gpen,
+    pi,
+):
+    """Like :func:`solve_batch` with the published follower solve
+    (:func:`published_q_iteration`) instead of the exact Newton solve; the leader value (and,
+    if ``want_grad``, the adjoint gradient formula) are then evaluated at that policy."""
+    R, n = pen.shape
+    AB = np.empty((n, 2 * b + 1))
+    Q = np.empty((n, 4))
+    for r in range(R):
+        published_q_iteration(
+            pen[r], goal[r], nbr, gamma, lam, p_oth, p_diff, n_improve, n_sweeps, pi[r], Q
+        )
+        build_m(pi[r], goal[r], nbr, gamma, p_oth, p_diff, b, AB)
+        f, m = leader_and_grad(
+            pi[r], goal[r], vgoal[r], start, target, nbr, gamma, lam, p_diff, b, AB, want_grad,
+            gpen[r],
+        )  # fmt: skip
+        F[r] = f
+        mug[r] = m

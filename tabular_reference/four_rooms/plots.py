@@ -10,12 +10,16 @@ import numpy as np
 
 from tabular_reference.common.plots import _pyplot, save_figure
 from tabular_reference.four_rooms import kernels as K
+from tabular_reference.four_rooms.dynamics import SlipModel, resolve_dynamics
 from tabular_reference.four_rooms.env import FOUR_ROOMS, GAMMA, MAP, TARGET
 from tabular_reference.four_rooms.leader import penalties, softmax
 
 
-def follower_policy(x: np.ndarray, goal: int, lam: float, tol: float = 1e-10) -> np.ndarray:
-    """Soft-optimal follower ``pi[S, 4]`` for logits ``x[105]`` and goal cell index."""
+def follower_policy(
+    x: np.ndarray, goal: int, lam: float, plan: SlipModel, tol: float = 1e-10
+) -> np.ndarray:
+    """Soft-optimal follower ``pi[S, 4]`` for logits ``x[105]`` and goal cell index, planning
+    in the slip model ``plan``."""
     env = FOUR_ROOMS
     S = env.n_cells
     pen = np.ascontiguousarray(penalties(softmax(x[None]))).copy()
@@ -37,6 +41,8 @@ def follower_policy(x: np.ndarray, goal: int, lam: float, tol: float = 1e-10) ->
         env.target,
         GAMMA,
         lam,
+        plan.p_other,
+        plan.p_diff,
         tol,
         200,
         env.bandwidth,
@@ -46,7 +52,7 @@ def follower_policy(x: np.ndarray, goal: int, lam: float, tol: float = 1e-10) ->
     return out[3][0]
 
 
-def most_likely_path(pi: np.ndarray, goal: int, max_len: int = 200) -> list[int]:
+def most_likely_path(pi: np.ndarray, goal: int, plan: SlipModel, max_len: int = 200) -> list[int]:
     """Greedy path: from the start, repeatedly move to the most likely next cell
     (``P(s'|s) = sum_a pi(a|s) P(s'|s,a)``) until the goal (or ``max_len`` cells)."""
     env = FOUR_ROOMS
@@ -58,18 +64,24 @@ def most_likely_path(pi: np.ndarray, goal: int, max_len: int = 200) -> list[int]
         probs: dict[int, float] = {}
         for d in range(4):
             n = int(env.nbr[s, d])
-            probs[n] = probs.get(n, 0.0) + K.P_OTH + K.P_DIFF * pi[s, d]
+            probs[n] = probs.get(n, 0.0) + plan.p_other + plan.p_diff * pi[s, d]
         s = max(probs, key=probs.get)
         path.append(s)
     return path
 
 
 def plot_penalty_map(
-    x: np.ndarray, lam: float, goals: list[int], path: str | os.PathLike[str], title: str
+    x: np.ndarray,
+    lam: float,
+    goals: list[int],
+    path: str | os.PathLike[str],
+    title: str,
+    dynamics: str | dict = "paper",
 ) -> Path:
     """Heat map of ``|penalty|`` per cell for logits ``x[105]``, walls in grey, with the
-    follower's most likely path to each goal."""
+    follower's most likely path to each goal (planned in ``dynamics``' planning model)."""
     env = FOUR_ROOMS
+    plan = resolve_dynamics(dynamics).plan
     plt = _pyplot()
     grid = np.full((len(MAP), len(MAP[0])), np.nan)
     pen = -penalties(softmax(x[None]))[0]
@@ -81,7 +93,7 @@ def plot_penalty_map(
     fig.colorbar(im, ax=ax, label="|penalty|")
     colors = ["tab:red", "tab:orange", "tab:pink"]
     for k, g in enumerate(goals):
-        p = most_likely_path(follower_policy(x, g, lam), g)
+        p = most_likely_path(follower_policy(x, g, lam, plan), g, plan)
         rc = np.array([env.cells[i] for i in p])
         ax.plot(
             rc[:, 1],

@@ -94,6 +94,7 @@ def run_four_rooms(cfgs: list[RunConfig], out: Path, progress: bool = True) -> d
             rd.file(f"penalties_{cfg.algo}.png"),
             f"{LABELS[cfg.algo]} lam={cfg.lam:g} beta={cfg.beta:g} seed "
             f"{int(res.seed[best_seed])}: F={res.F_last[best_seed]:.3f}",
+            dynamics=cfg.dynamics,
         )
         rd.write_csv("metrics.csv", ["algo", "lr", "c", "seed", "F_last_mean", "F_final"], rows)
         rd.write_json("metrics.json", summary)
@@ -102,6 +103,7 @@ def run_four_rooms(cfgs: list[RunConfig], out: Path, progress: bool = True) -> d
         curves,
         rd.file("learning_curves.png"),
         "exact F(x)",
-        f"Four-Rooms lam={c0.lam:g} beta={c0.beta:g} (mean ± s.e. over seeds)",
+        f"Four-Rooms lam={c0.lam:g} beta={c0.beta:g}, dynamics {c0.model.name} "
+        "(mean ± s.e. over seeds)",
     )
     return summary
