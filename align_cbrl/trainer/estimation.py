@@ -57,10 +57,10 @@ class GroupedSamples:
 
     def __post_init__(self) -> None:
         B = len(self.prompts)
-        if not (math.isfinite(self.reward_weight) and self.reward_weight > 0):
+        if not math.isfinite(self.reward_weight):
             raise ValueError(
                 f"follower {self.follower!r}: the weight on the shaped reward must be a finite "
-                f"number > 0, got {self.reward_weight!r}"
+                f"number, got {self.reward_weight!r}"
             )
         if self.group_size < 2:
             raise ValueError(
