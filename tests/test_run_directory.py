@@ -238,7 +238,8 @@ def test_training_plot_title_integer_ticks_and_exact_optimum(tmp_path, monkeypat
     assert optimum >= max(F[0], F[-1])  # ascent from x0 and from the final leader
     (fig,) = figures
     assert fig._suptitle.get_text() == (
-        "run: hpgd leader, 3 outer iterations x 0 follower steps; followers exact (exact, beta 0.5)"
+        "run: leader estimator hpgd, 3 outer iterations x 0 follower steps; "
+        "followers exact (exact, beta 0.5)"
     )
     for ax in fig.axes:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]

@@ -416,8 +416,9 @@ class HPGDTrainer:
         cfg = self.config
         fols = ", ".join(f"{f.name} ({f.trainer}, beta {f.beta:g})" for f in cfg.followers)
         return (
-            f"{self.output_dir.name}: {cfg.leader.estimator} leader, {cfg.iterations} outer "
-            f"iterations x {cfg.follower_steps} follower steps; followers {fols}"
+            f"{self.output_dir.name}: leader estimator {cfg.leader.estimator}, "
+            f"{cfg.iterations} outer iterations x {cfg.follower_steps} follower steps; "
+            f"followers {fols}"
         )
 
     def train(self) -> dict[str, Any]:
