@@ -38,6 +38,7 @@ TRL's own metric store at the step of the update, so they land in ``trainer.stat
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -166,7 +167,11 @@ class HPGDCallback(TrainerCallback):
     # ------------------------------------------------------------------ the reward's sink
     def _receive(self, batch: ScoredBatch) -> None:
         self.batches_seen += 1
-        self.buffer.add(batch)
+        if batch.logger is not None:
+            self._bind_trainer_metrics(batch.logger)
+        # keep no reference to the trainer (its bound log_metric) in the buffer: the trainer
+        # must stay out of reference cycles so that it is freed when the script drops it
+        self.buffer.add(dataclasses.replace(batch, logger=None))
 
     def _bind_trainer_metrics(self, log_metric: Any) -> None:
         owner = getattr(log_metric, "__self__", None)
@@ -302,6 +307,7 @@ class HPGDCallback(TrainerCallback):
             self._write_groups(ckpt / f"{CHECKPOINT_DIR}_rank{self.sync.rank}")
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._trl_metrics = None
         if self.sync.is_main_process:
             self.leader.save(self._out / "leader")
         if self._logger is not None:
@@ -313,9 +319,6 @@ class HPGDCallback(TrainerCallback):
         """One leader step from everything buffered since the previous update."""
         if self.group_size is None or self.beta is None:
             raise RuntimeError("HPGDCallback.update before on_train_begin")
-        last = self.buffer.batches[-1] if self.buffer.batches else None
-        if last is not None and last.logger is not None:
-            self._bind_trainer_metrics(last.logger)
         samples = self.buffer.take(
             self.group_size, self.beta, self.follower_name, self.reward_weight
         )
