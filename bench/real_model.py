@@ -324,8 +324,12 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def collect(root: Path, bench: Mapping[str, Any], config_path: str) -> dict[str, Any]:
-    """``results.json``: one entry per arm (finished or partial) plus the base model."""
+def collect(
+    root: Path, bench: Mapping[str, Any], config_path: str, steps_per_iteration: int
+) -> dict[str, Any]:
+    """``results.json``: one entry per arm (finished or partial) plus the base model;
+    ``complete`` is false while any arm is unfinished (then its ``follower_steps`` counts the
+    iterations done so far and it has no held-out numbers)."""
     arms: list[dict[str, Any]] = []
     total_wall = 0.0
     for arm in ["before", *bench["arms"]]:
@@ -344,6 +348,7 @@ def collect(root: Path, bench: Mapping[str, Any], config_path: str) -> dict[str,
             "train_wall_s": sum(r.get("time/iteration_wall", 0.0) for r in iters),
             "train_cpu_s": sum(r.get("time/iteration_cpu", 0.0) for r in iters),
             "processes": len(segs),
+            "follower_steps": 0 if arm == "before" else len(iters) * steps_per_iteration,
         }
         if entry["finished"]:
             h = json.loads((d / "heldout.json").read_text())
@@ -374,6 +379,7 @@ def collect(root: Path, bench: Mapping[str, Any], config_path: str) -> dict[str,
         "config": os.path.relpath(config_path, ROOT) if os.path.isabs(config_path) else config_path,
         "wall_s": total_wall,
         "before": before,
+        "complete": all(a["finished"] for a in [before, *arms]),
         "arms": arms,
     }
 
@@ -413,12 +419,10 @@ def format_table(results: Mapping[str, Any]) -> str:
             f"{a['wall_s']:.0f} | {a['cpu_s']:.0f} |"
         )
     comps = comps or []
-    head = (
-        "| arm | leader objective | base reward | incentive | cost | "
-        + " | ".join(comps)
-        + " | follower steps | wall s | CPU s |"
-    )
-    sep = "|" + "---|" * (len(comps) + 8)
+    cols = ["arm", "leader objective", "base reward", "incentive", "cost", *comps]
+    cols += ["follower steps", "wall s", "CPU s"]
+    head = "| " + " | ".join(cols) + " |"
+    sep = "|" + "---|" * len(cols)
     return "\n".join([head, sep, *lines])
 
 
@@ -443,7 +447,8 @@ def plot_results(root: Path, results: Mapping[str, Any], out_dir: Path, prefix: 
     ax.set_xlabel("outer iteration")
     ax.set_ylabel("leader objective (sampled estimate, training prompts)")
     ax.set_title("leader objective while training")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     p = out_dir / f"{prefix}leader_objective.png"
     fig.savefig(p, dpi=100)
@@ -603,7 +608,7 @@ def _main(argv: list[str]) -> int:
         rc = _run_arms(["before", *bench["arms"]], root, config_path, overrides, jobs)
         if rc != 0:
             return rc
-    results = collect(root, bench, config_path)
+    results = collect(root, bench, config_path, int(data.get("follower_steps", 10)))
     results["this_invocation_wall_s"] = time.perf_counter() - t0
     results["comparisons"] = comparisons(results)
     results["examples"] = examples(root, results, int(bench["examples"]))
