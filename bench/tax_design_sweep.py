@@ -33,7 +33,7 @@ import torch
 from align_cbrl.utils.io import atomic_write_json
 from tabular_reference.tax_design.algorithms import AlgoSettings, episodes_from_steps
 from tabular_reference.tax_design.economy import EconomyConfig
-from tabular_reference.tax_design.sweep import make_jobs, run_sweep
+from tabular_reference.tax_design.sweep import discover, make_jobs, run_sweep, summarise
 
 TARGET_SECONDS = 20 * 60
 ROW_KEYS = (
@@ -59,10 +59,21 @@ def main() -> None:
         default=["hpgd", "zero-order-sampled", "naive", "zero-order", "exact"],
     )
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--by-lam",
+        action="store_true",
+        help="start the jobs lambda by lambda (complete lambdas finish first) instead of longest first",
+    )
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--json", default=None, help="write the docs JSON here")
     parser.add_argument("--append", action="store_true", help="add to --json under 'extra'")
     parser.add_argument("--img", default=None, help="copy the figures here (docs/img)")
+    parser.add_argument(
+        "--from-out",
+        action="store_true",
+        help="run nothing: summarise the finished jobs under --out (an existing --json keeps its "
+        "timing fields)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     T = EconomyConfig().episode_length
@@ -77,12 +88,19 @@ def main() -> None:
         args.algos, args.lam, list(range(args.seeds)), args.iters, settings, [args.zo_c],
         budgets=budgets,
     )  # fmt: skip
+    if args.by_lam:
+        jobs = sorted(jobs, key=lambda j: j.lam)  # stable: longest first within a lambda
     if args.append and (args.json is None or not Path(args.json).exists()):
         raise SystemExit("--append needs an existing --json file")
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    report = run_sweep(jobs, args.out, workers=args.workers, progress=args.progress)
-    wall = time.perf_counter() - t0
+    if args.from_out:
+        found, summaries = discover(args.out)
+        report = summarise(found, summaries, Path(args.out))
+        wall = float("nan")
+    else:
+        report = run_sweep(jobs, args.out, workers=args.workers, progress=args.progress)
+        wall = time.perf_counter() - t0
     load1 = os.getloadavg()
     print(f"{len(jobs)} jobs, {args.seeds} seeds, {args.iters} iterations, {args.workers} workers")
     for j in sorted(report["jobs"], key=lambda j: (j["lam"], j["label"])):
@@ -139,6 +157,17 @@ def main() -> None:
         if args.append:
             data = json.loads(Path(args.json).read_text())
             data.setdefault("extra", []).append(run)
+        elif args.from_out and Path(args.json).exists():
+            # re-summarised (e.g. with jobs of another run copied in): keep the timed run's timing
+            old = json.loads(Path(args.json).read_text())
+            data = {
+                **run,
+                **{
+                    k: old[k]
+                    for k in ("wall_s", "cpu_s", "command", "load_before_after", "split_cpu_s")
+                    if k in old
+                },
+            }
         else:
             data = run
         atomic_write_json(args.json, data)
