@@ -49,6 +49,7 @@ import copy
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -274,6 +275,13 @@ def run_arm(arm: str, data: Mapping[str, Any], bench: Mapping[str, Any], root: P
     done = out / "heldout.json"
     if done.is_file():
         return
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".running"
+    if lock.is_file() and _alive(int(lock.read_text() or 0)):
+        raise SystemExit(f"{arm}: another process ({lock.read_text()}) is working on {out}")
+    lock.write_text(str(os.getpid()))
+    # SIGTERM ends the arm like Ctrl-C: the finally block records the segment
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     start = None
     trainer = None
     try:
@@ -315,6 +323,19 @@ def run_arm(arm: str, data: Mapping[str, Any], bench: Mapping[str, Any], root: P
         }
         with (out / "segments.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(seg) + "\n")
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ---------------------------------------------------------------------------- results, plots
@@ -542,6 +563,32 @@ def _run_arms(
         else:
             todo.append(arm)
     running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def stop(*_: Any) -> None:  # ending the bench ends its arms (they resume on the next run)
+        for proc in running.values():
+            proc.terminate()
+        for proc in running.values():
+            proc.wait()
+        raise SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return _poll_arms(todo, running, root, config_path, overrides, jobs)
+    except KeyboardInterrupt:
+        stop()
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _poll_arms(
+    todo: list[str],
+    running: dict[str, subprocess.Popen[bytes]],
+    root: Path,
+    config_path: str,
+    overrides: Mapping[str, Any],
+    jobs: int,
+) -> int:
     status = 0
     while todo or running:
         while todo and len(running) < jobs and status == 0:

@@ -318,3 +318,18 @@ def test_bench_real_model_smoke_resumes_and_scores_exactly(tmp_path):
     assert len(segments("hpgd")) == n_seg["hpgd"] + 1
     assert last["start_iteration"] == 1 and last["finished"]  # resumed after iteration 1
     assert (out / "hpgd" / "metrics.jsonl").read_text() == metrics  # no iteration was redone
+
+
+def test_bench_refuses_an_arm_another_live_process_is_running(tmp_path):
+    """Two bench processes never work on one arm directory at once (resuming while an old run's
+    arm process is still alive): the second stops before loading anything."""
+    import os
+
+    bench = _bench()
+    data, settings = bench.load_bench_config(ROOT / "configs" / "real_model.yaml", {})
+    (tmp_path / "hpgd").mkdir()
+    (tmp_path / "hpgd" / ".running").write_text(str(os.getpid()))
+    with pytest.raises(SystemExit, match="another process"):
+        bench.run_arm("hpgd", data, settings, tmp_path)
+    assert not (tmp_path / "hpgd" / "segments.jsonl").exists()
+    assert bench._alive(os.getpid()) and not bench._alive(0)
