@@ -112,6 +112,8 @@ def main() -> None:
             f"{r['v3']:.3f})"
         )
     for row in report["rows"]:
+        if row["reference"] is None:
+            continue
         print(
             f"  lam={row['lam']:g} {row['algo']:>32}: reaches {row['reference']} final "
             f"{row['reference_final']:.3f}: seed mean {row['iters_to_zo_sampled_final']} over "
