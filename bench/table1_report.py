@@ -100,9 +100,10 @@ def plot(report: dict[str, Any], path: Path) -> Path:
                     fmt="^",
                     ms=4,
                     capsize=2,
+                    color=("tab:green", "tab:orange", "tab:purple")[i % 3],
                     label=v,
                 )
-        ax.set_xticks(xs, [f"λ={k[0]:g}\nβ={k[1]:g}" for k in keys], fontsize=7)
+        ax.set_xticks(xs, [f"λ={k[0]:g}\nβ={k[1]:g}" for k in keys], fontsize=6)
         ax.set_title(f"{NAMES[algo]} (preset {report['preset']})", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
