@@ -226,9 +226,12 @@ def test_sampler_with_actions_joint_statistics(preset):
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["paper", "notes"])
 def test_hpgd_mean_estimate_matches_exact_gradient(preset):
-    """Average of 400 independent HPGD estimates (10,000 steps each, cross-fitted leader
-    values; MC form fused in numba, covariance form through the library) at a fixed x vs the
-    exact gradient of F_xi, goal (11,11): cosine similarity > 0.99 for both forms."""
+    """400 independent HPGD estimates (10,000 steps each) at a fixed x, goal (11,11), lam 0.005.
+    Unbiasedness is judged against the estimates' own Monte-Carlo error: for an unbiased
+    estimator ``E||mean - exact||^2 = tr(Cov) / n``, so the ratio of the two has expectation 1
+    whatever the noise level of the preset. Cross-fitted MC form (fused numba kernel) and
+    covariance form (library): ratio < 4; the published same-batch estimator is biased: its
+    ratio is far above (> 50). (Measured: 1.2 / 0.8 and 788 in paper; 2.4 / 1.0 and 499 in notes.)"""
     lam, beta = 0.005, 1.0
     rng = np.random.default_rng(11)
     x0 = rng.normal(0, 0.3, (1, 105))
@@ -237,16 +240,22 @@ def test_hpgd_mean_estimate_matches_exact_gradient(preset):
         algo="hpgd", lam=lam, beta=beta, lrs=[0.1], seeds=list(range(n)), dynamics=preset
     )
     solver = _Solver(n, np.array(E.goals), cfg)
-    K.seed_rng(5)
     x = np.repeat(x0, n, axis=0)
     ctx = np.full(n, 1)
     _F, gpen, mug, pi, sigma, goal, vgoal, _V = solver.solve(x, ctx, True)
     exact = logits_gradient(sigma[:1], gpen[:1], mug[:1], beta, goal[:1])[0]
     xr = np.stack([HK.seed_state(i) for i in range(n)])
+
+    def noise_ratio(est: np.ndarray) -> float:
+        err2 = float(((est.mean(0) - exact) ** 2).sum())
+        return err2 / float(est.var(0, ddof=1).sum() / len(est))
+
     for form in ("mc", "covariance"):
-        est = hpgd_estimate(pi, sigma, goal, vgoal, cfg, form, rng_state=xr).mean(0)
-        cos = est @ exact / np.linalg.norm(est) / np.linalg.norm(exact)
-        assert cos > 0.99, f"{form}: cosine {cos:.4f}"
+        est = hpgd_estimate(pi, sigma, goal, vgoal, cfg, form, rng_state=xr)
+        ratio = noise_ratio(est)
+        assert ratio < 4.0, f"{form}: ||mean - exact||^2 / (tr Cov / n) = {ratio:.2f}"
+    est = hpgd_estimate(pi, sigma, goal, vgoal, cfg, "published", rng_state=xr, leader_q=None)
+    assert noise_ratio(est) > 50.0
 
 
 def test_bad_input_errors():
