@@ -20,3 +20,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    from recipe_utils import exit_now
+
+    exit_now()  # skip interpreter finalisation (see recipe_utils.exit_now)
