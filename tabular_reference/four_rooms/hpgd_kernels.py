@@ -54,6 +54,21 @@ def seed_state(seed: int) -> np.ndarray:
     return np.array(out, dtype=np.uint64)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _xoshiro_next(s0, s1, s2, s3):
+    """One xoshiro256+ step on the state words held in registers: returns the uniform on
+    [0, 1) (53-bit) and the new state ``(s0, s1, s2, s3)``."""
+    res = s0 + s3
+    t = s1 << _U17
+    s2 ^= s0
+    s3 ^= s1
+    s1 ^= s2
+    s0 ^= s3
+    s2 ^= t
+    s3 = (s3 << _U45) | (s3 >> _U19)
+    return (res >> _U11) * _TO_UNIT, s0, s1, s2, s3
+
+
 @njit(cache=True, nogil=True)
 def uniforms(rng, n):
     """``n`` uniforms on [0, 1) from the xoshiro256+ state ``rng`` (advanced in place); the
@@ -61,15 +76,7 @@ def uniforms(rng, n):
     out = np.empty(n)
     s0, s1, s2, s3 = rng[0], rng[1], rng[2], rng[3]
     for i in range(n):
-        res = s0 + s3
-        t = s1 << _U17
-        s2 ^= s0
-        s3 ^= s1
-        s1 ^= s2
-        s0 ^= s3
-        s2 ^= t
-        s3 = (s3 << _U45) | (s3 >> _U19)
-        out[i] = (res >> _U11) * _TO_UNIT
+        out[i], s0, s1, s2, s3 = _xoshiro_next(s0, s1, s2, s3)
     rng[0], rng[1], rng[2], rng[3] = s0, s1, s2, s3
     return out
 
@@ -133,15 +140,8 @@ def _sample_run(thr, out1, out2, goal, start, n_envs, steps, max_len, rng, state
         k = 0
         n_ep += 1
         for _i in range(steps):
-            res = s0 + s3
-            tt = s1 << _U17
-            s2 ^= s0
-            s3 ^= s1
-            s1 ^= s2
-            s0 ^= s3
-            s2 ^= tt
-            s3 = (s3 << _U45) | (s3 >> _U19)
-            x = (res >> _U11) * (16.0 * _TO_UNIT)
+            u, s0, s1, s2, s3 = _xoshiro_next(s0, s1, s2, s3)
+            x = u * 16.0
             j = int(x)
             i = 16 * s + j
             c1 = out1[i]
