@@ -99,11 +99,8 @@ def _run_job(job: dict[str, Any], out: str) -> dict[str, Any]:
     res = run(cfg, progress=False)
     cpu_s = time.process_time() - cpu0
     Fctx = context_values(cfg, res.final_x)
-    k = (
-        [tuple(g) for g in cfg.goals].index(ESCAPE_GOAL)
-        if ESCAPE_GOAL in [tuple(g) for g in cfg.goals]
-        else None
-    )
+    goals = [tuple(g) for g in cfg.goals]
+    k = goals.index(ESCAPE_GOAL) if ESCAPE_GOAL in goals else None
     rd = ResultsDir(Path(out) / "jobs")
     rec = {
         "key": job["key"],
