@@ -7,13 +7,19 @@ Run after the grid, the selected-settings rerun and any HPGD variants::
     python -m tabular_reference table1 --out results/t1_published --dynamics published --algos hpgd
     python -m tabular_reference table1 --out results/t1_published_pub --dynamics published \\
         --algos hpgd --hpgd-algo hpgd-published
+    python -m tabular_reference table1 --settings results/table1_paper/selected.json \\
+        --out results/t1_pubsolve_005 --lams 0.005 --algos amd,zo --follower-solve published
+    python bench/four_rooms_amd_single_loop.py --json results/amd_single_loop.json
     python bench/table1_report.py --grid results/table1_paper \\
         --variant published/hpgd=results/t1_published \\
-        --variant published/hpgd-published=results/t1_published_pub
+        --variant published/hpgd-published=results/t1_published_pub \\
+        --cells-variant "paper, published follower solve=results/t1_pubsolve_005" \\
+        --amd-variant "paper, single-loop AMD=results/amd_single_loop.json"
 
 Writes ``--json`` (default ``docs/table1.json``) with ``{"preset", "wall_s", "selected_wall_s",
-"cells": [27 rows], "variants": {name: [9 HPGD rows]}, "wins", "n_within"}``, ``--png`` (ours vs
-the paper per cell) and prints the markdown table used in the README and docs/four_rooms.md.
+"cells": [27 rows], "variants": {name: [9 HPGD rows]}, "other_variants": {name: [AMD / zero-order
+rows of a variant]}, "wins", "n_within"}``, ``--png`` (ours vs the paper per cell) and prints the
+markdown table used in the README and docs/four_rooms.md.
 """
 
 from __future__ import annotations
@@ -35,6 +41,31 @@ def _load(path: Path) -> dict[str, Any]:
     if not f.is_file():
         raise SystemExit(f"{f} not found: run `python -m tabular_reference table1 --out {path}`")
     return json.loads(f.read_text())
+
+
+def _amd_row(r: dict[str, Any], metric: str = "mean") -> dict[str, Any]:
+    """A row of the single-loop AMD bench in the layout of ``cells`` (``within`` as in table1);
+    ``metric`` = ``"mean"`` (exact F, the table's metric) or ``"mean_published_solve"`` (F of the
+    published truncated follower solve)."""
+    tol = max(2 * r["paper_se"], 0.05)
+    m = r[metric]
+    se = r["se" if metric == "mean" else "se_published_solve"]
+    return {
+        "lam": r["lam"], "beta": r["beta"], "algo": "amd", "mean": m, "se": se,
+        "paper_mean": r["paper_mean"], "paper_se": r["paper_se"],
+        "within": bool(abs(m - r["paper_mean"]) <= tol), "lr": r["lr"], "c": None,
+        "escaped_seeds": None, "n_seeds": r["n"],
+    }  # fmt: skip
+
+
+def _best_rows(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Per (lam, beta), the learning rate with the highest mean of ``metric`` (table1's rule)."""
+    best: dict[tuple[float, float], dict[str, Any]] = {}
+    for r in rows:
+        k = (r["lam"], r["beta"])
+        if k not in best or r[metric] > best[k][metric]:
+            best[k] = r
+    return [_amd_row(best[k], metric) for k in sorted(best)]
 
 
 def _cell(c: dict[str, Any]) -> str:
@@ -121,6 +152,18 @@ def main() -> None:
     ap.add_argument(
         "--variant", action="append", default=[], help="NAME=DIR of an HPGD-only table1 run"
     )
+    ap.add_argument(
+        "--amd-variant",
+        action="append",
+        default=[],
+        help="NAME=JSON of bench/four_rooms_amd_single_loop.py (AMD rows of that variant)",
+    )
+    ap.add_argument(
+        "--cells-variant",
+        action="append",
+        default=[],
+        help="NAME=DIR of a table1 run over any columns (e.g. --follower-solve published)",
+    )
     ap.add_argument("--json", type=Path, default=Path("docs/table1.json"))
     ap.add_argument("--png", type=Path, default=Path("docs/img/table1.png"))
     args = ap.parse_args()
@@ -133,6 +176,19 @@ def main() -> None:
         if not d:
             raise SystemExit(f"--variant needs NAME=DIR, got {spec!r}")
         variants[name] = [c for c in _load(Path(d))["cells"] if c["algo"] == "hpgd"]
+    other: dict[str, list[dict[str, Any]]] = {}
+    for spec in args.cells_variant:
+        name, _, d = spec.partition("=")
+        if not d:
+            raise SystemExit(f"--cells-variant needs NAME=DIR, got {spec!r}")
+        other[name] = _load(Path(d))["cells"]
+    for spec in args.amd_variant:
+        name, _, f = spec.partition("=")
+        if not f or not Path(f).is_file():
+            raise SystemExit(f"--amd-variant needs NAME=JSON of an existing file, got {spec!r}")
+        rows = json.loads(Path(f).read_text())["rows"]
+        other[name] = _best_rows(rows, "mean")
+        other[name + ", F of the published solve"] = _best_rows(rows, "mean_published_solve")
     report = {
         "preset": grid["preset"],
         "hpgd_algo": grid.get("hpgd_algo", "hpgd"),
@@ -142,6 +198,7 @@ def main() -> None:
         "cells": grid["cells"],
         "selected_cells": None if sel is None else sel["cells"],
         "variants": variants,
+        "other_variants": other,
         "wins": grid["wins"],
         "n_within": sum(c["within"] for c in grid["cells"]),
         "n_within_variants": {v: sum(c["within"] for c in rows) for v, rows in variants.items()},
@@ -165,6 +222,13 @@ def main() -> None:
             f"{w['diff_over_zo']:+.3f} over ZO (2 s.e. {2 * w['se_diff_zo']:.3f}): "
             f"{'holds' if w['holds'] else 'does not hold'}"
         )
+    for name, rows in report["other_variants"].items():
+        print(f"\n{name}:")
+        for c in rows:
+            print(
+                f"  lam {c['lam']:g} beta {c['beta']:g} {NAMES[c['algo']]}: {_cell(c)} "
+                f"(paper {c['paper_mean']:.2f} ± {c['paper_se']:.3f}, lr {c['lr']})"
+            )
     print(f"wrote {args.json} and {args.png}")
 
 
