@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "GRPOFollower": "align_cbrl.followers",
     "RLOOFollower": "align_cbrl.followers",
     "FunctionFollower": "align_cbrl.followers",
+    "ExactFollower": "align_cbrl.followers",
     "TRLFollowerConfig": "align_cbrl.followers",
     "HPGDConfig": "align_cbrl.trainer",
     "HPGDTrainer": "align_cbrl.trainer",

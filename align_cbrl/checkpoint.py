@@ -4,7 +4,8 @@ A checkpoint is a directory ``<output_dir>/checkpoints/iter_<NNNNNN>/`` holding
 
 * ``leader.safetensors``            -- the leader's ``state_dict``;
 * ``leader_optimizer.safetensors`` + ``leader_optimizer.json`` -- optimiser tensors / scalars;
-* ``rng.safetensors`` + ``rng.json`` -- torch, numpy and Python RNG states;
+* ``rng.safetensors`` + ``rng.json`` -- torch, numpy and Python RNG states
+  (:mod:`align_cbrl.utils.rng`);
 * ``state.json``                    -- iteration, config, metrics, anything JSON-serialisable;
 * any sub-directories written by ``extra_writers`` (e.g. followers via ``save_pretrained``).
 
@@ -15,32 +16,29 @@ kill at any moment leaves either the complete checkpoint or none, and never touc
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from align_cbrl.utils.io import (
+    atomic_directory,
     atomic_write_json,
     load_safetensors,
     read_json,
-    replace_directory,
     save_safetensors,
 )
+from align_cbrl.utils.rng import (
+    capture_rng_state,
+    load_rng_state,
+    restore_rng_state,
+    save_rng_state,
+)
 
-__all__ = [
-    "CheckpointManager",
-    "capture_rng_state",
-    "optimizer_state_from_files",
-    "optimizer_state_to_files",
-    "restore_rng_state",
-]
+__all__ = ["CheckpointManager", "optimizer_state_from_files", "optimizer_state_to_files"]
 
 _ITER_RE = re.compile(r"^iter_(\d{6,})$")
 
@@ -75,48 +73,6 @@ def optimizer_state_from_files(tensors: Mapping[str, torch.Tensor], skeleton: Ma
                 restored[key] = value
         state[int(pid)] = restored
     return {"state": state, "param_groups": [dict(g) for g in skeleton["param_groups"]]}
-
-
-# --------------------------------------------------------------------------- RNG state
-def capture_rng_state() -> tuple[dict[str, torch.Tensor], dict]:
-    """Torch (CPU and CUDA), NumPy and Python RNG states as tensors + JSON."""
-    tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"torch_cuda_{i}"] = s
-    np_state = np.random.get_state()
-    tensors["numpy_keys"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
-    py_version, py_state, py_gauss = random.getstate()
-    meta = {
-        "numpy": {
-            "algo": np_state[0],
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
-    }
-    return tensors, meta
-
-
-def restore_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> None:
-    torch.set_rng_state(tensors["torch_cpu"])
-    if torch.cuda.is_available():
-        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
-    n = meta["numpy"]
-    np.random.set_state(
-        (
-            n["algo"],
-            tensors["numpy_keys"].numpy().astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    )
-    p = meta["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
 # --------------------------------------------------------------------------- manager
@@ -154,25 +110,17 @@ class CheckpointManager:
         extra_writers: Mapping[str, Callable[[Path], None]] | None = None,
     ) -> Path:
         """Write checkpoint ``iteration`` atomically and prune old ones; return its path."""
-        self.root.mkdir(parents=True, exist_ok=True)
         final = self.path_for(iteration)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.root))
-        try:
+        with atomic_directory(final) as tmp:
             save_safetensors(tmp / "leader.safetensors", leader.state_dict())
             if optimizer is not None:
                 tensors, skeleton = optimizer_state_to_files(optimizer.state_dict())
                 save_safetensors(tmp / "leader_optimizer.safetensors", tensors)
                 atomic_write_json(tmp / "leader_optimizer.json", skeleton)
-            rng_tensors, rng_meta = capture_rng_state()
-            save_safetensors(tmp / "rng.safetensors", rng_tensors)
-            atomic_write_json(tmp / "rng.json", rng_meta)
+            save_rng_state(tmp, capture_rng_state())
             for name, writer in (extra_writers or {}).items():
                 writer(tmp / name)
             atomic_write_json(tmp / "state.json", {"iteration": iteration, **dict(state or {})})
-            replace_directory(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self._prune()
         return final
 
@@ -207,7 +155,5 @@ class CheckpointManager:
                 )
             )
         if restore_rng:
-            restore_rng_state(
-                load_safetensors(path / "rng.safetensors"), read_json(path / "rng.json")
-            )
+            restore_rng_state(load_rng_state(path))
         return read_json(path / "state.json")

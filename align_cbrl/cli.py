@@ -21,43 +21,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 
-__all__ = ["main", "quiet_libraries", "set_cpu_defaults", "train_main"]
+from align_cbrl.utils.env import quiet_libraries, set_cpu_defaults
 
-_ENV_DEFAULTS = (
-    ("OMP_NUM_THREADS", "1"),
-    ("MKL_NUM_THREADS", "1"),
-    ("TOKENIZERS_PARALLELISM", "false"),
-    ("HF_HUB_OFFLINE", "1"),
-    ("TRANSFORMERS_OFFLINE", "1"),
-    ("MPLBACKEND", "Agg"),
-)
-
-
-def set_cpu_defaults() -> None:
-    """Single-threaded math and offline Hugging Face (call before torch is imported; an
-    already-set variable is left alone), then ``torch.set_num_threads(1)``."""
-    for key, value in _ENV_DEFAULTS:
-        os.environ.setdefault(key, value)
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def quiet_libraries() -> None:
-    """Hide transformers' per-load progress bars and deprecation chatter (errors still show)."""
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-
+__all__ = ["main", "train_main"]
 
 USAGE = """usage: align-cbrl <command> [options]     (align-cbrl <command> --help for details)
 
@@ -147,15 +115,11 @@ def train_main(argv: Sequence[str]) -> int:
         return 0
     set_cpu_defaults()
     quiet_libraries()
-    from align_cbrl.config_parser import load_config, parse_overrides
+    from align_cbrl.config_parser import load_config, parse_overrides, pop_flags
     from align_cbrl.trainer import HPGDConfig, HPGDTrainer
 
-    flags = {"--resume": False, "--overwrite": False}
-    for flag in flags:
-        while flag in argv:
-            argv.remove(flag)
-            flags[flag] = True
-    if flags["--resume"] and flags["--overwrite"]:
+    flags, argv = pop_flags(argv, switches=["--resume", "--overwrite"])
+    if flags["resume"] and flags["overwrite"]:
         raise ValueError("give --resume or --overwrite, not both")
     config_path, overrides = parse_overrides(argv, HPGDConfig)
     if config_path is None:
@@ -163,7 +127,7 @@ def train_main(argv: Sequence[str]) -> int:
             "align-cbrl train needs --config FILE.yaml (see configs/; align-cbrl train --help)"
         )
     config = load_config(HPGDConfig, config_path, overrides)
-    trainer = HPGDTrainer(config, resume=flags["--resume"], overwrite=flags["--overwrite"])
+    trainer = HPGDTrainer(config, resume=flags["resume"], overwrite=flags["overwrite"])
     try:
         summary = trainer.train()
     finally:

@@ -6,6 +6,9 @@ and extends them to nested sections: ``--leader.lr 0.05`` or ``--followers.0.bet
 one field of a nested dataclass or list element. Values given on the command line are parsed as
 YAML scalars (``0.1`` -> float, ``true`` -> bool, ``[1, 2]`` -> list).
 
+:func:`pop_flags` takes a command's own switches (``--resume``, ``--debug_sync DIR``) off the
+argument list first; the CLI and the recipes share it.
+
 Errors name the offending key and say what is allowed: unknown keys list the valid ones (with a
 close-match suggestion), type mismatches give the expected type. Files are read with
 ``yaml.safe_load`` only.
@@ -13,6 +16,7 @@ close-match suggestion), type mismatches give the expected type. Files are read 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -32,6 +36,8 @@ __all__ = [
     "is_bool_field",
     "load_config",
     "parse_overrides",
+    "pop_flags",
+    "set_dotted",
     "to_dict",
 ]
 
@@ -61,14 +67,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
-            try:
+            with contextlib.suppress(ConfigError):
                 return _coerce(value, arg, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
         raise ConfigError(f"{path}: {value!r} matches none of {_type_name(tp)}")
     if origin is typing.Literal:
         if value not in args:
@@ -111,9 +114,15 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], *, path: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, recursively, rejecting unknown keys."""
+    """Build dataclass ``cls`` from a mapping, recursively, rejecting unknown keys.
+
+    A dataclass may define a classmethod ``migrate_keys(data) -> data`` that maps the keys of
+    an earlier layout to today's before they are checked (e.g. ``FollowerConfig``)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    migrate = getattr(cls, "migrate_keys", None)
+    if migrate is not None:
+        data = migrate(data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
@@ -149,7 +158,9 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree[a][b]...[z] = value`` for ``dotted = "a.b...z"`` (list entries by index,
+    missing mappings and lists created on the way), as a command-line override does."""
     parts = dotted.split(".")
     node: Any = tree
     for i, part in enumerate(parts[:-1]):
@@ -171,6 +182,9 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
         node[idx] = value
     else:
         node[last] = value
+
+
+_set_dotted = set_dotted  # transitional: bench/real_model.py (helper core's) still imports it
 
 
 def field_type(cls: Any, dotted: str) -> Any:
@@ -245,6 +259,36 @@ def parse_overrides(
             first = str(exc).splitlines()[0]
             raise ConfigError(f"--{key} {val!r} is not a valid YAML value ({first})") from exc
     return config_path, overrides
+
+
+def pop_flags(
+    argv: Sequence[str], switches: Sequence[str] = (), options: Sequence[str] = ()
+) -> tuple[dict[str, Any], list[str]]:
+    """Remove ``--switch`` (boolean) and ``--option VALUE`` arguments from ``argv``.
+
+    Returns ``({name: value}, remaining)``; absent switches are ``False``, absent options
+    ``None``. The remaining arguments are the config overrides for :func:`parse_overrides`."""
+    rest = list(argv)
+    found: dict[str, Any] = {s.lstrip("-").replace("-", "_"): False for s in switches}
+    found.update({o.lstrip("-").replace("-", "_"): None for o in options})
+    for s in switches:
+        while s in rest:
+            rest.remove(s)
+            found[s.lstrip("-").replace("-", "_")] = True
+    for o in options:
+        key = o.lstrip("-").replace("-", "_")
+        for i, tok in enumerate(rest):
+            if tok == o:
+                if i + 1 >= len(rest):
+                    raise ValueError(f"{o} needs a value")
+                found[key] = rest[i + 1]
+                del rest[i : i + 2]
+                break
+            if tok.startswith(o + "="):
+                found[key] = tok.split("=", 1)[1]
+                del rest[i]
+                break
+    return found, rest
 
 
 # --------------------------------------------------------------------------- help text
@@ -360,5 +404,5 @@ def load_config(
         for k, v in env.items():
             os.environ[str(k)] = str(v)
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+        set_dotted(data, dotted, value)
     return from_dict(cls, data)

@@ -14,8 +14,8 @@ Three arms with the same seeds: the HPGD leader, no leader (zero incentive, neve
 naive leader (gradient of ``E rbar`` ignoring the follower's reaction). The naive gradient here
 is ``-d cost``, exactly zero at zero incentive: a leader that ignores how the follower reacts
 sees no reason to pay anything, so it ends where "no leader" does. Completions have at most
-two words, so the leader objective ``F(x)`` is also computed *exactly* (reference notes
-section 2, enumerable case) next to its estimate on held-out samples. Prints a table and writes
+two words, so the leader objective ``F(x)`` is also computed *exactly* (``docs/theory.md §3``,
+enumerable case) next to its estimate on held-out samples. Prints a table and writes
 ``runs/quickstart/{comparison.png, summary.json, <arm>/...}``.
 """
 
@@ -64,11 +64,9 @@ QUICKSTART_CONFIG: dict[str, Any] = {
             "trainer": "grpo",
             "model": "tiny-word",
             "beta": 0.5,
-            "learning_rate": 0.02,
-            "num_generations": 8,
             "prompts_per_step": 3,
-            "scale_rewards": "none",
             "kl_mode": "reward",
+            "trl": {"learning_rate": 0.02, "num_generations": 8, "scale_rewards": "none"},
         }
     ],
 }
@@ -95,12 +93,11 @@ def run_quickstart(
     """Run every arm (fresh, replacing earlier quickstart results under ``output_dir``) and
     return ``{arm: {"summary": ..., "history": [...], "seconds": ...}}``; writes the comparison
     plot and ``summary.json``."""
-    from align_cbrl.cli import quiet_libraries, set_cpu_defaults
+    from align_cbrl.utils.env import quiet_libraries, set_cpu_defaults
 
     set_cpu_defaults()
     quiet_libraries()
-    from align_cbrl.config_parser import _set_dotted as set_dotted
-    from align_cbrl.config_parser import from_dict
+    from align_cbrl.config_parser import from_dict, set_dotted
     from align_cbrl.trainer import HPGDConfig, HPGDTrainer
     from align_cbrl.trainer.plots import plot_comparison
     from align_cbrl.utils.io import atomic_write_json

@@ -1,10 +1,8 @@
-"""HPGD leader + TRL followers, orchestrated: align_cbrl owns the outer loop.
-
-The body shared by ``grpo_orchestrated.py`` and ``rloo_orchestrated.py`` (which only fix the
-follower trainer), e.g.
+"""HPGD leader + TRL GRPO / RLOO followers, orchestrated: align_cbrl owns the outer loop.
 
     accelerate launch --config_file configs/accelerate/cpu.yaml --num_processes 1 \
-        recipes/grpo_orchestrated.py --config configs/recipes/grpo_tiny.yaml
+        recipes/orchestrated.py grpo --config configs/recipes/grpo_tiny.yaml
+    (or: recipes/orchestrated.py rloo --config configs/recipes/rloo_tiny.yaml)
 
 Per outer iteration every follower trains ``follower_steps`` TRL steps on the current shaped
 reward, ``prompts_per_iteration`` prompts x ``num_samples`` completions are sampled per follower
@@ -13,8 +11,9 @@ with several processes each follower is data-parallel (TRL/accelerate DDP, DeepS
 each rank estimates the hypergradient from its own prompts, the estimates are all-reduced with
 group-count weights and every rank takes the same leader step; only rank 0 writes outputs.
 
-Arguments: ``--config FILE.yaml`` (an ``HPGDConfig``), dotted overrides
-(``--leader.lr 0.05``, ``--followers.0.beta 0.2``), ``--overwrite``, ``--resume``,
+Arguments: ``grpo`` or ``rloo`` (every follower must use that trainer), ``--config FILE.yaml``
+(an ``HPGDConfig``), dotted overrides (``--leader.lr 0.05``, ``--followers.0.beta 0.2``,
+``--followers.0.trl.learning_rate 0.02``), ``--overwrite``, ``--resume``,
 ``--debug_sync DIR`` (every rank checks the leader against the others after each iteration and
 writes ``DIR/rank<r>.json`` with its parameters' exact bits).
 """
@@ -25,26 +24,26 @@ import sys
 
 from recipe_utils import (
     check_identical_every_iteration,
-    cpu_defaults,
+    exit_now,
     finish,
-    pop_flags,
+    load_recipe_config,
     write_sync_report,
 )
 
-cpu_defaults()  # before torch is imported
+from align_cbrl.utils.env import set_cpu_defaults
+
+set_cpu_defaults(threads=None)  # before torch is imported
 
 from accelerate import PartialState  # noqa: E402
 
-from align_cbrl.config_parser import ConfigError, load_config, parse_overrides  # noqa: E402
-from align_cbrl.trainer import HPGDConfig, HPGDTrainer  # noqa: E402
+from align_cbrl.config_parser import ConfigError  # noqa: E402
+from align_cbrl.trainer import HPGDTrainer  # noqa: E402
 
 
-def main(argv: list[str], follower_trainer: str) -> None:
-    flags, argv = pop_flags(argv, switches=["--overwrite", "--resume"], options=["--debug_sync"])
-    config_path, overrides = parse_overrides(argv)
-    if config_path is None:
-        raise ConfigError("give --config FILE.yaml (see configs/recipes/)")
-    config = load_config(HPGDConfig, config_path, overrides)
+def main(argv: list[str]) -> None:
+    follower_trainer, config, flags = load_recipe_config(
+        argv, "orchestrated.py", ["--overwrite", "--resume"]
+    )
     for i, follower in enumerate(config.followers):
         if follower.trainer != follower_trainer:
             raise ConfigError(
@@ -78,6 +77,5 @@ def main(argv: list[str], follower_trainer: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] not in ("grpo", "rloo"):
-        raise SystemExit("usage: orchestrated.py {grpo,rloo} --config FILE.yaml [overrides]")
-    main(sys.argv[2:], sys.argv[1])
+    main(sys.argv[1:])
+    exit_now()  # skip interpreter finalisation (see recipe_utils.exit_now)

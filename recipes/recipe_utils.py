@@ -1,6 +1,8 @@
 """Small helpers shared by the recipes (kept here so each recipe stays a short, plain script).
 
-* :func:`cpu_defaults`: single-threaded math and offline Hugging Face; call before importing torch.
+* :func:`load_recipe_config`: the follower trainer (``grpo`` / ``rloo``, the first argument), the
+  recipe's own switches (:func:`pop_flags`) and the ``HPGDConfig`` from ``--config`` plus dotted
+  overrides.
 * :func:`pop_flags`: split the recipe's own switches off the ``--config`` / ``--key value`` list.
 * :func:`check_identical_every_iteration` / :class:`SyncCheckCallback`: compare the leader's
   parameters across ranks after every leader update (``--debug_sync``).
@@ -19,54 +21,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-_ENV_DEFAULTS = {
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "MPLBACKEND": "Agg",
-}
+RECIPE_KINDS = ("grpo", "rloo")
 
 
-def cpu_defaults() -> None:
-    """Set the environment defaults above (already-set variables win), then one torch thread."""
-    for key, value in _ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    import torch
+def load_recipe_config(
+    argv: Sequence[str], script: str, switches: Sequence[str]
+) -> tuple[str, Any, dict[str, Any]]:
+    """``(kind, config, flags)`` from ``[grpo|rloo] --config FILE.yaml [--switch ...]
+    [--debug_sync DIR] [--key value ...]``. Import torch (via the config) only after the
+    environment defaults are set."""
+    from align_cbrl.config_parser import ConfigError, load_config, parse_overrides, pop_flags
+    from align_cbrl.trainer.config import HPGDConfig
 
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-
-def pop_flags(
-    argv: Sequence[str], switches: Sequence[str] = (), options: Sequence[str] = ()
-) -> tuple[dict[str, Any], list[str]]:
-    """Remove ``--switch`` (boolean) and ``--option VALUE`` arguments from ``argv``.
-
-    Returns ``({name: value}, remaining)``; absent switches are ``False``, absent options
-    ``None``. The remaining arguments are the config overrides for
-    :func:`align_cbrl.config_parser.parse_overrides`."""
-    rest = list(argv)
-    found: dict[str, Any] = {s.lstrip("-").replace("-", "_"): False for s in switches}
-    found.update({o.lstrip("-").replace("-", "_"): None for o in options})
-    for s in switches:
-        while s in rest:
-            rest.remove(s)
-            found[s.lstrip("-").replace("-", "_")] = True
-    for o in options:
-        key = o.lstrip("-").replace("-", "_")
-        for i, tok in enumerate(rest):
-            if tok == o:
-                if i + 1 >= len(rest):
-                    raise ValueError(f"{o} needs a value")
-                found[key] = rest[i + 1]
-                del rest[i : i + 2]
-                break
-            if tok.startswith(o + "="):
-                found[key] = tok.split("=", 1)[1]
-                del rest[i]
-                break
-    return found, rest
+    if not argv or argv[0] not in RECIPE_KINDS:
+        raise ConfigError(
+            f"usage: {script} {{{','.join(RECIPE_KINDS)}}} --config FILE.yaml [overrides]: "
+            "name the follower trainer first"
+        )
+    flags, rest = pop_flags(argv[1:], switches=switches, options=["--debug_sync"])
+    config_path, overrides = parse_overrides(rest)
+    if config_path is None:
+        raise ConfigError("give --config FILE.yaml (see configs/recipes/)")
+    return argv[0], load_config(HPGDConfig, config_path, overrides), flags
 
 
 def check_identical_every_iteration(trainer: Any) -> list[str]:

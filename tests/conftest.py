@@ -1,14 +1,5 @@
 """Test-wide settings: single-threaded math (2-core machine) and offline Hugging Face."""
 
-import os
+from align_cbrl.utils.env import set_cpu_defaults
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
-
-import torch
-
-torch.set_num_threads(1)
+set_cpu_defaults()

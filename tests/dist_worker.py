@@ -28,7 +28,7 @@ def shard_data(rank: int, world: int, n_groups_total: int, seed: int = 0):
 
 
 def local_step(leader: torch.nn.Linear, feats: torch.Tensor, rbar: torch.Tensor, beta: float):
-    """Grouped covariance surrogate (notes section 2): (1/beta) 1/(N-1) sum_i (rbar_i - mean) r_x."""
+    """Grouped covariance surrogate (docs/theory.md §3): (1/beta) 1/(N-1) sum_i (rbar_i - mean) r_x."""
     leader.zero_grad()
     incentive = leader(feats).squeeze(-1)  # [G, N]
     centred = rbar - rbar.mean(dim=1, keepdim=True)

@@ -9,6 +9,8 @@ import yaml
 
 pytest.importorskip("trl")
 
+from run_helpers import write_exact_run_config
+
 from align_cbrl.cli import main
 from align_cbrl.config_parser import load_config, to_dict
 from align_cbrl.data import known_prompt_sets, load_prompts
@@ -17,29 +19,10 @@ from align_cbrl.quickstart import QUICKSTART_CONFIG, format_table
 from align_cbrl.trainer import HPGDConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = """
-output_dir: {out}
-task: tiny_language
-iterations: 3
-follower_steps: 0
-prompts_per_iteration: 4
-num_samples: 4
-save_every: 1
-eval_samples: 4
-tensorboard: false
-progress: false
-leader:
-  spec: {{type: weights, init_weights: 0.0, cost_coef: 0.25, cost_kind: l2}}
-  lr: 0.1
-followers:
-  - {{name: exact, trainer: exact, beta: 0.5}}
-"""
 
 
 def write_config(tmp_path, out="run"):
-    path = tmp_path / "config.yaml"
-    path.write_text(CONFIG.format(out=tmp_path / out))
-    return path
+    return write_exact_run_config(tmp_path / "config.yaml", tmp_path / out, iterations=3)
 
 
 def test_train_runs_writes_outputs_and_resumes(tmp_path, capsys):

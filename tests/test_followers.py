@@ -13,6 +13,7 @@ pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
 from align_cbrl.followers import (  # noqa: E402
+    ExactFollower,
     FunctionFollower,
     GRPOFollower,
     RewardFunctionError,
@@ -62,17 +63,17 @@ def enumerated(model_dir):
     return tok, toks, texts, rewards
 
 
+OURS = {"beta", "kl_mode", "prompts_per_step", "seed", "lora"}
+
+
 def cfg(**kw):
-    base = dict(
-        beta=0.5,
-        learning_rate=1e-2,
-        num_generations=4,
-        prompts_per_step=2,
-        max_completion_length=L,
-        seed=0,
-    )
-    base.update(kw)
-    return TRLFollowerConfig(**base)
+    """Our fields as keywords, any other keyword (and ``trl``) a GRPOConfig/RLOOConfig field."""
+    ours = dict(beta=0.5, prompts_per_step=2, seed=0)
+    ours.update({k: v for k, v in kw.items() if k in OURS})
+    trl = dict(learning_rate=1e-2, num_generations=4, max_completion_length=L)
+    trl.update({k: v for k, v in kw.items() if k not in OURS and k != "trl"})
+    trl.update(kw.get("trl", {}))
+    return TRLFollowerConfig(**ours, trl=trl)
 
 
 def flat_params(follower):
@@ -224,12 +225,12 @@ def test_bad_reward_outputs_are_named(model_dir, dataset):
     assert f.train(1)["global_step"] == 1  # recovers once the reward is fixed
 
 
-def test_function_follower_exact_best_response(enumerated, tmp_path):
+def test_exact_follower_samples_the_best_response(enumerated, tmp_path):
     _, _, texts, rewards = enumerated
     log_ref = torch.log_softmax(
         torch.randn(len(PROMPTS), len(texts), generator=torch.Generator().manual_seed(0)), -1
     )
-    f = FunctionFollower.exact_best_response(
+    f = ExactFollower(
         PROMPTS, texts, log_ref, beta=0.5, contexts={"category": ["x", "y", "z", "w"]}, seed=1
     )
     f.set_reward_function(target_reward)
@@ -242,7 +243,7 @@ def test_function_follower_exact_best_response(enumerated, tmp_path):
     assert tv < 0.03  # sampling error of 20k draws over 21 outcomes is ~0.01
     f.save(tmp_path / "fx")
     nxt = f.sample(["a", "c"], 7)
-    g = FunctionFollower.exact_best_response(PROMPTS, texts, log_ref, beta=0.5, seed=99)
+    g = ExactFollower(PROMPTS, texts, log_ref, beta=0.5, seed=99)
     g.set_reward_function(target_reward)
     g.load(tmp_path / "fx")
     assert g.sample(["a", "c"], 7) == nxt
@@ -410,11 +411,9 @@ def test_kl_mode_settings_and_checkpoints(model_dir, dataset, tmp_path):
             model_dir,
             dataset,
             target_reward,
-            cfg(trl_kwargs={"multi_objective_aggregation": "normalize_then_sum"}),
+            cfg(trl={"multi_objective_aggregation": "normalize_then_sum"}),
         )
-    weighted = GRPOFollower(
-        model_dir, dataset, target_reward, cfg(trl_kwargs={"reward_weights": [2]})
-    )
+    weighted = GRPOFollower(model_dir, dataset, target_reward, cfg(trl={"reward_weights": [2]}))
     assert weighted.trainer.reward_weights.tolist() == [2.0, 1.0]  # weight 1 for the KL term
     loss = GRPOFollower(model_dir, dataset, target_reward, cfg(kl_mode="loss"))
     assert loss.trainer.beta == 0.5 and loss.trainer.ref_model is not None
@@ -432,3 +431,51 @@ def test_kl_mode_settings_and_checkpoints(model_dir, dataset, tmp_path):
     with pytest.raises(ValueError, match="kl_mode"):
         reward.load(tmp_path / "loss")
     GRPOFollower(model_dir, dataset, target_reward, cfg(kl_mode="loss")).load(tmp_path / "loss")
+
+
+# --------------------------------------------------------------------------- configuration
+def test_trl_settings_are_checked_against_trl_and_mapped_once():
+    from align_cbrl.followers.trl_config import migrate_follower_keys, trl_config
+
+    with pytest.raises(
+        ValueError, match=r"'lerning_rate' is not a GRPOConfig/RLOOConfig field.*'learning_rate'"
+    ):
+        TRLFollowerConfig(trl={"lerning_rate": 1e-3})
+    with pytest.raises(ValueError, match="set beta instead"):
+        TRLFollowerConfig(trl={"beta": 0.1})
+    with pytest.raises(ValueError, match="not a RLOOConfig field"):
+        trl_config("rloo", cfg(scale_rewards="group"))
+    with pytest.raises(ValueError, match="set by the follower"):
+        trl_config("grpo", cfg(report_to="wandb"), fixed={"report_to": "none"})
+    with pytest.raises(ValueError, match="num_generations >= 2"):
+        trl_config("grpo", cfg(num_generations=1))
+    grpo = trl_config("grpo", cfg(prompts_per_step=3, temperature=0.7))
+    assert (grpo.beta, grpo.scale_rewards, grpo.temperature) == (0.0, "none", 0.7)
+    assert (grpo.per_device_train_batch_size, grpo.seed, grpo.learning_rate) == (12, 0, 1e-2)
+    assert trl_config("grpo", cfg(kl_mode="loss")).beta == 0.5
+    rloo = trl_config("rloo", cfg(), defaults={"max_steps": 7, "learning_rate": 1.0})
+    assert (rloo.beta, rloo.max_steps, rloo.learning_rate) == (0.5, 7, 1e-2)
+    # the flat keys of earlier configs move into ``trl`` (and win over it, like an override)
+    old = {
+        "trainer": "rloo",
+        "beta": 0.5,
+        "learning_rate": 0.1,
+        "loss_type": None,
+        "scale_rewards": "none",
+        "trl_kwargs": {"warmup_steps": 2},
+        "trl": {"learning_rate": 1},
+    }
+    assert migrate_follower_keys(old) == {
+        "trainer": "rloo",
+        "beta": 0.5,
+        "trl": {"learning_rate": 0.1, "warmup_steps": 2},
+    }
+
+
+def test_trl_version_outside_the_supported_range_fails_clearly():
+    from align_cbrl.followers.trl_compat import SUPPORTED_TRL, check_trl_version
+
+    assert check_trl_version() == "1.16.0" and SUPPORTED_TRL == ">=1.16.0,<1.17"
+    for version in ("1.15.2", "1.17.0", "2.0.0"):
+        with pytest.raises(ImportError, match=rf"trl {version} is installed.*trl==1.16.0"):
+            check_trl_version(version)

@@ -1,5 +1,5 @@
 """End to end with 2 CPU processes: ``accelerate launch --num_processes 2 --config_file
-configs/accelerate/cpu.yaml recipes/<recipe>.py`` (torchrun, gloo on loopback) with real TRL
+configs/accelerate/cpu.yaml recipes/<recipe>.py grpo`` (torchrun, gloo on loopback) with real TRL
 followers on the tiny task.
 
 Each rank trains its data-parallel share of the follower, samples its own prompts and estimates
@@ -35,7 +35,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(recipe: str, config: str, out: Path, sync_dir: Path, *extra: str) -> str:
+def launch(recipe: str, kind: str, config: str, out: Path, sync_dir: Path, *extra: str) -> str:
     """``accelerate launch`` 2 CPU processes; returns the combined output."""
     cmd = [
         sys.executable,
@@ -48,6 +48,7 @@ def launch(recipe: str, config: str, out: Path, sync_dir: Path, *extra: str) -> 
         "--main_process_port",
         str(_free_port()),
         str(ROOT / "recipes" / f"{recipe}.py"),
+        kind,
         "--config",
         str(ROOT / "configs" / "recipes" / config),
         "--output_dir",
@@ -73,14 +74,21 @@ def reports(sync_dir: Path) -> tuple[dict, dict]:
     return r0, r1
 
 
-def test_two_processes_orchestrated_grpo_keep_bit_identical_leaders(tmp_path):
+def launch_grpo_and_compare(recipe: str, tmp_path: Path) -> tuple[Path, dict, dict]:
+    """Launch ``recipe grpo`` on 2 processes: the exact bits of every leader parameter agree
+    across the ranks, after every one of the 3 leader updates."""
     out, sync_dir = tmp_path / "run", tmp_path / "sync"
-    output = launch("grpo_orchestrated", "grpo_tiny.yaml", out, sync_dir)
+    output = launch(recipe, "grpo", "grpo_tiny.yaml", out, sync_dir)
     assert "on 2 process(es)" in output
     r0, r1 = reports(sync_dir)
-    # the exact bits of every leader parameter agree, after every one of the 3 iterations
-    assert r0["hex"] == r1["hex"] and r0["checksum"] == r1["checksum"]
-    assert len(r0["per_update"]) == 3 and r0["per_update"] == r1["per_update"]
+    assert r0["hex"] == r1["hex"] and r0["per_update"] == r1["per_update"]
+    assert len(r0["per_update"]) == 3
+    return out, r0, r1
+
+
+def test_two_processes_orchestrated_grpo_keep_bit_identical_leaders(tmp_path):
+    out, r0, r1 = launch_grpo_and_compare("orchestrated", tmp_path)
+    assert r0["checksum"] == r1["checksum"]
     assert len(set(r0["per_update"])) == 3  # the leader moved at every iteration
     # only rank 0 wrote: one metrics line per step, one checkpoint, one leader
     rows = read_jsonl(out / "metrics.jsonl")
@@ -97,12 +105,7 @@ def test_two_processes_orchestrated_grpo_keep_bit_identical_leaders(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_plugin_grpo_keep_bit_identical_leaders(tmp_path):
-    out, sync_dir = tmp_path / "run", tmp_path / "sync"
-    output = launch("grpo_plugin", "grpo_tiny.yaml", out, sync_dir)
-    assert "on 2 process(es)" in output
-    r0, r1 = reports(sync_dir)
-    assert r0["hex"] == r1["hex"] and r0["per_update"] == r1["per_update"]
-    assert len(r0["per_update"]) == 3
+    out, _, _ = launch_grpo_and_compare("plugin", tmp_path)
     rows = read_jsonl(out / "leader_metrics.jsonl")
     assert [r["step"] for r in rows] == [2, 4, 6]
     assert sorted(p.name for p in out.iterdir()) == ["leader", "leader_metrics.jsonl", "trl"]

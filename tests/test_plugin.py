@@ -11,8 +11,8 @@ pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
 from transformers import TrainerControl, TrainerState  # noqa: E402
-from trl import GRPOTrainer, RLOOConfig, RLOOTrainer  # noqa: E402
-from trl_helpers import grpo_args  # noqa: E402
+from trl import GRPOTrainer, RLOOTrainer  # noqa: E402
+from trl_helpers import grpo_args, rloo_args  # noqa: E402
 
 from align_cbrl.estimators.grouped import hpgd_gradient  # noqa: E402
 from align_cbrl.models import build_tiny_lm  # noqa: E402
@@ -39,29 +39,6 @@ def task_and_model():
 
 def constant_reward(prompts, completions, **kw):
     return [1.0] * len(completions)
-
-
-def rloo_args(tmp_path, **kw) -> RLOOConfig:
-    args = dict(
-        output_dir=str(tmp_path / "trl"),
-        beta=0.5,
-        normalize_advantages=False,
-        num_generations=4,
-        per_device_train_batch_size=8,
-        max_completion_length=2,
-        learning_rate=1e-2,
-        max_steps=4,
-        lr_scheduler_type="constant",
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        use_cpu=True,
-        seed=0,
-        bf16=False,
-    )
-    args.update(kw)
-    return RLOOConfig(**args)
 
 
 def make_trainer(

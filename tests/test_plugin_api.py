@@ -85,15 +85,9 @@ def test_hpgd_trainer_samples_prompts_with_the_task_probabilities(tmp_path):
     from align_cbrl.trainer import HPGDConfig, HPGDTrainer
 
     T, lr = 200, 1e-4
-    leader = {
-        "type": "weights",
-        "parametrization": "sigmoid",
-        "lo": -2.0,
-        "hi": 2.0,
-        "init_weights": 0.0,
-        "cost_coef": 0.25,
-        "cost_kind": "l2",
-    }
+    from align_cbrl.quickstart import QUICKSTART_CONFIG
+
+    leader = dict(QUICKSTART_CONFIG["leader"]["spec"])  # bounded sigmoid weights, l2 cost
     config = from_dict(
         HPGDConfig,
         {

@@ -18,13 +18,13 @@ from align_cbrl.trainer.callback import CHECKPOINT_DIR
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize(("name", "config"), [("grpo_plugin", "grpo_tiny.yaml")])
-def test_plugin_recipe_resumes_from_its_trl_checkpoint(tmp_path, name, config):
+@pytest.mark.parametrize(("kind", "config"), [("grpo", "grpo_tiny.yaml")])
+def test_plugin_recipe_resumes_from_its_trl_checkpoint(tmp_path, kind, config):
     if str(ROOT / "recipes") not in sys.path:
         sys.path.insert(0, str(ROOT / "recipes"))
-    main = importlib.import_module(name).main
+    main = importlib.import_module("plugin").main
     out = tmp_path / "run"
-    base = ["--config", str(ROOT / "configs" / "recipes" / config), "--output_dir", str(out)]
+    base = [kind, "--config", str(ROOT / "configs" / "recipes" / config), "--output_dir", str(out)]
     main([*base, "--iterations", "2"])
     ckpt = out / "trl" / "checkpoint-4"
     assert (ckpt / CHECKPOINT_DIR / "state.json").is_file()

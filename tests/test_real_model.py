@@ -47,7 +47,7 @@ def test_missing_package_and_bad_inputs_give_clear_errors(tmp_path):
 
 @needs_peft
 def test_lora_config_defaults_and_unknown_fields():
-    from align_cbrl.followers.trl_followers import TRLFollowerConfig
+    from align_cbrl.followers.trl_config import TRLFollowerConfig
     from align_cbrl.models.real import lora_config
 
     cfg = lora_config({"r": 4})
@@ -93,7 +93,7 @@ def test_smollm2_lora_grpo_with_minilm_reward_smoke(tmp_path):
     """Two outer iterations x 1 GRPO step of the real recipe config; the leader moves, the
     follower trains LoRA adapters only and its checkpoint holds them."""
     sys.path.insert(0, str(ROOT / "recipes"))
-    from grpo_orchestrated import main
+    from orchestrated import main
 
     from align_cbrl.leaders.base import load_leader
     from align_cbrl.metrics import read_jsonl
@@ -101,6 +101,7 @@ def test_smollm2_lora_grpo_with_minilm_reward_smoke(tmp_path):
     out = tmp_path / "run"
     main(
         [
+            "grpo",
             "--config",
             str(ROOT / "configs" / "recipes" / "smollm2_grpo_lora.yaml"),
             "--output_dir",
@@ -198,7 +199,7 @@ def test_bench_configs_arms_and_errors(tmp_path):
             cfg = bench.arm_config(data, arm, tmp_path)
             assert cfg.output_dir == str(tmp_path / arm)
             fc = cfg.followers[0]
-            assert fc.beta > 0 and fc.scale_rewards == "none" and fc.kl_mode == "reward"
+            assert fc.beta > 0 and fc.trl["scale_rewards"] == "none" and fc.kl_mode == "reward"
             assert fc.lora is not None and fc.model == "smollm2"
             steps.add(cfg.iterations * cfg.follower_steps)
         assert len(steps) == 1  # equal follower steps in every arm

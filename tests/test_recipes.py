@@ -31,22 +31,22 @@ def recipe(name: str):
     return importlib.import_module(name)
 
 
-def run(name: str, config: str, out: Path, *extra: str) -> None:
+def run(name: str, kind: str, config: str, out: Path, *extra: str) -> None:
     recipe(name).main(
-        ["--config", str(CONFIGS / "recipes" / config), "--output_dir", str(out), *extra]
+        [kind, "--config", str(CONFIGS / "recipes" / config), "--output_dir", str(out), *extra]
     )
 
 
 @pytest.mark.parametrize(
     ("name", "config", "kind"),
     [
-        ("grpo_orchestrated", "grpo_tiny.yaml", "grpo"),
-        ("rloo_orchestrated", "rloo_tiny.yaml", "rloo"),
+        ("orchestrated", "grpo_tiny.yaml", "grpo"),
+        ("orchestrated", "rloo_tiny.yaml", "rloo"),
     ],
 )
 def test_orchestrated_recipe_runs_and_moves_the_leader(tmp_path, name, config, kind):
     out = tmp_path / "run"
-    run(name, config, out)
+    run(name, kind, config, out)
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert all(r["leader/grad_norm"] > 0 for r in rows[1:])
@@ -58,11 +58,12 @@ def test_orchestrated_recipe_runs_and_moves_the_leader(tmp_path, name, config, k
 
 
 @pytest.mark.parametrize(
-    ("name", "config"), [("grpo_plugin", "grpo_tiny.yaml"), ("rloo_plugin", "rloo_tiny.yaml")]
+    ("name", "kind", "config"),
+    [("plugin", "grpo", "grpo_tiny.yaml"), ("plugin", "rloo", "rloo_tiny.yaml")],
 )
-def test_plugin_recipe_runs_and_moves_the_leader(tmp_path, name, config):
+def test_plugin_recipe_runs_and_moves_the_leader(tmp_path, name, kind, config):
     out = tmp_path / "run"
-    run(name, config, out)
+    run(name, kind, config, out)
     rows = read_jsonl(out / "leader_metrics.jsonl")
     assert [r["step"] for r in rows] == [2, 4, 6]  # every follower_steps = 2, 3 updates
     assert all(r["leader/groups"] == 2 for r in rows)  # 2 optimiser steps x 1 prompt each
@@ -72,34 +73,36 @@ def test_plugin_recipe_runs_and_moves_the_leader(tmp_path, name, config):
 
 
 @pytest.mark.parametrize(
-    ("name", "config"),
+    ("name", "kind", "config"),
     [
-        ("grpo_orchestrated", "rloo_tiny.yaml"),
-        ("rloo_orchestrated", "grpo_tiny.yaml"),
-        ("grpo_plugin", "rloo_tiny.yaml"),
-        ("rloo_plugin", "grpo_tiny.yaml"),
+        ("orchestrated", "grpo", "rloo_tiny.yaml"),
+        ("orchestrated", "rloo", "grpo_tiny.yaml"),
+        ("plugin", "grpo", "rloo_tiny.yaml"),
+        ("plugin", "rloo", "grpo_tiny.yaml"),
     ],
 )
-def test_recipe_refuses_the_other_trainer(tmp_path, name, config):
+def test_recipe_refuses_the_other_trainer(tmp_path, name, kind, config):
     with pytest.raises(ConfigError, match="trainer"):
-        run(name, config, tmp_path / "run")
+        run(name, kind, config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
-def test_recipe_needs_a_config_and_reports_bad_keys(tmp_path):
+@pytest.mark.parametrize("name", ["orchestrated", "plugin"])
+def test_recipe_needs_a_trainer_kind_and_a_config_and_reports_bad_keys(tmp_path, name):
+    with pytest.raises(ConfigError, match=r"\{grpo,rloo\}"):
+        recipe(name).main(["--config", str(CONFIGS / "recipes" / "grpo_tiny.yaml")])
     with pytest.raises(ConfigError, match="--config"):
-        recipe("grpo_orchestrated").main(["--output_dir", str(tmp_path)])
+        recipe(name).main(["grpo", "--output_dir", str(tmp_path)])
     with pytest.raises(ConfigError, match="learning_rat"):
-        run(
-            "grpo_orchestrated", "grpo_tiny.yaml", tmp_path / "r", "--followers.0.learning_rat", "1"
-        )
+        run(name, "grpo", "grpo_tiny.yaml", tmp_path / "r", "--followers.0.learning_rat", "1")
     with pytest.raises(ValueError, match="--debug_sync needs a value"):
-        recipe("grpo_plugin").main(["--debug_sync"])
+        recipe(name).main(["grpo", "--debug_sync"])
 
 
 def test_pop_flags_splits_recipe_switches_from_overrides():
-    utils = recipe("recipe_utils")
-    flags, rest = utils.pop_flags(
+    from align_cbrl.config_parser import pop_flags
+
+    flags, rest = pop_flags(
         ["--config", "c.yaml", "--overwrite", "--debug_sync=/tmp/x", "--leader.lr", "0.1"],
         switches=["--overwrite", "--resume"],
         options=["--debug_sync"],

@@ -12,33 +12,16 @@ import pytest
 
 pytest.importorskip("trl")
 
+from run_helpers import write_exact_run_config
+
 from align_cbrl.cli import main
 from align_cbrl.metrics import read_jsonl
 
-CONFIG = """
-output_dir: {out}
-task: tiny_language
-iterations: 2
-follower_steps: 0
-prompts_per_iteration: 4
-num_samples: 4
-save_every: 1
-eval_samples: 4
-tensorboard: {tensorboard}
-plots: false
-progress: false
-leader:
-  spec: {{type: weights, init_weights: 0.0, cost_coef: 0.25, cost_kind: l2}}
-  lr: 0.1
-followers:
-  - {{name: exact, trainer: exact, beta: 0.5}}
-"""
-
 
 def write_config(tmp_path: Path, out: str | Path = "run", tensorboard: str = "false") -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(CONFIG.format(out=out, tensorboard=tensorboard))
-    return path
+    return write_exact_run_config(
+        tmp_path / "config.yaml", out, iterations=2, tensorboard=tensorboard, plots="false"
+    )
 
 
 def all_files(root: Path) -> set[str]:

@@ -14,6 +14,7 @@ from align_cbrl.config_parser import ConfigError, from_dict
 from align_cbrl.estimators.grouped import hpgd_gradient
 from align_cbrl.followers.base import RewardFunctionError
 from align_cbrl.metrics import read_jsonl
+from align_cbrl.quickstart import QUICKSTART_CONFIG
 from align_cbrl.reference.tiny_language import exact_objective, optimize_exact
 from align_cbrl.rewards.base import ComponentOutputError, RewardComponent
 from align_cbrl.rewards.registry import register_component
@@ -29,15 +30,7 @@ from align_cbrl.trainer import (
 )
 from align_cbrl.trainer.builders import resolve_task
 
-LEADER = {
-    "type": "weights",
-    "parametrization": "sigmoid",
-    "lo": -2.0,
-    "hi": 2.0,
-    "init_weights": 0.0,
-    "cost_coef": 0.25,
-    "cost_kind": "l2",
-}
+LEADER = dict(QUICKSTART_CONFIG["leader"]["spec"])  # bounded sigmoid weights, l2 cost 0.25
 
 
 def make_config(tmp_path, name="run", follower=None, **kw):

@@ -1,7 +1,13 @@
 """Followers: learners with a KL temperature ``beta`` that (approximately) best-respond to a
 reward. :class:`Follower` is the interface the leader uses; :class:`GRPOFollower` and
-:class:`RLOOFollower` wrap TRL's trainers (imported lazily, TRL is optional);
-:class:`FunctionFollower` wraps user callables."""
+:class:`RLOOFollower` wrap TRL's trainers (imported lazily, TRL is optional), configured by
+:class:`TRLFollowerConfig`; :class:`FunctionFollower` wraps user callables;
+:class:`ExactFollower` samples the exact best response on an enumerable task.
+
+Modules: ``base`` (the interface, reward-function checks), ``function_follower``, ``exact``,
+``trl_config`` (our settings + TRL's config passed through), ``trl_followers`` (train / sample),
+``trl_checkpoint`` (save / load), ``kl_penalty`` (the KL as a reward term) and ``trl_compat``
+(the only module that touches TRL's private internals; supported TRL versions)."""
 
 from typing import Any
 
@@ -13,9 +19,11 @@ from align_cbrl.followers.base import (
     reward_function_name,
     validate_beta,
 )
+from align_cbrl.followers.exact import ExactFollower
 from align_cbrl.followers.function_follower import FunctionFollower
 
 __all__ = [
+    "ExactFollower",
     "Follower",
     "FunctionFollower",
     "GRPOFollower",

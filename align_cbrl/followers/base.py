@@ -2,7 +2,7 @@
 
 A follower is anything that (approximately) best-responds to the reward it is given, with a KL
 temperature ``beta`` towards its reference policy: its target is
-``pi*(y|p) ∝ pi_ref(y|p) exp(r(p, y) / beta)`` (reference notes section 2). The leader only uses
+``pi*(y|p) ∝ pi_ref(y|p) exp(r(p, y) / beta)`` (``docs/theory.md §3``). The leader only uses
 this interface, so it stays agnostic of how the follower is trained (TRL GRPO / RLOO, a user
 function, an exact sampler on an enumerable task).
 """

@@ -1,24 +1,17 @@
 """A follower whose training and sampling are user functions (the leader stays agnostic).
 
-Use it for followers that are not TRL trainers: a custom RL loop, an API-served model, or an
-exact best response on an enumerable task (:meth:`FunctionFollower.exact_best_response`, which
-samples from ``pi* ∝ pi_ref exp(r / beta)`` computed by enumeration, handy to test a leader
-without follower error).
+Use it for followers that are not TRL trainers: a custom RL loop or an API-served model (the
+exact best response on an enumerable task is one: :class:`~align_cbrl.followers.exact.ExactFollower`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from align_cbrl.followers.base import Follower, RewardFn, call_reward_function
+from align_cbrl.followers.base import Follower, RewardFn
 
 __all__ = ["FunctionFollower"]
 
@@ -100,15 +93,10 @@ class FunctionFollower(Follower):
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write ``follower.json`` (name, beta, step, user state) into ``directory`` atomically."""
-        from align_cbrl.utils.io import atomic_write_json, replace_directory
+        from align_cbrl.utils.io import atomic_directory, atomic_write_json
 
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(
-            tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent)
-        )
-        try:
-            state = dict(self._state_fn()) if self._state_fn is not None else None
+        state = dict(self._state_fn()) if self._state_fn is not None else None
+        with atomic_directory(directory) as tmp:
             atomic_write_json(
                 tmp / _JSON,
                 {
@@ -120,10 +108,6 @@ class FunctionFollower(Follower):
                     "state": state,
                 },
             )
-            replace_directory(tmp, directory)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(tmp)
 
     def load(self, directory: str | os.PathLike[str]) -> None:
         from align_cbrl.utils.io import read_json
@@ -143,77 +127,3 @@ class FunctionFollower(Follower):
             if self._load_state_fn is None:
                 raise ValueError(f"{path} holds user state but this follower has no load_state_fn")
             self._load_state_fn(meta["state"])
-
-    # ------------------------------------------------------------------ exact best response
-    @classmethod
-    def exact_best_response(
-        cls,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        log_pi_ref: torch.Tensor,
-        beta: float,
-        *,
-        contexts: Mapping[str, Sequence[Any]] | None = None,
-        seed: int = 0,
-        name: str = "exact",
-    ) -> FunctionFollower:
-        """A follower that samples exactly from ``pi*(y|p) ∝ pi_ref(y|p) exp(r(p, y) / beta)``.
-
-        ``log_pi_ref[i, j] = log pi_ref(completions[j] | prompts[i])`` (e.g. from
-        :func:`align_cbrl.models.completion_logprobs`); ``contexts`` maps a column name to one
-        value per prompt and reaches the reward function as kwargs, like a dataset column. The
-        reward is re-evaluated on every completion at each ``sample`` call, so the follower
-        always best-responds to the current reward. Sampling uses a private generator whose
-        state is saved by :meth:`save`.
-        """
-        prompts = list(prompts)
-        completions = list(completions)
-        log_pi_ref = torch.as_tensor(log_pi_ref, dtype=torch.float64)
-        if log_pi_ref.shape != (len(prompts), len(completions)):
-            raise ValueError(
-                f"log_pi_ref has shape {tuple(log_pi_ref.shape)}, expected "
-                f"[{len(prompts)} prompts, {len(completions)} completions]"
-            )
-        contexts = {k: list(v) for k, v in (contexts or {}).items()}
-        for k, v in contexts.items():
-            if len(v) != len(prompts):
-                raise ValueError(
-                    f"context column {k!r} has {len(v)} values for {len(prompts)} prompts"
-                )
-        index = {p: i for i, p in enumerate(prompts)}
-        gen = torch.Generator().manual_seed(int(seed))
-        holder: dict[str, FunctionFollower] = {}
-
-        def log_pi_star(reward_fn: RewardFn | None) -> torch.Tensor:
-            if reward_fn is None:
-                raise RuntimeError(f"follower {name!r} has no reward function; set one first")
-            rows = []
-            for i, p in enumerate(prompts):
-                kw = {k: [v[i]] * len(completions) for k, v in contexts.items()}
-                r = call_reward_function(reward_fn, [p] * len(completions), completions, **kw)
-                rows.append(torch.tensor(r, dtype=torch.float64))
-            return torch.log_softmax(log_pi_ref + torch.stack(rows) / holder["f"].beta, dim=-1)
-
-        def sample_fn(ps: list[str], n: int, reward_fn: RewardFn | None = None, **gen_kw: Any):
-            if gen_kw:
-                raise ValueError(f"exact best response takes no generation settings, got {gen_kw}")
-            missing = [p for p in ps if p not in index]
-            if missing:
-                raise ValueError(f"prompts {missing[:5]} are not among the enumerated prompts")
-            lp = log_pi_star(reward_fn)
-            out = []
-            for p in ps:
-                idx = torch.multinomial(lp[index[p]].exp(), n, replacement=True, generator=gen)
-                out.append([completions[j] for j in idx.tolist()])
-            return out
-
-        def state_fn() -> dict[str, Any]:
-            return {"generator": gen.get_state().tolist()}
-
-        def load_state_fn(state: Mapping[str, Any]) -> None:
-            gen.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
-
-        follower = cls(name, beta, sample_fn, None, state_fn=state_fn, load_state_fn=load_state_fn)
-        holder["f"] = follower
-        follower.log_pi_star = lambda: log_pi_star(follower.reward_fn)  # type: ignore[attr-defined]
-        return follower

@@ -36,6 +36,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from align_cbrl.utils.io import replace_directory
+
 __all__ = [
     "DEFAULT_EOS",
     "TINY_CORPUS",
@@ -47,6 +49,7 @@ __all__ = [
     "enumerate_completions",
     "hf_progress_bars",
     "load_tiny_lm",
+    "require_model_dir",
 ]
 
 DEFAULT_EOS = "<eos>"
@@ -209,7 +212,7 @@ def build_tiny_lm(
 
     The directory loads with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer``.
     """
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     if kind not in ("bpe", "word"):
         raise ValueError(f"kind must be 'bpe' or 'word', got {kind!r}")
@@ -235,11 +238,19 @@ def build_tiny_lm(
     if (final / _MARKER).is_file() and not force:
         return final
     root.mkdir(parents=True, exist_ok=True)
-
     if kind == "word":
         tokenizer = build_word_tokenizer(spec["words"], eos_token=eos)
     else:
         tokenizer = build_bpe_tokenizer(bpe_vocab_size, corpus, eos_token=eos)
+    _write_model_dir(final, _random_llama(tokenizer, model_cfg, seed), tokenizer, spec, force)
+    return final
+
+
+def _random_llama(tokenizer: Any, model_cfg: dict[str, Any], seed: int) -> Any:
+    """A randomly initialised ``LlamaForCausalLM`` over ``tokenizer`` (seeded, without
+    touching the global RNG), sampling with plain temperature 1 by default."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         eos_token_id=tokenizer.eos_token_id,
@@ -260,26 +271,44 @@ def build_tiny_lm(
         top_p=1.0,
         temperature=1.0,
     )
+    return model
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+
+def _write_model_dir(
+    final: Path, model: Any, tokenizer: Any, spec: dict[str, Any], force: bool
+) -> None:
+    """Save into a hidden sibling, then move it to ``final`` (``force``: replacing the old
+    copy; otherwise a copy another process finished first is kept: identical content)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / _MARKER).write_text(json.dumps(spec, indent=2, default=str) + "\n")
-        if final.exists() and force:
-            old = root / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            # Another process finished the same build first: keep theirs (identical content).
-            if not (final / _MARKER).is_file():
-                raise
+        if force and final.exists():
+            replace_directory(tmp, final)
+        else:
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not (final / _MARKER).is_file():
+                    raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(tmp)
-    return final
+
+
+def require_model_dir(path: str | os.PathLike[str], who: str | None = None) -> Path:
+    """``path`` (``~`` expanded) if it holds a ``save_pretrained`` model (``config.json``), else
+    a ``FileNotFoundError`` that says how to get one; ``who`` prefixes the message."""
+    path = Path(os.path.expanduser(path))
+    if not (path / "config.json").is_file():
+        prefix = f"{who}: " if who else ""
+        raise FileNotFoundError(
+            f"{prefix}no model directory at {str(path)!r} (config.json not found); give a "
+            "directory written by save_pretrained, or build a tiny local one with "
+            "align_cbrl.models.build_tiny_lm('bpe') (model: tiny-word / tiny-bpe in a run config)"
+        )
+    return path
 
 
 def load_tiny_lm(path: str | os.PathLike[str]):
@@ -287,13 +316,7 @@ def load_tiny_lm(path: str | os.PathLike[str]):
     causal-LM directory). Raises ``FileNotFoundError`` with a fix when the path is wrong."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"no model at {path} (config.json missing). Build a tiny one with "
-            "`align_cbrl.models.build_tiny_lm(kind='bpe')` (or kind='word', words=[...]) and "
-            "pass the returned directory."
-        )
+    path = require_model_dir(path)
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", trust_remote_code=False)
     return model, tokenizer

@@ -1,4 +1,4 @@
-"""The reward-component interface (reference notes section 2: the follower's reward
+"""The reward-component interface (``docs/theory.md §3``: the follower's reward
 ``r_x(p, y)`` and the leader's ``rbar(p, y)`` are both built from named component scores).
 
 A component scores a batch of (prompt, completion) pairs, optionally with per-sample context

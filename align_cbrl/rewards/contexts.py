@@ -1,4 +1,4 @@
-"""Context values -> row indices (reference notes section 1: the context ``xi``).
+"""Context values -> row indices (``docs/theory.md §1``: the context ``xi``).
 
 For language-model followers a context is one dataset column of the prompt, e.g.
 ``category``. Leaders and reward mixes keep one table row per known context value; this module

@@ -4,7 +4,7 @@ Embeds completions with a transformers ``AutoModel`` and attention-masked mean p
 (the sentence-transformers recipe of all-MiniLM-L6-v2), and scores each completion by its
 cosine similarity to a set of target texts (max or mean over targets). Targets may depend on
 the prompt's context column (e.g. one target set per ``category``), which makes this a
-context-dependent component of ``r_x`` / ``rbar`` (reference notes section 2).
+context-dependent component of ``r_x`` / ``rbar`` (``docs/theory.md §3``).
 """
 
 from __future__ import annotations

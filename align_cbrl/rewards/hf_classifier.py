@@ -4,8 +4,7 @@ Loads ``AutoModelForSequenceClassification`` and its tokenizer from a local dire
 (:func:`align_cbrl.rewards.model_dirs.resolve_model_dir`), with ``trust_remote_code=False``
 unless the spec turns it on, and scores (prompt, completion) pairs in batches under
 ``torch.no_grad()``. The score of a sample is the logit of output ``label_index`` (for a
-one-output reward model, its only logit), as used for ``r_x`` / ``rbar`` in reference notes
-section 2.
+one-output reward model, its only logit), as used for ``r_x`` / ``rbar`` (``docs/theory.md §3``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fixed weighted sums of component scores, per context (reference notes section 2).
+"""Fixed weighted sums of component scores, per context (``docs/theory.md §3``).
 
 Both the follower's base reward (the part of ``r_x`` the leader does not control) and the
 leader's own reward ``rbar`` are mixes ``sum_k w_{c,k} s_k(p, y)`` of the named component scores

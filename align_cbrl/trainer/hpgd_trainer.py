@@ -1,6 +1,6 @@
 """``HPGDTrainer``: orchestrated contextual bilevel RL with language-model followers.
 
-Outer iteration ``t = 1..T`` (reference notes section 2; the paper's HPGD):
+Outer iteration ``t = 1..T`` (HPGD, ``docs/theory.md §2``, with the language-model estimator of §3):
 
 1. every follower gets the current shaped reward ``r_x`` (:class:`HPGDReward`, no gradient) and
    continues training ``K = follower_steps`` steps (warm-started TRL GRPO/RLOO, or exact);
@@ -21,12 +21,11 @@ Outer iteration ``t = 1..T`` (reference notes section 2; the paper's HPGD):
      the previous iteration's estimate as the baseline; no update at the first iteration);
    * ``fixed``: no update ("no leader" with zero initial incentive weights).
 
-Metrics per iteration (``metrics.jsonl``, TensorBoard when installed, a tqdm bar on the console):
-the leader objective estimate and, on an enumerable task, its exact value ``F(x)``; per follower
-the shaped / base / leader rewards, incentive, cost, per-component means and TRL's own metrics;
-the hypergradient norm; timings. Checkpoints every ``save_every`` iterations (leader +
-optimiser + RNG via :class:`CheckpointManager`, followers via their ``save``), and
-``resume=True`` continues bit-identically on CPU. Plots at the end.
+Metrics per iteration (``metrics.jsonl``, TensorBoard when installed, a tqdm bar): the leader
+objective estimate and, on an enumerable task, its exact value ``F(x)``; per follower the shaped
+/ base / leader rewards, incentive, cost, component means and TRL's metrics; the hypergradient
+norm; timings. Checkpoints every ``save_every`` iterations (:class:`CheckpointManager`,
+followers via their ``save``); ``resume=True`` continues bit-identically on CPU. Plots at the end.
 """
 
 from __future__ import annotations
@@ -84,10 +83,6 @@ _TRAINER_RNG = "trainer_rng.safetensors"
 _OPTIMA: dict[tuple[str, bytes], float] = {}
 
 
-def _gen_state(g: torch.Generator) -> torch.Tensor:
-    return g.get_state().clone()
-
-
 class HPGDTrainer:
     """Orchestrated HPGD (module docstring).
 
@@ -129,7 +124,6 @@ class HPGDTrainer:
             raise TypeError(f"config must be an HPGDConfig, got {type(config).__name__}")
         self.config = config
         self.output_dir = Path(config.output_dir)
-        self._given_sync = sync
         validate_run_config(config)
         self.checkpoints = CheckpointManager(self.output_dir, keep=config.keep_checkpoints)
         self._plan = plan_run_directory(
@@ -229,10 +223,8 @@ class HPGDTrainer:
 
     def _save(self, iteration: int) -> Path:
         def write_rng(path: Path) -> None:
-            save_safetensors(
-                path,
-                {"prompt_gen": _gen_state(self._prompt_gen), "zo_gen": _gen_state(self._zo_gen)},
-            )
+            gens = {"prompt_gen": self._prompt_gen, "zo_gen": self._zo_gen}
+            save_safetensors(path, {k: g.get_state() for k, g in gens.items()})
 
         writers: dict[str, Callable[[Path], None]] = {_TRAINER_RNG: write_rng}
         for b in self.bundles:

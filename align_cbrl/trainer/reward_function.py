@@ -8,8 +8,7 @@ orchestrated mode).
 for each completion: the follower's base mix of the named reward components plus the leader's
 current incentive, evaluated without gradients. TRL logs a reward function under its
 ``__name__``; this object also reports the mean of every component, of the incentive and of the
-leader's reward ``rbar_x`` through TRL's ``log_metric`` hook (``<name>/<component>``), and keeps
-them in :attr:`HPGDReward.last_metrics`.
+leader's reward ``rbar_x`` through TRL's ``log_metric`` hook (``<name>/<component>``).
 
 The function keeps no data. Whoever needs the scored groups subscribes a sink
 (:meth:`HPGDReward.subscribe`); the plugin's :class:`~align_cbrl.trainer.callback.HPGDCallback`

@@ -1,7 +1,7 @@
 """The leader update as small composable strategy objects (shared by both training modes).
 
 Modelled on optax's ``GradientTransformation``: an *estimator* turns completion groups into an
-ascent direction for the leader's parameters ``x`` (reference notes section 2), and a chain of
+ascent direction for the leader's parameters ``x`` (``docs/theory.md §2``; baselines: §8), and a chain of
 gradient transforms turns that direction into a step:
 
     direction  --(AllReduce)-->  process mean  --(ClipByGlobalNorm)-->  clipped  --(optimiser)-->  x'
@@ -50,6 +50,7 @@ __all__ = [
     "LeaderUpdate",
     "Naive",
     "ZeroOrder",
+    "apply_leader_gradient",
     "build_leader_update",
 ]
 
@@ -237,22 +238,24 @@ def set_ascent_gradient(
     return params
 
 
-def apply_direction(
+def apply_leader_gradient(
     leader: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     *,
     surrogate: Tensor | None = None,
-    flat: Tensor | None = None,
+    flat_gradient: Tensor | None = None,
     n_groups: int,
-    clip: ClipByGlobalNorm,
-    sync: LeaderSync,
+    max_grad_norm: float,
+    sync: LeaderSync | None = None,
 ) -> float:
-    """``set_ascent_gradient -> AllReduce -> ClipByGlobalNorm -> optimizer.step``; returns the
-    norm before clipping. A non-finite gradient leaves the parameters untouched."""
-    params = set_ascent_gradient(leader, surrogate, flat)
-    AllReduce()(leader, n_groups, sync)
+    """Ascend ``surrogate`` (or a given flat ascent direction, e.g. zero-order) by one step:
+    ``set_ascent_gradient -> AllReduce -> ClipByGlobalNorm(max_grad_norm) -> optimizer.step``
+    (0 = no clipping). Returns the hypergradient norm before clipping. A non-finite gradient
+    leaves the parameters untouched."""
+    params = set_ascent_gradient(leader, surrogate, flat_gradient)
+    AllReduce()(leader, n_groups, sync or LeaderSync())
     try:
-        norm = clip(params)
+        norm = ClipByGlobalNorm(max_grad_norm)(params)
     except FloatingPointError:
         optimizer.zero_grad(set_to_none=False)
         raise
@@ -291,14 +294,14 @@ class LeaderUpdate:
         direction = self.estimator.estimate(bilevel, batches, context_column)
         norm, stepped = 0.0, False
         if direction.has_step:
-            norm = apply_direction(
+            norm = apply_leader_gradient(
                 leader,
                 self.optimizer,
                 surrogate=direction.surrogate,
-                flat=direction.flat,
+                flat_gradient=direction.flat,
                 n_groups=direction.stats.groups,
-                clip=self.clip,
-                sync=sync or LeaderSync(),
+                max_grad_norm=self.clip.max_norm,
+                sync=sync,
             )
             stepped = True
         return UpdateResult(direction.stats, norm, stepped, dict(direction.extra or {}))

@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "atomic_directory",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -69,6 +70,22 @@ def replace_directory(tmp: str | os.PathLike[str], final: str | os.PathLike[str]
     else:
         os.replace(tmp, final)
     return final
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a directory atomically: yields an empty hidden sibling of ``final``
+    (``.<name>.<random>.tmp``) to write into; when the block ends normally it replaces ``final``
+    (:func:`replace_directory`), on an error (or a kill) it is deleted and ``final`` is left as
+    it was."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        replace_directory(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful replace
 
 
 def remove_directory(path: str | os.PathLike[str]) -> bool:

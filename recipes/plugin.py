@@ -1,16 +1,20 @@
-"""HPGD as a plugin of a plain TRL ``RLOOTrainer`` script: two objects, TRL owns the loop.
+"""HPGD as a plugin of a plain TRL ``GRPOTrainer`` / ``RLOOTrainer`` script: TRL owns the loop.
 
     accelerate launch --config_file configs/accelerate/cpu.yaml --num_processes 1 \
-        recipes/rloo_plugin.py --config configs/recipes/rloo_tiny.yaml
+        recipes/plugin.py grpo --config configs/recipes/grpo_tiny.yaml
+    (or: recipes/plugin.py rloo --config configs/recipes/rloo_tiny.yaml)
 
-The script is an ordinary RLOO script plus ``HPGDReward`` (the shaped reward ``r_x``, given to
-TRL as its reward function; it buffers TRL's own scored groups) and ``HPGDCallback`` (a
-``TrainerCallback`` that moves the leader one HPGD step every ``follower_steps`` optimiser steps
-from those groups; no extra generation). It reads the same ``HPGDConfig`` YAML as the
-orchestrated recipe: ``followers[0]`` configures RLOO, ``follower_steps`` is the leader's update
-interval, ``iterations`` the number of leader updates (``max_steps = iterations x
-follower_steps``). RLOO puts the KL into the reward (``beta`` of ``RLOOConfig``), the setting
-the HPGD estimate assumes; advantages are not normalised (``normalize_advantages=False``).
+The script is an ordinary GRPO / RLOO script plus ``HPGDReward`` (the shaped reward ``r_x``,
+given to TRL as its reward function; it hands TRL's own scored groups to its subscribers) and
+``HPGDCallback`` (a ``TrainerCallback`` that moves the leader one HPGD step every
+``follower_steps`` optimiser steps from those groups; no extra generation). It reads the same
+``HPGDConfig`` YAML as the orchestrated recipe: ``followers[0]`` configures the trainer (its
+``trl`` mapping is passed through, as in orchestrated runs), ``follower_steps`` is the leader's
+update interval, ``iterations`` the number of leader updates (``max_steps = iterations x
+follower_steps``). The KL is TRL's own here: GRPO's per-token KL in the loss (``beta`` of
+``GRPOConfig``; ``kl_mode`` is an orchestrated-only setting and is ignored), RLOO's
+sequence-level KL in the reward, the setting the HPGD estimate assumes, with unnormalised
+advantages (RLOO's default ``normalize_advantages=False``).
 
 Multi-process: TRL generates whole groups on every rank; the callback broadcasts the leader at
 the start and all-reduces its hypergradient with group-count weights, so all ranks hold the same
@@ -22,52 +26,79 @@ callback writes the leader, its optimiser and the buffered groups into each
 (``checkpoint-<step>/hpgd_leader``). ``--resume`` continues from the latest one
 (``trainer.train(resume_from_checkpoint=True)``).
 
-Arguments: ``--config FILE.yaml``, dotted overrides, ``--resume``, ``--debug_sync DIR``
-(compare the leader across ranks after every update; each rank writes ``DIR/rank<r>.json``).
+Arguments: ``grpo`` or ``rloo``, ``--config FILE.yaml``, dotted overrides, ``--resume``,
+``--debug_sync DIR`` (compare the leader across ranks after every update; each rank writes
+``DIR/rank<r>.json``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from typing import Any
 
 from recipe_utils import (
-    cpu_defaults,
+    exit_now,
     finish,
+    load_recipe_config,
     make_sync_check_callback,
-    pop_flags,
     write_sync_report,
 )
 
-cpu_defaults()  # before torch is imported
+from align_cbrl.utils.env import set_cpu_defaults
+
+set_cpu_defaults(threads=None)  # before torch is imported
 
 import torch  # noqa: E402
 from accelerate import PartialState  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
-from trl import RLOOConfig, RLOOTrainer  # noqa: E402
+from trl import GRPOTrainer, RLOOTrainer  # noqa: E402
 
-from align_cbrl.config_parser import ConfigError, load_config, parse_overrides  # noqa: E402
-from align_cbrl.data import load_prompts  # noqa: E402
+from align_cbrl.config_parser import ConfigError  # noqa: E402
+from align_cbrl.followers.trl_config import trl_config  # noqa: E402
 from align_cbrl.models.real import lora_config  # noqa: E402
 from align_cbrl.trainer import HPGDCallback, HPGDConfig, HPGDReward  # noqa: E402
 from align_cbrl.trainer.builders import (  # noqa: E402
     bilevel_for,
     build_leader_from_config,
     build_reward_setup,
+    dataset_rows,
+    follower_trl_config,
     resolve_model,
     resolve_task,
 )
 from align_cbrl.trainer.estimation import build_optimizer  # noqa: E402
 
 
+def trl_args(config: HPGDConfig, kind: str, task: Any) -> Any:
+    """The ``GRPOConfig`` / ``RLOOConfig``: ``followers[0]`` through the same
+    :func:`~align_cbrl.followers.trl_config.trl_config` as orchestrated followers, with TRL's
+    own KL and the run's steps, logging and checkpoints."""
+    fc = config.followers[0]
+    follower = follower_trl_config(fc, task, "followers.0")
+    follower = dataclasses.replace(follower, kl_mode="loss" if kind == "grpo" else "reward")
+    steps = config.follower_steps
+    return trl_config(
+        kind,
+        follower,
+        defaults={
+            "output_dir": f"{config.output_dir}/trl",
+            "max_steps": config.iterations * steps,
+            "logging_steps": steps,
+            "save_strategy": "steps" if config.save_every else "no",
+            "save_steps": max(1, config.save_every * steps),
+            "save_total_limit": config.keep_checkpoints,
+            "report_to": "none",
+            "disable_tqdm": not config.progress,
+        },
+    )
+
+
 def main(argv: list[str]) -> None:
-    flags, argv = pop_flags(argv, switches=["--resume"], options=["--debug_sync"])
-    config_path, overrides = parse_overrides(argv)
-    if config_path is None:
-        raise ConfigError("give --config FILE.yaml (see configs/recipes/)")
-    config = load_config(HPGDConfig, config_path, overrides)
-    if len(config.followers) != 1 or config.followers[0].trainer != "rloo":
-        raise ConfigError("this recipe trains exactly one follower with trainer: rloo")
+    kind, config, flags = load_recipe_config(argv, "plugin.py", ["--resume"])
+    if len(config.followers) != 1 or config.followers[0].trainer != kind:
+        raise ConfigError(f"this recipe trains exactly one follower with trainer: {kind}")
     if config.leader.estimator not in ("hpgd", "naive"):
         raise ConfigError("plugin mode supports leader.estimator hpgd or naive")
     fc, lc = config.followers[0], config.leader
@@ -76,7 +107,7 @@ def main(argv: list[str]) -> None:
     # 1. Prompts, reward components and the leader: the same YAML sections as orchestrated runs.
     task = resolve_task(config.task)
     setup = build_reward_setup(config, task)
-    rows = task.dataset_rows() if fc.dataset is None else load_prompts(fc.dataset)
+    rows = dataset_rows(fc, task, "followers.0")
     model_dir = resolve_model(
         fc.model, fc.model_seed, task, "followers.0", gguf_file=fc.gguf_file, dtype=fc.model_dtype
     )
@@ -102,34 +133,11 @@ def main(argv: list[str]) -> None:
     if flags["debug_sync"]:
         callbacks.append(make_sync_check_callback(hpgd))
 
-    # 3. A plain RLOO script.
-    args = RLOOConfig(
-        output_dir=f"{config.output_dir}/trl",
-        beta=fc.beta,  # > 0: the follower's KL temperature (GRPO's default 0.0 is refused)
-        normalize_advantages=False,  # the follower maximises E[r] - beta KL, unscaled
-        num_generations=fc.num_generations,
-        per_device_train_batch_size=fc.prompts_per_step * fc.num_generations,
-        max_completion_length=task.config.max_words if task else fc.max_completion_length,
-        temperature=fc.temperature,
-        learning_rate=fc.learning_rate,
-        lr_scheduler_type=fc.lr_scheduler_type,
-        max_grad_norm=fc.max_grad_norm,
-        max_steps=config.iterations * config.follower_steps,
-        seed=fc.seed,
-        logging_steps=config.follower_steps,
-        save_strategy="steps" if config.save_every else "no",
-        save_steps=max(1, config.save_every * config.follower_steps),
-        save_total_limit=config.keep_checkpoints,
-        report_to="none",
-        disable_tqdm=not config.progress,
-        activation_checkpointing=False,
-        use_cpu=not torch.cuda.is_available(),
-        **fc.trl_kwargs,
-    )
-    trainer = RLOOTrainer(
+    # 3. A plain GRPO / RLOO script.
+    trainer = (GRPOTrainer if kind == "grpo" else RLOOTrainer)(
         model=str(model_dir),
         reward_funcs=[reward],
-        args=args,
+        args=trl_args(config, kind, task),
         train_dataset=Dataset.from_list(rows),
         processing_class=AutoTokenizer.from_pretrained(model_dir, padding_side="left"),
         callbacks=callbacks,
@@ -142,9 +150,9 @@ def main(argv: list[str]) -> None:
     if state.is_main_process:
         last = hpgd.history[-1] if hpgd.history else {}
         print(
-            f"{len(hpgd.history)} leader updates over {trainer.state.global_step} RLOO steps on "
-            f"{state.num_processes} process(es); last objective estimate "
-            f"{last.get('objective_estimate', float('nan')):.4f}"
+            f"{len(hpgd.history)} leader updates over {trainer.state.global_step} "
+            f"{kind.upper()} steps on {state.num_processes} process(es); last objective "
+            f"estimate {last.get('objective_estimate', float('nan')):.4f}"
         )
         print(f"leader under {config.output_dir}/leader, metrics in leader_metrics.jsonl")
     finish(state)  # barrier, then tear the process group down before Python exits
@@ -152,6 +160,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    from recipe_utils import exit_now
-
     exit_now()  # skip interpreter finalisation (see recipe_utils.exit_now)
