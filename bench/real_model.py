@@ -540,6 +540,13 @@ def _check_extras() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python bench/real_model.py [--config F] [--publish] [--arm A] [--key.sub V ...]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        print(
+            "usage: python bench/real_model.py [--config F] [--publish] [--collect] [--jobs N] "
+            "[--arm A] [--KEY.SUB VALUE ...]"
+        )
+        return 0
     cwd = os.getcwd()
     for i, a in enumerate(argv[:-1]):  # a relative --config names a file from where we started
         if a == "--config" and Path(argv[i + 1]).is_file():
