@@ -172,11 +172,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             cfg = TRLFollowerConfig(
                 beta=args.beta,
                 kl_mode=mode,  # type: ignore[arg-type]
-                learning_rate=args.lr,
-                num_generations=args.num_generations,
                 prompts_per_step=2,
-                max_completion_length=max_len,
                 seed=args.seed,
+                trl={
+                    "learning_rate": args.lr,
+                    "num_generations": args.num_generations,
+                    "max_completion_length": max_len,
+                },
             )
             f = cls(model_dir, ds, reward_fn, cfg)
             tvs: dict[int, float] = {}
