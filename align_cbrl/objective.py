@@ -1,5 +1,5 @@
 """The leader's upper objective ``rbar`` and the follower's shaped reward ``r_x``
-(reference notes sections 1-2, language-model followers).
+(``docs/theory.md`` §1 and §3, language-model followers).
 
 For a prompt ``p`` with context value ``c`` and a completion ``y`` with component scores
 ``s(p, y) in R^K``:

@@ -27,21 +27,17 @@ from safetensors.numpy import load_file
 
 from align_cbrl.utils.io import atomic_write_bytes
 from tabular_reference.four_rooms.algorithms import RunConfig, run
+from tabular_reference.four_rooms.table1 import BETAS, LAMS, PAPER
 
-CELLS = [(lam, beta) for lam in (0.001, 0.003, 0.005) for beta in (1.0, 3.0, 5.0)]
-PAPER = {  # Table 1 (reference notes §3): HPGD, AMD, zero-order
-    (0.001, 1.0): (0.91, 0.58, 0.59), (0.001, 3.0): (0.51, 0.51, 0.50), (0.001, 5.0): (0.46, 0.46, 0.46),
-    (0.003, 1.0): (0.95, 1.00, 0.91), (0.003, 3.0): (0.73, 0.39, 0.40), (0.003, 5.0): (0.29, 0.32, 0.32),
-    (0.005, 1.0): (1.17, 1.28, 1.15), (0.005, 3.0): (1.01, 1.13, 1.02), (0.005, 5.0): (0.87, 0.97, 0.79),
-}  # fmt: skip
+CELLS = [(lam, beta) for lam in LAMS for beta in BETAS]  # the paper's notation (docs/theory.md §5)
 
 
 def plot(rows: list[dict], path: Path) -> Path:
     """Per cell: the optimum AMD reaches from the initialisation, the optima reached from the
     HPGD points (mean, min-max bar), and the paper's three numbers."""
-    from tabular_reference.common.plots import _pyplot, save_figure
+    from tabular_reference.common.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
     pos = np.arange(len(rows))
     amd_from = [np.asarray(r["amd_from"]) for r in rows]
@@ -94,11 +90,12 @@ def main() -> None:
     for lam, beta in CELLS:
         t0 = time.perf_counter()
         base = dict(
-            algo="amd", lam=lam, beta=beta, lrs=[args.lr], iters=args.iters, dynamics=args.dynamics
-        )
+            algo="exact", beta=lam, budget_cost=beta, lrs=[args.lr], iters=args.iters,
+            dynamics=args.dynamics,
+        )  # fmt: skip
         a = run(RunConfig(seeds=[0], **base), progress=False).F_last
         b = run(RunConfig(seeds=list(range(len(x0))), **base), progress=False, x0=x0).F_last
-        ph, pa, pz = PAPER[(lam, beta)]
+        ph, pa, pz = (PAPER[(lam, beta)][col][0] for col in ("hpgd", "amd", "zo"))
         rows.append(
             dict(
                 lam=lam,

@@ -1,4 +1,4 @@
-"""Rollout-budget sweep (reference notes §3, last paragraph): final exact F of HPGD with the
+"""Rollout-budget sweep (``docs/theory.md`` §4, the small-budget weakness of the mc form): final exact F of HPGD with the
 paper's Monte-Carlo form (``hpgd``), the covariance form with a leader-side EMA baseline
 (``hpgd-cov``) and the naive direct-term estimator (``naive``), for 100, 1,000 and 10,000
 environment steps per outer iteration; single goal (1,9), beta = 5, each lam.
@@ -62,8 +62,8 @@ def main() -> None:
             for form in forms:
                 cfg = RunConfig(
                     algo=form,
-                    lam=lam,
-                    beta=5.0,
+                    beta=lam,
+                    budget_cost=5.0,
                     lrs=[args.lr],
                     seeds=list(range(args.seeds)),
                     iters=args.iters,

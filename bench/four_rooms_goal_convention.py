@@ -3,12 +3,12 @@ conventions, through the dense oracle (tabular_reference.mdp, implicit different
 
 In this project's model the goal is terminal with follower value 1 (the goal cell's own penalty
 is never collected). The published code's reward matrix gives the goal ``1 + pen(goal)`` (the
-incentive of the goal cell is collected there) and its soft values add ``lam H(pi(.|goal))`` =
-``lam log 4`` at the goal. Conventions compared (``--modes``):
+incentive of the goal cell is collected there) and its soft values add ``beta H(pi(.|goal))`` =
+``beta log 4`` at the goal (``beta``: the follower temperature, the paper's lambda). Conventions compared (``--modes``):
 
 * ``ours``:      goal worth ``1``;
-* ``entropy``:   goal worth ``1 + lam log 4``;
-* ``published``: goal worth ``1 + pen(goal) + lam log 4``, so the leader can make finishing
+* ``entropy``:   goal worth ``1 + beta log 4``;
+* ``published``: goal worth ``1 + pen(goal) + beta log 4``, so the leader can make finishing
   unattractive by putting penalty on the goal cell itself.
 
 For each (lambda, beta) cell and convention: exact gradient ascent (SGD, global-norm clipping
@@ -43,8 +43,11 @@ D = torch.float64
 MODES = ("ours", "entropy", "published")
 
 
-def objective(x: torch.Tensor, lam: float, beta: float, mode: str, P: torch.Tensor) -> torch.Tensor:
-    """Exact ``F(x)`` (mean over the two goals) with the goal convention ``mode``."""
+def objective(
+    x: torch.Tensor, beta: float, budget_cost: float, mode: str, P: torch.Tensor
+) -> torch.Tensor:
+    """Exact ``F(x)`` (mean over the two goals) with the goal convention ``mode``; ``beta`` is
+    the follower temperature (the paper's lambda), ``budget_cost`` the paper's beta."""
     S = E.n_cells
     sig = torch.softmax(x, 0)
     pen = -0.2 * sig[:S]
@@ -57,14 +60,14 @@ def objective(x: torch.Tensor, lam: float, beta: float, mode: str, P: torch.Tens
         term[goal] = True
         rg = torch.ones((), dtype=D)
         if mode in ("entropy", "published"):
-            rg = rg + lam * np.log(4.0)
+            rg = rg + beta * np.log(4.0)
         if mode == "published":
             rg = rg + pen[goal]
         r = torch.where(term[:, None], rg.expand(S, 4), pen[:, None].expand(S, 4))
         rb = torch.zeros(S, 4, dtype=D)
         rb[E.target] = 1.0
-        rb = torch.where(term[:, None], (-beta * budget).expand(S, 4), rb)
-        pi = mdp.soft_best_response(P, r, GAMMA, lam, term, tol=1e-11)
+        rb = torch.where(term[:, None], (-budget_cost * budget).expand(S, 4), rb)
+        pi = mdp.soft_best_response(P, r, GAMMA, beta, term, tol=1e-11)
         total = total + mdp.leader_value(P, pi, rb, GAMMA, mu0, term)
     return total / len(E.goals)
 
@@ -83,23 +86,23 @@ def check_gradient(P: torch.Tensor) -> float:
     return abs(float(g.numpy() @ d) - fd) / abs(fd)
 
 
-def ascend(lam, beta, mode, P, iters, lr, eval_last, progress) -> dict:
+def ascend(beta, budget_cost, mode, P, iters, lr, eval_last, progress) -> dict:
     x = torch.tensor(np.random.default_rng(0).normal(0.0, 0.01, 105))
     hist = []
     for _t in tqdm(
         range(iters),
-        desc=f"{mode} lam={lam} beta={beta}",
+        desc=f"{mode} lam={beta} beta={budget_cost}",
         disable=not progress,
         leave=False,
         mininterval=5,
     ):
         xr = x.clone().requires_grad_(True)
-        F = objective(xr, lam, beta, mode, P)
+        F = objective(xr, beta, budget_cost, mode, P)
         (g,) = torch.autograd.grad(F, xr)
         hist.append(float(F.detach()))
         n = float(g.norm())
         x = x + lr * g * min(1.0, 1.0 / max(n, 1e-300))
-    hist.append(float(objective(x, lam, beta, mode, P)))
+    hist.append(float(objective(x, beta, budget_cost, mode, P)))
     sig = torch.softmax(x, 0)
     return {
         "F_last": float(np.mean(hist[-eval_last:])),

@@ -77,6 +77,15 @@ def orchestrated(config_name: str, iterations: int, steps: int) -> dict[str, flo
     }
 
 
+# the plugin run's GRPO settings besides its output directory and length
+PLUGIN_GRPO = {
+    "beta": 0.5, "scale_rewards": "none", "num_generations": 8, "per_device_train_batch_size": 16,
+    "max_completion_length": 2, "learning_rate": 1e-2, "report_to": "none", "save_strategy": "no",
+    "disable_tqdm": True, "use_cpu": True, "activation_checkpointing": False, "seed": 0,
+    "bf16": False,
+}  # fmt: skip
+
+
 def plugin(steps: int, update_every: int) -> dict[str, float]:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -115,24 +124,7 @@ def plugin(steps: int, update_every: int) -> dict[str, float]:
     reward_fn.__name__ = "hpgd_reward"
     cb.update = timed_update  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as tmp:
-        args = GRPOConfig(
-            output_dir=tmp,
-            beta=0.5,
-            scale_rewards="none",
-            num_generations=8,
-            per_device_train_batch_size=16,
-            max_completion_length=2,
-            learning_rate=1e-2,
-            max_steps=steps,
-            report_to="none",
-            save_strategy="no",
-            logging_steps=steps,
-            disable_tqdm=True,
-            use_cpu=True,
-            activation_checkpointing=False,
-            seed=0,
-            bf16=False,
-        )
+        args = GRPOConfig(output_dir=tmp, max_steps=steps, logging_steps=steps, **PLUGIN_GRPO)
         ds = Dataset.from_dict({"prompt": task.prompts, "category": task.contexts})
         trainer = GRPOTrainer(
             model=str(model), reward_funcs=[reward_fn], args=args, train_dataset=ds, callbacks=[cb]

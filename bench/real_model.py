@@ -7,7 +7,7 @@ on-topic similarity with rule components; the leader wants something different p
 and pays ``cost_coef * incentive^2`` (``configs/real_model.yaml``). Arms, at equal follower
 steps and with the same seeds (``bench.arms``):
 
-* ``hpgd``: the leader learns with the HPGD estimator (reference notes section 2, Eq. SUR);
+* ``hpgd``: the leader learns with the HPGD estimator (``docs/theory.md`` §3, the surrogate (SUR));
 * ``naive``: gradient of ``E rbar`` ignoring the follower's reaction;
 * ``zero_order``: residual-feedback Gaussian smoothing of the sampled objective;
 * ``none``: zero incentive, never updated (the follower trains on its base reward);
@@ -50,7 +50,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -68,18 +67,32 @@ _BENCH_DEFAULTS: dict[str, Any] = {
     "fixed_weights": {},
     "examples": 2,
 }
-_LEADER_KEYS = ("leader_objective", "base_reward", "incentive", "cost")
 
 
 # ---------------------------------------------------------------------------- configuration
+def _set_path(node: Any, keys: list[str], value: Any, dotted: str) -> None:
+    """``node[k0][k1]... = value`` for a dotted override (digit keys index lists; missing
+    mappings are created on the way)."""
+    key: Any = keys[0]
+    rest = keys[1:]
+    if isinstance(node, list):
+        if not key.isdigit() or int(key) >= len(node):
+            raise ValueError(f"--{dotted}: no list entry {key} (the list has {len(node)})")
+        key = int(key)
+    elif rest and node.get(key) is None:
+        node[key] = [] if rest[0].isdigit() else {}
+    if rest:
+        _set_path(node[key], rest, value, dotted)
+    else:
+        node[key] = value
+
+
 def load_bench_config(
     path: str | os.PathLike[str], overrides: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(hpgd_config_dict, bench_settings)`` from the YAML at ``path`` with dotted overrides
     (``bench.*`` ones go to the bench settings). Raises ``ValueError`` saying what to fix."""
     import yaml
-
-    from align_cbrl.config_parser import _set_dotted as set_dotted
 
     p = Path(path)
     if not p.is_file():
@@ -90,9 +103,9 @@ def load_bench_config(
     bench = {**copy.deepcopy(_BENCH_DEFAULTS), **(data.pop("bench", None) or {})}
     for key, value in overrides.items():
         if key.startswith("bench."):
-            set_dotted(bench, key[len("bench.") :], value)
+            _set_path(bench, key[len("bench.") :].split("."), value, key)
         else:
-            set_dotted(data, key, value)
+            _set_path(data, key.split("."), value, key)
     unknown = sorted(set(bench) - set(_BENCH_DEFAULTS))
     if unknown:
         raise ValueError(f"bench: unknown key(s) {unknown}; known: {sorted(_BENCH_DEFAULTS)}")
@@ -338,73 +351,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# ---------------------------------------------------------------------------- results, plots
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def collect(
-    root: Path, bench: Mapping[str, Any], config_path: str, steps_per_iteration: int
-) -> dict[str, Any]:
-    """``results.json``: one entry per arm (finished or partial) plus the base model;
-    ``complete`` is false while any arm is unfinished (then its ``follower_steps`` counts the
-    iterations done so far and it has no held-out numbers)."""
-    arms: list[dict[str, Any]] = []
-    total_wall = 0.0
-    for arm in ["before", *bench["arms"]]:
-        d = root / arm
-        segs = _read_jsonl(d / "segments.jsonl")
-        metrics = _read_jsonl(d / "metrics.jsonl")
-        iters = [r for r in metrics if r.get("step", 0) > 0]
-        wall = sum(s["wall_s"] for s in segs)
-        total_wall += wall
-        entry: dict[str, Any] = {
-            "arm": arm,
-            "finished": (d / "heldout.json").is_file(),
-            "iterations_done": len(iters),
-            "wall_s": wall,
-            "cpu_s": sum(s["cpu_s"] for s in segs),
-            "train_wall_s": sum(r.get("time/iteration_wall", 0.0) for r in iters),
-            "train_cpu_s": sum(r.get("time/iteration_cpu", 0.0) for r in iters),
-            "processes": len(segs),
-            "follower_steps": 0 if arm == "before" else len(iters) * steps_per_iteration,
-        }
-        if entry["finished"]:
-            h = json.loads((d / "heldout.json").read_text())
-            o = h["overall"]
-            entry.update(
-                leader_objective_mean=o["leader_objective"]["mean"],
-                leader_objective_se=o["leader_objective"]["se"],
-                base_reward_mean=o["base_reward"]["mean"],
-                base_reward_se=o["base_reward"]["se"],
-                follower_steps=h["follower_steps"],
-                overall=o,
-                by_category=h["by_category"],
-                samples_per_prompt=h["samples_per_prompt"],
-                heldout_prompts=h["prompts"],
-                eval_wall_s=h["eval_wall_s"],
-                eval_cpu_s=h["eval_cpu_s"],
-            )
-        if iters:
-            entry["final_weights"] = {
-                k.removeprefix("leader/w/"): v
-                for k, v in iters[-1].items()
-                if k.startswith("leader/w/")
-            }
-        arms.append(entry)
-    before = arms.pop(0)
-    return {
-        "scale": bench["scale"],
-        "config": os.path.relpath(config_path, ROOT) if os.path.isabs(config_path) else config_path,
-        "wall_s": total_wall,
-        "before": before,
-        "complete": all(a["finished"] for a in [before, *arms]),
-        "arms": arms,
-    }
-
-
+# ---------------------------------------------------------------------------- comparison
 def comparisons(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """HPGD's held-out leader objective minus each other arm's, in units of the combined s.e."""
     by = {a["arm"]: a for a in results["arms"] if "leader_objective_mean" in a}
@@ -423,101 +370,15 @@ def comparisons(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_table(results: Mapping[str, Any]) -> str:
-    """Markdown table of the held-out numbers (mean ± s.e.)."""
-    comps = None
-    lines = []
-    for a in [results["before"], *results["arms"]]:
-        if "overall" not in a:
-            lines.append(f"| {a['arm']} | (not finished: {a['iterations_done']} iterations) |")
-            continue
-        o = a["overall"]
-        if comps is None:
-            comps = [k for k in o if k not in _LEADER_KEYS]
-        cells = [f"{o[k]['mean']:.3f} ± {o[k]['se']:.3f}" for k in (*_LEADER_KEYS, *comps)]
-        lines.append(
-            f"| {a['arm']} | {' | '.join(cells)} | {a['follower_steps']} | "
-            f"{a['wall_s']:.0f} | {a['cpu_s']:.0f} |"
-        )
-    comps = comps or []
-    cols = ["arm", "leader objective", "base reward", "incentive", "cost", *comps]
-    cols += ["follower steps", "wall s", "CPU s"]
-    head = "| " + " | ".join(cols) + " |"
-    sep = "|" + "---|" * len(cols)
-    return "\n".join([head, sep, *lines])
+def _sibling(name: str) -> Any:
+    """A module beside this file: ``real_model_report`` (results, table, figures) or
+    ``real_model_processes`` (the arms' processes)."""
+    import importlib
 
-
-def plot_results(root: Path, results: Mapping[str, Any], out_dir: Path, prefix: str) -> list[Path]:
-    """``<prefix>leader_objective.png`` (sampled training estimate per iteration, each arm) and
-    ``<prefix>components.png`` (held-out per-category component means, before / each arm)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    styles = ["-o", "--s", ":^", "-.d", "-x"]
-    for i, a in enumerate(results["arms"]):
-        rows = [r for r in _read_jsonl(root / a["arm"] / "metrics.jsonl") if r.get("step", 0) > 0]
-        xs = [r["step"] for r in rows]
-        ys = [r["objective_estimate"] for r in rows]
-        if xs:
-            ax.plot(xs, ys, styles[i % len(styles)], markersize=4, label=a["arm"])
-    ax.set_xlabel("outer iteration")
-    ax.set_ylabel("leader objective (sampled estimate, training prompts)")
-    ax.set_title("leader objective while training")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    p = out_dir / f"{prefix}leader_objective.png"
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    paths.append(p)
-
-    entries = [a for a in [results["before"], *results["arms"]] if "by_category" in a]
-    if entries:
-        cats = list(entries[0]["by_category"])
-        keys = [k for k in entries[0]["overall"] if k not in ("incentive", "cost")]
-        fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 4.2), squeeze=False)
-        width = 0.8 / len(entries)
-        for j, key in enumerate(keys):
-            ax = axes[0, j]
-            for i, a in enumerate(entries):
-                ms = [a["by_category"][c][key]["mean"] for c in cats]
-                ses = [a["by_category"][c][key]["se"] for c in cats]
-                xs = [k + (i - (len(entries) - 1) / 2) * width for k in range(len(cats))]
-                ax.bar(xs, ms, width, yerr=ses, capsize=2, label=a["arm"])
-            ax.set_xticks(range(len(cats)), cats)
-            ax.set_title(key.replace("_", " "))
-            ax.axhline(0, color="black", linewidth=0.5)
-        axes[0, 0].legend(fontsize=7)
-        fig.suptitle(
-            "held-out means per category (± s.e.): base model ('before') and each arm after training"
-        )
-        fig.tight_layout()
-        p = out_dir / f"{prefix}components.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        paths.append(p)
-    return paths
-
-
-def examples(root: Path, results: Mapping[str, Any], k: int) -> dict[str, Any]:
-    """The first ``k`` held-out completions of each category's first prompt, before and per arm."""
-    out: dict[str, Any] = {}
-    for a in [results["before"], *results["arms"]]:
-        f = root / a["arm"] / "heldout.json"
-        if not f.is_file():
-            continue
-        seen: dict[str, Any] = {}
-        for g in json.loads(f.read_text())["completions"]:
-            seen.setdefault(
-                g["category"], {"prompt": g["prompt"], "completions": g["completions"][:k]}
-            )
-        out[a["arm"]] = seen
-    return out
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(name)
 
 
 # ---------------------------------------------------------------------------- main
@@ -558,70 +419,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.chdir(cwd)
 
 
-def _run_arms(
-    arms: Sequence[str], root: Path, config_path: str, overrides: Mapping[str, Any], jobs: int
-) -> int:
-    """Run the unfinished arms, each in its own process, at most ``jobs`` at a time (in order);
-    returns 0, or the first non-zero exit status (the other running arms are waited for)."""
-    todo = []
-    for arm in arms:
-        if (root / arm / "heldout.json").is_file():
-            print(f"[real_model] {arm}: done, skipped", flush=True)
-        else:
-            todo.append(arm)
-    running: dict[str, subprocess.Popen[bytes]] = {}
-
-    def stop(*_: Any) -> None:  # ending the bench ends its arms (they resume on the next run)
-        for proc in running.values():
-            proc.terminate()
-        for proc in running.values():
-            proc.wait()
-        raise SystemExit(143)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        return _poll_arms(todo, running, root, config_path, overrides, jobs)
-    except KeyboardInterrupt:
-        stop()
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _poll_arms(
-    todo: list[str],
-    running: dict[str, subprocess.Popen[bytes]],
-    root: Path,
-    config_path: str,
-    overrides: Mapping[str, Any],
-    jobs: int,
-) -> int:
-    status = 0
-    while todo or running:
-        while todo and len(running) < jobs and status == 0:
-            arm = todo.pop(0)
-            print(f"[real_model] {arm}: running (output {root / arm})", flush=True)
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--arm", arm]
-            cmd += ["--config", config_path]
-            for k, v in overrides.items():
-                cmd += [f"--{k}", json.dumps(v)]
-            running[arm] = subprocess.Popen(cmd)
-        if status != 0:
-            todo.clear()
-        for arm, proc in list(running.items()):
-            rc = proc.poll()
-            if rc is None:
-                continue
-            del running[arm]
-            if rc != 0:
-                print(f"[real_model] {arm} failed (exit {rc}); rerun to resume", flush=True)
-                status = status or rc
-            else:
-                print(f"[real_model] {arm}: finished", flush=True)
-        time.sleep(2.0)
-    return status
-
-
 def _main(argv: list[str]) -> int:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
@@ -659,16 +456,19 @@ def _main(argv: list[str]) -> int:
         _check_extras()
         for arm in ["before", *bench["arms"]]:
             arm_config(data, arm, root)  # validate every arm's config before anything runs
-        rc = _run_arms(["before", *bench["arms"]], root, config_path, overrides, jobs)
+        rc = _sibling("real_model_processes").run_arms(
+            ["before", *bench["arms"]], root, config_path, overrides, jobs
+        )
         if rc != 0:
             return rc
-    results = collect(root, bench, config_path, int(data.get("follower_steps", 10)))
+    report = _sibling("real_model_report")
+    results = report.collect(root, bench, config_path, int(data.get("follower_steps", 10)))
     results["this_invocation_wall_s"] = time.perf_counter() - t0
     results["comparisons"] = comparisons(results)
-    results["examples"] = examples(root, results, int(bench["examples"]))
+    results["examples"] = report.examples(root, results, int(bench["examples"]))
     atomic_write_json(root / "results.json", results)
-    plot_results(root, results, root, "")
-    print(format_table(results))
+    report.plot_results(root, results, root, "")
+    print(report.format_table(results))
     for c in results["comparisons"]:
         print(f"hpgd - {c['vs']}: {c['difference']:+.3f} ± {c['se']:.3f} ({c['z']:+.1f} s.e.)")
     if flags["--publish"]:
@@ -676,7 +476,7 @@ def _main(argv: list[str]) -> int:
         atomic_write_json(
             ROOT / "docs" / f"real_model{'' if bench['scale'] == 'cpu' else '_gpu'}.json", doc
         )
-        plot_results(root, results, ROOT / "docs" / "img", f"real_model_{bench['scale']}_")
+        report.plot_results(root, results, ROOT / "docs" / "img", f"real_model_{bench['scale']}_")
     print(f"outputs under {root}/")
     return 0
 

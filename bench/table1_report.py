@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tabular_reference.common.plots import _pyplot, save_figure
+from tabular_reference.common.plots import pyplot, save_figure
 
 NAMES = {"hpgd": "HPGD", "amd": "AMD", "zo": "ZO"}
 
@@ -106,7 +106,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     cells = report["cells"]
     keys = sorted({(c["lam"], c["beta"]) for c in cells})
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=120, sharey=True)

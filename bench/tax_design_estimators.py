@@ -1,6 +1,7 @@
 """Tax design: exactness of the hypergradient and quality of the HPGD estimators (prints numbers).
 
-* exact hypergradient vs central finite differences (relative error), lam in {0.1, 0.2, 0.3};
+* exact hypergradient vs central finite differences (relative error), household temperature
+  (lambda; ``beta`` in the code) in {0.1, 0.2, 0.3};
 * per HPGD form: the mean of ``R`` independent estimates (each from ``N`` sampled 200-step
   episodes) vs the exact hypergradient -- cosine, norm ratio, per-component z-scores -- for
   increasing numbers of episodes;
@@ -21,14 +22,10 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch
 
 from tabular_reference.tax_design.economy import Economy
-from tabular_reference.tax_design.hpgd import hpgd_gradient
+from tabular_reference.tax_design.hypergradient import exact_hypergradient, hypergradient
 from tabular_reference.tax_design.rewards import initial_theta, rates
 from tabular_reference.tax_design.sampling import balanced_contexts, rollout
-from tabular_reference.tax_design.solver import (
-    soft_policy_iteration,
-    welfare,
-    welfare_and_grad,
-)
+from tabular_reference.tax_design.solver import soft_policy_iteration, welfare
 
 DT = torch.float64
 VARIANTS = (  # (label, form, leader_q, follower transition)
@@ -47,24 +44,24 @@ def finite_differences(econ: Economy) -> None:
     theta = initial_theta(1)
     eye = torch.eye(4, dtype=DT)
     h = 1e-5
-    for lam in (0.1, 0.2, 0.3):
-        F, g, _ = welfare_and_grad(econ, theta, lam)
-        Fp = welfare(econ, theta + h * eye, lam, tol=1e-13).F
-        Fm = welfare(econ, theta - h * eye, lam, tol=1e-13).F
+    for beta in (0.1, 0.2, 0.3):
+        F, g, _ = exact_hypergradient(econ, theta, beta)
+        Fp = welfare(econ, theta + h * eye, beta, tol=1e-13).F
+        Fm = welfare(econ, theta - h * eye, beta, tol=1e-13).F
         fd = (Fp - Fm) / (2 * h)
         rel = ((fd - g[0]).norm() / g[0].norm()).item()
         print(
-            f"  lam={lam}: F={F.item():.6f}  dF/dtheta={g[0].numpy().round(4)}  rel.err={rel:.2e}"
+            f"  lam={beta}: F={F.item():.6f}  dF/dtheta={g[0].numpy().round(4)}  rel.err={rel:.2e}"
         )
 
 
-def estimator_quality(econ: Economy, lam: float, runs: int, episodes: list[int]) -> None:
+def estimator_quality(econ: Economy, beta: float, runs: int, episodes: list[int]) -> None:
     theta = initial_theta(runs)
-    lam_t = torch.full((runs,), lam, dtype=DT)
-    _, exact, sol = welfare_and_grad(econ, theta, lam)
-    Vbar = welfare(econ, theta, lam).Vbar
+    beta_t = torch.full((runs,), beta, dtype=DT)
+    _, exact, sol = exact_hypergradient(econ, theta, beta)
+    Vbar = welfare(econ, theta, beta).Vbar
     e = exact[0]
-    print(f"\nHPGD estimates at the initial rates, lam={lam}, exact = {e.numpy().round(4)}")
+    print(f"\nHPGD estimates at the initial rates, lam={beta}, exact = {e.numpy().round(4)}")
     print(
         "  form/transition       episodes  cos(mean,exact)  |mean|/|exact|  max|z|"
         "   mean per-run cos"
@@ -73,10 +70,10 @@ def estimator_quality(econ: Economy, lam: float, runs: int, episodes: list[int])
     for n in episodes:
         traj = rollout(econ, sol, rates(theta)[:, 0], balanced_contexts(econ, runs, n), 200, gen)
         for label, form, leader_q, ft in VARIANTS:
-            g, _ = hpgd_gradient(
+            g, _ = hypergradient(
                 econ,
                 theta,
-                lam_t,
+                beta_t,
                 sol,
                 traj,
                 form=form,
@@ -96,10 +93,10 @@ def estimator_quality(econ: Economy, lam: float, runs: int, episodes: list[int])
     print("  (table: exact leader critic Qbar, Vbar; trajectory: same-trajectory returns)")
 
 
-def timings(econ: Economy, lam: float) -> None:
+def timings(econ: Economy, beta: float) -> None:
     R, N = 10, 50
     theta = initial_theta(R)
-    lam_t = torch.full((R,), lam, dtype=DT)
+    beta_t = torch.full((R,), beta, dtype=DT)
     gen = torch.Generator().manual_seed(1)
 
     def clock(fn, reps=5):
@@ -109,13 +106,15 @@ def timings(econ: Economy, lam: float) -> None:
             out = fn()
         return (time.perf_counter() - t0) / reps, out
 
-    t_cold, sol = clock(lambda: soft_policy_iteration(econ, theta, lam_t, tol=1e-11))
-    t_warm, _ = clock(lambda: soft_policy_iteration(econ, theta + 0.01, lam_t, V0=sol.V, tol=1e-11))
+    t_cold, sol = clock(lambda: soft_policy_iteration(econ, theta, beta_t, tol=1e-11))
+    t_warm, _ = clock(
+        lambda: soft_policy_iteration(econ, theta + 0.01, beta_t, V0=sol.V, tol=1e-11)
+    )
     ctx = balanced_contexts(econ, R, N)
     t_roll, traj = clock(lambda: rollout(econ, sol, rates(theta)[:, 0], ctx, 200, gen))
-    Vbar = welfare(econ, theta, lam).Vbar
-    t_est, _ = clock(lambda: hpgd_gradient(econ, theta, lam_t, sol, traj, critic=Vbar))
-    t_exact, _ = clock(lambda: welfare_and_grad(econ, theta, lam_t, V0=sol.V, tol=1e-11))
+    Vbar = welfare(econ, theta, beta).Vbar
+    t_est, _ = clock(lambda: hypergradient(econ, theta, beta_t, sol, traj, critic=Vbar))
+    t_exact, _ = clock(lambda: exact_hypergradient(econ, theta, beta_t, V0=sol.V, tol=1e-11))
     print(f"\ntimings for a batch of {R} runs x 2 household types ({econ.n_states} bins):")
     print(f"  household solve, cold start: {t_cold * 1e3:.1f} ms ({sol.iters} Newton steps)")
     print(f"  household solve, warm start (theta + 0.01): {t_warm * 1e3:.1f} ms")

@@ -43,7 +43,7 @@ ROW_KEYS = (
 )  # fmt: skip
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/tax_design_bench")
     parser.add_argument("--iters", type=int, default=1000)
@@ -74,35 +74,10 @@ def main() -> None:
         help="run nothing: summarise the finished jobs under --out (an existing --json keeps its "
         "timing fields)",
     )
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    T = EconomyConfig().episode_length
-    budgets = [episodes_from_steps(n, T, "--steps") for n in args.steps]
-    settings = AlgoSettings(
-        zo_c=args.zo_c,
-        episodes=budgets[0],
-        zo_episodes=episodes_from_steps(args.zo_steps, T, "--zo-steps"),
-        zo_crn=args.zo_crn,
-    )
-    jobs = make_jobs(
-        args.algos, args.lam, list(range(args.seeds)), args.iters, settings, [args.zo_c],
-        budgets=budgets,
-    )  # fmt: skip
-    if args.by_lam:
-        jobs = sorted(jobs, key=lambda j: j.lam)  # stable: longest first within a lambda
-    if args.append and (args.json is None or not Path(args.json).exists()):
-        raise SystemExit("--append needs an existing --json file")
-    load0 = os.getloadavg()
-    t0 = time.perf_counter()
-    if args.from_out:
-        found, summaries = discover(args.out)
-        report = summarise(found, summaries, Path(args.out))
-        wall = float("nan")
-    else:
-        report = run_sweep(jobs, args.out, workers=args.workers, progress=args.progress)
-        wall = time.perf_counter() - t0
-    load1 = os.getloadavg()
-    print(f"{len(jobs)} jobs, {args.seeds} seeds, {args.iters} iterations, {args.workers} workers")
+    return parser
+
+
+def _print_report(report: dict) -> None:
     for j in sorted(report["jobs"], key=lambda j: (j["lam"], j["label"])):
         r = j["final_rates_mean"]
         print(
@@ -131,11 +106,93 @@ def main() -> None:
             if a["hpgd_minus_naive"] is not None
             else f"  ACCEPT lam={a['lam']:g} {a['hpgd']}: reach {a['iters_to_reference_final']}"
         )
+
+
+def _cpu_split(report: dict) -> dict[str, list[float]]:
+    """Per algorithm: summed job wall and CPU seconds."""
     by_algo: dict[str, list[float]] = {}
     for j in report["jobs"]:
         by_algo.setdefault(j["algo"], [0.0, 0.0])
         by_algo[j["algo"]][0] += j["seconds"]
         by_algo[j["algo"]][1] += j["cpu_seconds"]
+    return by_algo
+
+
+def _write_json(
+    args: argparse.Namespace,
+    report: dict,
+    wall: float,
+    by_algo: dict[str, list[float]],
+    loads: tuple[float, float],
+) -> None:
+    rows = [{k: row.get(k) for k in ROW_KEYS} for row in report["rows"]]
+    run = {
+        "wall_s": round(wall, 1),
+        "cpu_s": round(sum(v[1] for v in by_algo.values()), 1),
+        "command": " ".join(["bench/tax_design_sweep.py", *sys.argv[1:]]),
+        "load_before_after": [round(loads[0], 2), round(loads[1], 2)],
+        "split_cpu_s": {k: round(v[1], 1) for k, v in by_algo.items()},
+        "rows": rows,
+        "acceptance": report["acceptance"],
+    }
+    if args.append:
+        data = json.loads(Path(args.json).read_text())
+        data.setdefault("extra", []).append(run)
+    elif args.from_out and Path(args.json).exists():
+        # re-summarised (e.g. with jobs of another run copied in): keep the timed run's timing
+        old = json.loads(Path(args.json).read_text())
+        timing = ("wall_s", "cpu_s", "command", "load_before_after", "split_cpu_s")
+        data = {**run, **{k: old[k] for k in timing if k in old}}
+    else:
+        data = run
+    atomic_write_json(args.json, data)
+
+
+def _copy_images(out: str, img_dir: str, lams: list[float]) -> None:
+    img = Path(img_dir)
+    img.mkdir(parents=True, exist_ok=True)
+    for lam in lams:
+        for name, dst in (
+            (f"welfare_lam{lam:g}.png", "welfare"),
+            (f"rates_lam{lam:g}.png", "rates"),
+        ):
+            src = Path(out) / name
+            if src.exists():
+                shutil.copyfile(src, img / f"tax_{dst}_lam{lam:g}.png")
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    torch.set_num_threads(1)
+    T = EconomyConfig().episode_length
+    budgets = [episodes_from_steps(n, T, "--steps") for n in args.steps]
+    settings = AlgoSettings(
+        zo_c=args.zo_c,
+        episodes=budgets[0],
+        zo_episodes=episodes_from_steps(args.zo_steps, T, "--zo-steps"),
+        zo_crn=args.zo_crn,
+    )
+    jobs = make_jobs(
+        args.algos, args.lam, list(range(args.seeds)), args.iters, settings, [args.zo_c],
+        budgets=budgets,
+    )  # fmt: skip
+    if args.by_lam:
+        jobs = sorted(jobs, key=lambda j: j.beta)  # stable: longest first within a lambda
+    if args.append and (args.json is None or not Path(args.json).exists()):
+        raise SystemExit("--append needs an existing --json file")
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    if args.from_out:
+        found, summaries = discover(args.out)
+        report = summarise(found, summaries, Path(args.out))
+        wall = float("nan")
+    else:
+        report = run_sweep(jobs, args.out, workers=args.workers, progress=args.progress)
+        wall = time.perf_counter() - t0
+    load1 = os.getloadavg()
+    print(f"{len(jobs)} jobs, {args.seeds} seeds, {args.iters} iterations, {args.workers} workers")
+    _print_report(report)
+    by_algo = _cpu_split(report)
     cpu_time = sum(v[1] for v in by_algo.values())
     for algo, (w, c) in sorted(by_algo.items(), key=lambda kv: -kv[1][1]):
         print(f"  {algo:>20}: {w:6.0f}s job wall, {c:6.0f}s CPU ({100 * c / cpu_time:.0f}%)")
@@ -146,44 +203,9 @@ def main() -> None:
     )
     print(f"load average before/after: {load0[0]:.2f} / {load1[0]:.2f}")
     if args.json:
-        rows = [{k: row.get(k) for k in ROW_KEYS} for row in report["rows"]]
-        run = {
-            "wall_s": round(wall, 1),
-            "cpu_s": round(cpu_time, 1),
-            "command": " ".join(["bench/tax_design_sweep.py", *sys.argv[1:]]),
-            "load_before_after": [round(load0[0], 2), round(load1[0], 2)],
-            "split_cpu_s": {k: round(v[1], 1) for k, v in by_algo.items()},
-            "rows": rows,
-            "acceptance": report["acceptance"],
-        }
-        if args.append:
-            data = json.loads(Path(args.json).read_text())
-            data.setdefault("extra", []).append(run)
-        elif args.from_out and Path(args.json).exists():
-            # re-summarised (e.g. with jobs of another run copied in): keep the timed run's timing
-            old = json.loads(Path(args.json).read_text())
-            data = {
-                **run,
-                **{
-                    k: old[k]
-                    for k in ("wall_s", "cpu_s", "command", "load_before_after", "split_cpu_s")
-                    if k in old
-                },
-            }
-        else:
-            data = run
-        atomic_write_json(args.json, data)
+        _write_json(args, report, wall, by_algo, (load0[0], load1[0]))
     if args.img:
-        img = Path(args.img)
-        img.mkdir(parents=True, exist_ok=True)
-        for lam in args.lam:
-            for name, dst in (
-                (f"welfare_lam{lam:g}.png", "welfare"),
-                (f"rates_lam{lam:g}.png", "rates"),
-            ):
-                src = Path(args.out) / name
-                if src.exists():
-                    shutil.copyfile(src, img / f"tax_{dst}_lam{lam:g}.png")
+        _copy_images(args.out, args.img, args.lam)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
 """Dense finite-MDP reference (the slow-but-obviously-right oracle), torch float64.
 
 Implements, for a generic finite MDP with transition tensor ``P[s, a, s']`` and reward
-``r[s, a]``, the objects of the reference notes (``/work/shared/reference-notes.md``):
+``r[s, a]``, the objects of ``docs/theory.md``:
 
-* section 1, the entropy-regularised (optionally KL-to-a-prior) soft-optimal follower
+* §1, the entropy-regularised (optionally KL-to-a-prior) soft-optimal follower
   ``Q*(s,a) = r(s,a) + gamma * sum_s' P(s'|s,a) V*(s')``,
-  ``V*(s) = lam * log sum_a prior(a|s) exp(Q*(s,a)/lam)``, ``pi* = prior * exp((Q* - V*)/lam)``,
+  ``V*(s) = beta * log sum_a prior(a|s) exp(Q*(s,a)/beta)``, ``pi* = prior * exp((Q* - V*)/beta)``,
   solved exactly by soft policy iteration (= Newton's method on the soft Bellman equation,
   each step one dense linear solve) to a stated sup-norm residual;
-* section 1, the leader's value ``f = mu0^T Vbar`` of the follower's policy;
-* section 2, the exact hypergradient ``dF/dx``, both in closed form (:func:`exact_hypergradient`,
+* §1, the leader's value ``f = mu0^T Vbar`` of the follower's policy;
+* §2, the exact hypergradient ``dF/dx``, both in closed form (:func:`exact_hypergradient`,
   the adjoint of the implicit function ``V* = T_x(V*)``) and as an autograd-differentiable
   function (:func:`soft_value`, an implicit-function layer), so ``F(x)`` written in torch can
   simply be ``.backward()``-ed.
@@ -17,8 +17,8 @@ Implements, for a generic finite MDP with transition tensor ``P[s, a, s']`` and 
 Conventions
 -----------
 * ``prior=None`` means the *uniform-without-normalisation* entropy convention used by the
-  Four-Rooms experiment, ``V = lam * logsumexp(Q / lam)`` (no ``-lam log|A|`` term). Passing
-  ``prior`` (rows summing to 1) gives the KL-regularised follower ``pi* ∝ prior exp(Q/lam)``.
+  Four-Rooms experiment, ``V = beta * logsumexp(Q / beta)`` (no ``-beta log|A|`` term). Passing
+  ``prior`` (rows summing to 1) gives the KL-regularised follower ``pi* ∝ prior exp(Q/beta)``.
 * ``terminal_mask[s] = True`` makes ``s`` terminal: the episode ends there, its value is its
   (action-independent) reward, ``V(s) = mean_a r(s, a)`` with no entropy bonus and no
   continuation; the same holds for the leader, ``Vbar(s) = mean_a rbar(s, a)``. Rows of ``P``
@@ -60,15 +60,15 @@ class SoftSolution:
     iters: int
 
 
-def _check(P: Tensor, r: Tensor, gamma: float, lam: float) -> None:
+def _check(P: Tensor, r: Tensor, gamma: float, beta: float) -> None:
     if P.dim() != 3 or P.shape[0] != P.shape[2]:
         raise ValueError(f"P must have shape [S, A, S], got {tuple(P.shape)}")
     if r.shape != P.shape[:2]:
         raise ValueError(f"r must have shape [S, A] = {tuple(P.shape[:2])}, got {tuple(r.shape)}")
     if not 0.0 <= float(gamma) < 1.0:
         raise ValueError(f"gamma must be in [0, 1), got {gamma}")
-    if not float(lam) > 0.0:
-        raise ValueError(f"lam (follower temperature) must be > 0, got {lam}")
+    if not float(beta) > 0.0:
+        raise ValueError(f"beta (follower temperature) must be > 0, got {beta}")
 
 
 def _terminal(terminal_mask: Tensor | None, S: int, device: torch.device) -> Tensor:
@@ -90,16 +90,16 @@ def _log_prior(prior: Tensor | None, like: Tensor) -> Tensor | None:
 
 
 def soft_policy(
-    Q: Tensor, lam: float, prior: Tensor | None = None, terminal_mask: Tensor | None = None
+    Q: Tensor, beta: float, prior: Tensor | None = None, terminal_mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Section 1: ``V(s) = lam log sum_a prior(a|s) exp(Q(s,a)/lam)`` and
-    ``pi(a|s) = prior(a|s) exp((Q(s,a) - V(s))/lam)``; terminal states get ``V = mean_a Q``
+    """``docs/theory.md`` §1: ``V(s) = beta log sum_a prior(a|s) exp(Q(s,a)/beta)`` and
+    ``pi(a|s) = prior(a|s) exp((Q(s,a) - V(s))/beta)``; terminal states get ``V = mean_a Q``
     and the prior (uniform) policy. Returns ``(V[S], pi[S, A])``."""
-    logits = Q / lam
+    logits = Q / beta
     lp = _log_prior(prior, Q)
     if lp is not None:
         logits = logits + lp
-    V = lam * torch.logsumexp(logits, dim=-1)
+    V = beta * torch.logsumexp(logits, dim=-1)
     pi = torch.softmax(logits, dim=-1)
     if terminal_mask is not None and bool(terminal_mask.any()):
         A = Q.shape[1]
@@ -114,25 +114,36 @@ def soft_bellman_operator(
     r: Tensor,
     V: Tensor,
     gamma: float,
-    lam: float,
+    beta: float,
     prior: Tensor | None = None,
     terminal_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One application of the soft Bellman operator (section 1).
+    """One application of the soft Bellman operator (``docs/theory.md`` §1).
 
     Returns ``(T(V)[S], Q[S, A], pi[S, A])`` with ``Q = r + gamma P V`` (``Q = r`` at terminal
     states, whose continuation is ignored)."""
     term = _terminal(terminal_mask, P.shape[0], P.device)
-    Q = r + gamma * torch.einsum("sat,t->sa", P, V)
-    Q = torch.where(term[:, None], r, Q)
-    TV, pi = soft_policy(Q, lam, prior, term)
+    Q = _lookahead(P, r, V, gamma, term)
+    TV, pi = soft_policy(Q, beta, prior, term)
     return TV, Q, pi
+
+
+def _lookahead(P: Tensor, r: Tensor, V: Tensor, gamma: float, term: Tensor) -> Tensor:
+    """``Q = r + gamma P V`` (``Q = r`` at terminal states)."""
+    Q = r + gamma * torch.einsum("sat,t->sa", P, V)
+    return torch.where(term[:, None], r, Q)
 
 
 def _policy_matrix(P: Tensor, pi: Tensor, term: Tensor) -> Tensor:
     """``P_pi[s, s'] = sum_a pi(a|s) P(s'|s,a)``, with zero rows at terminal states."""
     Ppi = torch.einsum("sa,sat->st", pi, P)
     return torch.where(term[:, None], torch.zeros_like(Ppi), Ppi)
+
+
+def _evaluation_matrix(P: Tensor, pi: Tensor, gamma: float, term: Tensor) -> Tensor:
+    """``I - gamma P_pi`` (float64)."""
+    S = P.shape[0]
+    return torch.eye(S, dtype=_DT, device=P.device) - gamma * _policy_matrix(P.to(_DT), pi, term)
 
 
 def policy_evaluation(
@@ -145,31 +156,29 @@ def policy_evaluation(
     """Exact value of policy ``pi`` for the state reward ``reward[S]`` (already averaged over
     actions under ``pi``): ``V = (I - gamma P_pi)^{-1} reward`` with terminal rows
     ``V(s) = reward(s)``. Differentiable by autograd."""
-    S = P.shape[0]
-    term = _terminal(terminal_mask, S, P.device)
-    M = torch.eye(S, dtype=_DT, device=P.device) - gamma * _policy_matrix(P.to(_DT), pi, term)
-    return torch.linalg.solve(M, reward.to(_DT))
+    term = _terminal(terminal_mask, P.shape[0], P.device)
+    return torch.linalg.solve(_evaluation_matrix(P, pi, gamma, term), reward.to(_DT))
 
 
 def soft_solve(
     P: Tensor,
     r: Tensor,
     gamma: float,
-    lam: float,
+    beta: float,
     terminal_mask: Tensor | None = None,
     tol: float = 1e-12,
     prior: Tensor | None = None,
     V0: Tensor | None = None,
     max_iters: int = 500,
 ) -> SoftSolution:
-    """Exact soft-optimal follower (section 1) by soft policy iteration.
+    """Exact soft-optimal follower (``docs/theory.md`` §1) by soft policy iteration.
 
     Each iteration is a Newton step on the soft Bellman equation ``V = T(V)``: with
     ``pi = softmax`` of the current ``Q``, solve the entropy-regularised evaluation
-    ``V <- (I - gamma P_pi)^{-1} sum_a pi (r - lam log(pi/prior))``. Stops when the sup-norm
+    ``V <- (I - gamma P_pi)^{-1} sum_a pi (r - beta log(pi/prior))``. Stops when the sup-norm
     residual ``max_s |T(V) - V|`` is ``<= tol`` (raises ``RuntimeError`` if ``max_iters`` is
     exhausted). No gradients are tracked; use :func:`soft_value` for autograd."""
-    _check(P, r, gamma, lam)
+    _check(P, r, gamma, beta)
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
     with torch.no_grad():
@@ -179,9 +188,8 @@ def soft_solve(
         term = _terminal(terminal_mask, S, P.device)
         lp = _log_prior(prior, r)
         V = torch.zeros(S, dtype=_DT) if V0 is None else V0.to(_DT).clone()
-        eye = torch.eye(S, dtype=_DT, device=P.device)
         for it in range(max_iters + 1):
-            TV, Q, pi = soft_bellman_operator(P, r, V, gamma, lam, prior, term)
+            TV, Q, pi = soft_bellman_operator(P, r, V, gamma, beta, prior, term)
             res = float((TV - V).abs().max())
             if res <= tol:
                 return SoftSolution(Q=Q, V=TV, pi=pi, residual=res, iters=it)
@@ -192,10 +200,9 @@ def soft_solve(
                 logratio = logratio - lp
             # pi log pi -> 0 where pi == 0
             ent = torch.where(pi > 0, pi * logratio, torch.zeros_like(pi)).sum(-1)
-            rhs = (pi * r).sum(-1) - lam * ent
+            rhs = (pi * r).sum(-1) - beta * ent
             rhs = torch.where(term, r.mean(-1), rhs)
-            M = eye - gamma * _policy_matrix(P, pi, term)
-            V = torch.linalg.solve(M, rhs)
+            V = torch.linalg.solve(_evaluation_matrix(P, pi, gamma, term), rhs)
         raise RuntimeError(
             f"soft_solve did not reach tol={tol} in max_iters={max_iters} (residual {res:.3e}); "
             "increase max_iters or tol"
@@ -207,10 +214,8 @@ def discounted_occupancy(
 ) -> Tensor:
     """Discounted state occupancy ``mu = (I - gamma P_pi)^{-T} mu0`` (terminal states count
     the discounted probability of being reached; they have no successors)."""
-    S = P.shape[0]
-    term = _terminal(terminal_mask, S, P.device)
-    M = torch.eye(S, dtype=_DT, device=P.device) - gamma * _policy_matrix(P.to(_DT), pi, term)
-    return torch.linalg.solve(M.T, mu0.to(_DT))
+    term = _terminal(terminal_mask, P.shape[0], P.device)
+    return torch.linalg.solve(_evaluation_matrix(P, pi, gamma, term).T, mu0.to(_DT))
 
 
 def leader_value(
@@ -221,7 +226,7 @@ def leader_value(
     mu0: Tensor,
     terminal_mask: Tensor | None = None,
 ) -> Tensor:
-    """Leader's objective ``f = mu0^T Vbar`` (section 1) for the follower policy ``pi``:
+    """Leader's objective ``f = mu0^T Vbar`` (``docs/theory.md`` §1) for the follower policy ``pi``:
     ``Vbar = (I - gamma P_pi)^{-1} sum_a pi rbar`` (``Vbar(s) = mean_a rbar(s,a)`` at terminal
     states). Differentiable by autograd in ``P, pi, rbar``."""
     S = P.shape[0]
@@ -231,14 +236,14 @@ def leader_value(
 
 
 class _SoftValueFn(torch.autograd.Function):
-    """Implicit-function layer ``(P, r) -> V*`` with the adjoint backward of section 2:
+    """Implicit-function layer ``(P, r) -> V*`` with the adjoint backward of ``docs/theory.md`` §2:
     ``dV* = (I - gamma P_pi)^{-1} sum_a pi (dr + gamma dP V*)`` (the entropy term is stationary
     at the optimum), so ``grad_r = pi * w``, ``grad_P = gamma pi w V*^T`` with
     ``w = (I - gamma P_pi)^{-T} grad_V``."""
 
     @staticmethod
-    def forward(ctx, P, r, gamma, lam, prior, term, tol, V0):  # type: ignore[override]
-        sol = soft_solve(P.detach(), r.detach(), gamma, lam, term, tol, prior, V0)
+    def forward(ctx, P, r, gamma, beta, prior, term, tol, V0):  # type: ignore[override]
+        sol = soft_solve(P.detach(), r.detach(), gamma, beta, term, tol, prior, V0)
         ctx.save_for_backward(P.detach().to(_DT), sol.pi, sol.V, term)
         ctx.gamma = gamma
         return sol.V
@@ -246,10 +251,9 @@ class _SoftValueFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gV):  # type: ignore[override]
         P, pi, V, term = ctx.saved_tensors
-        S, A = pi.shape
+        A = pi.shape[1]
         gamma = ctx.gamma
-        M = torch.eye(S, dtype=_DT) - gamma * _policy_matrix(P, pi, term)
-        w = torch.linalg.solve(M.T, gV.to(_DT))
+        w = torch.linalg.solve(_evaluation_matrix(P, pi, gamma, term).T, gV.to(_DT))
         act = torch.where(term[:, None], torch.full_like(pi, 1.0 / A), pi)
         g_r = act * w[:, None]
         g_P = gamma * (pi * w[:, None] * (~term)[:, None])[:, :, None] * V[None, None, :]
@@ -260,7 +264,7 @@ def soft_value(
     P: Tensor,
     r: Tensor,
     gamma: float,
-    lam: float,
+    beta: float,
     terminal_mask: Tensor | None = None,
     prior: Tensor | None = None,
     tol: float = 1e-12,
@@ -270,29 +274,26 @@ def soft_value(
 
     Combine with ``Q = r + gamma P V`` and :func:`soft_policy` to get a differentiable
     ``pi*``; e.g. the leader objective ``F(x) = leader_value(P, pi*(x), rbar(x), ...)`` then
-    backpropagates the exact hypergradient of section 2."""
-    _check(P, r, gamma, lam)
+    backpropagates the exact hypergradient of ``docs/theory.md`` §2."""
+    _check(P, r, gamma, beta)
     S = P.shape[0]
     term = _terminal(terminal_mask, S, P.device)
-    return _SoftValueFn.apply(P.to(_DT), r.to(_DT), gamma, lam, prior, term, tol, V0)
+    return _SoftValueFn.apply(P.to(_DT), r.to(_DT), gamma, beta, prior, term, tol, V0)
 
 
 def soft_best_response(
     P: Tensor,
     r: Tensor,
     gamma: float,
-    lam: float,
+    beta: float,
     terminal_mask: Tensor | None = None,
     prior: Tensor | None = None,
     tol: float = 1e-12,
 ) -> Tensor:
-    """Differentiable ``pi*(P, r)`` (section 1) built on :func:`soft_value`."""
-    S = P.shape[0]
-    term = _terminal(terminal_mask, S, P.device)
-    V = soft_value(P, r, gamma, lam, term, prior, tol)
-    Q = r.to(_DT) + gamma * torch.einsum("sat,t->sa", P.to(_DT), V)
-    Q = torch.where(term[:, None], r.to(_DT), Q)
-    return soft_policy(Q, lam, prior, term)[1]
+    """Differentiable ``pi*(P, r)`` (``docs/theory.md`` §1) built on :func:`soft_value`."""
+    term = _terminal(terminal_mask, P.shape[0], P.device)
+    V = soft_value(P, r, gamma, beta, term, prior, tol)
+    return soft_policy(_lookahead(P.to(_DT), r.to(_DT), V, gamma, term), beta, prior, term)[1]
 
 
 def exact_hypergradient(
@@ -300,7 +301,7 @@ def exact_hypergradient(
     r: Tensor,
     rbar: Tensor,
     gamma: float,
-    lam: float,
+    beta: float,
     mu0: Tensor,
     dr: Tensor | None = None,
     drbar: Tensor | None = None,
@@ -309,13 +310,13 @@ def exact_hypergradient(
     prior: Tensor | None = None,
     tol: float = 1e-12,
 ) -> tuple[Tensor, Tensor]:
-    """Closed-form exact hypergradient (section 2) by the adjoint method.
+    """Closed-form exact hypergradient (``docs/theory.md`` §2) by the adjoint method.
 
     Given the Jacobians ``dr[S, A, K] = d r / d x``, ``drbar[S, A, K]`` and
     ``dP[S, A, S, K]`` (any may be ``None`` = zero; ``K`` = number of leader parameters),
     returns ``(F, dF/dx[K])`` for ``F = mu0^T Vbar`` with
 
-    ``dF = sum_{s,a} mu(s) pi(a|s) [ drbar(s,a) + (1/lam) (dQ*(s,a) - dV*(s)) Abar(s,a)
+    ``dF = sum_{s,a} mu(s) pi(a|s) [ drbar(s,a) + (1/beta) (dQ*(s,a) - dV*(s)) Abar(s,a)
     + gamma sum_s' dP(s'|s,a) Vbar(s') ]``,
 
     ``mu`` the discounted occupancy from ``mu0``, ``Abar = Qbar - Vbar`` the leader's
@@ -323,7 +324,7 @@ def exact_hypergradient(
     (``dV* = (I - gamma P_pi)^{-1} sum_a pi (dr + gamma dP V*)``,
     ``dQ* = dr + gamma (dP V* + P dV*)``).
     Terminal states contribute ``mu(s) mean_a drbar(s, a)``."""
-    sol = soft_solve(P, r, gamma, lam, terminal_mask, tol, prior)
+    sol = soft_solve(P, r, gamma, beta, terminal_mask, tol, prior)
     P = P.to(_DT)
     S, A = r.shape
     term = _terminal(terminal_mask, S, P.device)
@@ -345,14 +346,13 @@ def exact_hypergradient(
     mu = discounted_occupancy(P, pi, mu0, gamma, term)
     F = mu0.to(_DT) @ Vbar
     # follower value derivatives
-    Mf = torch.eye(S, dtype=_DT) - gamma * _policy_matrix(P, pi, term)
     drhs = torch.einsum("sa,sak->sk", pi, dr + gamma * dPV) * nt[:, None]
     drhs = drhs + term.to(_DT)[:, None] * dr.mean(1)
-    dV = torch.linalg.solve(Mf, drhs)  # [S, K]
+    dV = torch.linalg.solve(_evaluation_matrix(P, pi, gamma, term), drhs)  # [S, K]
     dQ = dr + gamma * (dPV + torch.einsum("sat,tk->sak", P, dV))
     dA = (dQ - dV[:, None, :]) * nt[:, None, None]
     w = mu[:, None] * pi * nt[:, None]  # visitation of non-terminal (s, a)
-    g = torch.einsum("sa,sak->k", w, drbar + dA * Abar[:, :, None] / lam)
+    g = torch.einsum("sa,sak->k", w, drbar + dA * Abar[:, :, None] / beta)
     g = g + gamma * torch.einsum(
         "sa,sak->k",
         w,

@@ -1,5 +1,5 @@
 """A one-state bandit gives the same answers through the dense tabular oracle
-(``tabular_reference.mdp``) and through the language-model core (reference notes section 2:
+(``tabular_reference.mdp``) and through the language-model core (``docs/theory.md`` §3:
 a prompt is a one-step MDP whose actions are the completions)."""
 
 from __future__ import annotations
@@ -9,47 +9,41 @@ import torch
 
 mdp = pytest.importorskip("tabular_reference.mdp")
 
-from align_cbrl.estimators.grouped import hpgd_gradient  # noqa: E402
-from align_cbrl.reference.tiny_language import (  # noqa: E402
-    TinyLanguageConfig,
-    TinyLanguageTask,
-    exact_gradient,
-    exact_objective,
-    exact_policy,
-    reward_jacobians,
-    sample_completions,
-)
+from align_cbrl.estimators.grouped import grouped_hpgd_gradient  # noqa: E402
+from align_cbrl.reference import tiny_language as tl  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def bandit() -> TinyLanguageTask:
+def bandit() -> tl.TinyLanguageTask:
     """One prompt (one state); its 14 completions (vocab 2, up to 3 words) are the arms."""
-    cfg = TinyLanguageConfig(vocab=["a", "b"], max_words=3)
+    cfg = tl.TinyLanguageConfig(vocab=["a", "b"], max_words=3)
     cfg.components = [c for c in cfg.components if c["name"] in ("n_words", "count_a", "count_b")]
     cfg.prompts = [{"prompt": "a b", "category": "concise"}]
     cfg.leader = {"by_context": {"concise": {"n_words": -1.0, "count_b": 0.5}}}
-    return TinyLanguageTask(cfg)
+    return tl.TinyLanguageTask(cfg)
 
 
 @pytest.mark.parametrize("beta,seed", [(0.3, 0), (1.0, 1), (2.5, 2)])
-def test_bandit_matches_tabular_reference(bandit: TinyLanguageTask, beta: float, seed: int) -> None:
+def test_bandit_matches_tabular_reference(
+    bandit: tl.TinyLanguageTask, beta: float, seed: int
+) -> None:
     task = bandit
     bl = task.bilevel(task.make_leader(init_std=0.5, seed=seed, cost_coef=0.2))
-    r, rbar, d_r, d_rbar = reward_jacobians(task, bl)
+    r, rbar, d_r, d_rbar = tl.reward_jacobians(task, bl)
     Y = task.num_completions
     P = torch.ones(1, Y, 1, dtype=torch.float64)  # one state, every arm returns to it
     prior = torch.softmax(task.log_ref, -1)  # [1, Y]
     mu0 = torch.ones(1, dtype=torch.float64)
     # gamma = 0: a one-step problem (a contextual bandit), as for an LM completion
-    sol = mdp.soft_solve(P, r, gamma=0.0, lam=beta, prior=prior)
-    pi = exact_policy(task, bl, beta).detach()
+    sol = mdp.soft_solve(P, r, gamma=0.0, beta=beta, prior=prior)
+    pi = tl.exact_policy(task, bl, beta).detach()
     assert torch.allclose(sol.pi, pi, atol=1e-13)
     F_tab, g_tab = mdp.exact_hypergradient(
-        P, r, rbar, gamma=0.0, lam=beta, mu0=mu0, dr=d_r, drbar=d_rbar, prior=prior
+        P, r, rbar, gamma=0.0, beta=beta, mu0=mu0, dr=d_r, drbar=d_rbar, prior=prior
     )
-    F = exact_objective(task, bl, beta).detach()
+    F = tl.exact_objective(task, bl, beta).detach()
     assert torch.allclose(F_tab, F, atol=1e-13)
-    g = exact_gradient(task, bl, beta)
+    g = tl.exact_gradient(task, bl, beta)
     assert torch.allclose(g_tab, g, atol=1e-12)
     # the autograd route of the oracle (implicit-function layer) agrees too
     x = bl.leader.flat_parameters().requires_grad_(True)
@@ -61,10 +55,10 @@ def test_bandit_matches_tabular_reference(bandit: TinyLanguageTask, beta: float,
     # along the gradient direction)
     gen = torch.Generator().manual_seed(10 + seed)
     reps, n = 3000, 4
-    _, comp = sample_completions(task, bl, beta, n, gen, torch.zeros(reps, dtype=torch.long))
+    _, comp = tl.sample_completions(task, bl, beta, n, gen, torch.zeros(reps, dtype=torch.long))
     est = torch.stack(
         [
-            hpgd_gradient(d_r[0][c][None], d_rbar[0][c][None], rbar[0][c][None], beta)
+            grouped_hpgd_gradient(d_r[0][c][None], d_rbar[0][c][None], rbar[0][c][None], beta)
             for c in comp[:3]
         ]
     )

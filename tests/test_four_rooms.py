@@ -11,16 +11,13 @@ import torch
 from tabular_reference import mdp
 from tabular_reference.four_rooms import hpgd_kernels as HK
 from tabular_reference.four_rooms import kernels as K
-from tabular_reference.four_rooms.algorithms import (
-    RunConfig,
-    _Solver,
-    hpgd_estimate,
-    run,
-)
+from tabular_reference.four_rooms.algorithms import RunConfig, run
 from tabular_reference.four_rooms.dynamics import PRESETS
 from tabular_reference.four_rooms.env import FOUR_ROOMS as E
 from tabular_reference.four_rooms.env import GAMMA, MAP
+from tabular_reference.four_rooms.hypergradient import follower_advantage_gradient, hypergradient
 from tabular_reference.four_rooms.leader import budget, logits_gradient, penalties, softmax
+from tabular_reference.four_rooms.solver import FollowerSolver
 
 D = torch.float64
 
@@ -54,7 +51,14 @@ def test_map_and_slip_transitions():
     assert P[d, 1, E.index[(3, 7)]] == pytest.approx(0.67)
 
 
-def _dense(x: np.ndarray, goal: int, beta: float, preset: str):
+def _config(algo: str, beta: float, budget_cost: float, **kw) -> RunConfig:
+    """A run configuration with learning rate 0.1 and seed 0 unless ``kw`` says otherwise."""
+    return RunConfig(
+        algo=algo, beta=beta, budget_cost=budget_cost, **{"lrs": [0.1], "seeds": [0], **kw}
+    )
+
+
+def _dense(x: np.ndarray, goal: int, budget_cost: float, preset: str):
     """Dense oracle objects for logits x[105] and goal cell index (torch, differentiable),
     transitions of the preset's planning model."""
     xt = torch.tensor(x, dtype=D, requires_grad=True)
@@ -68,33 +72,34 @@ def _dense(x: np.ndarray, goal: int, beta: float, preset: str):
     r = torch.where(term[:, None], torch.ones(S, 4, dtype=D), pen[:, None].expand(S, 4))
     rb = torch.zeros(S, 4, dtype=D)
     rb[E.target] = 1.0
-    rb = torch.where(term[:, None], (-beta * B).expand(S, 4), rb)
+    rb = torch.where(term[:, None], (-budget_cost * B).expand(S, 4), rb)
     mu0 = torch.zeros(S, dtype=D)
     mu0[E.start] = 1.0
     return xt, P, r, rb, mu0, term
 
 
 @pytest.mark.parametrize("preset", ["paper", "notes"])
-@pytest.mark.parametrize("lam", [0.001, 0.005])
-def test_fast_solver_matches_dense_oracle(lam, preset):
+@pytest.mark.parametrize("beta", [0.001, 0.005])
+def test_fast_solver_matches_dense_oracle(beta, preset):
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1.0, (1, 105))
-    cfg = RunConfig(algo="amd", lam=lam, beta=3.0, lrs=[0.1], seeds=[0], tol=1e-11, dynamics=preset)
-    solver = _Solver(1, np.array(E.goals), cfg)
+    cfg = _config("amd", beta, 3.0, tol=1e-11, dynamics=preset)
+    solver = FollowerSolver(1, np.array(E.goals), cfg)
     for k, goal in enumerate(E.goals):
-        F, gpen, mug, pi, sigma, g_idx, _vg, V = solver.solve(x, np.array([k]), True)
+        fs = solver.solve(x, np.array([k]), True)
+        F, gpen, mug, pi, sigma, g_idx, V = fs.F, fs.gpen, fs.mug, fs.pi, fs.sigma, fs.goal, fs.V
         assert solver.newton_calls > 0
         xt, P, r, rb, mu0, term = _dense(x[0], goal, 3.0, preset)
-        sol = mdp.soft_solve(P.detach(), r.detach(), GAMMA, lam, term, tol=1e-12)
+        sol = mdp.soft_solve(P.detach(), r.detach(), GAMMA, beta, term, tol=1e-12)
         np.testing.assert_allclose(V[0], sol.V.numpy(), atol=1e-10)
         np.testing.assert_allclose(pi[0], sol.pi.numpy(), atol=1e-8)
         # residual of the returned solution, recomputed independently by the oracle's operator
         TV, _, _ = mdp.soft_bellman_operator(
-            P, r.detach(), torch.tensor(V[0]), GAMMA, lam, None, term
+            P, r.detach(), torch.tensor(V[0]), GAMMA, beta, None, term
         )
         assert float((TV - torch.tensor(V[0])).abs().max()) <= 1e-11
         # AMD fast path (exact gradient through the logits) vs autograd on the dense oracle
-        pis = mdp.soft_best_response(P, r, GAMMA, lam, term, tol=1e-12)
+        pis = mdp.soft_best_response(P, r, GAMMA, beta, term, tol=1e-12)
         Fd = mdp.leader_value(P, pis, rb, GAMMA, mu0, term)
         (gd,) = torch.autograd.grad(Fd, xt)
         assert F[0] == pytest.approx(float(Fd.detach()), abs=1e-10)
@@ -103,26 +108,24 @@ def test_fast_solver_matches_dense_oracle(lam, preset):
 
 
 @pytest.mark.parametrize(
-    "lam,beta,preset", [(0.001, 1.0, "paper"), (0.005, 5.0, "paper"), (0.005, 5.0, "notes")]
+    "beta,budget_cost,preset", [(0.001, 1.0, "paper"), (0.005, 5.0, "paper"), (0.005, 5.0, "notes")]
 )
-def test_exact_hypergradient_vs_central_differences(lam, beta, preset):
+def test_exact_hypergradient_vs_central_differences(beta, budget_cost, preset):
     """Both contexts, random x: relative error of the exact gradient < 1e-4."""
     rng = np.random.default_rng(7)
     x = rng.normal(0, 0.5, (1, 105))
-    cfg = RunConfig(
-        algo="amd", lam=lam, beta=beta, lrs=[0.1], seeds=[0], tol=1e-12, dynamics=preset
-    )
-    solver = _Solver(1, np.array(E.goals), cfg)
+    cfg = _config("amd", beta, budget_cost, tol=1e-12, dynamics=preset)
+    solver = FollowerSolver(1, np.array(E.goals), cfg)
     for k in range(2):
-        _F, gpen, mug, _pi, sigma, goal, _vg, _V = solver.solve(x, np.array([k]), True)
-        g = logits_gradient(sigma, gpen, mug, beta, goal)[0]
+        fs = solver.solve(x, np.array([k]), True)
+        g = logits_gradient(fs.sigma, fs.gpen, fs.mug, budget_cost, fs.goal)[0]
         h = 1e-6
         fd = np.zeros(105)
         for j in range(105):
             e = np.zeros((1, 105))
             e[0, j] = h
-            fp = solver.solve(x + e, np.array([k]), False)[0][0]
-            fm = solver.solve(x - e, np.array([k]), False)[0][0]
+            fp = solver.solve(x + e, np.array([k]), False).F[0]
+            fm = solver.solve(x - e, np.array([k]), False).F[0]
             fd[j] = (fp - fm) / (2 * h)
         assert np.linalg.norm(g - fd) / np.linalg.norm(fd) < 1e-4
 
@@ -157,19 +160,21 @@ def test_budget_modes_and_chain_rule():
 
 @pytest.mark.parametrize("preset", ["paper", "notes"])
 def test_sampler_statistics(preset):
-    """Empirical next-cell frequencies from one state equal P_pi (independent check)."""
+    """Empirical next-cell frequencies from one state equal P_pi (independent check) for the
+    library backend's sampler, and its rewards and episode structure."""
     slip = PRESETS[preset].sample
     rng = np.random.default_rng(0)
     pi = rng.dirichlet(np.ones(4), size=(1, 104))
     K.seed_rng(123)
     T = 200_000
-    st = np.empty((1, T), dtype=np.int64)
+    st, ac = np.empty((1, T), dtype=np.int64), np.empty((1, T), dtype=np.int64)
     lr = np.empty((1, T))
     es = np.empty((1, T), dtype=np.bool_)
     goal = np.array([E.goals[0]])
-    K.sample_batch(
-        pi, goal, np.array([-0.5]), E.start, E.target, E.nbr, *slip.as_list(), 1, T, 200, st, lr, es
-    )
+    K.sample_with_actions(
+        pi, goal, np.array([-0.5]), E.start, E.target, E.nbr, *slip.as_list(), 1, T, 200, st, ac,
+        lr, es,
+    )  # fmt: skip
     s0 = E.start
     nxt = st[0, 1:][(st[0, :-1] == s0) & ~es[0, 1:]]
     Ppi = np.einsum("a,at->t", pi[0, s0], E.dense_transitions(slip)[s0])
@@ -226,24 +231,22 @@ def test_sampler_with_actions_joint_statistics(preset):
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["paper", "notes"])
 def test_hpgd_mean_estimate_matches_exact_gradient(preset):
-    """400 independent HPGD estimates (10,000 steps each) at a fixed x, goal (11,11), lam 0.005.
+    """400 independent HPGD estimates (10,000 steps each) at a fixed x, goal (11,11), beta 0.005.
     Unbiasedness is judged against the estimates' own Monte-Carlo error: for an unbiased
     estimator ``E||mean - exact||^2 = tr(Cov) / n``, so the ratio of the two has expectation 1
     whatever the noise level of the preset. Cross-fitted MC form (fused numba kernel) and
     covariance form (library): ratio < 4; the published same-batch estimator is biased: its
     ratio is far above (> 50). (Measured: 1.2 / 0.8 and 788 in paper; 2.4 / 1.0 and 499 in notes.)"""
-    lam, beta = 0.005, 1.0
+    beta, budget_cost = 0.005, 1.0
     rng = np.random.default_rng(11)
     x0 = rng.normal(0, 0.3, (1, 105))
     n = 400
-    cfg = RunConfig(
-        algo="hpgd", lam=lam, beta=beta, lrs=[0.1], seeds=list(range(n)), dynamics=preset
-    )
-    solver = _Solver(n, np.array(E.goals), cfg)
+    cfg = _config("hpgd", beta, budget_cost, seeds=list(range(n)), dynamics=preset)
+    solver = FollowerSolver(n, np.array(E.goals), cfg)
     x = np.repeat(x0, n, axis=0)
     ctx = np.full(n, 1)
-    _F, gpen, mug, pi, sigma, goal, vgoal, _V = solver.solve(x, ctx, True)
-    exact = logits_gradient(sigma[:1], gpen[:1], mug[:1], beta, goal[:1])[0]
+    fs = solver.solve(x, ctx, True)
+    exact = logits_gradient(fs.sigma[:1], fs.gpen[:1], fs.mug[:1], budget_cost, fs.goal[:1])[0]
     xr = np.stack([HK.seed_state(i) for i in range(n)])
 
     def noise_ratio(est: np.ndarray) -> float:
@@ -251,24 +254,22 @@ def test_hpgd_mean_estimate_matches_exact_gradient(preset):
         return err2 / float(est.var(0, ddof=1).sum() / len(est))
 
     for form in ("mc", "covariance"):
-        est = hpgd_estimate(pi, sigma, goal, vgoal, cfg, form, rng_state=xr)
+        est = hypergradient(fs, cfg, form, rng_state=xr)
         ratio = noise_ratio(est)
         assert ratio < 4.0, f"{form}: ||mean - exact||^2 / (tr Cov / n) = {ratio:.2f}"
-    est = hpgd_estimate(pi, sigma, goal, vgoal, cfg, "published", rng_state=xr, leader_q=None)
+    est = hypergradient(fs, cfg, "published", rng_state=xr, leader_q=None)
     assert noise_ratio(est) > 50.0
 
 
 def test_bad_input_errors():
     with pytest.raises(ValueError, match="unknown algorithm"):
-        RunConfig(algo="sgd", lam=0.001, beta=1, lrs=[0.1], seeds=[0]).validate()
+        _config("sgd", 0.001, 1).validate()
     with pytest.raises(ValueError, match="lam"):
-        RunConfig(algo="hpgd", lam=0.0, beta=1, lrs=[0.1], seeds=[0]).validate()
+        _config("hpgd", 0.0, 1).validate()
     with pytest.raises(ValueError, match="not a free cell"):
-        RunConfig(algo="hpgd", lam=0.001, beta=1, lrs=[0.1], seeds=[0], goals=[(0, 0)]).validate()
+        _config("hpgd", 0.001, 1, goals=[(0, 0)]).validate()
     with pytest.raises(ValueError, match="divisible"):
-        RunConfig(
-            algo="hpgd", lam=0.001, beta=1, lrs=[0.1], seeds=[0], steps_per_iter=1001, n_envs=5
-        ).validate()
+        _config("hpgd", 0.001, 1, steps_per_iter=1001, n_envs=5).validate()
 
 
 def test_cli_errors_and_small_run(tmp_path, capsys):
@@ -279,7 +280,7 @@ def test_cli_errors_and_small_run(tmp_path, capsys):
     assert main(["four-rooms", "--lam", "-1", "--out", str(tmp_path / "b")]) == 2
     assert "lam" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
-    bad.write_text("lam: [unclosed\n")
+    bad.write_text("beta: [unclosed\n")
     assert main(["four-rooms", "--config", str(bad), "--out", str(tmp_path / "c")]) == 2
     assert "malformed config" in capsys.readouterr().err
     bad.write_text("learning_rate: 0.1\n")
@@ -315,8 +316,8 @@ def test_cli_errors_and_small_run(tmp_path, capsys):
         "metrics.json",
         "learning_curves.png",
         "penalties_hpgd.png",
-        "final_params_amd.safetensors",
-        "curves_zo.safetensors",
+        "final_params_exact.safetensors",
+        "curves_zero-order.safetensors",
     ]:
         assert (out / name).is_file(), name
 
@@ -327,21 +328,19 @@ def test_run_from_given_start_and_paper_estimator():
     (the same-trajectory product) runs and differs from the cross-fitted ``hpgd``."""
     rng = np.random.default_rng(5)
     x0 = rng.normal(0, 0.3, (2, 105))
-    cfg = RunConfig(algo="amd", lam=0.003, beta=1.0, lrs=[0.1], seeds=[0, 1], iters=1)
+    cfg = RunConfig(algo="amd", beta=0.003, budget_cost=1.0, lrs=[0.1], seeds=[0, 1], iters=1)
     res = run(cfg, progress=False, x0=x0)
-    solver = _Solver(1, np.array(E.goals), cfg)
+    solver = FollowerSolver(1, np.array(E.goals), cfg)
     for r in range(2):
         g = np.zeros(105)
         for k in range(2):
-            _F, gpen, mug, _pi, sigma, goal, _vg, _V = solver.solve(
-                x0[r : r + 1], np.array([k]), True
-            )
-            g += logits_gradient(sigma, gpen, mug, 1.0, goal)[0] / 2
+            fs = solver.solve(x0[r : r + 1], np.array([k]), True)
+            g += logits_gradient(fs.sigma, fs.gpen, fs.mug, 1.0, fs.goal)[0] / 2
         step = g * min(1.0, 1.0 / np.linalg.norm(g))
         assert np.allclose(res.final_x[r], x0[r] + 0.1 * step, atol=1e-9)
     with pytest.raises(ValueError, match="x0 must have shape"):
         run(cfg, progress=False, x0=x0[:1])
-    kw = dict(lam=0.003, beta=1.0, lrs=[0.1], seeds=[0], iters=3, steps_per_iter=500)
+    kw = dict(beta=0.003, budget_cost=1.0, lrs=[0.1], seeds=[0], iters=3, steps_per_iter=500)
     a = run(RunConfig(algo="hpgd-paper", **kw), progress=False)
     b = run(RunConfig(algo="hpgd", **kw), progress=False)
     assert np.isfinite(a.final_x).all() and not np.allclose(a.final_x, b.final_x)
@@ -350,16 +349,7 @@ def test_run_from_given_start_and_paper_estimator():
 def test_amd_run_is_deterministic_ascent():
     """AMD with a small step increases the exact objective monotonically at the start."""
     res = run(
-        RunConfig(
-            algo="amd",
-            lam=0.003,
-            beta=1.0,
-            lrs=[0.05],
-            seeds=[0],
-            iters=50,
-            eval_every=1,
-            eval_last=1,
-        ),
+        _config("amd", 0.003, 1.0, lrs=[0.05], iters=50, eval_every=1, eval_last=1),
         progress=False,
     )
     F = res.F[0]
@@ -370,26 +360,18 @@ def test_amd_run_is_deterministic_ascent():
 def test_policy_gradient_with_exact_follower_advantage_is_unbiased():
     """Independent check of the sampler, the leader returns and the contraction: with the
     exact dA(s_t, a_t) in place of the trajectory estimate, the mean over 100 x 10,000 steps of
-    (1/lam) sum_t gamma^tau_t dA(s_t,a_t) Ghat_t / n_episodes matches the exact dF/dpen
+    (1/beta) sum_t gamma^tau_t dA(s_t,a_t) Ghat_t / n_episodes matches the exact dF/dpen
     (goal (11,11), where the exact gradient is large): cosine > 0.99."""
-    from align_cbrl.estimators.trajectory import discounted_returns, time_in_episode
+    from align_cbrl.estimators.episodes import discounted_returns, time_in_episode
 
-    lam, beta, n, T = 0.005, 1.0, 100, 10_000
+    beta, budget_cost, n, T = 0.005, 1.0, 100, 10_000
     x = np.repeat(np.random.default_rng(11).normal(0, 0.3, (1, 105)), n, axis=0)
-    cfg = RunConfig(
-        algo="hpgd", lam=lam, beta=beta, lrs=[0.1], seeds=list(range(n)), dynamics="paper"
-    )
-    solver = _Solver(n, np.array(E.goals), cfg)
-    _F, gpen, _m, pi, _s, goal, vgoal, _V = solver.solve(x, np.full(n, 1), True)
+    cfg = _config("hpgd", beta, budget_cost, seeds=list(range(n)), dynamics="paper")
+    solver = FollowerSolver(n, np.array(E.goals), cfg)
+    fs = solver.solve(x, np.full(n, 1), True)
+    gpen, pi, goal, vgoal = fs.gpen, fs.pi, fs.goal, fs.vgoal
     g, S = int(goal[0]), E.n_cells
-    P = E.dense_transitions(PAPER)
-    Ppi = np.einsum("sa,sat->st", pi[0], P)
-    Ppi[g] = 0.0
-    rhs = np.eye(S)
-    rhs[g] = 0.0
-    dV = np.linalg.solve(np.eye(S) - GAMMA * Ppi, rhs)
-    dA = GAMMA * np.einsum("sat,tj->saj", P - Ppi[:, None, :], dV)
-    dA[g] = 0.0
+    dA = follower_advantage_gradient(pi[0], g, PAPER)
     st = np.empty((n, T), np.int64)
     ac = np.empty((n, T), np.int64)
     lr = np.empty((n, T))
@@ -406,7 +388,7 @@ def test_policy_gradient_with_exact_follower_advantage_is_unbiased():
         (np.repeat(np.arange(n), T), st.ravel(), ac.ravel()),
         (gp * G / es.sum(1)[:, None]).ravel(),
     )
-    est = np.einsum("rsa,saj->j", W, dA) / n / lam
+    est = np.einsum("rsa,saj->j", W, dA) / n / beta
     exact = gpen[0]
     cos = est @ exact / np.linalg.norm(est) / np.linalg.norm(exact)
     assert cos > 0.99

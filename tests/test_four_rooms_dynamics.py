@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from align_cbrl.estimators.episodes import discounted_returns, per_state_sum
 from align_cbrl.estimators.published import finished_episodes, published_hpgd_weights
-from align_cbrl.estimators.trajectory import discounted_returns, hpgd_weights, per_state_sum
+from align_cbrl.estimators.trajectory import hpgd_weights
 from tabular_reference.four_rooms import hpgd_kernels as HK
-from tabular_reference.four_rooms.algorithms import RunConfig, _Solver, run
+from tabular_reference.four_rooms.algorithms import RunConfig, run
 from tabular_reference.four_rooms.dynamics import PRESETS, SlipModel, resolve_dynamics
 from tabular_reference.four_rooms.env import FOUR_ROOMS as E
 from tabular_reference.four_rooms.env import GAMMA, MAX_EPISODE_STEPS
+from tabular_reference.four_rooms.solver import FollowerSolver
 
 
 def test_presets_are_the_published_models():
@@ -56,7 +58,9 @@ def test_bad_dynamics_are_one_line_errors(spec, match):
         resolve_dynamics(spec)
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match=match):
-        RunConfig(algo="hpgd", lam=0.001, beta=1, lrs=[0.1], seeds=[0], dynamics=spec).validate()
+        RunConfig(
+            algo="hpgd", beta=0.001, budget_cost=1, lrs=[0.1], seeds=[0], dynamics=spec
+        ).validate()
 
 
 def test_cli_refuses_unknown_preset_before_any_work(tmp_path, capsys):
@@ -101,11 +105,16 @@ def test_xoshiro_matches_reference_and_is_uniform():
     assert u.min() >= 0.0 and u.max() < 1.0
 
 
-def _solve(preset: str, n_runs: int, ctx: int, lam: float = 0.003, seed: int = 2):
+def _solve(preset: str, n_runs: int, ctx: int, beta: float = 0.003, seed: int = 2):
     cfg = RunConfig(
-        algo="hpgd", lam=lam, beta=1.0, lrs=[0.1], seeds=list(range(n_runs)), dynamics=preset
+        algo="hpgd",
+        beta=beta,
+        budget_cost=1.0,
+        lrs=[0.1],
+        seeds=list(range(n_runs)),
+        dynamics=preset,
     )
-    solver = _Solver(n_runs, np.array(E.goals), cfg)
+    solver = FollowerSolver(n_runs, np.array(E.goals), cfg)
     x = np.random.default_rng(seed).normal(0, 0.5, (n_runs, 105))
     return cfg, solver.solve(x, np.full(n_runs, ctx), True)
 
@@ -114,8 +123,8 @@ def _solve(preset: str, n_runs: int, ctx: int, lam: float = 0.003, seed: int = 2
 def test_alias_sampler_joint_statistics(preset):
     """Fused sampler: joint (action, next cell) frequencies from the start cell equal
     pi(a|s) P(s'|s,a) of the preset's *sampling* model (within 4 s.e.)."""
-    _cfg, (_F, _g, _m, pi, _s, goal, vgoal, _V) = _solve(preset, 1, 1)
-    pi = pi.copy()
+    _cfg, fs = _solve(preset, 1, 1)
+    pi, goal, vgoal = fs.pi.copy(), fs.goal, fs.vgoal
     pi[0, E.start] = [0.6, 0.05, 0.3, 0.05]
     T = 200_000
     st, ac, ta = (np.empty((1, T), np.int64) for _ in range(3))
@@ -144,8 +153,9 @@ def test_alias_sampler_joint_statistics(preset):
 def test_fused_estimator_equals_library_on_the_same_batch(form, preset):
     """The fused kernel's per-state weight sums equal the library estimators' (hpgd_weights /
     published_hpgd_weights + per_state_sum) on the very batch it sampled, to 1e-10."""
-    n_runs, n_envs, steps, lam = 3, 5, 600, 0.003
-    _cfg, (_F, _g, _m, pi, _s, goal, vgoal, _V) = _solve(preset, n_runs, 0, lam=lam)
+    n_runs, n_envs, steps, beta = 3, 5, 600, 0.003
+    _cfg, fs = _solve(preset, n_runs, 0, beta=beta)
+    pi, goal, vgoal = fs.pi, fs.goal, fs.vgoal
     T = n_envs * steps
     st, ac, ta = (np.empty((n_runs, T), np.int64) for _ in range(3))
     gpen, mug = np.empty((n_runs, E.n_cells)), np.empty(n_runs)
@@ -153,7 +163,7 @@ def test_fused_estimator_equals_library_on_the_same_batch(form, preset):
     rng = np.stack([HK.seed_state(10 + r) for r in range(n_runs)])
     HK.sample_and_estimate(
         pi, goal, vgoal, E.start, E.target, E.nbr, slip.p_intended, slip.p_other, n_envs, steps,
-        MAX_EPISODE_STEPS, GAMMA, lam, HK.FORMS[form], rng, st, ac, ta, gpen, mug,
+        MAX_EPISODE_STEPS, GAMMA, beta, HK.FORMS[form], rng, st, ac, ta, gpen, mug,
     )  # fmt: skip
     states, actions = torch.from_numpy(st), torch.from_numpy(ac)
     es = torch.from_numpy(ta == 0)
@@ -164,15 +174,15 @@ def test_fused_estimator_equals_library_on_the_same_batch(form, preset):
     if form == "published":
         done = (states == g_t) | (torch.from_numpy(ta) == MAX_EPISODE_STEPS - 1)
         w = published_hpgd_weights(
-            states, actions, lrew, es, GAMMA, lam, n_states=E.n_cells, n_actions=4, done=done
+            states, actions, lrew, es, GAMMA, beta, n_states=E.n_cells, n_actions=4, done=done
         )
     elif form == "crossfit":
         w = hpgd_weights(
-            states, lrew, es, GAMMA, lam, form="mc", n_states=E.n_cells, actions=actions,
+            states, lrew, es, GAMMA, beta, form="mc", n_states=E.n_cells, actions=actions,
             n_actions=4, leader_q="crossfit",
         )  # fmt: skip
     else:
-        w = hpgd_weights(states, lrew, es, GAMMA, lam, form="naive", n_states=E.n_cells)
+        w = hpgd_weights(states, lrew, es, GAMMA, beta, form="naive", n_states=E.n_cells)
     ref_f = per_state_sum(w.follower, states, E.n_cells).numpy()
     ref_l = per_state_sum(w.leader, states, E.n_cells).numpy()
     rows = np.arange(n_runs)
@@ -189,14 +199,14 @@ def test_published_weights_equal_the_literal_every_visit_estimator():
     gradient per state), every-visit dictionaries per (s, a) and per s, the sum over all steps
     divided by the number of finished episodes; vs the per-step weights' per-state sums."""
     rng = np.random.default_rng(0)
-    R, T, S, A, gamma, lam = 2, 400, 5, 3, 0.9, 0.2
+    R, T, S, A, gamma, beta = 2, 400, 5, 3, 0.9, 0.2
     states = torch.from_numpy(rng.integers(S, size=(R, T)))
     actions = torch.from_numpy(rng.integers(A, size=(R, T)))
     es = torch.from_numpy(rng.random((R, T)) < 0.08)
     es[:, 0] = True
     lrew = torch.from_numpy(rng.normal(size=(R, T)))
     done = finished_episodes(es)
-    w = published_hpgd_weights(states, actions, lrew, es, gamma, lam, n_states=S, n_actions=A)
+    w = published_hpgd_weights(states, actions, lrew, es, gamma, beta, n_states=S, n_actions=A)
     got_f = per_state_sum(w.follower, states, S).numpy()
     got_l = per_state_sum(w.leader, states, S).numpy()
     G = discounted_returns(lrew, es, gamma).numpy()
@@ -226,14 +236,14 @@ def test_published_weights_equal_the_literal_every_visit_estimator():
         gq, gv = avg(list(G[r]), sa), avg(list(G[r]), st.tolist())
         p1 = sum(
             gamma ** tau[t] * (dq[sa[t]] - dv[st[t]]) * (gq[sa[t]] - gv[st[t]]) for t in range(T)
-        ) / (lam * done[r].sum().item())
+        ) / (beta * done[r].sum().item())
         starts = np.flatnonzero(e)
         p2 = np.mean([dv[st[t]] for t in starts], axis=0)
         np.testing.assert_allclose(got_f[r], p1, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(got_l[r], p2, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="no finished episode"):
         published_hpgd_weights(
-            states, actions, lrew, es, gamma, lam, n_states=S, n_actions=A,
+            states, actions, lrew, es, gamma, beta, n_states=S, n_actions=A,
             done=torch.zeros_like(es),
         )  # fmt: skip
 
@@ -242,7 +252,9 @@ def test_runs_use_the_planning_model_and_the_library_backend_still_works():
     """AMD (no sampling) depends only on the planning model: 'published' equals 'paper'
     bit for bit and differs from 'notes'; HPGD under 'published' samples from 0.67/0.11 and so
     differs from 'paper'; the library backend runs the same estimators."""
-    kw = dict(lam=0.003, beta=1.0, lrs=[0.5], seeds=[0], iters=5, eval_last=2, steps_per_iter=1000)
+    kw = dict(
+        beta=0.003, budget_cost=1.0, lrs=[0.5], seeds=[0], iters=5, eval_last=2, steps_per_iter=1000
+    )
     a = {d: run(RunConfig(algo="amd", dynamics=d, **kw), progress=False) for d in PRESETS}
     assert np.array_equal(a["paper"].F, a["published"].F)
     assert not np.allclose(a["paper"].F, a["notes"].F)
@@ -270,7 +282,7 @@ def test_notes_preset_with_library_backend_reproduces_earlier_results_bit_for_bi
     for algo, want in _BEFORE_DYNAMICS.items():
         res = run(
             RunConfig(
-                algo=algo, lam=0.003, beta=1.0, lrs=[0.5], cs=[0.5], seeds=[0, 1], iters=40,
+                algo=algo, beta=0.003, budget_cost=1.0, lrs=[0.5], cs=[0.5], seeds=[0, 1], iters=40,
                 eval_last=10, steps_per_iter=2000, job_seed=7, dynamics="notes",
                 estimator_backend="library",
             ),
@@ -281,18 +293,18 @@ def test_notes_preset_with_library_backend_reproduces_earlier_results_bit_for_bi
 
 
 def test_published_follower_solve_converges_to_the_soft_optimum_with_goal_entropy():
-    """Preset paper, lam 0.005. The published Q iteration's fixed point is the exact soft-optimal
-    policy for a terminal goal worth 1 + lam log 4 (its Q carries lam H(pi(s)) as an
-    action-independent shift, and the goal's lam H is lam log 4 under the uniform policy there):
+    """Preset paper, beta 0.005. The published Q iteration's fixed point is the exact soft-optimal
+    policy for a terminal goal worth 1 + beta log 4 (its Q carries beta H(pi(s)) as an
+    action-independent shift, and the goal's beta H is beta log 4 under the uniform policy there):
     with 4,000 x 5 sweeps it matches the dense oracle with that goal value (1e-8). The
     published 100 x 5 (modified policy iteration) is already at that fixed point here (1e-9), so
     what separates the published follower from the exact one of this model (goal worth 1) is
-    the goal's lam log 4, not the truncation."""
+    the goal's beta log 4, not the truncation."""
     from tabular_reference import mdp
     from tabular_reference.four_rooms import kernels as K
     from tabular_reference.four_rooms.leader import penalties, softmax
 
-    lam = 0.005
+    beta = 0.005
     plan = PRESETS["paper"].plan
     x = np.random.default_rng(4).normal(0, 0.5, (1, 105))
     pen = np.ascontiguousarray(penalties(softmax(x)))[0]
@@ -300,20 +312,20 @@ def test_published_follower_solve_converges_to_the_soft_optimum_with_goal_entrop
     pi_conv = np.empty((E.n_cells, 4))
     pi_pub = np.empty((E.n_cells, 4))
     Q = np.empty((E.n_cells, 4))
-    args = (pen, goal, E.nbr, GAMMA, lam, plan.p_other, plan.p_diff)
+    args = (pen, goal, E.nbr, GAMMA, beta, plan.p_other, plan.p_diff)
     K.published_q_iteration(*args, 4000, 5, pi_conv, Q)
     K.published_q_iteration(*args, 100, 5, pi_pub, Q)
     S = E.n_cells
     term = torch.zeros(S, dtype=torch.bool)
     term[goal] = True
     r = torch.tensor(np.repeat(pen[:, None], 4, 1))
-    r[goal] = 1.0 + lam * np.log(4.0)
+    r[goal] = 1.0 + beta * np.log(4.0)
     P = torch.tensor(E.dense_transitions(plan))
-    sol = mdp.soft_solve(P, r, GAMMA, lam, term, tol=1e-12)
+    sol = mdp.soft_solve(P, r, GAMMA, beta, term, tol=1e-12)
     ref = sol.pi.numpy()
     ref[goal] = 0.25
     assert np.abs(pi_conv - ref).max() < 1e-8
     assert np.abs(pi_pub - ref).max() < 1e-9
-    cfg = RunConfig(algo="amd", lam=lam, beta=1, lrs=[0.1], seeds=[0], dynamics="paper")
-    exact_pi = _Solver(1, np.array(E.goals), cfg).solve(x, np.array([1]), False)[3][0]
+    cfg = RunConfig(algo="amd", beta=beta, budget_cost=1, lrs=[0.1], seeds=[0], dynamics="paper")
+    exact_pi = FollowerSolver(1, np.array(E.goals), cfg).solve(x, np.array([1]), False).pi[0]
     assert np.abs(exact_pi - ref).max() > 1e-3

@@ -1,4 +1,4 @@
-"""Grouped-by-prompt HPGD (reference notes section 2) against exact answers on the
+"""Grouped-by-prompt HPGD (``docs/theory.md`` §3) against exact answers on the
 enumerable tiny-language task."""
 
 from __future__ import annotations
@@ -10,58 +10,50 @@ import torch
 
 from align_cbrl.estimators.grouped import (
     check_beta,
-    hpgd_gradient,
+    grouped_hpgd_gradient,
     hpgd_surrogate,
     naive_gradient,
     naive_surrogate,
     zero_order_gradient,
 )
-from align_cbrl.reference.tiny_language import (
-    TinyLanguageConfig,
-    TinyLanguageTask,
-    exact_gradient,
-    exact_policy,
-    reward_jacobians,
-    sample_completions,
-    sample_prompts,
-)
+from align_cbrl.reference import tiny_language as tl
 
 
 @pytest.fixture(scope="module")
-def task() -> TinyLanguageTask:
-    return TinyLanguageTask()
+def task() -> tl.TinyLanguageTask:
+    return tl.TinyLanguageTask()
 
 
 @pytest.fixture(scope="module")
-def small_task() -> TinyLanguageTask:
-    cfg = TinyLanguageConfig(vocab=["a", "b"], max_words=2)
+def small_task() -> tl.TinyLanguageTask:
+    cfg = tl.TinyLanguageConfig(vocab=["a", "b"], max_words=2)
     cfg.components = [c for c in cfg.components if c["name"] in ("n_words", "count_a", "count_b")]
     cfg.leader = {"by_context": {"concise": {"n_words": -1.0}, "b_topic": {"count_b": 1.0}}}
     cfg.prompts = [{"prompt": "a", "category": "concise"}, {"prompt": "b", "category": "b_topic"}]
     cfg.prompt_probs = [0.3, 0.7]
-    return TinyLanguageTask(cfg)
+    return tl.TinyLanguageTask(cfg)
 
 
-def _bilevel(task: TinyLanguageTask, seed: int, **kw):
+def _bilevel(task: tl.TinyLanguageTask, seed: int, **kw):
     kw.setdefault("init_std", 0.5)
     kw.setdefault("cost_coef", 0.2)
     return task.bilevel(task.make_leader(seed=seed, **kw))
 
 
-def test_surrogate_gradient_equals_covariance_formula(task: TinyLanguageTask) -> None:
+def test_surrogate_gradient_equals_covariance_formula(task: tl.TinyLanguageTask) -> None:
     """d/dx of (SUR) == (HPGD) computed from per-sample Jacobians, per-group betas."""
     bl = _bilevel(task, seed=3, cost_kind="l2")
     gen = torch.Generator().manual_seed(0)
     beta = torch.tensor([0.3, 0.7, 1.1, 2.0, 0.5, 0.9])
-    prompts = sample_prompts(task, 6, gen)
-    p_idx, c_idx = sample_completions(task, bl, beta[0], 5, gen, prompts)
+    prompts = tl.sample_prompts(task, 6, gen)
+    p_idx, c_idx = tl.sample_completions(task, bl, beta[0], 5, gen, prompts)
     r_all, rbar_all = task.rewards(bl)
     r, rbar = r_all[p_idx[:, None], c_idx], rbar_all[p_idx[:, None], c_idx]
     weights = torch.tensor([0.1, 0.2, 0.3, 0.1, 0.2, 0.1])
     params = list(bl.leader.parameters())
     sur = torch.autograd.grad(hpgd_surrogate(r, rbar, beta, weights), params)[0].reshape(-1)
-    _, rb0, d_r, d_rbar = reward_jacobians(task, bl)
-    g = hpgd_gradient(
+    _, rb0, d_r, d_rbar = tl.reward_jacobians(task, bl)
+    g = grouped_hpgd_gradient(
         d_r[p_idx[:, None], c_idx],
         d_rbar[p_idx[:, None], c_idx],
         rb0[p_idx[:, None], c_idx],
@@ -80,7 +72,7 @@ def test_surrogate_gradient_equals_covariance_formula(task: TinyLanguageTask) ->
     manual = d_rbar[p_idx[i], c_idx[i], j].mean() + (
         ((dr - dr.mean()) * (rb - rb.mean())).sum() / 4 / beta[i]
     )
-    one = hpgd_gradient(
+    one = grouped_hpgd_gradient(
         d_r[p_idx[i : i + 1, None], c_idx[i : i + 1]],
         d_rbar[p_idx[i : i + 1, None], c_idx[i : i + 1]],
         rb0[p_idx[i : i + 1, None], c_idx[i : i + 1]],
@@ -90,13 +82,15 @@ def test_surrogate_gradient_equals_covariance_formula(task: TinyLanguageTask) ->
 
 
 @pytest.mark.parametrize("seed,beta", [(0, 0.5), (1, 2.0), (2, "per_prompt")])
-def test_unbiased_at_n2_by_enumerating_all_pairs(task: TinyLanguageTask, seed: int, beta) -> None:
+def test_unbiased_at_n2_by_enumerating_all_pairs(
+    task: tl.TinyLanguageTask, seed: int, beta
+) -> None:
     """E over all ordered pairs (y1, y2) ~ pi* x pi* of the N=2 estimate == exact dF/dx."""
     bl = _bilevel(task, seed=seed)
     P, Y = task.num_prompts, task.num_completions
     b = torch.tensor([0.4, 0.8, 1.5, 3.0]) if beta == "per_prompt" else torch.tensor(beta)
-    pi = exact_policy(task, bl, b).detach()
-    _r, rbar, d_r, d_rbar = reward_jacobians(task, bl)
+    pi = tl.exact_policy(task, bl, b).detach()
+    _r, rbar, d_r, d_rbar = tl.reward_jacobians(task, bl)
     y1, y2 = (
         t.reshape(-1) for t in torch.meshgrid(torch.arange(Y), torch.arange(Y), indexing="ij")
     )
@@ -105,38 +99,38 @@ def test_unbiased_at_n2_by_enumerating_all_pairs(task: TinyLanguageTask, seed: i
         idx = torch.stack([y1, y2], dim=1)  # [Y*Y, 2] groups
         w = task.prompt_probs[p] * pi[p, y1] * pi[p, y2]
         bp = b if b.dim() == 0 else b[p]
-        total += hpgd_gradient(d_r[p][idx], d_rbar[p][idx], rbar[p][idx], bp, w)
-    exact = exact_gradient(task, bl, b)
+        total += grouped_hpgd_gradient(d_r[p][idx], d_rbar[p][idx], rbar[p][idx], bp, w)
+    exact = tl.exact_gradient(task, bl, b)
     assert torch.allclose(total, exact, rtol=1e-9, atol=1e-12)
     # the naive estimator is biased here (it ignores the follower's response)
     naive = sum(task.prompt_probs[p] * (pi[p, :, None] * d_rbar[p]).sum(0) for p in range(P))
     assert (naive - exact).abs().max() > 1e-2
 
 
-def test_unbiased_at_n3_by_enumeration(small_task: TinyLanguageTask) -> None:
+def test_unbiased_at_n3_by_enumeration(small_task: tl.TinyLanguageTask) -> None:
     task = small_task
     bl = _bilevel(task, seed=5)
     beta = torch.tensor([0.6, 1.3])
-    pi = exact_policy(task, bl, beta).detach()
-    _r, rbar, d_r, d_rbar = reward_jacobians(task, bl)
+    pi = tl.exact_policy(task, bl, beta).detach()
+    _r, rbar, d_r, d_rbar = tl.reward_jacobians(task, bl)
     Y = task.num_completions
     assert Y == 6
     idx = torch.tensor(list(itertools.product(range(Y), repeat=3)))  # [216, 3]
     total = 0
     for p in range(task.num_prompts):
         w = task.prompt_probs[p] * pi[p][idx].prod(dim=1)
-        total = total + hpgd_gradient(d_r[p][idx], d_rbar[p][idx], rbar[p][idx], beta[p], w)
-    assert torch.allclose(total, exact_gradient(task, bl, beta), rtol=1e-9, atol=1e-12)
+        total = total + grouped_hpgd_gradient(d_r[p][idx], d_rbar[p][idx], rbar[p][idx], beta[p], w)
+    assert torch.allclose(total, tl.exact_gradient(task, bl, beta), rtol=1e-9, atol=1e-12)
 
 
 def _mc_estimates(task, bl, beta, n, reps, gen):
     """``reps`` independent HPGD / naive estimates, each from G = P groups with prompts drawn
     from P(p) and N = n completions per group from the exact pi*_x."""
-    _r, rbar, d_r, d_rbar = reward_jacobians(task, bl)
+    _r, rbar, d_r, d_rbar = tl.reward_jacobians(task, bl)
     P = task.num_prompts
-    prompts = sample_prompts(task, reps * P, gen)
+    prompts = tl.sample_prompts(task, reps * P, gen)
     b = torch.as_tensor(beta, dtype=torch.float64)
-    p_idx, c_idx = sample_completions(task, bl, b, n, gen, prompts)
+    p_idx, c_idx = tl.sample_completions(task, bl, b, n, gen, prompts)
     bg = b.expand(P)[p_idx] if b.dim() else b
     sel = (p_idx[:, None], c_idx)
     G, D = reps * P, d_r.shape[-1]
@@ -147,7 +141,7 @@ def _mc_estimates(task, bl, beta, n, reps, gen):
     bcol = (bg if b.dim() else b.expand(G))[:, None]
     per_group = drb.mean(1) + (dr_c * rb_c[..., None]).sum(1) / (n - 1) / bcol
     # spot check the vectorised per-group form against the library on the first replicate
-    lib = hpgd_gradient(dr[:P], drb[:P], rb[:P], bcol[:P, 0])
+    lib = grouped_hpgd_gradient(dr[:P], drb[:P], rb[:P], bcol[:P, 0])
     assert torch.allclose(per_group[:P].mean(0), lib, atol=1e-13)
     est = per_group.reshape(reps, P, D).mean(1)
     naive = drb.mean(1).reshape(reps, P, D).mean(1)
@@ -157,7 +151,7 @@ def _mc_estimates(task, bl, beta, n, reps, gen):
 @pytest.mark.parametrize("seed,beta,n", [(0, 0.5, 4), (1, 1.5, 2), (2, [0.3, 0.6, 1.0, 2.0], 8)])
 def test_mean_of_estimates_within_two_standard_errors(task, seed, beta, n) -> None:
     bl = _bilevel(task, seed=seed)
-    exact = exact_gradient(task, bl, torch.as_tensor(beta, dtype=torch.float64))
+    exact = tl.exact_gradient(task, bl, torch.as_tensor(beta, dtype=torch.float64))
     gen = torch.Generator().manual_seed(100 + seed)
     est, naive = _mc_estimates(task, bl, beta, n, reps=4000, gen=gen)
     # the projection on the exact gradient (one scalar per setting): within 2 s.e.
@@ -197,7 +191,7 @@ def test_beta_and_group_size_are_refused_with_clear_messages() -> None:
     with pytest.raises(ValueError, match="group weights"):
         hpgd_surrogate(r, r, 1.0, weights=[1.0, -1.0, 0.0])
     with pytest.raises(ValueError, match=r"\[G, N, D\]"):
-        hpgd_gradient(torch.zeros(3, 4), torch.zeros(3, 4), r, 1.0)
+        grouped_hpgd_gradient(torch.zeros(3, 4), torch.zeros(3, 4), r, 1.0)
 
 
 def test_zero_order_matches_formula_on_a_linear_objective() -> None:

@@ -1,4 +1,4 @@
-"""Leader / incentive models and the upper objective (reference notes sections 1-2)."""
+"""Leader / incentive models and the upper objective (``docs/theory.md`` §1-§3)."""
 
 from __future__ import annotations
 

@@ -44,38 +44,38 @@ def _random_mdp(seed: int, S: int = 6, A: int = 3, K: int = 4, terminal: bool = 
     return build, term, mu0, (Wr, Wb, WP, logP)
 
 
-def _F(build, x, gamma, lam, term, mu0, prior=None):
+def _F(build, x, gamma, beta, term, mu0, prior=None):
     P, r, rbar = build(x)
-    sol = mdp.soft_solve(P, r, gamma, lam, term, 1e-13, prior)
+    sol = mdp.soft_solve(P, r, gamma, beta, term, 1e-13, prior)
     return float(mdp.leader_value(P, sol.pi, rbar, gamma, mu0, term))
 
 
 def test_bandit_closed_form():
-    """One state, terminal after one step: V = lam*logsumexp(r/lam), pi = softmax(r/lam)."""
+    """One state, terminal after one step: V = beta*logsumexp(r/beta), pi = softmax(r/beta)."""
     r = torch.tensor([[0.3, -0.2, 0.5, 0.1]], dtype=D)
     P = torch.zeros(1, 4, 1, dtype=D)
     P[..., 0] = 1.0
-    lam = 0.25
-    sol = mdp.soft_solve(P, r, 0.0, lam)
-    assert sol.V.item() == pytest.approx(lam * math.log(sum(math.exp(v / lam) for v in r[0])))
-    torch.testing.assert_close(sol.pi[0], torch.softmax(r[0] / lam, 0))
+    beta = 0.25
+    sol = mdp.soft_solve(P, r, 0.0, beta)
+    assert sol.V.item() == pytest.approx(beta * math.log(sum(math.exp(v / beta) for v in r[0])))
+    torch.testing.assert_close(sol.pi[0], torch.softmax(r[0] / beta, 0))
     prior = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=D)
-    sol = mdp.soft_solve(P, r, 0.0, lam, prior=prior)
-    expect = prior[0] * torch.exp(r[0] / lam)
+    sol = mdp.soft_solve(P, r, 0.0, beta, prior=prior)
+    expect = prior[0] * torch.exp(r[0] / beta)
     torch.testing.assert_close(sol.pi[0], expect / expect.sum())
-    assert sol.V.item() == pytest.approx(lam * math.log(float(expect.sum())))
+    assert sol.V.item() == pytest.approx(beta * math.log(float(expect.sum())))
 
 
-@pytest.mark.parametrize("lam", [0.05, 0.5])
-def test_solution_is_fixed_point(lam):
+@pytest.mark.parametrize("beta", [0.05, 0.5])
+def test_solution_is_fixed_point(beta):
     build, term, _, _ = _random_mdp(0)
     P, r, _ = build(torch.zeros(4, dtype=D))
-    sol = mdp.soft_solve(P, r, 0.9, lam, term, tol=1e-12)
+    sol = mdp.soft_solve(P, r, 0.9, beta, term, tol=1e-12)
     assert sol.residual <= 1e-12
     # independent check: plain soft value iteration from zero converges to the same V
     V = torch.zeros(6, dtype=D)
     for _ in range(3000):
-        V, _, _ = mdp.soft_bellman_operator(P, r, V, 0.9, lam, None, term)
+        V, _, _ = mdp.soft_bellman_operator(P, r, V, 0.9, beta, None, term)
     torch.testing.assert_close(sol.V, V, atol=1e-10, rtol=0)
     assert sol.V[-1].item() == pytest.approx(r[-1, 0].item())  # terminal: no entropy bonus
     torch.testing.assert_close(sol.pi.sum(-1), torch.ones(6, dtype=D))
@@ -103,7 +103,7 @@ def test_leader_value_matches_enumerated_rollouts():
 @pytest.mark.parametrize("with_prior", [False, True])
 def test_exact_hypergradient_vs_finite_differences(seed, with_prior):
     build, term, mu0, (Wr, Wb, WP, _) = _random_mdp(seed)
-    gamma, lam = 0.9, 0.2
+    gamma, beta = 0.9, 0.2
     prior = None
     if with_prior:
         prior = torch.softmax(
@@ -114,23 +114,23 @@ def test_exact_hypergradient_vs_finite_differences(seed, with_prior):
     # dP/dx for P = softmax(logP + WP x): dP = P * (WP - sum_t P WP)
     dP = P[..., None] * (WP - torch.einsum("sat,satk->sak", P, WP)[:, :, None, :])
     F, g = mdp.exact_hypergradient(
-        P, r, rbar, gamma, lam, mu0, dr=Wr, drbar=Wb, dP=dP, terminal_mask=term, prior=prior
+        P, r, rbar, gamma, beta, mu0, dr=Wr, drbar=Wb, dP=dP, terminal_mask=term, prior=prior
     )
-    assert float(F) == pytest.approx(_F(build, x, gamma, lam, term, mu0, prior), rel=1e-12)
+    assert float(F) == pytest.approx(_F(build, x, gamma, beta, term, mu0, prior), rel=1e-12)
     h = 1e-5
     fd = torch.zeros(4, dtype=D)
     for k in range(4):
         e = torch.zeros(4, dtype=D)
         e[k] = h
         fd[k] = (
-            _F(build, x + e, gamma, lam, term, mu0, prior)
-            - _F(build, x - e, gamma, lam, term, mu0, prior)
+            _F(build, x + e, gamma, beta, term, mu0, prior)
+            - _F(build, x - e, gamma, beta, term, mu0, prior)
         ) / (2 * h)
     assert float((g - fd).norm() / fd.norm()) < 1e-6
     # autograd through the implicit-function layer gives the same vector
     xa = x.clone().requires_grad_(True)
     P, r, rbar = build(xa)
-    pi = mdp.soft_best_response(P, r, gamma, lam, term, prior)
+    pi = mdp.soft_best_response(P, r, gamma, beta, term, prior)
     Fa = mdp.leader_value(P, pi, rbar, gamma, mu0, term)
     (ga,) = torch.autograd.grad(Fa, xa)
     torch.testing.assert_close(ga, g, atol=1e-10, rtol=1e-8)
@@ -139,7 +139,7 @@ def test_exact_hypergradient_vs_finite_differences(seed, with_prior):
 def test_bad_input_errors():
     P = torch.full((2, 2, 2), 0.5)
     r = torch.zeros(2, 2)
-    with pytest.raises(ValueError, match="lam"):
+    with pytest.raises(ValueError, match="beta"):
         mdp.soft_solve(P, r, 0.9, 0.0)
     with pytest.raises(ValueError, match="gamma"):
         mdp.soft_solve(P, r, 1.0, 0.1)

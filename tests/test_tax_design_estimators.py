@@ -9,14 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from align_cbrl.estimators.trajectory import discounted_returns, time_in_episode
+from align_cbrl.estimators.episodes import discounted_returns, time_in_episode
 from align_cbrl.estimators.zero_order import gaussian_smoothing_gradient, sample_directions
 from tabular_reference.tax_design.algorithms import AlgoSettings, run_batch, sampled_welfare
 from tabular_reference.tax_design.critic import MonteCarloCritic
 from tabular_reference.tax_design.economy import Economy
-from tabular_reference.tax_design.hpgd import (
+from tabular_reference.tax_design.hypergradient import (
+    exact_hypergradient,
     flat_batch,
-    hpgd_gradient,
+    hypergradient,
     leader_q_table,
     leader_rewards,
 )
@@ -28,17 +29,12 @@ from tabular_reference.tax_design.solver import (
     leader_values,
     soft_policy_iteration,
     welfare,
-    welfare_and_grad,
 )
 
-torch.set_num_threads(1)
 DT = torch.float64
+
+
 Z_MAX = 4.5
-
-
-@pytest.fixture(scope="module")
-def econ() -> Economy:
-    return Economy()
 
 
 def _z(samples: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
@@ -68,9 +64,9 @@ def test_rollout_distribution(econ: Economy) -> None:
     assert torch.equal(econ.flow_a[traj.actions], traj.flows)
 
 
-def _frozen_policy_gradient(econ: Economy, theta: torch.Tensor, lam: float) -> torch.Tensor:
+def _frozen_policy_gradient(econ: Economy, theta: torch.Tensor, beta: float) -> torch.Tensor:
     """Exact dF/dtheta with the households' policy held fixed (what the naive form targets)."""
-    sol = soft_policy_iteration(econ, theta, lam, tol=1e-12)
+    sol = soft_policy_iteration(econ, theta, beta, tol=1e-12)
     th = theta.clone().requires_grad_(True)
     x = rates(th)
     parts = kernel_parts(econ, x[:, 0])
@@ -83,13 +79,13 @@ def _frozen_policy_gradient(econ: Economy, theta: torch.Tensor, lam: float) -> t
 
 def test_naive_form_is_unbiased_for_frozen_policy_gradient(econ: Economy) -> None:
     """Direct term (d rbar) + the planner's transition-score term (d log P, income tax)."""
-    R, N, lam = 24, 16, 0.2
+    R, N, beta = 24, 16, 0.2
     theta = initial_theta(R)
-    exact = _frozen_policy_gradient(econ, theta, lam)[0]
-    sol = soft_policy_iteration(econ, theta, lam)
+    exact = _frozen_policy_gradient(econ, theta, beta)[0]
+    sol = soft_policy_iteration(econ, theta, beta)
     gen = torch.Generator().manual_seed(3)
     traj = rollout(econ, sol, rates(theta)[:, 0], balanced_contexts(econ, R, N), 200, gen)
-    g, w = hpgd_gradient(econ, theta, torch.full((R,), lam, dtype=DT), sol, traj, form="naive")
+    g, w = hypergradient(econ, theta, torch.full((R,), beta, dtype=DT), sol, traj, form="naive")
     assert torch.all(w.follower == 0)
     assert (_z(g, exact).abs() <= Z_MAX).all(), (g.mean(0), exact)
     assert exact[0].abs() > 10 * (g[:, 0].std() / R**0.5)  # the test has power on tau
@@ -99,20 +95,20 @@ def test_table_covariance_is_unbiased_for_exact_hypergradient(econ: Economy) -> 
     """Full HPGD estimate (reward term for VAT, follower pseudo-reward and planner transition
     terms for the income tax, direct term): core form "covariance" with the exact leader critic
     table (Qbar, Vbar) as leader values."""
-    R, N, lam = 24, 40, 0.2
+    R, N, beta = 24, 40, 0.2
     theta = initial_theta(R)
-    _, exact, sol = welfare_and_grad(econ, theta, lam)
-    Vbar = welfare(econ, theta, lam).Vbar
+    _, exact, sol = exact_hypergradient(econ, theta, beta)
+    Vbar = welfare(econ, theta, beta).Vbar
     gen = torch.Generator().manual_seed(4)
     traj = rollout(econ, sol, rates(theta)[:, 0], balanced_contexts(econ, R, N), 200, gen)
-    lam_t = torch.full((R,), lam, dtype=DT)
-    g, _ = hpgd_gradient(
-        econ, theta, lam_t, sol, traj, form="covariance", leader_q="table", critic=Vbar
+    beta_t = torch.full((R,), beta, dtype=DT)
+    g, _ = hypergradient(
+        econ, theta, beta_t, sol, traj, form="covariance", leader_q="table", critic=Vbar
     )
     z = _z(g, exact[0])
     assert (z.abs() <= Z_MAX).all(), (g.mean(0), exact[0])
     # power: the VAT components are resolved away from zero and from the naive target
-    naive = _frozen_policy_gradient(econ, theta[:1], lam)[0]
+    naive = _frozen_policy_gradient(econ, theta[:1], beta)[0]
     se = g.std(0) / R**0.5
     assert ((g.mean(0)[1:] - naive[1:]).abs() > 4 * se[1:]).all()
 
@@ -123,24 +119,24 @@ def test_table_needs_critic(econ: Economy) -> None:
     traj = rollout(
         econ, sol, rates(theta)[:, 0], balanced_contexts(econ, 2, 2), 3, torch.Generator()
     )
-    lam = torch.full((2,), 0.1, dtype=DT)
+    beta = torch.full((2,), 0.1, dtype=DT)
     with pytest.raises(ValueError, match="needs critic values"):
-        hpgd_gradient(econ, theta, lam, sol, traj, form="mc", leader_q="table")
+        hypergradient(econ, theta, beta, sol, traj, form="mc", leader_q="table")
     with pytest.raises(ValueError, match="critic must have shape"):
-        hpgd_gradient(econ, theta, lam, sol, traj, critic=torch.zeros(2, 2, 5, dtype=DT))
+        hypergradient(econ, theta, beta, sol, traj, critic=torch.zeros(2, 2, 5, dtype=DT))
     with pytest.raises(ValueError, match="unknown leader_q"):
-        hpgd_gradient(econ, theta, lam, sol, traj, leader_q="bogus")
+        hypergradient(econ, theta, beta, sol, traj, leader_q="bogus")
     with pytest.raises(ValueError, match="unknown HPGD form"):
-        hpgd_gradient(econ, theta, lam, sol, traj, form="bogus")
+        hypergradient(econ, theta, beta, sol, traj, form="bogus")
 
 
 def test_zero_order_estimate_matches_gradient(econ: Economy) -> None:
-    n, lam, u = 100, 0.3, 1e-4
+    n, beta, u = 100, 0.3, 1e-4
     theta = initial_theta(1)
-    _, exact, sol = welfare_and_grad(econ, theta, lam)
+    _, exact, sol = exact_hypergradient(econ, theta, beta)
     z = sample_directions(torch.Generator().manual_seed(5), (n, 4))
-    base = welfare(econ, theta, lam, tol=1e-13).F.expand(n)
-    plus = welfare(econ, theta + u * z, lam, tol=1e-13, V0=sol.V.expand(n, -1, -1)).F
+    base = welfare(econ, theta, beta, tol=1e-13).F.expand(n)
+    plus = welfare(econ, theta + u * z, beta, tol=1e-13, V0=sol.V.expand(n, -1, -1)).F
     g = gaussian_smoothing_gradient(plus, base, z, u)
     assert (_z(g, exact[0]).abs() <= Z_MAX).all()
 
@@ -178,9 +174,9 @@ def test_sampling_algorithms_run(econ: Economy, algo: str) -> None:
 def test_sampled_welfare_is_unbiased(econ: Economy) -> None:
     """Monte-Carlo values of the sampled-value zero-order baseline vs the exact F_xi = mu0^T Vbar_xi
     per household type (z-test over runs; 200-step episodes truncate by 0.9^200)."""
-    R, N, lam = 16, 20, 0.2
+    R, N, beta = 16, 20, 0.2
     theta = initial_theta(R) + 0.3 * torch.randn(R, 4, generator=torch.Generator().manual_seed(3))
-    W = welfare(econ, theta, lam)
+    W = welfare(econ, theta, beta)
     F_ctx = W.Vbar @ econ.mu0  # [R, C]
     gen = torch.Generator().manual_seed(4)
     for k in range(econ.n_contexts):
@@ -207,10 +203,10 @@ def test_settings_errors() -> None:
 
 def test_expected_follower_transition_is_unbiased(econ: Economy) -> None:
     """Rao-Blackwellised follower transition term: same mean, compared with the exact value."""
-    R, N, lam = 24, 40, 0.2
+    R, N, beta = 24, 40, 0.2
     theta = initial_theta(R)
-    _, exact, sol = welfare_and_grad(econ, theta, lam)
-    Vbar = welfare(econ, theta, lam).Vbar
+    _, exact, sol = exact_hypergradient(econ, theta, beta)
+    Vbar = welfare(econ, theta, beta).Vbar
     traj = rollout(
         econ,
         sol,
@@ -219,23 +215,23 @@ def test_expected_follower_transition_is_unbiased(econ: Economy) -> None:
         200,
         torch.Generator().manual_seed(6),
     )
-    lam_t = torch.full((R,), lam, dtype=DT)
+    beta_t = torch.full((R,), beta, dtype=DT)
     kw = {"form": "covariance", "leader_q": "table", "critic": Vbar}
-    g_exp, _ = hpgd_gradient(econ, theta, lam_t, sol, traj, follower_transition="expected", **kw)
-    g_score, _ = hpgd_gradient(econ, theta, lam_t, sol, traj, follower_transition="score", **kw)
+    g_exp, _ = hypergradient(econ, theta, beta_t, sol, traj, follower_transition="expected", **kw)
+    g_score, _ = hypergradient(econ, theta, beta_t, sol, traj, follower_transition="score", **kw)
     assert (_z(g_exp, exact[0]).abs() <= Z_MAX).all(), (g_exp.mean(0), exact[0])
     # VAT components do not involve the transition: identical; the tax component differs
     assert torch.allclose(g_exp[:, 1:], g_score[:, 1:], atol=1e-12)
     assert not torch.allclose(g_exp[:, 0], g_score[:, 0])
     with pytest.raises(ValueError, match="follower_transition"):
-        hpgd_gradient(econ, theta, lam_t, sol, traj, follower_transition="x", **kw)
+        hypergradient(econ, theta, beta_t, sol, traj, follower_transition="x", **kw)
 
 
 def test_learned_critic_matches_exact_values(econ: Economy) -> None:
     """MonteCarloCritic (C): visit averages of within-episode returns vs the exact Vbar."""
-    R, N, lam = 1, 400, 0.3
+    R, N, beta = 1, 400, 0.3
     theta = initial_theta(R)
-    W = welfare(econ, theta, lam)
+    W = welfare(econ, theta, beta)
     traj = rollout(
         econ,
         W.follower,

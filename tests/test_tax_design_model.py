@@ -1,4 +1,4 @@
-"""Tax-design economy: tables, transition kernel, rewards (reference notes, section 4)."""
+"""Tax-design economy: tables, transition kernel, rewards (``docs/theory.md`` §6)."""
 
 from __future__ import annotations
 
@@ -27,13 +27,7 @@ from tabular_reference.tax_design.rewards import (
     welfare_action,
 )
 
-torch.set_num_threads(1)
 DT = torch.float64
-
-
-@pytest.fixture(scope="module")
-def econ() -> Economy:
-    return Economy()
 
 
 def test_action_tables(econ: Economy) -> None:

@@ -15,9 +15,9 @@ from tabular_reference.tax_design.algorithms import (
     sampled_welfare,
 )
 from tabular_reference.tax_design.economy import Economy, EconomyConfig
-from tabular_reference.tax_design.hpgd import (
+from tabular_reference.tax_design.hypergradient import (
     flat_batch,
-    hpgd_gradient,
+    hypergradient,
     leader_q_table,
     leader_rewards,
 )
@@ -27,13 +27,7 @@ from tabular_reference.tax_design.sampling import _alias, balanced_contexts, rol
 from tabular_reference.tax_design.solver import leader_values, soft_policy_iteration, welfare
 from tabular_reference.tax_design.sweep import half_gain_iteration, reach_iteration, seed_reach
 
-torch.set_num_threads(1)
 DT = torch.float64
-
-
-@pytest.fixture(scope="module")
-def econ() -> Economy:
-    return Economy()
 
 
 def test_alias_tables_reproduce_rows() -> None:
@@ -94,7 +88,7 @@ def test_common_random_numbers(econ: Economy) -> None:
         sampled_welfare(econ, theta, sol, ctx)
 
 
-def _stepwise_gradient(econ, theta, lam, sol, traj, form, leader_q, critic, follower_transition):
+def _stepwise_gradient(econ, theta, beta, sol, traj, form, leader_q, critic, follower_transition):
     """Reference: the surrogate built step by step with autograd through every sampled step."""
     b = flat_batch(econ, traj)
     R, C, S = theta.shape[0], econ.n_contexts, econ.n_states
@@ -106,7 +100,7 @@ def _stepwise_gradient(econ, theta, lam, sol, traj, form, leader_q, critic, foll
     if form == "covariance" and leader_q != "crossfit":
         v_table = critic.reshape(R, C * S)
     w = hpgd_weights(
-        b["joint_state"], rbar_obs, b["episode_start"], econ.gamma, lam, form=form,
+        b["joint_state"], rbar_obs, b["episode_start"], econ.gamma, beta, form=form,
         n_states=C * S, actions=b["action"], n_actions=econ.n_actions, leader_q=leader_q,
         q_table=q_table, v_table=v_table,
     )  # fmt: skip
@@ -143,21 +137,21 @@ def _stepwise_gradient(econ, theta, lam, sol, traj, form, leader_q, critic, foll
 def test_cell_summed_surrogate_matches_stepwise(
     econ: Economy, form: str, leader_q: str, follower_transition: str
 ) -> None:
-    """hpgd_gradient sums the step weights per table cell before autograd: the same gradient as
+    """hypergradient sums the step weights per table cell before autograd: the same gradient as
     differentiating every sampled step (incl. runs whose asset means get clipped)."""
     R, N = 3, 12
     theta = initial_theta(R) + 0.4 * torch.randn(R, 4, generator=torch.Generator().manual_seed(1))
     theta[0, 0] = 3.0  # tau ~ 1.9: large negative flows, clipped rows at the bottom
-    lam = torch.full((R,), 0.2, dtype=DT)
-    sol = soft_policy_iteration(econ, theta, lam)
+    beta = torch.full((R,), 0.2, dtype=DT)
+    sol = soft_policy_iteration(econ, theta, beta)
     x = rates(theta)
     Vbar = leader_values(econ, sol.P, sol.pi_f, sol.log_pa, x[:, 0], x[:, 1:])
     traj = rollout(econ, sol, x[:, 0], balanced_contexts(econ, R, N), 200, torch.Generator())
     assert bool((sol.parts.clip_lo[0][traj.states[0, :, :-1], traj.flows[0]]).any())
-    args = (econ, theta, lam, sol, traj, form, leader_q, Vbar, follower_transition)
+    args = (econ, theta, beta, sol, traj, form, leader_q, Vbar, follower_transition)
     ref = _stepwise_gradient(*args)
-    got, _ = hpgd_gradient(
-        econ, theta, lam, sol, traj, form=form, leader_q=leader_q, critic=Vbar,
+    got, _ = hypergradient(
+        econ, theta, beta, sol, traj, form=form, leader_q=leader_q, critic=Vbar,
         follower_transition=follower_transition,
     )  # fmt: skip
     assert torch.allclose(got, ref, rtol=1e-10, atol=1e-12 * ref.abs().max().item())

@@ -1,4 +1,4 @@
-"""The enumerable tiny-language reference (reference notes section 2): completion set, exact
+"""The enumerable tiny-language reference (``docs/theory.md`` §3): completion set, exact
 pi*, F, dF/dx, bilevel optimisation, sampler, and compatibility with a real tiny causal LM."""
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def test_exact_gradient_matches_finite_differences_and_closed_form(task: TinyLan
         fm = exact_objective(task, bl, beta, bl.leader.unflatten(x0 - e, "leader."))
         fd[j] = (fp - fm) / (2 * h)
     assert torch.allclose(g, fd, atol=1e-8)
-    # closed form of section 2: E_p[ E d rbar + Cov(d r, rbar) / beta ]
+    # closed form of docs/theory.md §3: E_p[ E d rbar + Cov(d r, rbar) / beta ]
     from align_cbrl.reference.tiny_language import reward_jacobians
 
     _r, rbar, d_r, d_rbar = reward_jacobians(task, bl)

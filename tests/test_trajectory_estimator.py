@@ -2,7 +2,7 @@
 
 The reference below materialises, for every step, the Monte-Carlo return of an explicit random
 gradient vector (``Dhat_t``), its per-state visit average (``Dbar``) and the leader returns, and
-evaluates the three estimator forms exactly as written in the reference notes (section 2) with
+evaluates the three estimator forms exactly as written in ``docs/theory.md`` §2 and §4 with
 plain Python loops. ``hpgd_weights`` must reproduce them to round-off.
 """
 
@@ -40,7 +40,7 @@ def _episodes(starts_row: np.ndarray) -> list[tuple[int, int]]:
     return [(idx[i], idx[i + 1]) for i in range(len(idx) - 1)]
 
 
-def _reference(states, actions, rbar, starts, dr, gamma, lam, form, leader_q, q_table, v_table):
+def _reference(states, actions, rbar, starts, dr, gamma, beta, form, leader_q, q_table, v_table):
     """Loops over runs/episodes/steps; dr is [R, T, P] explicit per-step gradient vectors."""
     n_runs, n_steps, n_par = dr.shape
     out = np.zeros((n_runs, n_par))
@@ -82,9 +82,9 @@ def _reference(states, actions, rbar, starts, dr, gamma, lam, form, leader_q, q_
                 if leader_q == "crossfit":
                     same = same & (fold == fold[t])
                 d_bar = d_hat[same].mean(axis=0)
-                total += gamma ** tau[t] * (d_hat[t] - d_bar) * q_hat[t] / lam
+                total += gamma ** tau[t] * (d_hat[t] - d_bar) * q_hat[t] / beta
             elif form == "covariance":
-                total += gamma ** tau[t] * d_hat[t] * (q_hat[t] - v_hat[t]) / lam
+                total += gamma ** tau[t] * d_hat[t] * (q_hat[t] - v_hat[t]) / beta
         out[r] = total / len(eps)
     return out
 
@@ -100,13 +100,13 @@ def test_weights_match_explicit_double_sums(form: str, gamma: float, leader_q: s
     dr = rng.normal(size=(3, 60, n_par))
     q_table = rng.normal(size=(n_states, n_actions))
     v_table = rng.normal(size=n_states)
-    lam = 0.37
+    beta = 0.37
     w = hpgd_weights(
         states,
         rbar,
         starts,
         gamma,
-        lam,
+        beta,
         form=form,
         n_states=n_states,
         actions=torch.as_tensor(actions),
@@ -123,7 +123,7 @@ def test_weights_match_explicit_double_sums(form: str, gamma: float, leader_q: s
         starts.numpy(),
         dr,
         gamma,
-        lam,
+        beta,
         form,
         leader_q,
         q_table,
@@ -186,20 +186,20 @@ def test_time_in_episode_and_per_state_sum() -> None:
 def test_unbiased_on_a_two_armed_bandit_with_exact_answer() -> None:
     """One-step episodes: the "mc" form is the per-state covariance estimator.
 
-    A single state with two actions, follower reward r_x(a) = x * [a == 1], temperature lam:
-    pi*(1) = sigmoid(x / lam); leader reward rbar(a) = [a == 0] * 2 + [a == 1] * 0.5 gives
-    F(x) = 2 (1 - p) + 0.5 p, dF/dx = -1.5 p (1 - p) / lam exactly.
+    A single state with two actions, follower reward r_x(a) = x * [a == 1], temperature beta:
+    pi*(1) = sigmoid(x / beta); leader reward rbar(a) = [a == 0] * 2 + [a == 1] * 0.5 gives
+    F(x) = 2 (1 - p) + 0.5 p, dF/dx = -1.5 p (1 - p) / beta exactly.
     """
-    lam, x = 0.5, 0.3
-    p = 1.0 / (1.0 + math.exp(-x / lam))
-    exact = -1.5 * p * (1 - p) / lam
+    beta, x = 0.5, 0.3
+    p = 1.0 / (1.0 + math.exp(-x / beta))
+    exact = -1.5 * p * (1 - p) / beta
     gen = torch.Generator().manual_seed(0)
     n_runs, n_steps = 4000, 50
     actions = (torch.rand(n_runs, n_steps, generator=gen) < p).long()
     rbar = torch.where(actions == 1, 0.5, 2.0).double()
     starts = torch.ones(n_runs, n_steps, dtype=torch.bool)
     states = torch.zeros(n_runs, n_steps, dtype=torch.long)
-    w = hpgd_weights(states, rbar, starts, 0.99, lam, form="mc", n_states=1, leader_q="trajectory")
+    w = hpgd_weights(states, rbar, starts, 0.99, beta, form="mc", n_states=1, leader_q="trajectory")
     d_r = actions.double()  # d r_x / dx per step
     est = (w.follower * d_r).sum(1)
     # Per-state centring uses the visit average: expectation (n-1)/n of the covariance.
@@ -210,7 +210,7 @@ def test_unbiased_on_a_two_armed_bandit_with_exact_answer() -> None:
         rbar,
         starts,
         0.99,
-        lam,
+        beta,
         form="covariance",
         n_states=1,
         leader_q="trajectory",
@@ -223,8 +223,8 @@ def test_unbiased_on_a_two_armed_bandit_with_exact_answer() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"lam": 0.0}, "lam must be > 0"),
-        ({"lam": -1.0}, "lam must be > 0"),
+        ({"beta": 0.0}, "beta must be > 0"),
+        ({"beta": -1.0}, "beta must be > 0"),
         ({"form": "bogus"}, "unknown HPGD form"),
         ({"form": "mc", "leader_q": None}, "independent of the future"),
         ({"form": "covariance", "leader_q": "trajectory"}, "needs a leader baseline"),
@@ -245,43 +245,65 @@ def test_bad_input_is_refused(kwargs, match) -> None:
     states = torch.zeros(1, 3, dtype=torch.long)
     rbar = torch.zeros(1, 3, dtype=torch.float64)
     starts = torch.tensor([[True, False, False]])
-    args = {"gamma": 0.9, "lam": 1.0, "form": "mc", "leader_q": "trajectory"} | kwargs
-    gamma, lam = args.pop("gamma"), args.pop("lam")
+    args = {"gamma": 0.9, "beta": 1.0, "form": "mc", "leader_q": "trajectory"} | kwargs
+    gamma, beta = args.pop("gamma"), args.pop("beta")
     with pytest.raises(ValueError, match=match):
-        hpgd_weights(states, rbar, starts, gamma, lam, n_states=1, **args)
+        hpgd_weights(states, rbar, starts, gamma, beta, n_states=1, **args)
 
 
-def test_shape_errors_are_clear() -> None:
-    with pytest.raises(ValueError, match=r"episode_start\[:, 0\] must be True"):
+@pytest.mark.parametrize(
+    ("states", "rbar", "starts", "match"),
+    [
+        ([[0, 0]], [[0.0, 0.0]], [[False, True]], r"episode_start\[:, 0\] must be True"),
+        ([[0, 0, 0]], [[0.0, 0.0]], [[True, False]], "shape mismatch"),
+        ([[0, 0]], [[0.0, float("nan")]], [[True, False]], "NaN"),
+    ],
+)
+def test_shape_errors_are_clear(states, rbar, starts, match) -> None:
+    with pytest.raises(ValueError, match=match):
         hpgd_weights(
-            torch.zeros(1, 2, dtype=torch.long),
-            torch.zeros(1, 2, dtype=torch.float64),
-            torch.tensor([[False, True]]),
+            torch.tensor(states),
+            torch.tensor(rbar, dtype=torch.float64),
+            torch.tensor(starts),
             0.9,
             1.0,
             n_states=1,
             leader_q="trajectory",
         )
-    with pytest.raises(ValueError, match="shape mismatch"):
-        hpgd_weights(
-            torch.zeros(1, 3, dtype=torch.long),
-            torch.zeros(1, 2, dtype=torch.float64),
-            torch.tensor([[True, False]]),
-            0.9,
-            1.0,
-            n_states=1,
-        )
-    with pytest.raises(ValueError, match="NaN"):
-        hpgd_weights(
-            torch.zeros(1, 2, dtype=torch.long),
-            torch.tensor([[0.0, float("nan")]]),
-            torch.tensor([[True, False]]),
-            0.9,
-            1.0,
-            n_states=1,
-        )
+
+
+def test_state_index_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="state indices"):
         per_state_sum(torch.ones(1, 2), torch.tensor([[0, 5]]), 3)
+
+
+def test_hpgd_weights_is_a_source_composed_with_a_form() -> None:
+    """The composition by hand (leader-value source, weight form, direct weights) equals
+    ``hpgd_weights`` exactly, and a form without the values it needs is refused."""
+    from align_cbrl.estimators import (
+        covariance_weights,
+        crossfit_values,
+        direct_weights,
+        mc_weights,
+        table_values,
+    )
+    from align_cbrl.estimators.episodes import Episodes
+
+    rng = np.random.default_rng(4)
+    states, rbar, starts = _random_batch(rng, n_runs=2, n_steps=50, n_states=4)
+    actions = torch.as_tensor(rng.integers(0, 2, size=states.shape))
+    beta, gamma = 0.3, 0.95
+    ep = Episodes.of(starts, gamma, torch.float64)
+    g_hat = ep.scan(rbar, reverse=True)
+    values = crossfit_values(g_hat, starts, states, actions, 4, 2, baseline=False)
+    follower = mc_weights(ep, values) * ep.inv_episodes / beta
+    leader, transition = direct_weights(ep, g_hat)
+    w = hpgd_weights(states, rbar, starts, gamma, beta, n_states=4, actions=actions, n_actions=2)
+    assert torch.equal(w.follower, follower) and torch.equal(w.leader, leader)
+    assert torch.equal(w.transition, transition)
+    no_baseline = table_values(torch.zeros(4, 2), None, states, actions, 4, 2, torch.float64)
+    with pytest.raises(ValueError, match="needs leader values with a baseline"):
+        covariance_weights(ep, no_baseline)
 
 
 class _RandomMDP:
@@ -291,7 +313,7 @@ class _RandomMDP:
     ``c[s]``. The exact hypergradient is a central finite difference of the exact ``F(x)``."""
 
     S, A = 4, 2
-    gamma, lam = 0.9, 0.3
+    gamma, beta = 0.9, 0.3
 
     def __init__(self, seed: int = 3) -> None:
         rng = np.random.default_rng(seed)
@@ -307,12 +329,12 @@ class _RandomMDP:
         for _ in range(5000):
             Q = x[:, None] + self.gamma * self.P @ V
             new = V.copy()
-            new[: self.S] = self.lam * np.log(np.exp(Q / self.lam).sum(1))
+            new[: self.S] = self.beta * np.log(np.exp(Q / self.beta).sum(1))
             if np.max(abs(new - V)) < 1e-15:
                 break
             V = new
         Q = x[:, None] + self.gamma * self.P @ V
-        pi = np.exp((Q - Q.max(1, keepdims=True)) / self.lam)
+        pi = np.exp((Q - Q.max(1, keepdims=True)) / self.beta)
         return pi / pi.sum(1, keepdims=True)
 
     def objective(self, x: np.ndarray) -> float:
@@ -367,7 +389,7 @@ def test_crossfit_is_unbiased_where_the_same_trajectory_product_is_not() -> None
             lr,
             es,
             mdp.gamma,
-            mdp.lam,
+            mdp.beta,
             form=form,
             n_states=mdp.S + 1,
             actions=ac,

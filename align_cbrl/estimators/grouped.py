@@ -1,5 +1,5 @@
 """HPGD for KL-regularised language-model followers from completions grouped by prompt
-(reference notes section 2, "Language-model followers").
+(``docs/theory.md`` §3).
 
 The follower's best response to reward ``r_x`` with KL coefficient ``beta > 0`` is
 ``pi*(y|p) ∝ pi_ref(y|p) exp(r_x(p, y) / beta)`` and the leader's hypergradient is
@@ -33,40 +33,19 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from align_cbrl.estimators.temperature import check_beta
 from align_cbrl.estimators.zero_order import gaussian_smoothing_gradient, sample_directions
 
 __all__ = [
     "check_beta",
     "group_weights",
+    "grouped_hpgd_gradient",
     "hpgd_gradient",
     "hpgd_surrogate",
     "naive_gradient",
     "naive_surrogate",
     "zero_order_gradient",
 ]
-
-BETA_HELP = (
-    "HPGD needs a KL-regularised follower: the follower's KL temperature beta must be > 0. "
-    "A follower trained with beta = 0 (TRL GRPOConfig's default beta=0.0) has no regularised "
-    "best response; set beta > 0 in the follower's trainer config (and scale_rewards='none' for "
-    "exact hypergradients) or give the leader the follower's temperature explicitly"
-)
-
-
-def check_beta(beta: float | Tensor, groups: int) -> Tensor:
-    """``beta`` as a float64 tensor ``[G]``; refuses non-finite or non-positive values."""
-    b = torch.as_tensor(beta, dtype=torch.float64).detach()
-    if b.dim() == 0:
-        b = b.expand(groups)
-    if b.shape != (groups,):
-        raise ValueError(
-            f"beta must be a scalar or have one value per group, shape [{groups}], got {tuple(b.shape)}"
-        )
-    bad = ~(torch.isfinite(b) & (b > 0))
-    if bool(bad.any()):
-        g = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{BETA_HELP} (got beta={float(b[g])} for group {g})")
-    return b
 
 
 def group_weights(weights: Tensor | Sequence[float] | None, groups: int) -> Tensor:
@@ -123,7 +102,7 @@ def naive_surrogate(rbar: Tensor, weights: Tensor | Sequence[float] | None = Non
     return (w * rbar.mean(dim=1)).sum()
 
 
-def hpgd_gradient(
+def grouped_hpgd_gradient(
     d_r: Tensor,
     d_rbar: Tensor,
     rbar: Tensor,
@@ -149,6 +128,9 @@ def hpgd_gradient(
     return (w[:, None] * per_group).sum(dim=0)
 
 
+hpgd_gradient = grouped_hpgd_gradient  # alias: the name before issue #12, kept for old imports
+
+
 def naive_gradient(d_rbar: Tensor, weights: Tensor | Sequence[float] | None = None) -> Tensor:
     """Naive (direct-term-only) estimate ``sum_g w_g mean_i d rbar_{g,i}`` from ``[G, N, D]``."""
     if d_rbar.dim() != 3:
@@ -165,7 +147,7 @@ def zero_order_gradient(
     num_directions: int = 1,
     f_base: Tensor | None = None,
 ) -> Tensor:
-    """Gaussian-smoothing baseline (reference notes section 3):
+    """Gaussian-smoothing baseline (``docs/theory.md`` §8):
     ``g = mean_j (F(x + u z_j) - F(x)) z_j / u`` with ``z_j ~ N(0, I)``.
 
     ``objective(x_flat) -> scalar`` estimates ``F`` at a flat parameter vector (for LM

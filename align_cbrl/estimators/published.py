@@ -1,15 +1,17 @@
-"""The HPGD estimator as the paper's published Four-Rooms code computes it (every-visit tables).
+"""The HPGD estimator as the paper's published Four-Rooms code computes it (``docs/theory.md`` §7).
 
 From one batch of sampled episodes (the same batch for everything), with ``tau`` the time within
 the episode, ``Dhat_t`` the discounted return of the follower's reward gradient ``d r_x`` and
 ``Ghat_t`` the leader's discounted return from step ``t`` (within the episode):
 
-* every-visit averages over the batch per (state, action) and per state,
-  ``dA(s,a) = avg_sa(Dhat)(s,a) - avg_s(Dhat)(s)`` and ``Abar(s,a) = avg_sa(Ghat)(s,a) - avg_s(Ghat)(s)``;
-* response term (the ``(1/lam) dA * Abar`` bracket of the hypergradient (HG), see
-  :mod:`align_cbrl.estimators.trajectory`)::
+* leader values: the source :func:`~align_cbrl.estimators.leader_values.published_values`, the
+  every-visit advantage ``Abar(s,a) = avg_sa(Ghat)(s,a) - avg_s(Ghat)(s)``;
+* weight form "every visit": the follower side is averaged the same way,
+  ``dA(s,a) = avg_sa(Dhat)(s,a) - avg_s(Dhat)(s)``, and the response term (the
+  ``(1/beta) dA * Abar`` bracket of the hypergradient (HG), :mod:`align_cbrl.estimators.trajectory`)
+  is::
 
-      (1/lam) * sum over all steps t of gamma^tau_t dA(s_t,a_t) Abar(s_t,a_t) / n_done          (P1)
+      (1/beta) * sum over all steps t of gamma^tau_t dA(s_t,a_t) Abar(s_t,a_t) / n_done         (P1)
 
   with ``n_done`` the number of *finished* episodes (goal reached or time limit hit);
 * direct term: the mean over episode starts of the every-visit average, at the start's state, of
@@ -39,17 +41,19 @@ from __future__ import annotations
 
 import torch
 
-from align_cbrl.estimators.trajectory import (
-    HPGDWeights,
-    _as_run_column,
-    _check_batch,
-    _check_gamma,
-    _scatter_sum,
+from align_cbrl.estimators.episodes import (
+    as_run_column,
+    check_batch,
+    check_indices,
+    check_trajectories,
+    scatter_sum,
     segmented_scan,
     time_in_episode,
 )
+from align_cbrl.estimators.leader_values import LeaderValues, published_values
+from align_cbrl.estimators.trajectory import HPGDWeights
 
-__all__ = ["finished_episodes", "published_hpgd_weights"]
+__all__ = ["every_visit_weights", "finished_episodes", "published_hpgd_weights"]
 
 
 def finished_episodes(episode_start: torch.Tensor) -> torch.Tensor:
@@ -57,10 +61,50 @@ def finished_episodes(episode_start: torch.Tensor) -> torch.Tensor:
     episode start in the same run (the run's last episode counts as unfinished). Pass an
     explicit ``done`` to :func:`published_hpgd_weights` when episodes also end at run boundaries
     (e.g. several environments concatenated per run)."""
-    _check_batch(episode_start)
+    check_batch(episode_start)
     done = torch.zeros_like(episode_start)
     done[:, :-1] = episode_start[:, 1:]
     return done
+
+
+def every_visit_weights(
+    values: LeaderValues,
+    actions: torch.Tensor,
+    n_actions: int,
+    episode_start: torch.Tensor,
+    gamma: float,
+    gpow: torch.Tensor,
+    tau: torch.Tensor,
+    max_len: int,
+) -> torch.Tensor:
+    """Weight form "every visit" of (P1) on ``d r_x`` (before ``1 / (beta n_done)``): the
+    forward discounted scan of ``c_t`` (module docstring) for the leader values ``values.q``."""
+    states, n_states, abar = values.centre_index, values.n_centre, values.q
+    sa = states * n_actions + actions
+    ones = torch.ones_like(abar)
+    n_sa = scatter_sum(ones, sa, n_states * n_actions)
+    n_s = scatter_sum(ones, states, n_states)
+    gamma_sa = scatter_sum(gpow, sa, n_states * n_actions)
+    c_sa = torch.gather(gamma_sa / n_sa.clamp_min(1.0), 1, sa) * abar
+    c_s = torch.gather(scatter_sum(gpow * abar, states, n_states) / n_s.clamp_min(1.0), 1, states)
+    return segmented_scan(c_sa - c_s, episode_start, gamma, reverse=False, max_len=max_len, tau=tau)
+
+
+def _start_weights(
+    states: torch.Tensor,
+    episode_start: torch.Tensor,
+    n_states: int,
+    gamma: float,
+    tau: torch.Tensor,
+    max_len: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """(P2) as weights on ``d rbar_x``: ``c'_t = m(s_t) / (n_starts n_s(s_t))`` scanned forward."""
+    n_s = scatter_sum(torch.ones_like(states, dtype=dtype), states, n_states)
+    n_starts = episode_start.sum(dim=1).to(dtype)
+    m = scatter_sum(episode_start.to(dtype), states, n_states)
+    c_start = torch.gather(m / n_s.clamp_min(1.0), 1, states) / n_starts[:, None]
+    return segmented_scan(c_start, episode_start, gamma, reverse=False, max_len=max_len, tau=tau)
 
 
 def published_hpgd_weights(
@@ -69,7 +113,7 @@ def published_hpgd_weights(
     leader_rewards: torch.Tensor,
     episode_start: torch.Tensor,
     gamma: float,
-    lam: float | torch.Tensor,
+    beta: float | torch.Tensor,
     *,
     n_states: int,
     n_actions: int,
@@ -81,7 +125,7 @@ def published_hpgd_weights(
         states, actions: ``[R, T]`` state and action indices.
         leader_rewards: ``[R, T]`` observed leader rewards ``rbar_t``.
         episode_start: ``[R, T]`` bool, True at the first step of every episode.
-        gamma: discount in [0, 1]; lam: follower temperature (> 0), float or ``[R]``.
+        gamma: discount in [0, 1]; beta: follower temperature (> 0), float or ``[R]``.
         n_states, n_actions: index bounds.
         done: ``[R, T]`` bool, True at the last step of every finished episode (default:
             :func:`finished_episodes`). Every run needs at least one finished episode.
@@ -89,23 +133,14 @@ def published_hpgd_weights(
     Returns ``HPGDWeights`` with ``follower`` (on ``d r_x``), ``leader`` (on ``d rbar_x``), zero
     ``transition`` and ``n_episodes`` (episode starts per run).
     """
-    _check_batch(episode_start, states, actions, leader_rewards)
-    _check_gamma(gamma)
-    if not leader_rewards.is_floating_point():
-        raise ValueError(f"leader_rewards must be floating point, got {leader_rewards.dtype}")
-    if not bool(torch.isfinite(leader_rewards).all()):
-        raise ValueError("leader_rewards contains NaN/inf")
-    for name, idx, n in (("state", states, n_states), ("action", actions, n_actions)):
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-            raise ValueError(
-                f"{name} indices must lie in [0, {n - 1}], got [{int(idx.min())}, {int(idx.max())}]"
-            )
+    check_trajectories(episode_start, leader_rewards, gamma, states, actions)
+    check_indices(states, n_states, "state")
+    check_indices(actions, n_actions, "action")
     if done is None:
         done = finished_episodes(episode_start)
-    _check_batch(episode_start, done)
-    n_runs = states.shape[0]
+    check_batch(episode_start, done)
     dtype = leader_rewards.dtype
-    lam_col = _as_run_column(lam, n_runs, leader_rewards)
+    beta_col = as_run_column(beta, states.shape[0], leader_rewards)
     n_done = done.sum(dim=1).to(dtype)
     if bool((n_done == 0).any()):
         r = int(torch.nonzero(n_done == 0)[0])
@@ -113,33 +148,18 @@ def published_hpgd_weights(
             f"run {r} has no finished episode: the published estimator divides by the number "
             "of finished episodes; sample more steps per run"
         )
-
     tau = time_in_episode(episode_start)
     max_len = int(tau.max().item()) + 1
     gpow = torch.pow(torch.as_tensor(gamma, dtype=dtype), tau.to(dtype))
     g_hat = segmented_scan(leader_rewards, episode_start, gamma, reverse=True, tau=tau)
-    n_sa_idx = n_states * n_actions
-    sa = states * n_actions + actions
-    ones = torch.ones_like(g_hat)
-    n_sa = _scatter_sum(ones, sa, n_sa_idx)
-    n_s = _scatter_sum(ones, states, n_states)
-    avg_sa = _scatter_sum(g_hat, sa, n_sa_idx) / n_sa.clamp_min(1.0)
-    avg_s = _scatter_sum(g_hat, states, n_states) / n_s.clamp_min(1.0)
-    abar = torch.gather(avg_sa, 1, sa) - torch.gather(avg_s, 1, states)  # Abar(s_t, a_t)
-    gamma_sa = _scatter_sum(gpow, sa, n_sa_idx)
-    c_sa = torch.gather(gamma_sa / n_sa.clamp_min(1.0), 1, sa) * abar
-    c_s = torch.gather(_scatter_sum(gpow * abar, states, n_states) / n_s.clamp_min(1.0), 1, states)
-    follower = segmented_scan(
-        c_sa - c_s, episode_start, gamma, reverse=False, max_len=max_len, tau=tau
-    ) / (lam_col * n_done[:, None])
-
-    n_starts = episode_start.sum(dim=1).to(dtype)
-    m = _scatter_sum(episode_start.to(dtype), states, n_states)
-    c_start = torch.gather(m / n_s.clamp_min(1.0), 1, states) / n_starts[:, None]
-    leader = segmented_scan(c_start, episode_start, gamma, reverse=False, max_len=max_len, tau=tau)
+    values = published_values(g_hat, states, actions, n_states, n_actions)
+    follower = every_visit_weights(
+        values, actions, n_actions, episode_start, gamma, gpow, tau, max_len
+    ) / (beta_col * n_done[:, None])
+    leader = _start_weights(states, episode_start, n_states, gamma, tau, max_len, dtype)
     return HPGDWeights(
         follower=follower,
         leader=leader,
         transition=torch.zeros_like(leader),
-        n_episodes=n_starts,
+        n_episodes=episode_start.sum(dim=1).to(dtype),
     )

@@ -6,8 +6,7 @@ For a smoothing radius ``u > 0`` and ``z ~ N(0, I)``,
 
 is an unbiased estimate of the gradient of the Gaussian-smoothed objective
 ``F_u(x) = E_z F(x + u z)`` (Nesterov & Spokoiny, 2017), which tends to ``dF/dx`` as ``u -> 0``.
-The paper uses a decaying radius ``u_t = c / t`` at outer iteration ``t`` (reference notes,
-section 3).
+The paper uses a decaying radius ``u_t = c / t`` at outer iteration ``t`` (``docs/theory.md`` §8).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Leader (incentive) models: the leader's parameters ``x`` (reference notes sections 1-2)."""
+"""Leader (incentive) models: the leader's parameters ``x`` (``docs/theory.md`` §1, §3)."""
 
 from align_cbrl.leaders.base import (
     Leader,

@@ -1,8 +1,8 @@
-"""Leader (incentive) models: the leader's parameters ``x`` (reference notes section 1).
+"""Leader (incentive) models: the leader's parameters ``x`` (``docs/theory.md`` §1).
 
 A leader maps a batch of component scores ``s[B, K]`` (plus each sample's context value and
 optional features) to an incentive ``i_x(p, y)`` that is added to the follower's reward,
-``r_x = r_base + i_x`` (section 2). Its ``nn.Parameter``s are ``x``; everything is
+``r_x = r_base + i_x`` (``docs/theory.md`` §3). Its ``nn.Parameter``s are ``x``; everything is
 differentiable in them so that ``d r_x`` and ``d rbar_x`` come from autograd. A leader may pay
 for its incentives: ``cost_x(p, y) = cost_coef * |i_x(p, y)|`` (``"l1"``) or
 ``cost_coef * i_x(p, y)^2`` (``"l2"``), which the upper objective subtracts from ``rbar``.
@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from align_cbrl.rewards.contexts import ContextIndex
 from align_cbrl.utils.io import atomic_write_json, load_safetensors, read_json, save_safetensors
 
 __all__ = ["Leader", "build_leader", "known_leaders", "load_leader", "register_leader"]
@@ -47,12 +48,21 @@ class Leader(nn.Module):
     """Common base: ``forward(component_scores[B, K], contexts, features=None) -> Tensor[B]``.
 
     Subclasses implement :meth:`incentive` and :meth:`config` (JSON-serialisable constructor
-    arguments, so ``type(self)(**self.config())`` rebuilds an equivalent module)."""
+    arguments, so ``type(self)(**self.config())`` rebuilds an equivalent module). The base holds
+    what every leader shares: the component names, the cost of incentives and the known context
+    values (``contexts`` of the column ``context_column``; ``default_context`` serves unknown
+    values; ``context_index`` is ``None`` without contexts)."""
 
     leader_type: ClassVar[str] = "leader"
 
     def __init__(
-        self, component_names: Sequence[str], cost_coef: float = 0.0, cost_kind: str = "l1"
+        self,
+        component_names: Sequence[str],
+        cost_coef: float = 0.0,
+        cost_kind: str = "l1",
+        contexts: Sequence[Any] | None = None,
+        context_column: str = "category",
+        default_context: Any | None = None,
     ) -> None:
         super().__init__()
         names = list(component_names)
@@ -65,6 +75,10 @@ class Leader(nn.Module):
         self.component_names = names
         self.cost_coef = float(cost_coef)
         self.cost_kind = cost_kind
+        self.context_index = (
+            None if contexts is None else ContextIndex(contexts, context_column, default_context)
+        )
+        self.context_column, self.default_context = context_column, default_context
 
     # --- interface -----------------------------------------------------------------------
     def incentive(
@@ -126,10 +140,14 @@ class Leader(nn.Module):
         return out
 
     def base_config(self) -> dict[str, Any]:
+        """The constructor arguments of the base (components, cost, contexts)."""
         return {
             "component_names": list(self.component_names),
             "cost_coef": self.cost_coef,
             "cost_kind": self.cost_kind,
+            "contexts": None if self.context_index is None else list(self.context_index.values),
+            "context_column": self.context_column,
+            "default_context": self.default_context,
         }
 
     # --- persistence ---------------------------------------------------------------------

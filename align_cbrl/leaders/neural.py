@@ -1,4 +1,4 @@
-"""A small neural shaping head (reference notes section 1: any differentiable ``x``).
+"""A small neural shaping head (``docs/theory.md`` §1: any differentiable ``x``).
 
 ``i_x(p, y) = bound * tanh(MLP_x([features, scores, onehot(context)]))`` (or the raw MLP output
 when ``bound`` is ``None``). The MLP's weights are the leader's parameters ``x``; features are
@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from align_cbrl.leaders.base import Leader, register_leader
-from align_cbrl.rewards.contexts import ContextIndex
 
 __all__ = ["NeuralShapingLeader"]
 
@@ -52,20 +51,18 @@ class NeuralShapingLeader(Leader):
         cost_kind: str = "l1",
         dtype: str = "float64",
     ) -> None:
-        super().__init__(component_names, cost_coef, cost_kind)
+        super().__init__(
+            component_names, cost_coef, cost_kind, contexts, context_column, default_context
+        )
         if feature_dim < 0:
             raise ValueError(f"feature_dim must be >= 0, got {feature_dim}")
         if bound is not None and not bound > 0:
             raise ValueError(f"bound must be > 0 or None, got {bound}")
-        self.context_index = (
-            None if contexts is None else ContextIndex(contexts, context_column, default_context)
-        )
         n_ctx = 0 if self.context_index is None else len(self.context_index)
         in_dim = feature_dim + (len(self.component_names) if use_scores else 0) + n_ctx
         if in_dim == 0:
             raise ValueError("the neural leader needs some input: features, scores or contexts")
         self.feature_dim, self.hidden, self.use_scores = feature_dim, list(hidden), use_scores
-        self.context_column, self.default_context = context_column, default_context
         self.bound, self.seed, self.dtype_name = bound, seed, dtype
         tdtype = getattr(torch, dtype)
         g = torch.Generator().manual_seed(seed)
@@ -113,9 +110,6 @@ class NeuralShapingLeader(Leader):
             feature_dim=self.feature_dim,
             hidden=list(self.hidden),
             use_scores=self.use_scores,
-            contexts=None if self.context_index is None else list(self.context_index.values),
-            context_column=self.context_column,
-            default_context=self.default_context,
             bound=self.bound,
             seed=self.seed,
             dtype=self.dtype_name,

@@ -2,10 +2,10 @@
 
 * ``free``:            ``w = theta``.
 * ``sigmoid``:         ``w = lo + (hi - lo) * sigmoid(theta)``, so ``w`` in ``(lo, hi)``
-  (the tax experiment's ``sigmoid scaled to [0, 2]``, reference notes section 4).
+  (the tax experiment's ``sigmoid scaled to [0, 2]``, ``docs/theory.md`` §6).
 * ``softmax_budget``:  ``w = budget * softmax(theta)[:K]`` over ``K + 1`` logits whose last slot
   is "unused", so ``sum_k |w_k| <= |budget|`` (the Four-Rooms penalty budget
-  ``-0.2 * softmax(logits)`` with 104 cells + one unused slot, reference notes section 3).
+  ``-0.2 * softmax(logits)`` with 104 cells + one unused slot, ``docs/theory.md`` §5).
   Without the unused slot the budget is always spent exactly.
 """
 

@@ -1,5 +1,5 @@
-"""Leaders that weight named reward components, shared or per context (reference notes
-sections 1-2, with the parametrisations of :mod:`align_cbrl.leaders.parametrization`).
+"""Leaders that weight named reward components, shared or per context (``docs/theory.md``
+§1, §3, with the parametrisations of :mod:`align_cbrl.leaders.parametrization`).
 
 ``i_x(p, y) = sum_k w_{c(p), k}(x) * s_k(p, y)``, where ``s_k`` are the component scores,
 ``c(p)`` the prompt's context value (e.g. its ``category``) and ``w_c = g(theta_c)`` one row of
@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from align_cbrl.leaders.base import Leader, register_leader
 from align_cbrl.leaders.parametrization import WeightParametrization
-from align_cbrl.rewards.contexts import ContextIndex
 
 __all__ = ["WeightLeader"]
 
@@ -60,12 +59,10 @@ class WeightLeader(Leader):
         cost_kind: str = "l1",
         dtype: str = "float64",
     ) -> None:
-        super().__init__(component_names, cost_coef, cost_kind)
-        self.param = WeightParametrization(parametrization, lo, hi, budget, unused_slot)
-        self.context_index = (
-            None if contexts is None else ContextIndex(contexts, context_column, default_context)
+        super().__init__(
+            component_names, cost_coef, cost_kind, contexts, context_column, default_context
         )
-        self.context_column, self.default_context = context_column, default_context
+        self.param = WeightParametrization(parametrization, lo, hi, budget, unused_slot)
         self.init_weights, self.init_std, self.seed, self.dtype_name = (
             init_weights,
             init_std,
@@ -125,9 +122,6 @@ class WeightLeader(Leader):
     def config(self) -> dict[str, Any]:
         cfg = self.base_config()
         cfg.update(
-            contexts=None if self.context_index is None else list(self.context_index.values),
-            context_column=self.context_column,
-            default_context=self.default_context,
             **{
                 ("parametrization" if k == "mode" else k): v
                 for k, v in self.param.to_dict().items()

@@ -1,5 +1,5 @@
 """The enumerable "tiny language" task: exact ``pi*``, ``F``, ``dF/dx`` for LM followers
-(reference notes section 2, last paragraph).
+(``docs/theory.md`` §3, exact answers on an enumerable task).
 
 **Completions.** Words ``vocab`` (default ``["a", "b", "c", "d"]``, token ids ``0..V-1``) and an
 end-of-sequence token ``EOS`` (id ``V``). The completion set is exactly what a causal LM over
@@ -47,7 +47,7 @@ import yaml
 from torch import Tensor
 from torch.func import functional_call
 
-from align_cbrl.estimators.grouped import check_beta
+from align_cbrl.estimators.temperature import check_beta
 from align_cbrl.leaders.base import Leader
 from align_cbrl.leaders.weights import WeightLeader
 from align_cbrl.objective import BilevelRewards
@@ -132,13 +132,13 @@ class TinyLanguageConfig:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             raise ValueError(f"{str(path)!r} is not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{str(path)!r} must contain a mapping of TinyLanguageConfig fields")
-        known = {f.name for f in fields(cls)}
-        extra = sorted(set(data) - known)
-        if extra:
-            raise ValueError(f"{str(path)!r}: unknown field(s) {extra}; known: {sorted(known)}")
-        return cls(**data)
+        known = sorted(f.name for f in fields(cls))
+        if isinstance(data, dict) and set(data) <= set(known):
+            return cls(**data)
+        if isinstance(data, dict):
+            extra = sorted(set(data) - set(known))
+            raise ValueError(f"{str(path)!r}: unknown field(s) {extra}; known: {known}")
+        raise ValueError(f"{str(path)!r} must contain a mapping of TinyLanguageConfig fields")
 
 
 def enumerate_completions(
@@ -301,6 +301,18 @@ def _beta_column(beta: float | Tensor, P: int) -> Tensor:
     return check_beta(beta, P)[:, None]
 
 
+def _policy_and_leader_reward(
+    task: TinyLanguageTask,
+    bilevel: BilevelRewards,
+    beta: float | Tensor,
+    params: Mapping[str, Tensor] | None,
+) -> tuple[Tensor, Tensor]:
+    """``(pi*_x, rbar_x)``, each ``[P, Y]``, differentiable in ``x``."""
+    r, rbar = task.rewards(bilevel, params)
+    pi = torch.softmax(task.log_ref + r / _beta_column(beta, task.num_prompts), dim=-1)
+    return pi, rbar
+
+
 def exact_policy(
     task: TinyLanguageTask,
     bilevel: BilevelRewards,
@@ -308,8 +320,7 @@ def exact_policy(
     params: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """``pi*_x[P, Y] = softmax(log pi_ref + r_x / beta)`` (differentiable in ``x``)."""
-    r, _ = task.rewards(bilevel, params)
-    return torch.softmax(task.log_ref + r / _beta_column(beta, task.num_prompts), dim=-1)
+    return _policy_and_leader_reward(task, bilevel, beta, params)[0]
 
 
 def exact_objective(
@@ -319,8 +330,7 @@ def exact_objective(
     params: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """``F(x) = sum_p P(p) sum_y pi*_x(y|p) rbar_x(p, y)`` (scalar, differentiable)."""
-    r, rbar = task.rewards(bilevel, params)
-    pi = torch.softmax(task.log_ref + r / _beta_column(beta, task.num_prompts), dim=-1)
+    pi, rbar = _policy_and_leader_reward(task, bilevel, beta, params)
     return (task.prompt_probs * (pi * rbar).sum(-1)).sum()
 
 

@@ -19,7 +19,7 @@ def mean_se(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return mean, values.std(axis=axis, ddof=1) / np.sqrt(n)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -39,7 +39,7 @@ def plot_learning_curves(
 
     ``curves[label] = (x[T], y[seeds, T])``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for label, (x, y) in curves.items():
         y = np.atleast_2d(np.asarray(y, dtype=float))
@@ -61,7 +61,7 @@ def save_figure(fig, path: str | os.PathLike[str]) -> Path:
 
     from align_cbrl.utils.io import atomic_write_bytes
 
-    plt = _pyplot()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)

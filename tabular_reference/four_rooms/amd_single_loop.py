@@ -29,7 +29,7 @@ from 0; ``dQ``, ``Q_L`` and ``Q~`` by 500 sweeps of policy evaluation under the 
 ``Q~`` with the published initial reward ``e_s + A(s,a) dA(s,a) / lam`` (the follower's
 advantage under the uniform policy, not the leader's).
 
-The leader's objective reported beside it is the exact ``F`` (``algorithms._Solver``) of the
+The leader's objective reported beside it is the exact ``F`` (``solver.FollowerSolver.objective``) of the
 current logits, so that the numbers compare with every other cell of ``table1``.
 """
 
@@ -43,10 +43,11 @@ import numpy as np
 from numba import njit
 
 from tabular_reference.common.optim import sgd_ascent
-from tabular_reference.four_rooms.algorithms import RunConfig, _Solver
+from tabular_reference.four_rooms.algorithms import RunConfig
 from tabular_reference.four_rooms.dynamics import resolve_dynamics
 from tabular_reference.four_rooms.env import BUDGET, FOUR_ROOMS, GAMMA, GOALS
 from tabular_reference.four_rooms.leader import softmax
+from tabular_reference.four_rooms.solver import FollowerSolver
 
 
 @njit(cache=True, nogil=True)
@@ -236,7 +237,8 @@ def start_gradient(Q, Qt, g, start, lam, out):
 
 @dataclass
 class SingleLoopConfig:
-    """One single-loop AMD run (module docstring)."""
+    """One single-loop AMD run (module docstring). In the paper's Table 1 notation, as the
+    ``table1`` results: ``lam`` = follower temperature, ``beta`` = budget cost."""
 
     lam: float
     beta: float
@@ -291,13 +293,13 @@ def run_single_loop(cfg: SingleLoopConfig, progress: bool = False) -> dict:
     # published initialisation: Q by its own soft backup, the rest under the uniform policy
     sweeps(Q, dQ, QL, Qt, pen_of(x), goals, *args, cfg.init_sweeps, True)
     exact = {
-        solve: _Solver(
+        solve: FollowerSolver(
             1,
             goals,
             RunConfig(
-                algo="amd",
-                lam=cfg.lam,
-                beta=cfg.beta,
+                algo="exact",
+                beta=cfg.lam,
+                budget_cost=cfg.beta,
                 lrs=[cfg.lr],
                 seeds=[cfg.seed],
                 dynamics=cfg.dynamics,
@@ -313,8 +315,8 @@ def run_single_loop(cfg: SingleLoopConfig, progress: bool = False) -> dict:
     for t in bar:
         if t % cfg.eval_every == 0 or t > cfg.iters - cfg.eval_last:
             trace["iter"].append(t)
-            trace["F"].append(float(exact["exact"].exact_F(x)[0]))
-            trace["F_published_solve"].append(float(exact["published"].exact_F(x)[0]))
+            trace["F"].append(float(exact["exact"].objective(x)[0]))
+            trace["F_published_solve"].append(float(exact["published"].objective(x)[0]))
         if t == cfg.iters:
             break
         sweeps(Q, dQ, QL, Qt, pen_of(x), goals, *args, cfg.sweeps, False)

@@ -1,4 +1,10 @@
-"""CLI registration: ``python -m tabular_reference four-rooms ...`` and ``... table1 ...``."""
+"""CLI registration: ``python -m tabular_reference four-rooms ...`` and ``... table1 ...``.
+
+The flags use the paper's notation: ``--lam`` is the follower temperature (``beta`` in the code)
+and ``--beta`` the leader's budget cost (``budget_cost`` in the code); ``--algo`` accepts the
+canonical algorithm names and the older spellings ``amd`` (= ``exact``) and ``zo``
+(= ``zero-order``) (:mod:`align_cbrl.estimators.vocabulary`).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import yaml
-
+from align_cbrl.estimators.vocabulary import canonical_algorithm
+from tabular_reference.common.config_files import read_mapping
 from tabular_reference.four_rooms.algorithms import ALGORITHMS, RunConfig
 from tabular_reference.four_rooms.dynamics import PRESETS, resolve_dynamics
 
+__all__ = ["load_config_file", "register"]
+
 ALGO_CHOICES = (*ALGORITHMS, "all")
-ALL_ALGOS = ("hpgd", "amd", "zo")
+ALL_ALGOS = ("hpgd", "exact", "zero-order")
+_DYNAMICS_HELP = f"slip model preset: {' | '.join(PRESETS)}"
+_SOLVE_HELP = "exact (soft-optimal, default) | published (the published code's Q iteration)"
+_BACKEND_HELP = "fused (numba, default) | library (torch estimators, the earlier random stream)"
 
 
 def _floats(text: str) -> list[float]:
@@ -31,23 +41,33 @@ def _goal(text: str) -> tuple[int, int]:
     return (r, c)
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``four-rooms`` and ``table1`` subcommands."""
-    p = subparsers.add_parser(
-        "four-rooms",
-        help="run leader algorithms on Four-Rooms reward shaping (paper Table 1 setting)",
-        description="Run HPGD / AMD / zero-order / naive leaders on Four-Rooms; writes metrics "
-        "(CSV/JSON), final parameters (safetensors), config (JSON) and PNG plots.",
-    )
+_FOUR_ROOMS = dict(
+    help="run leader algorithms on Four-Rooms reward shaping (paper Table 1 setting)",
+    description="Run HPGD / exact ascent (AMD) / zero-order / naive leaders on Four-Rooms; "
+    "writes metrics (CSV/JSON), final parameters (safetensors), config (JSON) and PNG plots.",
+)
+# (flag, type, default, help) of the run settings
+_RUN_FLAGS: tuple[tuple[str, Any, Any, str], ...] = (
+    ("--lam", float, 0.001, "follower temperature (> 0)"),
+    ("--beta", float, 1.0, "leader's budget cost (>= 0)"),
+    ("--seeds", int, 10, "number of seeds (0..N-1)"),
+    ("--iters", int, 10_000, "outer iterations"),
+    ("--lr", _floats, [0.1], "learning rate(s), comma-separated"),
+    ("--c", _floats, [1.0], "zero-order radius constant(s) c"),
+    ("--steps-per-iter", int, 10_000, "env steps per iteration"),
+    ("--n-envs", int, 5, "parallel envs (steps split evenly)"),
+    ("--eval-last", int, 1_000, "metric window (iterations)"),
+    ("--budget-mode", str, "all", "budget convention: all | collected"),
+    ("--follower-solve", str, "exact", _SOLVE_HELP),
+    ("--estimator-backend", str, "fused", _BACKEND_HELP),
+)
+
+
+def _add_four_rooms(subparsers: Any) -> None:
+    p = subparsers.add_parser("four-rooms", **_FOUR_ROOMS)
     p.add_argument("--algo", default="hpgd", help=f"one of {', '.join(ALGO_CHOICES)}")
-    p.add_argument("--lam", type=float, default=0.001, help="follower temperature (> 0)")
-    p.add_argument("--beta", type=float, default=1.0, help="leader's budget cost (>= 0)")
-    p.add_argument("--seeds", type=int, default=10, help="number of seeds (0..N-1)")
-    p.add_argument("--iters", type=int, default=10_000, help="outer iterations")
-    p.add_argument("--lr", type=_floats, default=[0.1], help="learning rate(s), comma-separated")
-    p.add_argument("--c", type=_floats, default=[1.0], help="zero-order radius constant(s) c")
-    p.add_argument("--steps-per-iter", type=int, default=10_000, help="env steps per iteration")
-    p.add_argument("--n-envs", type=int, default=5, help="parallel envs (steps split evenly)")
+    for flag, kind, default, text in _RUN_FLAGS:
+        p.add_argument(flag, type=kind, default=default, help=text)
     p.add_argument(
         "--goal",
         type=_goal,
@@ -55,40 +75,33 @@ def register(subparsers: Any) -> None:
         default=None,
         help="restrict contexts to this goal 'row,col' (repeatable); default both",
     )
-    p.add_argument("--budget-mode", default="all", help="budget convention: all | collected")
     p.add_argument(
         "--dynamics",
         default="paper",
-        help=f"slip model preset: {' | '.join(PRESETS)} (paper: 0.56/0.1467 everywhere; "
-        "published: plans in 0.56, samples HPGD's trajectories from 0.67/0.11; notes: 0.67/0.11)",
+        help=f"{_DYNAMICS_HELP} (paper: 0.56/0.1467 everywhere; published: plans in 0.56, "
+        "samples HPGD's trajectories from 0.67/0.11; notes: 0.67/0.11)",
     )
-    p.add_argument(
-        "--follower-solve",
-        default="exact",
-        help="exact (default) | published (the published code's truncated Q iteration)",
-    )
-    p.add_argument(
-        "--estimator-backend",
-        default="fused",
-        help="fused (numba, default) | library (torch estimators, the earlier random stream)",
-    )
-    p.add_argument("--eval-last", type=int, default=1_000, help="metric window (iterations)")
     p.add_argument(
         "--config",
         type=Path,
         default=None,
-        help="YAML file with RunConfig fields (overrides the flags it sets)",
+        help="YAML file with RunConfig fields in the flags' notation (lam, beta, ...); "
+        "overrides the flags it sets",
     )
     p.add_argument("--out", type=Path, default=Path("results/four_rooms"), help="results dir")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=four_rooms_main)
 
-    t = subparsers.add_parser(
-        "table1",
-        help="regenerate the paper's Table 1 (grid search + selected settings)",
-        description="Grid over lam x beta x {HPGD, AMD, Zero-order} x lr (x c), 10 seeds, "
-        "10,000 iterations; selects the best setting per cell and writes markdown + JSON.",
-    )
+
+_TABLE1 = dict(
+    help="regenerate the paper's Table 1 (grid search + selected settings)",
+    description="Grid over lam x beta x {HPGD, AMD, Zero-order} x lr (x c), 10 seeds, "
+    "10,000 iterations; selects the best setting per cell and writes markdown + JSON.",
+)
+
+
+def _add_table1(subparsers: Any) -> None:
+    t = subparsers.add_parser("table1", **_TABLE1)
     t.add_argument("--out", type=Path, default=Path("results/table1"), help="results dir")
     t.add_argument("--quick", action="store_true", help="smoke run (tiny sizes)")
     t.add_argument(
@@ -98,7 +111,7 @@ def register(subparsers: Any) -> None:
     )
     t.add_argument("--settings", type=Path, default=None, help="selected settings JSON/YAML")
     t.add_argument("--workers", type=int, default=2, help="parallel worker processes")
-    t.add_argument("--dynamics", default="paper", help=f"slip model preset: {' | '.join(PRESETS)}")
+    t.add_argument("--dynamics", default="paper", help=_DYNAMICS_HELP)
     t.add_argument(
         "--hpgd-algo",
         default="hpgd",
@@ -108,53 +121,39 @@ def register(subparsers: Any) -> None:
     t.add_argument(
         "--algos",
         default="hpgd,amd,zo",
-        help="comma-separated subset of the grid's columns to run (hpgd, amd, zo)",
+        help="comma-separated subset of the grid's columns to run: hpgd, amd (= exact), "
+        "zo (= zero-order)",
     )
     t.add_argument(
         "--lams", type=_floats, default=None, help="subset of lambda in {0.001, 0.003, 0.005}"
     )
-    t.add_argument(
-        "--follower-solve",
-        default="exact",
-        help="exact (soft-optimal, default) | published (the published code's Q iteration: "
-        "from Q = 0, 100 improvements x 5 sweeps, goal with lam H)",
-    )
+    t.add_argument("--follower-solve", default="exact", help=_SOLVE_HELP)
     t.add_argument("--seeds", type=int, default=10)
     t.add_argument("--iters", type=int, default=10_000)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=table1_main)
 
 
+def register(subparsers: Any) -> None:
+    """Add the ``four-rooms`` and ``table1`` subcommands."""
+    _add_four_rooms(subparsers)
+    _add_table1(subparsers)
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Read a YAML/JSON mapping of :class:`RunConfig` fields; unknown keys are errors."""
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"malformed config {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"malformed config {path}: expected a mapping of fields, got {type(data).__name__}"
-        )
-    allowed = set(RunConfig.__dataclass_fields__)
-    unknown = sorted(set(data) - allowed)
+    """Read a YAML/JSON mapping of :class:`RunConfig` fields in the flags' notation
+    (:meth:`RunConfig.from_dict`); unknown keys are errors."""
+    data = read_mapping(path, "config file")
+    unknown = sorted(set(data) - set(RunConfig.edge_keys()))
     if unknown:
         raise ValueError(
-            f"malformed config {path}: unknown keys {unknown}; allowed: {sorted(allowed)}"
+            f"malformed config {path}: unknown keys {unknown}; allowed: {RunConfig.edge_keys()}"
         )
     return data
 
 
-def four_rooms_main(args: argparse.Namespace) -> int:
-    from tabular_reference.four_rooms.runner import run_four_rooms
-
-    if args.algo not in ALGO_CHOICES:
-        raise ValueError(
-            f"unknown algorithm {args.algo!r}; choose one of {', '.join(ALGO_CHOICES)}"
-        )
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+def _base_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run settings of the flags and ``--config``, in the flags' notation."""
     base: dict[str, Any] = dict(
         lam=args.lam,
         beta=args.beta,
@@ -171,19 +170,28 @@ def four_rooms_main(args: argparse.Namespace) -> int:
         follower_solve=args.follower_solve,
     )
     if args.goal:
-        base["goals"] = [tuple(g) for g in args.goal]
+        base["goals"] = args.goal
     if args.config is not None:
         base.update(load_config_file(args.config))
-        if "goals" in base:
-            base["goals"] = [tuple(g) for g in base["goals"]]
-    algos = list(ALL_ALGOS) if args.algo == "all" else [args.algo]
-    cfgs = [RunConfig(algo=a, **{k: v for k, v in base.items() if k != "algo"}) for a in algos]
+    base.pop("algo", None)
+    return base
+
+
+def four_rooms_main(args: argparse.Namespace) -> int:
+    from tabular_reference.four_rooms.runner import run_four_rooms
+
+    algo = canonical_algorithm(args.algo, ALGO_CHOICES)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    base = _base_settings(args)
+    algos = list(ALL_ALGOS) if algo == "all" else [algo]
+    cfgs = [RunConfig.from_dict({"algo": a, **base}) for a in algos]
     for c in cfgs:
         c.validate()
     summary = run_four_rooms(cfgs, args.out, progress=not args.no_progress)
-    for algo, s in summary.items():
+    for name, s in summary.items():
         print(
-            f"{algo:9s} F(last {cfgs[0].eval_last}) = {s['mean']:.4f} ± {s['se']:.4f} "
+            f"{name:10s} F(last {cfgs[0].eval_last}) = {s['mean']:.4f} ± {s['se']:.4f} "
             f"(lr={s['lr']}, c={s['c']}, {s['wall_s']:.1f} s)"
         )
     print(f"results written to {args.out}")
@@ -191,25 +199,19 @@ def four_rooms_main(args: argparse.Namespace) -> int:
 
 
 def table1_main(args: argparse.Namespace) -> int:
-    from tabular_reference.four_rooms.table1 import run_table1
+    from tabular_reference.four_rooms.table1 import COLUMN_ALGOS, run_table1
+
+    column_of = {algo: column for column, algo in COLUMN_ALGOS.items()}  # exact -> amd, ...
 
     resolve_dynamics(args.dynamics)
+    same_name = ("quick", "selected_only", "settings", "workers", "seeds", "iters", "dynamics")
+    options = {k: getattr(args, k) for k in (*same_name, "hpgd_algo", "follower_solve")}
+    if args.lams is not None:
+        options["lams"] = args.lams
     run_table1(
         args.out,
-        quick=args.quick,
-        selected_only=args.selected_only,
-        settings=args.settings,
-        workers=args.workers,
-        seeds=args.seeds,
-        iters=args.iters,
         progress=not args.no_progress,
-        dynamics=args.dynamics,
-        hpgd_algo=args.hpgd_algo,
-        algos=[a.strip() for a in args.algos.split(",") if a.strip()],
-        follower_solve=args.follower_solve,
-        **({} if args.lams is None else {"lams": args.lams}),
+        algos=[column_of.get(a.strip(), a.strip()) for a in args.algos.split(",") if a.strip()],
+        **options,
     )
     return 0
-
-
-__all__ = ["load_config_file", "np", "register"]

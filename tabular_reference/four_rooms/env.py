@@ -1,4 +1,4 @@
-"""Four-Rooms environment of the reference notes, section 3 (map, slip dynamics, contexts).
+"""Four-Rooms environment (``docs/theory.md`` §5): map, slip dynamics, contexts.
 
 Cells are indexed by the row-major order of the 104 free cells of the 13 x 13 map, so the
 up/down neighbours of a cell are at most :data:`BANDWIDTH` indices away and the linear systems

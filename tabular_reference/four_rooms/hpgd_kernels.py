@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from tabular_reference.common.alias import vose
+
 FORM_CROSSFIT = 0  # hpgd: form "mc", leader_q "crossfit"
 FORM_PUBLISHED = 1  # hpgd-published: every-visit tables from the same batch
 FORM_NAIVE = 2  # naive: direct term only
@@ -97,30 +99,7 @@ def build_alias(pi_r, nbr, p_int, p_oth, thr, out1, out2):
             for d in range(4):
                 pd = p_int if d == a else p_oth
                 p[4 * a + d] = pi_r[s, a] * pd * 16.0
-        ns = 0
-        nl = 0
-        for j in range(16):
-            alias[j] = j
-            if p[j] < 1.0:
-                small[ns] = j
-                ns += 1
-            else:
-                large[nl] = j
-                nl += 1
-        while ns > 0 and nl > 0:
-            ns -= 1
-            sm = small[ns]
-            lg = large[nl - 1]
-            alias[sm] = lg
-            p[lg] = (p[lg] + p[sm]) - 1.0
-            if p[lg] < 1.0:
-                nl -= 1
-                small[ns] = lg
-                ns += 1
-        for i in range(nl):
-            p[large[i]] = 1.0
-        for i in range(ns):
-            p[small[i]] = 1.0  # round-off leftovers
+        vose(p, 16, alias, small, large)
         for j in range(16):
             thr[16 * s + j] = p[j]
             o = j
@@ -165,158 +144,174 @@ def _sample_run(thr, out1, out2, goal, start, n_envs, steps, max_len, rng, state
 
 
 @njit(cache=True, nogil=True)
+def _estimate_naive(states, taus, n_ep, goal, gpow):
+    """``mug`` of form naive: the discounted visits of the goal per episode."""
+    mug = 0.0
+    for t in range(states.shape[0]):
+        if states[t] == goal:
+            mug += gpow[taus[t]]
+    return mug / n_ep
+
+
+@njit(cache=True, nogil=True)
+def _estimate_crossfit(
+    states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, S, q, gpen
+):
+    """Form crossfit (``hpgd_weights(form="mc", leader_q="crossfit")``): adds the per-state
+    follower-weight sums to ``gpen`` and returns ``mug``."""
+    T = states.shape[0]
+    SA = 4 * S
+    # reverse pass: leader returns G_t and their sums per (fold, state, action)
+    qsum = np.zeros(2 * SA)
+    qcnt = np.zeros(2 * SA)
+    e = n_ep - 1
+    nxt = 0.0
+    for t in range(T - 1, -1, -1):
+        s = states[t]
+        r = vgoal if s == goal else (1.0 if s == target else 0.0)
+        nxt = r if t == T - 1 or taus[t + 1] == 0 else r + gamma * nxt
+        i = (e & 1) * SA + 4 * s + actions[t]
+        qsum[i] += nxt
+        qcnt[i] += 1.0
+        if taus[t] == 0:
+            e -= 1
+    # the other fold's Q per step, and the centring sums per (fold, state)
+    csum = np.zeros(2 * S)
+    ccnt = np.zeros(2 * S)
+    e = -1
+    for t in range(T):
+        if taus[t] == 0:
+            e += 1
+        f = e & 1
+        o = (1 - f) * SA + 4 * states[t] + actions[t]
+        qh = qsum[o] / qcnt[o] if qcnt[o] > 0.0 else 0.0
+        q[t] = qh
+        i = f * S + states[t]
+        csum[i] += gpow[taus[t]] * qh
+        ccnt[i] += 1.0
+    for i in range(2 * S):
+        if ccnt[i] > 0.0:
+            csum[i] /= ccnt[i]
+    mug, prefix, cent, e = 0.0, 0.0, 0.0, -1
+    scale = 1.0 / (n_ep * beta)
+    for t in range(T):
+        tau = taus[t]
+        if tau == 0:
+            e += 1
+            prefix = 0.0
+            cent = 0.0
+        s = states[t]
+        prefix += q[t]
+        cent = csum[(e & 1) * S + s] + gamma * cent
+        g = gpow[tau]
+        gpen[s] += (g * prefix - cent) * scale
+        if s == goal:
+            mug += g
+    return mug / n_ep
+
+
+@njit(cache=True, nogil=True)
+def _estimate_published(
+    states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, max_len, S, q, gpen
+):
+    """Form published (``published_hpgd_weights``): adds the per-state follower-weight sums to
+    ``gpen`` and returns ``mug`` (NaN when no episode finished)."""
+    T = states.shape[0]
+    SA = 4 * S
+    gsa = np.zeros(SA)
+    nsa = np.zeros(SA)
+    wsa = np.zeros(SA)
+    gs = np.zeros(S)
+    ns = np.zeros(S)
+    starts = np.zeros(S)
+    n_done = 0
+    nxt = 0.0
+    for t in range(T - 1, -1, -1):
+        s = states[t]
+        r = vgoal if s == goal else (1.0 if s == target else 0.0)
+        nxt = r if t == T - 1 or taus[t + 1] == 0 else r + gamma * nxt
+        i = 4 * s + actions[t]
+        gsa[i] += nxt
+        nsa[i] += 1.0
+        wsa[i] += gpow[taus[t]]
+        gs[s] += nxt
+        ns[s] += 1.0
+        if taus[t] == 0:
+            starts[s] += 1.0
+        if s == goal or taus[t] == max_len - 1:
+            n_done += 1
+    if n_done == 0:
+        return np.nan
+    for i in range(SA):
+        if nsa[i] > 0.0:
+            gsa[i] /= nsa[i]
+            wsa[i] /= nsa[i]
+    for s in range(S):
+        if ns[s] > 0.0:
+            gs[s] /= ns[s]
+            starts[s] /= n_ep * ns[s]
+    cs = np.zeros(S)
+    for t in range(T):
+        s = states[t]
+        ab = gsa[4 * s + actions[t]] - gs[s]
+        q[t] = ab
+        cs[s] += gpow[taus[t]] * ab
+    for s in range(S):
+        if ns[s] > 0.0:
+            cs[s] /= ns[s]
+    h = 0.0
+    hl = 0.0
+    mug = 0.0
+    scale = 1.0 / (n_done * beta)
+    for t in range(T):
+        s = states[t]
+        ct = q[t] * wsa[4 * s + actions[t]] - cs[s]
+        cl = starts[s]
+        if taus[t] == 0:
+            h = ct
+            hl = cl
+        else:
+            h = ct + gamma * h
+            hl = cl + gamma * hl
+        gpen[s] += h * scale
+        if s == goal:
+            mug += hl
+    return mug
+
+
+@njit(cache=True, nogil=True)
 def _estimate_run(
-    states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, lam, max_len, S, form, q, gpen
+    states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, max_len, S, form, q, gpen
 ):
     """Per-state sums of the follower weights (``gpen``, goal zeroed) and ``mug`` of one run
     with ``n_ep`` episodes. ``q`` is a length-``T`` scratch array."""
-    T = states.shape[0]
     for s in range(S):
         gpen[s] = 0.0
-    mug = 0.0
     if form == FORM_NAIVE:
-        for t in range(T):
-            if states[t] == goal:
-                mug += gpow[taus[t]]
-        return mug / n_ep
-    SA = 4 * S
+        return _estimate_naive(states, taus, n_ep, goal, gpow)
     if form == FORM_CROSSFIT:
-        # reverse pass: leader returns G_t and their sums per (fold, state, action)
-        qsum = np.zeros(2 * SA)
-        qcnt = np.zeros(2 * SA)
-        e = n_ep - 1
-        nxt = 0.0
-        for t in range(T - 1, -1, -1):
-            s = states[t]
-            r = vgoal if s == goal else (1.0 if s == target else 0.0)
-            nxt = r if t == T - 1 or taus[t + 1] == 0 else r + gamma * nxt
-            i = (e & 1) * SA + 4 * s + actions[t]
-            qsum[i] += nxt
-            qcnt[i] += 1.0
-            if taus[t] == 0:
-                e -= 1
-        # the other fold's Q per step, and the centring sums per (fold, state)
-        csum = np.zeros(2 * S)
-        ccnt = np.zeros(2 * S)
-        e = -1
-        for t in range(T):
-            if taus[t] == 0:
-                e += 1
-            f = e & 1
-            o = (1 - f) * SA + 4 * states[t] + actions[t]
-            qh = qsum[o] / qcnt[o] if qcnt[o] > 0.0 else 0.0
-            q[t] = qh
-            i = f * S + states[t]
-            csum[i] += gpow[taus[t]] * qh
-            ccnt[i] += 1.0
-        for i in range(2 * S):
-            if ccnt[i] > 0.0:
-                csum[i] /= ccnt[i]
-        e = -1
-        prefix = 0.0
-        cent = 0.0
-        scale = 1.0 / (n_ep * lam)
-        for t in range(T):
-            tau = taus[t]
-            if tau == 0:
-                e += 1
-                prefix = 0.0
-                cent = 0.0
-            s = states[t]
-            prefix += q[t]
-            cent = csum[(e & 1) * S + s] + gamma * cent
-            g = gpow[tau]
-            gpen[s] += (g * prefix - cent) * scale
-            if s == goal:
-                mug += g
-        mug /= n_ep
-    else:  # FORM_PUBLISHED
-        gsa = np.zeros(SA)
-        nsa = np.zeros(SA)
-        wsa = np.zeros(SA)
-        gs = np.zeros(S)
-        ns = np.zeros(S)
-        starts = np.zeros(S)
-        n_done = 0
-        nxt = 0.0
-        for t in range(T - 1, -1, -1):
-            s = states[t]
-            r = vgoal if s == goal else (1.0 if s == target else 0.0)
-            nxt = r if t == T - 1 or taus[t + 1] == 0 else r + gamma * nxt
-            i = 4 * s + actions[t]
-            gsa[i] += nxt
-            nsa[i] += 1.0
-            wsa[i] += gpow[taus[t]]
-            gs[s] += nxt
-            ns[s] += 1.0
-            if taus[t] == 0:
-                starts[s] += 1.0
-            if s == goal or taus[t] == max_len - 1:
-                n_done += 1
-        if n_done == 0:
-            return np.nan
-        for i in range(SA):
-            if nsa[i] > 0.0:
-                gsa[i] /= nsa[i]
-                wsa[i] /= nsa[i]
-        for s in range(S):
-            if ns[s] > 0.0:
-                gs[s] /= ns[s]
-                starts[s] /= n_ep * ns[s]
-        cs = np.zeros(S)
-        for t in range(T):
-            s = states[t]
-            ab = gsa[4 * s + actions[t]] - gs[s]
-            q[t] = ab
-            cs[s] += gpow[taus[t]] * ab
-        for s in range(S):
-            if ns[s] > 0.0:
-                cs[s] /= ns[s]
-        h = 0.0
-        hl = 0.0
-        scale = 1.0 / (n_done * lam)
-        for t in range(T):
-            s = states[t]
-            ct = q[t] * wsa[4 * s + actions[t]] - cs[s]
-            cl = starts[s]
-            if taus[t] == 0:
-                h = ct
-                hl = cl
-            else:
-                h = ct + gamma * h
-                hl = cl + gamma * hl
-            gpen[s] += h * scale
-            if s == goal:
-                mug += hl
+        mug = _estimate_crossfit(
+            states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, S, q, gpen
+        )
+    else:
+        mug = _estimate_published(
+            states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, max_len, S, q,
+            gpen,
+        )  # fmt: skip
+        if np.isnan(mug):
+            return mug
     gpen[goal] = 0.0
     return mug
 
 
 @njit(cache=True, nogil=True)
 def sample_and_estimate(
-    pi,
-    goal,
-    vgoal,
-    start,
-    target,
-    nbr,
-    p_int,
-    p_oth,
-    n_envs,
-    steps,
-    max_len,
-    gamma,
-    lam,
-    form,
-    rng,
-    states,
-    actions,
-    taus,
-    gpen,
-    mug,
-):
-    """For every run ``r`` (``rng[r]`` its xoshiro256+ state, advanced in place): sample ``n_envs x steps`` steps of ``pi[r]`` (context ``goal[r]``,
-    leader's goal reward ``vgoal[r]``) into ``states/actions/taus[r]`` and write the per-state
+    pi, goal, vgoal, start, target, nbr, p_int, p_oth, n_envs, steps, max_len,
+    gamma, beta, form, rng, states, actions, taus, gpen, mug,
+):  # fmt: skip
+    """For every run ``r`` (``rng[r]`` its xoshiro256+ state, advanced in place): sample
+    ``n_envs x steps`` steps of ``pi[r]`` (context ``goal[r]``, leader's goal reward
+    ``vgoal[r]``) into ``states/actions/taus[r]`` and write the per-state
     follower-weight sums ``gpen[r]`` and ``mug[r]`` of the estimator ``form`` (``FORM_*``).
     ``mug[r]`` is NaN when ``form`` is published and no episode finished."""
     R, S = pi.shape[0], pi.shape[1]
@@ -333,33 +328,10 @@ def sample_and_estimate(
     for r in range(R):
         build_alias(pi[r], nbr, p_int, p_oth, thr, out1, out2)
         n_ep = _sample_run(
-            thr,
-            out1,
-            out2,
-            goal[r],
-            start,
-            n_envs,
-            steps,
-            max_len,
-            rng[r],
-            states[r],
-            actions[r],
-            taus[r],
-        )
+            thr, out1, out2, goal[r], start, n_envs, steps, max_len, rng[r], states[r],
+            actions[r], taus[r],
+        )  # fmt: skip
         mug[r] = _estimate_run(
-            states[r],
-            actions[r],
-            taus[r],
-            n_ep,
-            goal[r],
-            target,
-            vgoal[r],
-            gpow,
-            gamma,
-            lam,
-            max_len,
-            S,
-            form,
-            q,
-            gpen[r],
-        )
+            states[r], actions[r], taus[r], n_ep, goal[r], target, vgoal[r], gpow, gamma, beta,
+            max_len, S, form, q, gpen[r],
+        )  # fmt: skip

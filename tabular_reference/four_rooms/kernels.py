@@ -1,25 +1,25 @@
-"""Numba kernels for Four-Rooms (reference notes, section 3): exact soft follower by banded
+"""Numba kernels for Four-Rooms (``docs/theory.md`` §5): exact soft follower by banded
 Newton (soft policy iteration), exact leader value, exact hypergradient by the adjoint, and the
 trajectory sampler. All loops are over a batch of independent runs ``R``.
 
 Conventions (see ``docs/four_rooms.md``): state-based rewards. In a non-goal cell ``s`` the
 follower collects ``pen(s)`` and the leader ``1[s == target]``; the goal is terminal with
-follower value 1 and leader value ``vgoal`` (= ``-beta * budget``). Let
+follower value 1 and leader value ``vgoal`` (= ``-budget_cost * budget``). Let
 ``M = I - gamma P_pi`` over all 104 cells with the goal row replaced by the identity row.
 
 Dynamics are arguments, not constants: the planning model enters as ``p_oth`` and
 ``p_diff = p_intended - p_oth`` (``P(d | a) = p_oth + p_diff [d == a]``), the sampling model of the
 samplers as ``p_int, p_oth`` (``tabular_reference.four_rooms.dynamics``).
 
-* Follower (notes §1): ``Q(s,a) = pen(s) + gamma sum_d P(d|a) V(nbr(s,d))``,
-  ``V(s) = lam logsumexp_a(Q(s,a)/lam)``, solved by Newton steps
-  ``V <- M(pi)^{-1} (pen - lam sum_a pi log pi)`` until ``max|T(V) - V| <= tol``.
-* Leader (notes §1): ``Vbar = M^{-1} rbar``, ``F_xi = Vbar(start)``.
-* Hypergradient (notes §2, state-based rewards): ``mu = M^{-T} e_start`` (discounted occupancy;
+* Follower (``docs/theory.md`` §1): ``Q(s,a) = pen(s) + gamma sum_d P(d|a) V(nbr(s,d))``,
+  ``V(s) = beta logsumexp_a(Q(s,a)/beta)``, solved by Newton steps
+  ``V <- M(pi)^{-1} (pen - beta sum_a pi log pi)`` until ``max|T(V) - V| <= tol``.
+* Leader (§1): ``Vbar = M^{-1} rbar``, ``F_xi = Vbar(start)``.
+* Hypergradient (§2, state-based rewards): ``mu = M^{-T} e_start`` (discounted occupancy;
   ``mu(goal)`` = discounted probability of reaching the goal), ``Abar(s,a) = gamma p_diff
   (Vbar(nbr(s,a)) - sum_a' pi(a'|s) Vbar(nbr(s,a')))``, ``nu(s') = sum_{s,a} mu(s) pi(a|s)
   Abar(s,a) P(s'|s,a)``, ``rho = M^{-T} nu`` (``nu(goal) = 0``). Then
-  ``dF_xi/dpen(s) = (gamma/lam) rho(s)`` (non-goal ``s``) and ``dF_xi/dvgoal = mu(goal)``.
+  ``dF_xi/dpen(s) = (gamma/beta) rho(s)`` (non-goal ``s``) and ``dF_xi/dvgoal = mu(goal)``.
 """
 
 from __future__ import annotations
@@ -75,8 +75,22 @@ def band_solve_t(AB, n, b, x):
         x[i] = s
 
 
+@njit(cache=True, nogil=True, inline="always")
+def soft_q(pen, s, V, nbr, gamma, p_oth, p_diff, q):
+    """``q[a] = Q(s, a) = pen(s) + gamma sum_d P(d|a) V(nbr(s, d))`` for the four actions;
+    returns ``max_a q[a]``."""
+    tot = 0.0
+    for d in range(4):
+        tot += V[nbr[s, d]]
+    m = -1e300
+    for a in range(4):
+        q[a] = pen[s] + gamma * (p_oth * tot + p_diff * V[nbr[s, a]])
+        m = max(m, q[a])
+    return m
+
+
 @njit(cache=True, nogil=True)
-def soft_q_policy(pen, goal, V, nbr, gamma, lam, p_oth, p_diff, pi):
+def soft_q_policy(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, pi):
     """One soft Bellman application: fills ``pi`` and returns ``max_s |T(V)(s) - V(s)|``."""
     n = V.shape[0]
     res = 0.0
@@ -86,21 +100,15 @@ def soft_q_policy(pen, goal, V, nbr, gamma, lam, p_oth, p_diff, pi):
             pi[s, :] = 0.25
             res = max(res, abs(1.0 - V[s]))
             continue
-        tot = 0.0
-        for d in range(4):
-            tot += V[nbr[s, d]]
-        m = -1e300
-        for a in range(4):
-            q[a] = pen[s] + gamma * (p_oth * tot + p_diff * V[nbr[s, a]])
-            m = max(m, q[a])
+        m = soft_q(pen, s, V, nbr, gamma, p_oth, p_diff, q)
         z = 0.0
         for a in range(4):
-            e = math.exp((q[a] - m) / lam)
+            e = math.exp((q[a] - m) / beta)
             pi[s, a] = e
             z += e
         for a in range(4):
             pi[s, a] /= z
-        tv = m + lam * math.log(z)
+        tv = m + beta * math.log(z)
         res = max(res, abs(tv - V[s]))
     return res
 
@@ -121,7 +129,7 @@ def build_m(pi, goal, nbr, gamma, p_oth, p_diff, b, AB):
 
 
 @njit(cache=True, nogil=True)
-def soft_newton(pen, goal, V, nbr, gamma, lam, p_oth, p_diff, tol, max_iter, b, pi, AB, rhs):
+def soft_newton(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, tol, max_iter, b, pi, AB, rhs):
     """Soft-optimal follower for one context, warm-started from ``V`` (updated in place).
 
     Returns ``(iterations, residual)``; ``pi`` holds the soft-optimal policy of the returned
@@ -129,7 +137,7 @@ def soft_newton(pen, goal, V, nbr, gamma, lam, p_oth, p_diff, tol, max_iter, b, 
     n = V.shape[0]
     it = 0
     while True:
-        res = soft_q_policy(pen, goal, V, nbr, gamma, lam, p_oth, p_diff, pi)
+        res = soft_q_policy(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, pi)
         if res <= tol:
             break
         if it >= max_iter:
@@ -145,7 +153,7 @@ def soft_newton(pen, goal, V, nbr, gamma, lam, p_oth, p_diff, tol, max_iter, b, 
                 p = pi[s, a]
                 if p > 0.0:
                     ent += p * math.log(p)
-            rhs[s] = pen[s] - lam * ent
+            rhs[s] = pen[s] - beta * ent
         band_solve(AB, n, b, rhs)
         V[:] = rhs
         it += 1
@@ -155,7 +163,7 @@ def soft_newton(pen, goal, V, nbr, gamma, lam, p_oth, p_diff, tol, max_iter, b, 
 
 @njit(cache=True, nogil=True)
 def leader_and_grad(
-    pi, goal, vgoal, start, target, nbr, gamma, lam, p_diff, b, AB, want_grad, gpen
+    pi, goal, vgoal, start, target, nbr, gamma, beta, p_diff, b, AB, want_grad, gpen
 ):
     """Exact leader value ``F_xi = Vbar(start)`` and (if ``want_grad``) ``gpen = dF/dpen`` in
     place; returns ``(F, mu_goal)`` (``mu_goal = dF/dvgoal``). ``AB`` = factorised ``M(pi)``."""
@@ -186,34 +194,15 @@ def leader_and_grad(
     nu[goal] = 0.0
     band_solve_t(AB, n, b, nu)
     for s in range(n):
-        gpen[s] = 0.0 if s == goal else gamma / lam * nu[s]
+        gpen[s] = 0.0 if s == goal else gamma / beta * nu[s]
     return F, mug
 
 
 @njit(cache=True, nogil=True)
 def solve_batch(
-    pen,
-    goal,
-    vgoal,
-    V,
-    nbr,
-    start,
-    target,
-    gamma,
-    lam,
-    p_oth,
-    p_diff,
-    tol,
-    max_iter,
-    b,
-    want_grad,
-    F,
-    mug,
-    gpen,
-    pi,
-    iters,
-    resid,
-):
+    pen, goal, vgoal, V, nbr, start, target, gamma, beta, p_oth, p_diff, tol, max_iter, b,
+    want_grad, F, mug, gpen, pi, iters, resid,
+):  # fmt: skip
     """Batched follower solve + leader value (+ exact gradient) over runs ``r``:
     ``pen[R, S]``, ``goal[R]`` (cell index), ``vgoal[R]``, warm starts ``V[R, S]`` (in/out).
     Outputs ``F[R]``, ``mug[R]``, ``gpen[R, S]``, ``pi[R, S, 4]``, ``iters[R]``, ``resid[R]``."""
@@ -222,110 +211,34 @@ def solve_batch(
     rhs = np.empty(n)
     for r in range(R):
         it, res = soft_newton(
-            pen[r], goal[r], V[r], nbr, gamma, lam, p_oth, p_diff, tol, max_iter, b, pi[r], AB, rhs
+            pen[r], goal[r], V[r], nbr, gamma, beta, p_oth, p_diff, tol, max_iter, b, pi[r], AB, rhs
         )
         iters[r] = it
         resid[r] = res
-        f, m = leader_and_grad(
-            pi[r],
-            goal[r],
-            vgoal[r],
-            start,
-            target,
-            nbr,
-            gamma,
-            lam,
-            p_diff,
-            b,
-            AB,
-            want_grad,
+        F[r], mug[r] = leader_and_grad(
+            pi[r], goal[r], vgoal[r], start, target, nbr, gamma, beta, p_diff, b, AB, want_grad,
             gpen[r],
-        )
-        F[r] = f
-        mug[r] = m
+        )  # fmt: skip
 
 
 @njit(cache=True, nogil=True)
 def seed_rng(seed):
-    """Seed numba's (per-thread) generator used by :func:`sample_batch`."""
+    """Seed numba's (per-thread) generator used by :func:`sample_with_actions`."""
     np.random.seed(seed)
 
 
 @njit(cache=True, nogil=True)
-def sample_batch(
-    pi,
-    goal,
-    vgoal,
-    start,
-    target,
-    nbr,
-    p_int,
-    p_oth,
-    n_envs,
-    steps,
-    max_len,
-    states,
-    lrew,
-    ep_start,
-):
+def sample_with_actions(
+    pi, goal, vgoal, start, target, nbr, p_int, p_oth, n_envs, steps, max_len, states,
+    actions, lrew, ep_start,
+):  # fmt: skip
     """Roll out ``n_envs`` environments for ``steps`` steps each per run (auto-reset at the
     goal or after ``max_len`` steps), concatenated along time: ``states[R, n_envs*steps]``
-    (cell index; the goal appears as the last state of a successful episode),
+    (cell index; the goal appears as the last state of a successful episode), ``actions``,
     ``lrew`` the leader reward of each state (1 at the target, ``vgoal`` at the goal) and
-    ``ep_start`` marking the first state of every episode (each env starts a new one)."""
-    R = pi.shape[0]
-    for r in range(R):
-        g = goal[r]
-        t = 0
-        for _e in range(n_envs):
-            s = start
-            k = 0
-            for _i in range(steps):
-                states[r, t] = s
-                ep_start[r, t] = k == 0
-                if s == g:
-                    lrew[r, t] = vgoal[r]
-                elif s == target:
-                    lrew[r, t] = 1.0
-                else:
-                    lrew[r, t] = 0.0
-                t += 1
-                k += 1
-                if s == g or k >= max_len:
-                    s = start
-                    k = 0
-                    continue
-                u = np.random.random()
-                acc = 0.0
-                nxt = nbr[s, 3]
-                for d in range(4):
-                    acc += p_oth + (p_int - p_oth) * pi[r, s, d]
-                    if u < acc:
-                        nxt = nbr[s, d]
-                        break
-                s = nxt
-
-
-@njit(cache=True, nogil=True)
-def sample_with_actions(
-    pi,
-    goal,
-    vgoal,
-    start,
-    target,
-    nbr,
-    p_int,
-    p_oth,
-    n_envs,
-    steps,
-    max_len,
-    states,
-    actions,
-    lrew,
-    ep_start,
-):
-    """Like kernels.sample_batch but draws the action a ~ pi(.|s) and then the slip
-    (intended direction w.p. ``p_int``, each other w.p. ``p_oth``); records actions.
+    ``ep_start`` marking the first state of every episode (each env starts a new one). A step
+    draws the action ``a ~ pi(.|s)`` and then the slip (intended direction w.p. ``p_int``, each
+    other w.p. ``p_oth``).
 
     One uniform ``u`` per step serves both draws: ``a`` is the bin of ``u`` in the cumulative
     ``pi(.|s)`` and, given ``a``, ``(u - lo_a) / pi(a|s)`` is again uniform on [0, 1) and picks
@@ -369,13 +282,13 @@ def sample_with_actions(
 
 
 @njit(cache=True, nogil=True)
-def published_q_iteration(pen, goal, nbr, gamma, lam, p_oth, p_diff, n_improve, n_sweeps, pi, Q):
+def published_q_iteration(pen, goal, nbr, gamma, beta, p_oth, p_diff, n_improve, n_sweeps, pi, Q):
     """The published code's follower solve: from ``Q = 0``, ``n_improve`` policy improvements
-    ``pi = softmax(Q / lam)``, each followed by ``n_sweeps`` synchronous sweeps of
-    ``Q(s,a) = pen(s) + lam H(pi(.|s)) + gamma sum_d P(d|a) sum_a' pi(a'|nbr(s,d)) Q(nbr(s,d),a')``;
-    the goal is terminal, ``Q(goal, a) = 1 + lam H(pi(.|goal))``. Returns the final
-    ``pi = softmax(Q / lam)`` in ``pi``; not the exact soft-optimal policy (a residual of order
-    ``gamma^(n_improve n_sweeps)`` of the values, amplified by ``1 / lam`` in the softmax)."""
+    ``pi = softmax(Q / beta)``, each followed by ``n_sweeps`` synchronous sweeps of
+    ``Q(s,a) = pen(s) + beta H(pi(.|s)) + gamma sum_d P(d|a) sum_a' pi(a'|nbr(s,d)) Q(nbr(s,d),a')``;
+    the goal is terminal, ``Q(goal, a) = 1 + beta H(pi(.|goal))``. Returns the final
+    ``pi = softmax(Q / beta)`` in ``pi``; not the exact soft-optimal policy (a residual of order
+    ``gamma^(n_improve n_sweeps)`` of the values, amplified by ``1 / beta`` in the softmax)."""
     n = pen.shape[0]
     Q[:, :] = 0.0
     H = np.empty(n)
@@ -386,7 +299,7 @@ def published_q_iteration(pen, goal, nbr, gamma, lam, p_oth, p_diff, n_improve, 
             m = max(max(Q[s, 0], Q[s, 1]), max(Q[s, 2], Q[s, 3]))
             z = 0.0
             for a in range(4):
-                e = math.exp((Q[s, a] - m) / lam)
+                e = math.exp((Q[s, a] - m) / beta)
                 pi[s, a] = e
                 z += e
             h = 0.0
@@ -409,10 +322,10 @@ def published_q_iteration(pen, goal, nbr, gamma, lam, p_oth, p_diff, n_improve, 
             for s in range(n):
                 if s == goal:
                     for a in range(4):
-                        Qn[s, a] = 1.0 + lam * H[s]
+                        Qn[s, a] = 1.0 + beta * H[s]
                     continue
                 tot = W[nbr[s, 0]] + W[nbr[s, 1]] + W[nbr[s, 2]] + W[nbr[s, 3]]
-                base = pen[s] + lam * H[s] + gamma * p_oth * tot
+                base = pen[s] + beta * H[s] + gamma * p_oth * tot
                 for a in range(4):
                     Qn[s, a] = base + gamma * p_diff * W[nbr[s, a]]
             Q[:, :] = Qn
@@ -420,25 +333,9 @@ def published_q_iteration(pen, goal, nbr, gamma, lam, p_oth, p_diff, n_improve, 
 
 @njit(cache=True, nogil=True)
 def solve_batch_published(
-    pen,
-    goal,
-    vgoal,
-    nbr,
-    start,
-    target,
-    gamma,
-    lam,
-    p_oth,
-    p_diff,
-    n_improve,
-    n_sweeps,
-    b,
-    want_grad,
-    F,
-    mug,
-    gpen,
-    pi,
-):
+    pen, goal, vgoal, nbr, start, target, gamma, beta, p_oth, p_diff, n_improve, n_sweeps, b,
+    want_grad, F, mug, gpen, pi,
+):  # fmt: skip
     """Like :func:`solve_batch` with the published follower solve
     (:func:`published_q_iteration`) instead of the exact Newton solve; the leader value (and,
     if ``want_grad``, the adjoint gradient formula) are then evaluated at that policy."""
@@ -447,12 +344,10 @@ def solve_batch_published(
     Q = np.empty((n, 4))
     for r in range(R):
         published_q_iteration(
-            pen[r], goal[r], nbr, gamma, lam, p_oth, p_diff, n_improve, n_sweeps, pi[r], Q
+            pen[r], goal[r], nbr, gamma, beta, p_oth, p_diff, n_improve, n_sweeps, pi[r], Q
         )
         build_m(pi[r], goal[r], nbr, gamma, p_oth, p_diff, b, AB)
-        f, m = leader_and_grad(
-            pi[r], goal[r], vgoal[r], start, target, nbr, gamma, lam, p_diff, b, AB, want_grad,
+        F[r], mug[r] = leader_and_grad(
+            pi[r], goal[r], vgoal[r], start, target, nbr, gamma, beta, p_diff, b, AB, want_grad,
             gpen[r],
         )  # fmt: skip
-        F[r] = f
-        mug[r] = m

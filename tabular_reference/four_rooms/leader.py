@@ -1,9 +1,10 @@
-"""The leader's parametrisation in Four-Rooms (reference notes, section 3).
+"""The leader's parametrisation in Four-Rooms (``docs/theory.md`` §5).
 
 105 logits ``x`` (one per free cell, the last one the "unused" slot); ``sigma = softmax(x)``;
-``penalty(cell) = -0.2 * sigma[cell]``; the leader pays ``beta * budget`` once, when the follower
-reaches its goal, with ``budget = sum |penalties|``. The notes leave open whether the goal
-cell's own (never collected) penalty counts; ``budget_mode`` selects:
+``penalty(cell) = -0.2 * sigma[cell]``; the leader pays ``budget_cost * budget`` once, when the
+follower reaches its goal, with ``budget = sum |penalties|`` (the paper calls ``budget_cost``
+beta). The paper leaves open whether the goal cell's own (never collected) penalty counts;
+``budget_mode`` selects:
 
 * ``"all"``: ``budget = 0.2 * sum_{cells} sigma = 0.2 * (1 - sigma_unused)`` (default; see
   ``docs/four_rooms.md`` for the evidence from the AMD column of Table 1),
@@ -43,19 +44,19 @@ def logits_gradient(
     sigma: np.ndarray,
     gpen: np.ndarray,
     gvgoal: np.ndarray,
-    beta: float,
+    budget_cost: float,
     goal: np.ndarray,
     mode: str = "all",
 ) -> np.ndarray:
     """Chain rule to the logits: given ``gpen[R, S] = dF/dpen`` and ``gvgoal[R] = dF/dvgoal``
-    with ``vgoal = -beta * budget``, return ``dF/dx[R, S+1]``:
-    ``g_sigma = -0.2 gpen - beta gvgoal dbudget/dsigma`` and
+    with ``vgoal = -budget_cost * budget``, return ``dF/dx[R, S+1]``:
+    ``g_sigma = -0.2 gpen - budget_cost gvgoal dbudget/dsigma`` and
     ``dF/dx_j = sigma_j (g_sigma_j - sum_i sigma_i g_sigma_i)`` (softmax Jacobian)."""
     R, P = sigma.shape
     gs = np.zeros((R, P))
-    gs[:, :-1] = -BUDGET * gpen - beta * BUDGET * gvgoal[:, None]
+    gs[:, :-1] = -BUDGET * gpen - budget_cost * BUDGET * gvgoal[:, None]
     if mode == "collected":
-        gs[np.arange(R), goal] += beta * BUDGET * gvgoal
+        gs[np.arange(R), goal] += budget_cost * BUDGET * gvgoal
     elif mode != "all":
         raise ValueError(f"unknown budget_mode {mode!r}; choose one of {BUDGET_MODES}")
     return sigma * (gs - (sigma * gs).sum(axis=-1, keepdims=True))

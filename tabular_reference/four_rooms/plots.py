@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tabular_reference.common.plots import _pyplot, save_figure
+from tabular_reference.common.plots import pyplot, save_figure
 from tabular_reference.four_rooms import kernels as K
 from tabular_reference.four_rooms.dynamics import SlipModel, resolve_dynamics
 from tabular_reference.four_rooms.env import FOUR_ROOMS, GAMMA, MAP, TARGET
@@ -16,7 +16,7 @@ from tabular_reference.four_rooms.leader import penalties, softmax
 
 
 def follower_policy(
-    x: np.ndarray, goal: int, lam: float, plan: SlipModel, tol: float = 1e-10
+    x: np.ndarray, goal: int, beta: float, plan: SlipModel, tol: float = 1e-10
 ) -> np.ndarray:
     """Soft-optimal follower ``pi[S, 4]`` for logits ``x[105]`` and goal cell index, planning
     in the slip model ``plan``."""
@@ -40,7 +40,7 @@ def follower_policy(
         env.start,
         env.target,
         GAMMA,
-        lam,
+        beta,
         plan.p_other,
         plan.p_diff,
         tol,
@@ -72,7 +72,7 @@ def most_likely_path(pi: np.ndarray, goal: int, plan: SlipModel, max_len: int = 
 
 def plot_penalty_map(
     x: np.ndarray,
-    lam: float,
+    beta: float,
     goals: list[int],
     path: str | os.PathLike[str],
     title: str,
@@ -82,7 +82,7 @@ def plot_penalty_map(
     follower's most likely path to each goal (planned in ``dynamics``' planning model)."""
     env = FOUR_ROOMS
     plan = resolve_dynamics(dynamics).plan
-    plt = _pyplot()
+    plt = pyplot()
     grid = np.full((len(MAP), len(MAP[0])), np.nan)
     pen = -penalties(softmax(x[None]))[0]
     for i, (r, c) in enumerate(env.cells):
@@ -93,7 +93,7 @@ def plot_penalty_map(
     fig.colorbar(im, ax=ax, label="|penalty|")
     colors = ["tab:red", "tab:orange", "tab:pink"]
     for k, g in enumerate(goals):
-        p = most_likely_path(follower_policy(x, g, lam, plan), g, plan)
+        p = most_likely_path(follower_policy(x, g, beta, plan), g, plan)
         rc = np.array([env.cells[i] for i in p])
         ax.plot(
             rc[:, 1],

@@ -16,9 +16,10 @@ LABELS = {
     "hpgd": "HPGD",
     "hpgd-cov": "HPGD (covariance)",
     "hpgd-paper": "HPGD (paper's same-trajectory product)",
+    "hpgd-published": "HPGD (published estimator)",
     "naive": "naive",
-    "amd": "AMD",
-    "zo": "Zero-order",
+    "exact": "exact ascent (AMD)",
+    "zero-order": "Zero-order",
 }
 
 
@@ -89,10 +90,10 @@ def run_four_rooms(cfgs: list[RunConfig], out: Path, progress: bool = True) -> d
         best_seed = int(np.argmax(np.where(sel, res.F_last, -np.inf)))
         plot_penalty_map(
             res.final_x[best_seed],
-            cfg.lam,
+            cfg.beta,
             goals,
             rd.file(f"penalties_{cfg.algo}.png"),
-            f"{LABELS[cfg.algo]} lam={cfg.lam:g} beta={cfg.beta:g} seed "
+            f"{LABELS[cfg.algo]} lam={cfg.beta:g} beta={cfg.budget_cost:g} seed "
             f"{int(res.seed[best_seed])}: F={res.F_last[best_seed]:.3f}",
             dynamics=cfg.dynamics,
         )
@@ -103,7 +104,7 @@ def run_four_rooms(cfgs: list[RunConfig], out: Path, progress: bool = True) -> d
         curves,
         rd.file("learning_curves.png"),
         "exact F(x)",
-        f"Four-Rooms lam={c0.lam:g} beta={c0.beta:g}, dynamics {c0.model.name} "
+        f"Four-Rooms lam={c0.beta:g} beta={c0.budget_cost:g}, dynamics {c0.model.name} "
         "(mean ± s.e. over seeds)",
     )
     return summary

@@ -1,4 +1,4 @@
-"""``table1`` command: regenerate the paper's Table 1 (reference notes, section 3).
+"""``table1`` command: regenerate the paper's Table 1 (``docs/theory.md`` §5).
 
 Grid: lam in {0.001, 0.003, 0.005} x beta in {1, 3, 5} x {HPGD, AMD, Zero-order}, lr in
 {0.5, 0.1, 0.05, 0.01} (zero-order also c in {0.01, 0.1, 0.5, 1.0}), 10 seeds, 10,000 outer
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from tabular_reference.common.config_files import read_mapping
 from tabular_reference.common.plots import mean_se
 from tabular_reference.common.results import ResultsDir
 
@@ -33,9 +34,11 @@ LAMS = (0.001, 0.003, 0.005)
 BETAS = (1.0, 3.0, 5.0)
 LRS = (0.5, 0.1, 0.05, 0.01)
 CS = (0.01, 0.1, 0.5, 1.0)
-ALGOS = ("hpgd", "amd", "zo")
+ALGOS = ("hpgd", "amd", "zo")  # the table's columns (labels of docs/table1.json)
 NAMES = {"hpgd": "HPGD", "amd": "AMD", "zo": "Zero-Order"}
-# Paper Table 1 (mean, s.e.), reference notes section 3.
+# column -> algorithm run for it (the HPGD column runs ``hpgd_algo``)
+COLUMN_ALGOS = {"amd": "exact", "zo": "zero-order"}
+# Paper Table 1 (mean, s.e.), docs/theory.md §5.
 PAPER: dict[tuple[float, float], dict[str, tuple[float, float]]] = {
     (0.001, 1.0): {"hpgd": (0.91, 0.088), "amd": (0.58, 0.000), "zo": (0.59, 0.059)},
     (0.001, 3.0): {"hpgd": (0.51, 0.006), "amd": (0.51, 0.000), "zo": (0.50, 0.005)},
@@ -79,21 +82,18 @@ ESCAPE_GOAL = (1, 9)  # the context whose follower the diverted optimum sends th
 
 def context_values(cfg: Any, x: np.ndarray) -> np.ndarray:
     """Exact leader value ``F_xi(x)`` per run and context, ``[R, n_contexts]``."""
-    from tabular_reference.four_rooms.algorithms import _Solver
     from tabular_reference.four_rooms.env import FOUR_ROOMS
+    from tabular_reference.four_rooms.solver import FollowerSolver
 
     goals = np.array([FOUR_ROOMS.goal_index(tuple(g)) for g in cfg.goals], dtype=np.int64)
-    solver = _Solver(x.shape[0], goals, cfg)
-    return np.stack(
-        [solver.solve(x, np.full(x.shape[0], k), False)[0] for k in range(len(goals))], axis=1
-    )
+    return FollowerSolver(x.shape[0], goals, cfg).values(x)
 
 
 def _run_job(job: dict[str, Any], out: str) -> dict[str, Any]:
     """Worker: run one batched job, store its per-run metrics and curves, return them."""
     from tabular_reference.four_rooms.algorithms import RunConfig, run
 
-    cfg = RunConfig(**job["config"])
+    cfg = RunConfig.from_dict(job["config"])
     cpu0 = time.process_time()
     res = run(cfg, progress=False)
     cpu_s = time.process_time() - cpu0
@@ -147,19 +147,8 @@ def _select(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_settings(path: Path) -> dict[str, dict[str, Any]]:
-    import yaml
-
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"selected settings not found: {path}; run the full grid first "
-            "(python -m tabular_reference table1) or pass --settings FILE"
-        )
-    try:
-        data = yaml.safe_load(path.read_text())  # JSON is YAML
-    except yaml.YAMLError as exc:
-        raise ValueError(f"malformed settings file {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"malformed settings file {path}: expected a mapping job -> {{lr, c}}")
+    hint = "; run the full grid first (python -m tabular_reference table1) or pass --settings FILE"
+    data = read_mapping(path, "settings file", hint)
     for k, v in data.items():
         if not isinstance(v, dict) or "lr" not in v:
             raise ValueError(f"malformed settings file {path}: entry {k!r} needs an 'lr' field")
@@ -184,7 +173,7 @@ def build_jobs(
             for algo in algos:
                 key = job_key(lam, beta, algo)
                 cfg: dict[str, Any] = dict(
-                    algo=hpgd_algo if algo == "hpgd" else algo,
+                    algo=hpgd_algo if algo == "hpgd" else COLUMN_ALGOS[algo],
                     dynamics=dynamics,
                     follower_solve=follower_solve,
                     lam=lam,
@@ -216,6 +205,47 @@ def build_jobs(
     return jobs
 
 
+def _check_grid(
+    hpgd_algo: str,
+    algos: tuple[str, ...],
+    lams: tuple[float, ...],
+    follower_solve: str,
+    workers: int,
+    seeds: int,
+) -> None:
+    from tabular_reference.four_rooms.algorithms import FOLLOWER_SOLVES, HPGD_ESTIMATORS
+
+    estimators = [a for a in HPGD_ESTIMATORS if a != "naive"]
+    if hpgd_algo not in estimators:
+        raise ValueError(
+            f"--hpgd-algo must be an HPGD estimator ({', '.join(estimators)}), got {hpgd_algo!r}"
+        )
+    if not algos or any(a not in ALGOS for a in algos):
+        raise ValueError(f"--algos must be a non-empty subset of {', '.join(ALGOS)}, got {algos}")
+    if not lams or any(v not in LAMS for v in lams):
+        raise ValueError(f"--lams must be a non-empty subset of {LAMS}, got {lams}")
+    if follower_solve not in FOLLOWER_SOLVES:
+        raise ValueError(
+            f"--follower-solve must be one of {FOLLOWER_SOLVES}, got {follower_solve!r}"
+        )
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if seeds < 2:
+        raise ValueError(f"--seeds must be >= 2 (a standard error needs two), got {seeds}")
+
+
+def _finished(out: Path, jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Records of the jobs already finished under ``out/jobs`` with the same config."""
+    records: dict[str, dict[str, Any]] = {}
+    for j in jobs:
+        f = out / "jobs" / (j["key"] + ".json")
+        if f.is_file():
+            rec = json.loads(f.read_text())
+            if _same_config(rec.get("config"), j["config"]):
+                records[j["key"]] = rec
+    return records
+
+
 def run_table1(
     out: Path,
     quick: bool = False,
@@ -232,33 +262,15 @@ def run_table1(
     follower_solve: str = "exact",
 ) -> dict[str, Any]:
     """Run (or resume) the grid or the selected settings; write ``table1.md``/``table1.json``."""
+    import multiprocessing as mp
+
     from tqdm import tqdm
 
-    from tabular_reference.four_rooms.algorithms import HPGD_ESTIMATORS
     from tabular_reference.four_rooms.dynamics import resolve_dynamics
 
     model = resolve_dynamics(dynamics)
-    if hpgd_algo not in HPGD_ESTIMATORS or hpgd_algo == "naive":
-        raise ValueError(
-            f"--hpgd-algo must be an HPGD estimator ({', '.join(a for a in HPGD_ESTIMATORS if a != 'naive')}), "
-            f"got {hpgd_algo!r}"
-        )
-    algos = tuple(algos)
-    if not algos or any(a not in ALGOS for a in algos):
-        raise ValueError(f"--algos must be a non-empty subset of {', '.join(ALGOS)}, got {algos}")
-    lams = tuple(float(v) for v in lams)
-    if not lams or any(v not in LAMS for v in lams):
-        raise ValueError(f"--lams must be a non-empty subset of {LAMS}, got {lams}")
-    from tabular_reference.four_rooms.algorithms import FOLLOWER_SOLVES
-
-    if follower_solve not in FOLLOWER_SOLVES:
-        raise ValueError(
-            f"--follower-solve must be one of {FOLLOWER_SOLVES}, got {follower_solve!r}"
-        )
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
-    if seeds < 2:
-        raise ValueError(f"--seeds must be >= 2 (a standard error needs two), got {seeds}")
+    algos, lams = tuple(algos), tuple(float(v) for v in lams)
+    _check_grid(hpgd_algo, algos, lams, follower_solve, workers, seeds)
     out = Path(out)
     sel_settings = None
     if selected_only or settings is not None:
@@ -280,19 +292,9 @@ def run_table1(
         }
     )
     t0 = time.perf_counter()
-    records: dict[str, dict[str, Any]] = {}
-    todo = []
-    for j in jobs:
-        f = out / "jobs" / (j["key"] + ".json")
-        if f.is_file():
-            rec = json.loads(f.read_text())
-            if rec.get("config") == _normalised(j["config"]):
-                records[j["key"]] = rec
-                continue
-        todo.append(j)
+    records = _finished(out, jobs)
+    todo = [j for j in jobs if j["key"] not in records]
     bar = tqdm(total=len(jobs), initial=len(records), desc="table1 jobs", disable=not progress)
-    import multiprocessing as mp
-
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
     ) as pool:
@@ -310,31 +312,28 @@ def run_table1(
     return write_table(rd, jobs, records, wall, quick, True, model.name, hpgd_algo)
 
 
-def _normalised(cfg: dict[str, Any]) -> dict[str, Any]:
+def _same_config(stored: dict[str, Any] | None, cfg: dict[str, Any]) -> bool:
+    """Whether a finished job's stored config is that of ``cfg``: the same keys and the same
+    values once both are normalised (older records spell the algorithm ``amd`` / ``zo``)."""
     from tabular_reference.four_rooms.algorithms import RunConfig
 
-    return RunConfig(**cfg).to_dict()
+    want = RunConfig.from_dict(cfg).to_dict()
+    if not isinstance(stored, dict) or set(stored) != set(want):
+        return False
+    try:
+        return RunConfig.from_dict(stored).to_dict() == want
+    except (TypeError, ValueError):
+        return False
 
 
-def write_table(
-    rd: ResultsDir,
-    jobs: list[dict[str, Any]],
-    records: dict[str, dict[str, Any]],
-    wall: float,
-    quick: bool,
-    verbose: bool = True,
-    preset: str = "paper",
-    hpgd_algo: str = "hpgd",
-) -> dict[str, Any]:
-    """Write ``table1.md``, ``table1.json`` and ``selected.json`` from the finished jobs
-    (jobs still running are shown as pending, so the table can be written progressively).
-    ``table1.json`` holds ``cells`` in the layout of ``docs/table1.json`` (one row per finished
-    (lambda, beta, column)) beside the per-row details."""
+def _collect(
+    jobs: list[dict[str, Any]], records: dict[str, dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Per (lambda, beta) row the selected setting of every column against the paper:
+    ``(rows, cells, selected)`` (``cells``: the layout of ``docs/table1.json``)."""
     selected: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     cells: list[dict[str, Any]] = []
-    compute_s = sum(r["wall_s"] for r in records.values())
-    cols = [a for a in ALGOS if any(j["algo"] == a for j in jobs)]
     for lam in sorted({j["lam"] for j in jobs}):
         for beta in BETAS:
             row: dict[str, Any] = {"lam": lam, "beta": beta}
@@ -348,39 +347,23 @@ def write_table(
                     continue
                 best = _select(records[key])
                 selected[key] = {"lr": best["lr"], "c": best["c"]}
-                row[algo] = {
-                    **best,
-                    **paper,
-                    "diff": best["mean"] - pm,
-                    "within": abs(best["mean"] - pm) <= tol,
-                }
+                within = abs(best["mean"] - pm) <= tol
+                row[algo] = {**best, **paper, "diff": best["mean"] - pm, "within": within}
                 cells.append(
                     {
-                        "lam": lam,
-                        "beta": beta,
-                        "algo": algo,
-                        "mean": best["mean"],
-                        "se": best["se"],
-                        "paper_mean": pm,
-                        "paper_se": pse,
-                        "within": bool(row[algo]["within"]),
-                        "lr": best["lr"],
-                        "c": best["c"],
+                        "lam": lam, "beta": beta, "algo": algo, "mean": best["mean"],
+                        "se": best["se"], "paper_mean": pm, "paper_se": pse,
+                        "within": bool(within), "lr": best["lr"], "c": best["c"],
                         "escaped_seeds": best["escaped_seeds"],
                     }
-                )
+                )  # fmt: skip
             rows.append(row)
-    rd.write_json("selected.json", selected)
-    n_done = len(records)
+    return rows, cells, selected
+
+
+def _table_lines(rows: list[dict[str, Any]], cols: list[str]) -> tuple[list[str], int]:
+    """The markdown table (ours vs paper per column) and the number of cells within tolerance."""
     lines = [
-        "# Four-Rooms Table 1: ours vs paper (exact F, mean over the last 1,000 iterations, "
-        "mean ± s.e. over seeds; best setting per cell)",
-        "",
-        f"dynamics preset {preset}; HPGD column: {hpgd_algo}; quick={quick}; "
-        f"{n_done}/{len(jobs)} jobs finished; wall time {wall:.0f} s (this invocation), summed "
-        f"job compute {compute_s:.0f} s; esc = seeds whose goal-(1,9) follower ends diverted "
-        "through (8,4)",
-        "",
         "| lambda | beta | "
         + " | ".join(f"{NAMES[a]} ours | {NAMES[a]} paper" for a in cols)
         + " |",
@@ -401,7 +384,13 @@ def write_table(
                 cols_txt.append(f"{a['mean']:.3f} ± {a['se']:.3f} ({setting}{esc}){flag}")
             cols_txt.append(f"{a['paper_mean']:.2f} ± {a['paper_se']:.3f}")
         lines.append(f"| {row['lam']:g} | {row['beta']:g} | " + " | ".join(cols_txt) + " |")
-    wins = []
+    return lines, n_ok
+
+
+def _wins(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The paper's two HPGD wins (lambda 0.001 / beta 1, lambda 0.003 / beta 3), checked:
+    HPGD at least 0.15 above AMD and more than 2 s.e. above zero-order."""
+    wins, lines = [], []
     for lam, beta in ((0.001, 1.0), (0.003, 3.0)):
         row = next((r for r in rows if r["lam"] == lam and r["beta"] == beta), None)
         if row is None or any(row[a].get("pending") for a in ALGOS):
@@ -427,7 +416,41 @@ def write_table(
             f"{diff_zo:+.3f} over zero-order (need > 2 x s.e. of the difference = "
             f"{2 * se_diff:.3f}): {'holds' if holds else 'does NOT hold'}"
         )
-    lines += [
+    return wins, lines
+
+
+def write_table(
+    rd: ResultsDir,
+    jobs: list[dict[str, Any]],
+    records: dict[str, dict[str, Any]],
+    wall: float,
+    quick: bool,
+    verbose: bool = True,
+    preset: str = "paper",
+    hpgd_algo: str = "hpgd",
+) -> dict[str, Any]:
+    """Write ``table1.md``, ``table1.json`` and ``selected.json`` from the finished jobs
+    (jobs still running are shown as pending, so the table can be written progressively).
+    ``table1.json`` holds ``cells`` in the layout of ``docs/table1.json`` (one row per finished
+    (lambda, beta, column)) beside the per-row details."""
+    compute_s = sum(r["wall_s"] for r in records.values())
+    cols = [a for a in ALGOS if any(j["algo"] == a for j in jobs)]
+    rows, cells, selected = _collect(jobs, records)
+    rd.write_json("selected.json", selected)
+    n_done = len(records)
+    table, n_ok = _table_lines(rows, cols)
+    wins, win_lines = _wins(rows)
+    lines = [
+        "# Four-Rooms Table 1: ours vs paper (exact F, mean over the last 1,000 iterations, "
+        "mean ± s.e. over seeds; best setting per cell)",
+        "",
+        f"dynamics preset {preset}; HPGD column: {hpgd_algo}; quick={quick}; "
+        f"{n_done}/{len(jobs)} jobs finished; wall time {wall:.0f} s (this invocation), summed "
+        f"job compute {compute_s:.0f} s; esc = seeds whose goal-(1,9) follower ends diverted "
+        "through (8,4)",
+        "",
+        *table,
+        *win_lines,
         "",
         f"{n_ok}/{n_done} finished cells within max(2 x paper s.e., 0.05) of the paper "
         "(✗ = outside).",

@@ -1,19 +1,17 @@
-"""Tax design (reference notes, section 4) as an exact tabular economy.
+"""Tax design (``docs/theory.md`` §6) as an exact tabular economy.
 
 Modules: :mod:`economy` (grid, actions, contexts), :mod:`kernel` (asset transition, income tax),
-:mod:`rewards` (household utility with VAT, social welfare), :mod:`solver` (exact households,
-welfare and hypergradient), :mod:`sampling` (trajectories), :mod:`hpgd` (trajectory estimator),
-:mod:`algorithms` (outer loops), :mod:`sweep` (experiments, results, plots), :mod:`cli`.
+:mod:`rewards` (household utility with VAT, social welfare), :mod:`solver` (exact households and
+welfare), :mod:`sampling` (trajectories), :mod:`hypergradient` (``hypergradient()`` from
+trajectories, ``exact_hypergradient()``), :mod:`critic` (learned leader values),
+:mod:`algorithms` (outer loops), :mod:`sweep` (experiments, results, plots), :mod:`report`,
+:mod:`cli`.
 """
 
 from tabular_reference.tax_design.algorithms import ALGORITHMS, AlgoSettings, History, run_batch
 from tabular_reference.tax_design.economy import Economy, EconomyConfig
-from tabular_reference.tax_design.hpgd import hpgd_gradient
-from tabular_reference.tax_design.solver import (
-    soft_policy_iteration,
-    welfare,
-    welfare_and_grad,
-)
+from tabular_reference.tax_design.hypergradient import exact_hypergradient, hypergradient
+from tabular_reference.tax_design.solver import soft_policy_iteration, welfare
 
 __all__ = [
     "ALGORITHMS",
@@ -21,9 +19,9 @@ __all__ = [
     "Economy",
     "EconomyConfig",
     "History",
-    "hpgd_gradient",
+    "exact_hypergradient",
+    "hypergradient",
     "run_batch",
     "soft_policy_iteration",
     "welfare",
-    "welfare_and_grad",
 ]

@@ -1,11 +1,12 @@
-"""Leader algorithms for the tax design: one outer loop, four gradient sources (notes, sections 2-4).
+"""Leader algorithms for the tax design: one outer loop, five gradient sources (``docs/theory.md``
+§2, §6, §8).
 
 ``run_batch`` trains ``R`` independent planners at once (one per seed / temperature) with SGD
 ascent and global-norm clipping (:func:`tabular_reference.common.optim.sgd_ascent`). At every
 outer iteration ``t = 1..iters`` the households are re-solved exactly (warm-started Newton), the
 exact welfare ``F(theta_t)`` is recorded, and the gradient comes from
 
-``hpgd``        sampled trajectories only, :func:`hpgd.hpgd_gradient`; default form ``"mc"``
+``hpgd``        sampled trajectories only, :func:`hypergradient.hypergradient`; default form ``"mc"``
                 with ``leader_q="table"`` and the leader critic learned from past trajectories
                 (:class:`critic.MonteCarloCritic`) and the Rao-Blackwellised follower
                 transition term (``follower_transition="expected"``);
@@ -13,14 +14,19 @@ exact welfare ``F(theta_t)`` is recorded, and the gradient comes from
                 ``d log P`` term), i.e. the follower's response ignored (``form="naive"``);
 ``zero-order``  Gaussian smoothing ``(F_xi(theta + u_t z) - F_xi(theta)) z / u_t`` with exact
                 values, one sampled household type per iteration, ``u_t = c / t`` (an oracle
-                baseline: it reads values HPGD has to estimate);
-``zero-order-sampled``  the published baseline (notes, section 5): the same smoothing with
+                baseline: it reads values HPGD has to estimate; alias ``zo``);
+``zero-order-sampled``  the published baseline (``docs/theory.md`` §7): the same smoothing with
                 Monte-Carlo welfare (:func:`sampled_welfare`) from ``zo_episodes`` sampled
                 200-step episodes at ``theta + u_t z`` and as many at ``theta`` (default 300 +
                 300, i.e. 60,000 steps per value), both household types in equal shares,
                 ``u_t = 50 / t``; the two estimates share their uniforms when ``zo_crn``
                 (common random numbers);
-``exact``       the exact hypergradient (:func:`solver.welfare_and_grad`; the AMD-like reference).
+``exact``       the exact hypergradient (:func:`hypergradient.exact_hypergradient`; the AMD-like
+                reference, alias ``amd``).
+
+Algorithm names are canonicalised with :func:`align_cbrl.estimators.vocabulary.canonical_algorithm`
+(``zo``, ``zero_order``, ``amd`` accepted); the household temperature is ``beta`` in the code
+(``--lam`` on the command line and ``"lam"`` in results files, the paper's notation).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from align_cbrl.estimators.vocabulary import canonical_algorithm
 from align_cbrl.estimators.zero_order import (
     gaussian_smoothing_gradient,
     sample_directions,
@@ -42,12 +49,13 @@ from align_cbrl.estimators.zero_order import (
 from tabular_reference.common.optim import sgd_ascent
 from tabular_reference.tax_design.critic import MonteCarloCritic
 from tabular_reference.tax_design.economy import Economy
-from tabular_reference.tax_design.hpgd import (
+from tabular_reference.tax_design.hypergradient import (
     FOLLOWER_TRANSITION,
     FORMS,
     LEADER_Q,
+    exact_hypergradient,
     flat_batch,
-    hpgd_gradient,
+    hypergradient,
     leader_rewards,
 )
 from tabular_reference.tax_design.rewards import asset_welfare, initial_theta, rates, welfare_action
@@ -59,10 +67,9 @@ from tabular_reference.tax_design.sampling import (
 )
 from tabular_reference.tax_design.solver import (
     FollowerSolution,
-    check_lam,
+    check_temperature,
     leader_values,
     soft_policy_iteration,
-    welfare_and_grad,
 )
 
 __all__ = [
@@ -188,7 +195,7 @@ def sampled_welfare(
 ) -> Tensor:
     """Monte-Carlo welfare ``[R]``: the mean over ``contexts.shape[1]`` sampled episodes (household
     type ``contexts[r, n]``, initial bin ``~ mu0``) of the discounted welfare
-    ``sum_t gamma^t W(s_t, a_t)`` (notes, section 4; ``F_xi = mu0^T Vbar_xi`` in expectation, up to
+    ``sum_t gamma^t W(s_t, a_t)`` (``docs/theory.md`` §6; ``F_xi = mu0^T Vbar_xi`` in expectation, up to
     the ``gamma^T`` truncation of the episode). The sampler's seed is ``seed`` or, if omitted,
     drawn from ``generator``; equal seeds give common random numbers."""
     if seed is None:
@@ -203,17 +210,87 @@ def sampled_welfare(
     return returns.mean(-1)
 
 
-def batch_generator(algo: str, seeds: Sequence[int], lams: Sequence[float]) -> torch.Generator:
+def batch_generator(algo: str, seeds: Sequence[int], betas: Sequence[float]) -> torch.Generator:
     """One generator per batch, seeded from (algorithm, seeds, temperatures)."""
-    key = f"tax-design|{algo}|{list(seeds)}|{[round(float(v), 12) for v in lams]}"
+    key = f"tax-design|{algo}|{list(seeds)}|{[round(float(v), 12) for v in betas]}"
     seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
     return torch.Generator().manual_seed(seed)
+
+
+class _Gradients:
+    """The gradient of each algorithm for one batch of runs, sharing its random stream, the
+    stratified household types and (HPGD) the learned leader critic."""
+
+    def __init__(
+        self, econ: Economy, algo: str, beta: Tensor, settings: AlgoSettings, gen: torch.Generator
+    ) -> None:
+        R = beta.shape[0]
+        self.econ, self.algo, self.beta, self.settings, self.gen = econ, algo, beta, settings, gen
+        self.contexts = balanced_contexts(econ, R, settings.episodes)
+        self.zo_contexts = balanced_contexts(econ, R, settings.zo_episodes)
+        self.learned: MonteCarloCritic | None = None
+        self.newton = 0  # Newton steps of the extra solves (perturbed / exact)
+
+    def __call__(
+        self, theta: Tensor, sol: FollowerSolution, Vbar: Tensor, F_ctx: Tensor, t: int
+    ) -> Tensor:
+        if self.algo in ("hpgd", "naive"):
+            return self._hpgd(theta, sol, Vbar)
+        if self.algo == "exact":
+            _, grad, _ = exact_hypergradient(
+                self.econ, theta, self.beta, V0=sol.V, tol=self.settings.tol
+            )
+            return grad
+        return self._zero_order(theta, sol, F_ctx, t)
+
+    def _hpgd(self, theta: Tensor, sol: FollowerSolution, Vbar: Tensor) -> Tensor:
+        econ, st = self.econ, self.settings
+        x = rates(theta)
+        traj = rollout(econ, sol, x[:, 0], self.contexts, econ.config.episode_length, self.gen)
+        batch = flat_batch(econ, traj)
+        form = "naive" if self.algo == "naive" else st.form
+        critic_v = Vbar
+        uses_critic = form != "naive" and st.leader_q != "crossfit"
+        if uses_critic and st.critic == "learned":
+            if self.learned is None:  # first iteration: bootstrap from this batch
+                self.learned = MonteCarloCritic(econ, theta.shape[0])
+                self.learned.update(*_critic_inputs(econ, theta, batch))
+            critic_v = self.learned.values()
+        grad, _ = hypergradient(
+            econ, theta, self.beta, sol, traj, form=form, leader_q=st.leader_q, critic=critic_v,
+            follower_transition=st.follower_transition, batch=batch,
+        )  # fmt: skip
+        if self.learned is not None:
+            self.learned.update(*_critic_inputs(econ, theta, batch))
+        return grad
+
+    def _zero_order(self, theta: Tensor, sol: FollowerSolution, F_ctx: Tensor, t: int) -> Tensor:
+        econ, st, gen = self.econ, self.settings, self.gen
+        R = theta.shape[0]
+        z = sample_directions(gen, (R, 4))
+        u = smoothing_radius(st.zo_c, t + 1)
+        if self.algo == "zero-order":
+            ctx = torch.multinomial(econ.context_probs, R, replacement=True, generator=gen)
+        theta_p = theta + u * z
+        sol_p = soft_policy_iteration(econ, theta_p, self.beta, V0=sol.V, tol=st.tol)
+        self.newton += sol_p.iters
+        if self.algo == "zero-order":
+            xp = rates(theta_p)
+            Vbar_p = leader_values(econ, sol_p.P, sol_p.pi_f, sol_p.log_pa, xp[:, 0], xp[:, 1:])
+            rows = torch.arange(R)
+            f_plus, f_zero = (Vbar_p @ econ.mu0)[rows, ctx], F_ctx[rows, ctx]
+        else:  # zero-order-sampled
+            seed_p = draw_seed(gen)
+            seed_0 = seed_p if st.zo_crn else draw_seed(gen)
+            f_plus = sampled_welfare(econ, theta_p, sol_p, self.zo_contexts, seed=seed_p)
+            f_zero = sampled_welfare(econ, theta, sol, self.zo_contexts, seed=seed_0)
+        return gaussian_smoothing_gradient(f_plus, f_zero, z, u)
 
 
 def run_batch(
     econ: Economy,
     algo: str,
-    lams: Sequence[float],
+    betas: Sequence[float],
     seeds: Sequence[int],
     iters: int,
     settings: AlgoSettings,
@@ -222,32 +299,27 @@ def run_batch(
     desc: str | None = None,
     position: int | None = None,
 ) -> History:
-    """Train ``len(seeds)`` planners (run ``r`` with temperature ``lams[r]``) for ``iters`` outer
-    iterations with algorithm ``algo``."""
-    if algo not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
-    if len(lams) != len(seeds) or not seeds:
-        raise ValueError(f"need one temperature per seed, got {len(lams)} and {len(seeds)}")
+    """Train ``len(seeds)`` planners (run ``r`` with household temperature ``betas[r]``) for
+    ``iters`` outer iterations with algorithm ``algo`` (an alias is accepted)."""
+    algo = canonical_algorithm(algo, ALGORITHMS)
+    if len(betas) != len(seeds) or not seeds:
+        raise ValueError(f"need one temperature per seed, got {len(betas)} and {len(seeds)}")
     if not isinstance(iters, int) or iters < 1:
         raise ValueError(f"iters must be an integer >= 1, got {iters!r}")
     R = len(seeds)
-    lam = check_lam(torch.tensor(list(lams), dtype=torch.float64), R)
-    gen = batch_generator(algo, seeds, lams)
+    beta = check_temperature(torch.tensor(list(betas), dtype=torch.float64), R)
+    gradient = _Gradients(econ, algo, beta, settings, batch_generator(algo, seeds, betas))
     theta = initial_theta(R)
     welfare = np.zeros((iters + 1, R))
     rate_hist = np.zeros((iters + 1, R, 4))
     grad_norm = np.zeros((iters, R))
     V_warm: Tensor | None = None
     newton = 0
-    contexts = balanced_contexts(econ, R, settings.episodes)
-    zo_contexts = balanced_contexts(econ, R, settings.zo_episodes)
-    learned: MonteCarloCritic | None = None
-    rows = torch.arange(R)
     bar = tqdm(
         range(iters + 1), desc=desc or algo, disable=not progress, position=position, leave=True
     )
     for t in bar:
-        sol = soft_policy_iteration(econ, theta, lam, V0=V_warm, tol=settings.tol)
+        sol = soft_policy_iteration(econ, theta, beta, V0=V_warm, tol=settings.tol)
         V_warm = sol.V
         newton += sol.iters
         x = rates(theta)
@@ -257,58 +329,10 @@ def run_batch(
         rate_hist[t] = x.numpy()
         if t == iters:
             break
-        if algo in ("hpgd", "naive"):
-            traj = rollout(econ, sol, x[:, 0], contexts, econ.config.episode_length, gen)
-            batch = flat_batch(econ, traj)
-            form = "naive" if algo == "naive" else settings.form
-            critic_v = Vbar
-            uses_critic = form != "naive" and settings.leader_q != "crossfit"
-            if uses_critic and settings.critic == "learned":
-                if learned is None:  # first iteration: bootstrap from this batch
-                    learned = MonteCarloCritic(econ, R)
-                    learned.update(*_critic_inputs(econ, theta, batch))
-                critic_v = learned.values()
-            grad, _ = hpgd_gradient(
-                econ,
-                theta,
-                lam,
-                sol,
-                traj,
-                form=form,
-                leader_q=settings.leader_q,
-                critic=critic_v,
-                follower_transition=settings.follower_transition,
-                batch=batch,
-            )
-            if learned is not None:
-                learned.update(*_critic_inputs(econ, theta, batch))
-        elif algo == "zero-order":
-            z = sample_directions(gen, (R, 4))
-            u = smoothing_radius(settings.zo_c, t + 1)
-            ctx = torch.multinomial(econ.context_probs, R, replacement=True, generator=gen)
-            theta_p = theta + u * z
-            sol_p = soft_policy_iteration(econ, theta_p, lam, V0=sol.V, tol=settings.tol)
-            newton += sol_p.iters
-            xp = rates(theta_p)
-            Vbar_p = leader_values(econ, sol_p.P, sol_p.pi_f, sol_p.log_pa, xp[:, 0], xp[:, 1:])
-            f_plus, f_zero = (Vbar_p @ econ.mu0)[rows, ctx], F_ctx[rows, ctx]
-            grad = gaussian_smoothing_gradient(f_plus, f_zero, z, u)
-        elif algo == "zero-order-sampled":
-            z = sample_directions(gen, (R, 4))
-            u = smoothing_radius(settings.zo_c, t + 1)
-            theta_p = theta + u * z
-            sol_p = soft_policy_iteration(econ, theta_p, lam, V0=sol.V, tol=settings.tol)
-            newton += sol_p.iters
-            seed_p = draw_seed(gen)
-            seed_0 = seed_p if settings.zo_crn else draw_seed(gen)
-            f_plus = sampled_welfare(econ, theta_p, sol_p, zo_contexts, seed=seed_p)
-            f_zero = sampled_welfare(econ, theta, sol, zo_contexts, seed=seed_0)
-            grad = gaussian_smoothing_gradient(f_plus, f_zero, z, u)
-        else:
-            _, grad, _ = welfare_and_grad(econ, theta, lam, V0=sol.V, tol=settings.tol)
+        grad = gradient(theta, sol, Vbar, F_ctx, t)
         grad_norm[t] = torch.linalg.vector_norm(grad, dim=1).numpy()
         theta = sgd_ascent(theta, grad, settings.lr, settings.max_norm)
         if progress and t % 20 == 0:
             bar.set_postfix(F=f"{welfare[t].mean():.3f}")
     bar.close()
-    return History(welfare, rate_hist, grad_norm, theta.numpy(), newton)
+    return History(welfare, rate_hist, grad_norm, theta.numpy(), newton + gradient.newton)

@@ -3,7 +3,9 @@
 Example: ``python -m tabular_reference tax-design --algo all --lam 0.1 0.2 0.3 --seeds 10
 --iters 1000 --out runs/tax_design`` (``--algo all`` = hpgd, zero-order, zero-order-sampled, naive).
 Defaults are the published configuration: ``--steps 60000`` per iteration for HPGD / naive,
-``--zo-steps 60000`` per welfare estimate and ``--zo-c 50`` for zero-order-sampled.
+``--zo-steps 60000`` per welfare estimate and ``--zo-c 50`` for zero-order-sampled. ``--lam`` is
+the household temperature (the paper's lambda; ``beta`` in the code); ``--algo`` also accepts
+the older spellings ``zo`` / ``zero_order`` and ``amd`` (= ``exact``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from tabular_reference.tax_design.algorithms import ALGORITHMS, AlgoSettings, episodes_from_steps
 from tabular_reference.tax_design.economy import EconomyConfig
-from tabular_reference.tax_design.hpgd import FOLLOWER_TRANSITION, FORMS, LEADER_Q
+from tabular_reference.tax_design.hypergradient import FOLLOWER_TRANSITION, FORMS, LEADER_Q
 
 __all__ = ["main", "register"]
 
@@ -35,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=["hpgd"],
         help=f"algorithms: {', '.join(ALGORITHMS)}, or 'all' (= {', '.join(DEFAULT_ALGOS)})",
     )
-    p.add_argument("--lam", type=float, nargs="+", default=[0.1], help="household temperatures")
+    p.add_argument(
+        "--lam", type=float, nargs="+", default=[0.1], help="household temperatures (lambda)"
+    )
     p.add_argument("--seeds", type=int, default=10, help="number of seeds (0 .. seeds-1)")
     p.add_argument("--iters", type=int, default=1000, help="outer iterations")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")

@@ -1,6 +1,6 @@
 """A leader critic learned from sampled trajectories: ``Vbar(type, bin)`` by Monte-Carlo averaging.
 
-Used by HPGD with ``leader_q="table"`` (:mod:`hpgd`) when the planner should not use the model's
+Used by HPGD with ``leader_q="table"`` (:mod:`hypergradient`) when the planner should not use the model's
 exact ``Vbar``. After each outer iteration, every sampled step whose episode still has at least
 ``horizon`` steps to run contributes its within-episode return ``Ghat_t`` (truncation error
 ``<= gamma^horizon * max|rbar| / (1 - gamma)``) to its (household type, bin) cell:

@@ -1,6 +1,6 @@
 """The tax-design economy as a tabular MDP: configuration, asset grid and action tables.
 
-Reference notes, section 4. Households (followers) hold assets ``a`` in ``[-100, 100]``; each step
+``docs/theory.md`` §6. Households (followers) hold assets ``a`` in ``[-100, 100]``; each step
 they choose hours ``h`` (10 levels ``0, 0.89, ..., 8.01``) and the consumption of three goods
 ``c_j`` (5 levels ``0, 1.25, ..., 5``): ``10 * 5^3 = 1,250`` joint actions. Assets move as
 
@@ -45,9 +45,9 @@ def _default_hours() -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class EconomyConfig:
-    """Every constant of the economy (notes, section 4); defaults are the paper's values.
+    """Every constant of the economy (``docs/theory.md`` §6); defaults are the paper's values.
 
-    ``init_std`` is the std of the initial asset law: the notes write ``N(0, 2)``, read as
+    ``init_std`` is the std of the initial asset law: the paper writes ``N(0, 2)``, read as
     variance 2 (std ``sqrt(2)``); the law is discretised by integrating over the bins and
     truncating to the asset range.
     """

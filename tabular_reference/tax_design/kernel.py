@@ -1,6 +1,6 @@
 """Asset transition kernel ``K_tau[s, f, s']`` of the economy, exploiting its shift structure.
 
-Reference notes, section 4, equation (A) of :mod:`economy`. For the flow
+``docs/theory.md`` §6, equation (A) of :mod:`economy`. For the flow
 ``phi_f(tau) = (1 - tau) w h_f - C_f`` of flow group ``f`` and bin centre ``a_s``, the pre-noise
 mean is ``m = clip(a_s + phi_f, lo, hi)`` and the next bin ``j`` has probability
 

@@ -1,4 +1,4 @@
-"""Household reward and social welfare of the tax-design economy (reference notes, section 4).
+"""Household reward and social welfare of the tax-design economy (``docs/theory.md`` §6).
 
 Household (follower) reward, split into a state part and an action part:
 

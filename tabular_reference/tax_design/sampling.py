@@ -1,4 +1,4 @@
-"""Household trajectories sampled from the exact soft-optimal policies (reference notes, section 4).
+"""Household trajectories sampled from the exact soft-optimal policies (``docs/theory.md`` §6).
 
 Each run ``r`` simulates ``N`` episodes of ``T`` steps (200 in the paper); episode ``n`` is played
 by household type ``contexts[r, n]``. A step draws the flow group ``f ~ pi(f | s)``, the action
@@ -26,6 +26,7 @@ import torch
 from numba import njit
 from torch import Tensor
 
+from tabular_reference.common.alias import vose
 from tabular_reference.tax_design.economy import Economy
 from tabular_reference.tax_design.kernel import KernelParts
 from tabular_reference.tax_design.solver import FollowerSolution
@@ -86,32 +87,11 @@ def _alias_rows(p, count, prob, alias):
         total = 0.0
         for k in range(K):
             total += p[i, k]
-        n_small = 0
-        n_large = 0
         for k in range(K):
             scaled[k] = p[i, k] * K / total
-            alias[i, k] = k
-            if scaled[k] < 1.0:
-                small[n_small] = k
-                n_small += 1
-            else:
-                large[n_large] = k
-                n_large += 1
-        while n_small > 0 and n_large > 0:
-            n_small -= 1
-            lo = small[n_small]
-            hi = large[n_large - 1]
-            prob[i, lo] = scaled[lo]
-            alias[i, lo] = hi
-            scaled[hi] = (scaled[hi] + scaled[lo]) - 1.0
-            if scaled[hi] < 1.0:
-                n_large -= 1
-                small[n_small] = hi
-                n_small += 1
-        for j in range(n_large):
-            prob[i, large[j]] = 1.0
-        for j in range(n_small):  # round-off leftovers
-            prob[i, small[j]] = 1.0
+        vose(scaled, K, alias[i], small, large)
+        for k in range(K):
+            prob[i, k] = scaled[k]
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

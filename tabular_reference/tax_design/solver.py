@@ -1,37 +1,37 @@
-"""Exact soft-optimal households and exact social welfare (reference notes, sections 1, 2, 4).
+"""Exact soft-optimal households and exact social welfare (``docs/theory.md`` §1, §2, §6).
 
 Flow-group reduction. Actions in one flow group ``f`` share the transition row ``K[s, f, :]`` and
 the state part ``u(a_s)`` of the reward, so the soft Bellman equation over 1,250 actions reduces
 exactly to one over the ``F = 130`` groups with the group's soft value as reward:
 
-    rho_f = lam log sum_{a in f} exp(R_a / lam),    pi(a | f) = exp((R_a - rho_f) / lam)      (G)
-    Q(s, f) = u(a_s) + rho_f + gamma (K V)[s, f],   V(s) = lam log sum_f exp(Q(s, f) / lam)    (B)
-    pi*(a | s) = pi(f(a) | s) pi(a | f(a)),          pi(f | s) = exp((Q(s, f) - V(s)) / lam)
+    rho_f = beta log sum_{a in f} exp(R_a / beta),    pi(a | f) = exp((R_a - rho_f) / beta)      (G)
+    Q(s, f) = u(a_s) + rho_f + gamma (K V)[s, f],   V(s) = beta log sum_f exp(Q(s, f) / beta)    (B)
+    pi*(a | s) = pi(f(a) | s) pi(a | f(a)),          pi(f | s) = exp((Q(s, f) - V(s)) / beta)
 
-(``V = lam logsumexp(Q / lam)`` over all 1,250 actions, the uniform-without-normalisation entropy
-convention of section 1.) Households are solved by soft policy iteration -- Newton's method on
-(B): ``V <- (I - gamma P_pi)^{-1} sum_f pi(f|s) (u + rho_f - lam log pi(f|s))`` -- with warm starts
+(``V = beta logsumexp(Q / beta)`` over all 1,250 actions, the uniform-without-normalisation entropy
+convention of ``docs/theory.md`` §1.) Households are solved by soft policy iteration -- Newton's method on
+(B): ``V <- (I - gamma P_pi)^{-1} sum_f pi(f|s) (u + rho_f - beta log pi(f|s))`` -- with warm starts
 and a stated sup-norm tolerance on the soft Bellman residual ``max_s |T(V)(s) - V(s)|``.
 
 The leader's value of ``pi*`` is ``Vbar = (I - gamma P_pi)^{-1} rbar_pi`` and the social welfare is
 
     F(theta) = sum_xi P(xi) mu0^T Vbar_xi                                                        (F)
 
-Exact hypergradient (implicit-function layer). One soft-policy-iteration step
-``V1 = N_theta(V*)`` taken *with* autograd from the converged, detached ``V*`` has
-``dV1/dtheta = dV*/dtheta`` exactly: at the fixed point the Newton map's Jacobian in ``V``
-vanishes (``pi*`` maximises the soft value, so the policy-evaluation step is stationary in the
-policy). Building ``pi*`` and ``Vbar`` from ``V1`` and back-propagating ``F`` therefore gives the
-exact ``dF/dtheta`` of section 2, including the ``d log P`` (income tax) term.
+The pieces (:func:`household_problem`, :func:`soft_q`, :func:`newton_step`,
+:func:`leader_values`) are public so that the exact hypergradient
+(:func:`tabular_reference.tax_design.hypergradient.exact_hypergradient`) can differentiate one
+Newton step through them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from align_cbrl.estimators.temperature import check_beta
 from tabular_reference.tax_design.economy import Economy
 from tabular_reference.tax_design.kernel import (
     KernelParts,
@@ -49,14 +49,18 @@ from tabular_reference.tax_design.rewards import (
 
 __all__ = [
     "FollowerSolution",
+    "Household",
     "Welfare",
-    "check_lam",
+    "check_temperature",
     "check_theta",
+    "group_average",
     "group_soft_max",
+    "household_problem",
     "leader_values",
+    "newton_step",
     "soft_policy_iteration",
+    "soft_q",
     "welfare",
-    "welfare_and_grad",
 ]
 
 _DT = torch.float64
@@ -71,34 +75,52 @@ def check_theta(theta: Tensor) -> None:
         raise ValueError("theta contains NaN/inf; lower the learning rate or check the inputs")
 
 
-def check_lam(lam: Tensor | float, n_runs: int) -> Tensor:
-    """Temperatures as ``[R]`` float64; must be finite and > 0."""
-    lam_t = torch.as_tensor(lam, dtype=_DT)
-    if lam_t.dim() == 0:
-        lam_t = lam_t.expand(n_runs).clone()
-    if lam_t.shape != (n_runs,):
-        raise ValueError(f"lam must be a float or have shape [{n_runs}], got {tuple(lam_t.shape)}")
-    if not bool(torch.isfinite(lam_t).all()) or bool((lam_t <= 0).any()):
-        raise ValueError(
-            f"household temperature lam must be > 0 (got {lam_t.tolist()}); lam = 0 has no "
-            "differentiable best response"
-        )
-    return lam_t
+HOUSEHOLD_TEMPERATURE_HELP = (
+    "household temperature beta must be > 0; beta = 0 has no differentiable best response"
+)
 
 
-def group_soft_max(econ: Economy, action_reward: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+def check_temperature(beta: Tensor | float, n_runs: int) -> Tensor:
+    """Household temperatures as ``[R]`` float64; must be finite and > 0."""
+    return check_beta(beta, n_runs, per="run", help=HOUSEHOLD_TEMPERATURE_HELP)
+
+
+def group_soft_max(econ: Economy, action_reward: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
     """(G): ``rho[R, C, F]`` and ``log pi(a | f(a))`` ``[R, C, A]`` for ``action_reward[R, C, A]``."""
-    lam4 = lam[:, None, None, None]
+    lam4 = beta[:, None, None, None]
     grouped = action_reward[..., econ.group_index] / lam4  # [R, C, F, G]
     grouped = grouped.masked_fill(~econ.group_mask, float("-inf"))
-    rho = lam[:, None, None] * torch.logsumexp(grouped, dim=-1)
-    log_pa = (action_reward - rho[..., econ.flow_a]) / lam[:, None, None]
+    rho = beta[:, None, None] * torch.logsumexp(grouped, dim=-1)
+    log_pa = (action_reward - rho[..., econ.flow_a]) / beta[:, None, None]
     return rho, log_pa
 
 
-def _soft_q(econ: Economy, parts: KernelParts, u: Tensor, rho: Tensor, V: Tensor) -> Tensor:
+@dataclass(frozen=True)
+class Household:
+    """The households' problem at the rates ``x = rates(theta)``: the kernel ``parts`` of the
+    income tax ``x[:, 0]``, the state utility ``u[S]`` and (G) of the VAT ``x[:, 1:]``:
+    ``rho[R, C, F]`` and ``log_pa[R, C, A]``."""
+
+    x: Tensor
+    parts: KernelParts
+    u: Tensor
+    rho: Tensor
+    log_pa: Tensor
+
+
+def household_problem(econ: Economy, theta: Tensor, beta: Tensor) -> Household:
+    """:class:`Household` of the logits ``theta[R, 4]`` (differentiable when ``theta`` is)."""
+    x = rates(theta)
+    parts = kernel_parts(econ, x[:, 0])
+    rho, log_pa = group_soft_max(econ, household_action_reward(econ, x[:, 1:]), beta)
+    return Household(x, parts, asset_utility(econ), rho, log_pa)
+
+
+def soft_q(econ: Economy, hh: Household, V: Tensor) -> Tensor:
     """(B): ``Q[R, C, S, F]``."""
-    return u[None, None, :, None] + rho[:, :, None, :] + econ.gamma * expected_next(parts, V)
+    return (
+        hh.u[None, None, :, None] + hh.rho[:, :, None, :] + econ.gamma * expected_next(hh.parts, V)
+    )
 
 
 def _solve(P: Tensor, b: Tensor, gamma: float) -> Tensor:
@@ -106,16 +128,16 @@ def _solve(P: Tensor, b: Tensor, gamma: float) -> Tensor:
     return torch.linalg.solve(eye - gamma * P, b[..., None])[..., 0]
 
 
-def _newton_step(
-    econ: Economy, parts: KernelParts, u: Tensor, rho: Tensor, lam: Tensor, Q: Tensor
+def newton_step(
+    econ: Economy, hh: Household, beta: Tensor, Q: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Policy ``pi(f|s)`` from ``Q``, its transition matrix, and its exact soft value."""
-    lam4 = lam[:, None, None, None]
-    log_pi = torch.log_softmax(Q / lam4, dim=-1)
+    beta4 = beta[:, None, None, None]
+    log_pi = torch.log_softmax(Q / beta4, dim=-1)
     pi = log_pi.exp()
-    reward = u[None, None, :, None] + rho[:, :, None, :] - lam4 * log_pi
+    reward = hh.u[None, None, :, None] + hh.rho[:, :, None, :] - beta4 * log_pi
     r_pi = (pi * reward).sum(-1)
-    P = mix_kernel(parts, pi)
+    P = mix_kernel(hh.parts, pi)
     return _solve(P, r_pi, econ.gamma), pi, P
 
 
@@ -137,7 +159,7 @@ class FollowerSolution:
 def soft_policy_iteration(
     econ: Economy,
     theta: Tensor,
-    lam: Tensor | float,
+    beta: Tensor | float,
     *,
     V0: Tensor | None = None,
     tol: float = 1e-10,
@@ -151,14 +173,11 @@ def soft_policy_iteration(
     """
     check_theta(theta)
     R = theta.shape[0]
-    lam_t = check_lam(lam, R)
+    beta_t = check_temperature(beta, R)
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
     with torch.no_grad():
-        x = rates(theta.detach().to(_DT))
-        parts = kernel_parts(econ, x[:, 0])
-        rho, log_pa = group_soft_max(econ, household_action_reward(econ, x[:, 1:]), lam_t)
-        u = asset_utility(econ)
+        hh = household_problem(econ, theta.detach().to(_DT), beta_t)
         C, S = econ.n_contexts, econ.n_states
         if V0 is None:
             V = torch.zeros(R, C, S, dtype=_DT)
@@ -166,20 +185,20 @@ def soft_policy_iteration(
             if V0.shape != (R, C, S):
                 raise ValueError(f"V0 must have shape {(R, C, S)}, got {tuple(V0.shape)}")
             V = V0.to(_DT)
-        lam4 = lam_t[:, None, None, None]
+        beta4 = beta_t[:, None, None, None]
         for it in range(max_iters + 1):
-            Q = _soft_q(econ, parts, u, rho, V)
-            TV = lam4[..., 0] * torch.logsumexp(Q / lam4, dim=-1)
+            Q = soft_q(econ, hh, V)
+            TV = beta4[..., 0] * torch.logsumexp(Q / beta4, dim=-1)
             residual = (TV - V).abs().amax(dim=(1, 2))
             scale = V.abs().amax(dim=(1, 2)).clamp_min(1.0)
             if bool((residual <= tol * scale).all()):
-                log_pi = torch.log_softmax(Q / lam4, dim=-1)
+                log_pi = torch.log_softmax(Q / beta4, dim=-1)
                 pi = log_pi.exp()
-                P = mix_kernel(parts, pi)
-                return FollowerSolution(V, pi, log_pa, P, parts, residual, it)
+                P = mix_kernel(hh.parts, pi)
+                return FollowerSolution(V, pi, hh.log_pa, P, hh.parts, residual, it)
             if it == max_iters:
                 break
-            V, _, _ = _newton_step(econ, parts, u, rho, lam_t, Q)
+            V, _, _ = newton_step(econ, hh, beta_t, Q)
     raise RuntimeError(
         f"soft policy iteration did not reach tol={tol} in {max_iters} Newton steps "
         f"(residuals {residual.tolist()})"
@@ -213,48 +232,12 @@ class Welfare:
     follower: FollowerSolution
 
 
-def welfare(
-    econ: Economy,
-    theta: Tensor,
-    lam: Tensor | float,
-    *,
-    V0: Tensor | None = None,
-    tol: float = 1e-10,
-) -> Welfare:
-    """Exact social welfare (F) (no gradient)."""
-    sol = soft_policy_iteration(econ, theta, lam, V0=V0, tol=tol)
+def welfare(econ: Economy, theta: Tensor, beta: Tensor | float, **solve: Any) -> Welfare:
+    """Exact social welfare (F) (no gradient); ``solve``: options of
+    :func:`soft_policy_iteration` (``V0``, ``tol``, ``max_iters``)."""
+    sol = soft_policy_iteration(econ, theta, beta, **solve)
     with torch.no_grad():
         x = rates(theta.detach().to(_DT))
         Vbar = leader_values(econ, sol.P, sol.pi_f, sol.log_pa, x[:, 0], x[:, 1:])
         F_ctx = Vbar @ econ.mu0
         return Welfare(F_ctx @ econ.context_probs, F_ctx, Vbar, sol)
-
-
-def welfare_and_grad(
-    econ: Economy,
-    theta: Tensor,
-    lam: Tensor | float,
-    *,
-    V0: Tensor | None = None,
-    tol: float = 1e-12,
-) -> tuple[Tensor, Tensor, FollowerSolution]:
-    """Exact ``F(theta)[R]`` and the exact hypergradient ``dF/dtheta[R, 4]`` (section 2) by the
-    implicit-function layer described in the module docstring."""
-    sol = soft_policy_iteration(econ, theta, lam, V0=V0, tol=tol)
-    lam_t = check_lam(lam, theta.shape[0])
-    with torch.enable_grad():
-        th = theta.detach().to(_DT).requires_grad_(True)
-        x = rates(th)
-        tau, vat = x[:, 0], x[:, 1:]
-        parts = kernel_parts(econ, tau)
-        rho, log_pa = group_soft_max(econ, household_action_reward(econ, vat), lam_t)
-        u = asset_utility(econ)
-        Q0 = _soft_q(econ, parts, u, rho, sol.V)
-        V1, _, _ = _newton_step(econ, parts, u, rho, lam_t, Q0)  # carries dV*/dtheta
-        Q1 = _soft_q(econ, parts, u, rho, V1)
-        pi_f = torch.softmax(Q1 / lam_t[:, None, None, None], dim=-1)
-        P = mix_kernel(parts, pi_f)
-        Vbar = leader_values(econ, P, pi_f, log_pa, tau, vat)
-        F = (Vbar @ econ.mu0) @ econ.context_probs
-        (grad,) = torch.autograd.grad(F.sum(), th)
-    return F.detach(), grad, sol

@@ -1,7 +1,7 @@
 """Tax-design experiment sweep: (algorithm x temperature [x zero-order c] [x budget]) jobs,
 results, statistics and plots.
 
-Each job trains all seeds of one (algorithm, lam[, c][, budget]) as one batch
+Each job trains all seeds of one (algorithm, temperature[, c][, budget]) as one batch
 (:func:`algorithms.run_batch`) and writes ``OUT/lam{lam}/{label}/`` with ``config.json``,
 ``metrics.csv`` (iteration, seed, welfare, tau, v1, v2, v3), ``summary.json``,
 ``final_params.safetensors`` (``theta``, ``rates``) and ``curves.safetensors``. Jobs run in a
@@ -11,6 +11,9 @@ zero-order-sampled's final welfare, half-gain iterations and final rates; compar
 acceptance figures) and the plots ``welfare_lam{lam}.png`` (mean +- s.e. over seeds, every
 algorithm), ``rates_lam{lam}.png`` (tau, v_1, v_2, v_3 vs iteration, HPGD and zero-order-sampled
 side by side) and ``rates_lam{lam}_{label}.png``.
+
+The household temperature is ``Job.beta`` in the code; results use the paper's notation
+(``lam`` in file names and JSON keys, "lambda" in plot titles).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from align_cbrl.estimators.vocabulary import canonical_algorithm
 from tabular_reference.common.plots import mean_se, plot_learning_curves
 from tabular_reference.common.results import ResultsDir
 from tabular_reference.tax_design.algorithms import ALGORITHMS, AlgoSettings, History, run_batch
@@ -38,7 +42,7 @@ RATE_NAMES = ("tau", "v1", "v2", "v3")
 @dataclass(frozen=True)
 class Job:
     algo: str
-    lam: float
+    beta: float
     seeds: tuple[int, ...]
     iters: int
     settings: AlgoSettings
@@ -60,7 +64,7 @@ class Job:
         return self.algo
 
     def directory(self, out: Path) -> Path:
-        return out / f"lam{self.lam:g}" / self.label
+        return out / f"lam{self.beta:g}" / self.label
 
 
 def _tail_mean(welfare: np.ndarray, frac: float = 0.1) -> np.ndarray:
@@ -80,12 +84,12 @@ def run_job(job: Job, out: str, progress: bool = True, position: int | None = No
     hist: History = run_batch(
         econ,
         job.algo,
-        [job.lam] * len(job.seeds),
+        [job.beta] * len(job.seeds),
         list(job.seeds),
         job.iters,
         job.settings,
         progress=progress,
-        desc=f"lam={job.lam:g} {job.label}",
+        desc=f"lam={job.beta:g} {job.label}",
         position=position,
     )
     seconds = time.perf_counter() - t0
@@ -94,7 +98,7 @@ def run_job(job: Job, out: str, progress: bool = True, position: int | None = No
     res.write_config(
         {
             "algo": job.algo,
-            "lam": job.lam,
+            "lam": job.beta,
             "seeds": list(job.seeds),
             "iters": job.iters,
             "settings": asdict(job.settings),
@@ -121,7 +125,7 @@ def run_job(job: Job, out: str, progress: bool = True, position: int | None = No
     summary = {
         "algo": job.algo,
         "label": job.label,
-        "lam": job.lam,
+        "lam": job.beta,
         "n_seeds": len(job.seeds),
         "iters": job.iters,
         "initial_welfare": float(hist.welfare[0].mean()),
@@ -172,10 +176,10 @@ def _load_curves(job: Job, out: Path) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in arrays.items()}
 
 
-def _reference(lam_jobs: Sequence[Job]) -> Job | None:
+def _reference(beta_jobs: Sequence[Job]) -> Job | None:
     """The zero-order-sampled job the others are compared with: without common random numbers
     if there is one, then the largest budget."""
-    zs = [j for j in lam_jobs if j.algo == "zero-order-sampled"]
+    zs = [j for j in beta_jobs if j.algo == "zero-order-sampled"]
     if not zs:
         return None
     return sorted(zs, key=lambda j: (j.settings.zo_crn, -j.settings.zo_episodes, j.label))[0]
@@ -184,9 +188,9 @@ def _reference(lam_jobs: Sequence[Job]) -> Job | None:
 def plot_rates_side_by_side(panels: dict[str, np.ndarray], path: Path, title: str) -> Path:
     """The four rates vs iteration (mean ± s.e. over seeds) in one panel per algorithm;
     ``panels[label] = rates[iters+1, seeds, 4]``."""
-    from tabular_reference.common.plots import _pyplot, save_figure
+    from tabular_reference.common.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
         1, len(panels), figsize=(5.2 * len(panels), 3.8), dpi=120, sharey=True, squeeze=False
     )
@@ -206,6 +210,127 @@ def plot_rates_side_by_side(panels: dict[str, np.ndarray], path: Path, title: st
     return save_figure(fig, path)
 
 
+def _plot_temperature(
+    beta: float, beta_jobs: list[Job], curves: dict, ref: Job | None, out: Path
+) -> None:
+    """``welfare_lam*.png``, ``rates_lam*_<label>.png`` and ``rates_lam*.png`` of one temperature."""
+    x = np.arange(beta_jobs[0].iters + 1)
+    plot_learning_curves(
+        {k: (x, v["welfare"].T) for k, v in curves.items()},
+        out / f"welfare_lam{beta:g}.png",
+        ylabel="social welfare F (exact)",
+        title=f"Tax design, lambda = {beta:g}: welfare (mean ± s.e. over seeds)",
+    )
+    for label, v in curves.items():
+        plot_learning_curves(
+            {name: (x, v["rates"][:, :, i].T) for i, name in enumerate(RATE_NAMES)},
+            out / f"rates_lam{beta:g}_{label}.png",
+            ylabel="rate",
+            title=f"Tax design, lambda = {beta:g}, {label}: tax rates",
+        )
+    side = [j for j in beta_jobs if j.algo == "hpgd"]
+    side = sorted(side, key=lambda j: -j.settings.episodes)[:1] + ([ref] if ref else [])
+    if side:
+        plot_rates_side_by_side(
+            {j.label: curves[j.label]["rates"] for j in side},
+            out / f"rates_lam{beta:g}.png",
+            f"Tax design, lambda = {beta:g}: tau, v1, v2, v3 (mean ± s.e. over seeds)",
+        )
+
+
+def _row(
+    job: Job, curve: dict, summ: dict, ref: Job | None, target: float | None
+) -> dict[str, Any]:
+    """The summary row of one job (see :func:`summarise`)."""
+    w, r = curve["welfare"], curve["rates"]
+    row: dict[str, Any] = {
+        "lam": job.beta,
+        "algo": job.label,
+        "final_mean": summ["final_welfare_mean"],
+        "final_se": summ["final_welfare_se"],
+        "initial": float(w[0].mean()),
+        "rates": [float(v) for v in r[-1].mean(axis=0)],
+        "half_gain_iteration": half_gain_iteration(w),
+        "n_seeds": int(w.shape[1]),
+        "n_rising": int((w[-1] > w[0]).sum()),
+        "n_vat_ordered": int(((r[-1, :, 2] < r[-1, :, 1]) & (r[-1, :, 1] < r[-1, :, 3])).sum()),
+        "seconds": summ.get("seconds"),
+        "cpu_seconds": summ.get("cpu_seconds"),
+        "reference": ref.label if ref else None,
+        "reference_final": target,
+        "iters_to_zo_sampled_final": None,
+        "n_seeds_reaching": None,
+        "mean_curve_reach": None,
+    }
+    if target is not None:
+        per_seed = seed_reach(w, target)
+        hits = [k for k in per_seed if k is not None]
+        row["iters_to_zo_sampled_final"] = float(np.mean(hits)) if hits else None
+        row["n_seeds_reaching"] = len(hits)
+        row["reach_per_seed"] = per_seed
+        row["mean_curve_reach"] = reach_iteration(w, target)
+    return row
+
+
+def _comparisons(beta: float, curves: dict, iters: int) -> list[dict[str, Any]]:
+    """Every non-zero-order job against every zero-order job's final welfare."""
+    out = []
+    for zo_label, zo in curves.items():
+        if not zo_label.startswith("zero-order"):
+            continue
+        zo_target = float(zo["welfare"][-1].mean())
+        for label, v in curves.items():
+            if label.startswith("zero-order"):
+                continue
+            reach = reach_iteration(v["welfare"], zo_target)
+            hits = [k for k in seed_reach(v["welfare"], zo_target) if k is not None]
+            out.append(
+                {
+                    "lam": beta,
+                    "algo": label,
+                    "zero_order": zo_label,
+                    "zero_order_final_welfare": zo_target,
+                    "iterations_to_reach": reach,
+                    "ratio": None if reach is None else reach / iters,
+                    "seed_mean_reach": float(np.mean(hits)) if hits else None,
+                    "n_seeds_reaching": len(hits),
+                }
+            )
+    return out
+
+
+def _acceptance(
+    beta: float, beta_jobs: list[Job], rows: dict[str, dict], iters: int
+) -> list[dict[str, Any]]:
+    """Per HPGD job: iterations to the reference's final welfare and the margin over naive."""
+    out = []
+    for j in beta_jobs:
+        if j.algo != "hpgd":
+            continue
+        h = rows[j.label]
+        naive = rows.get(f"naive_s{j.settings.episodes * EconomyConfig().episode_length}")
+        entry: dict[str, Any] = {
+            "lam": beta,
+            "hpgd": j.label,
+            "reference": h["reference"],
+            "iters_to_reference_final": h["iters_to_zo_sampled_final"],
+            "n_seeds_reaching": h["n_seeds_reaching"],
+            "reach_fraction": None
+            if h["iters_to_zo_sampled_final"] is None
+            else h["iters_to_zo_sampled_final"] / iters,
+            "naive": None if naive is None else naive["algo"],
+            "hpgd_minus_naive": None,
+            "hpgd_minus_naive_in_se": None,
+        }
+        if naive is not None:
+            diff = h["final_mean"] - naive["final_mean"]
+            se = float(np.hypot(h["final_se"], naive["final_se"]))
+            entry["hpgd_minus_naive"] = diff
+            entry["hpgd_minus_naive_in_se"] = diff / se if se > 0 else None
+        out.append(entry)
+    return out
+
+
 def summarise(jobs: Sequence[Job], summaries: Sequence[dict], out: Path) -> dict[str, Any]:
     """Cross-job summary and plots. ``rows``: one per job (final welfare mean ± s.e., final rates,
     half-gain iteration, seeds whose welfare rose, seeds with the VAT ordered by preference
@@ -213,120 +338,25 @@ def summarise(jobs: Sequence[Job], summaries: Sequence[dict], out: Path) -> dict
     welfare: per seed, their mean over the seeds that reach it, how many do, and the iteration of
     the seed-mean curve). ``comparisons``: every algorithm vs every zero-order job's final
     welfare. ``acceptance``: per lambda, HPGD vs the reference and vs naive (same budget)."""
-    by_label = {(j.lam, j.label): s for j, s in zip(jobs, summaries)}
+    by_label = {(j.beta, j.label): s for j, s in zip(jobs, summaries)}
     report: dict[str, Any] = {
         "jobs": list(summaries),
         "rows": [],
         "comparisons": [],
         "acceptance": [],
     }
-    for lam in sorted({j.lam for j in jobs}):
-        lam_jobs = sorted((j for j in jobs if j.lam == lam), key=lambda j: j.label)
-        curves = {j.label: _load_curves(j, out) for j in lam_jobs}
-        x = np.arange(lam_jobs[0].iters + 1)
-        iters = lam_jobs[0].iters
-        plot_learning_curves(
-            {k: (x, v["welfare"].T) for k, v in curves.items()},
-            out / f"welfare_lam{lam:g}.png",
-            ylabel="social welfare F (exact)",
-            title=f"Tax design, lambda = {lam:g}: welfare (mean ± s.e. over seeds)",
-        )
-        for label, v in curves.items():
-            plot_learning_curves(
-                {name: (x, v["rates"][:, :, i].T) for i, name in enumerate(RATE_NAMES)},
-                out / f"rates_lam{lam:g}_{label}.png",
-                ylabel="rate",
-                title=f"Tax design, lambda = {lam:g}, {label}: tax rates",
-            )
-        ref = _reference(lam_jobs)
-        side = [j for j in lam_jobs if j.algo == "hpgd"]
-        side = sorted(side, key=lambda j: -j.settings.episodes)[:1] + ([ref] if ref else [])
-        if side:
-            plot_rates_side_by_side(
-                {j.label: curves[j.label]["rates"] for j in side},
-                out / f"rates_lam{lam:g}.png",
-                f"Tax design, lambda = {lam:g}: tau, v1, v2, v3 (mean ± s.e. over seeds)",
-            )
+    for beta in sorted({j.beta for j in jobs}):
+        beta_jobs = sorted((j for j in jobs if j.beta == beta), key=lambda j: j.label)
+        curves = {j.label: _load_curves(j, out) for j in beta_jobs}
+        iters = beta_jobs[0].iters
+        ref = _reference(beta_jobs)
+        _plot_temperature(beta, beta_jobs, curves, ref, out)
         target = float(curves[ref.label]["welfare"][-1].mean()) if ref else None
-        for j in lam_jobs:
-            w, r = curves[j.label]["welfare"], curves[j.label]["rates"]
-            summ = by_label[(lam, j.label)]
-            final_rates = r[-1].mean(axis=0)
-            row: dict[str, Any] = {
-                "lam": lam,
-                "algo": j.label,
-                "final_mean": summ["final_welfare_mean"],
-                "final_se": summ["final_welfare_se"],
-                "initial": float(w[0].mean()),
-                "rates": [float(v) for v in final_rates],
-                "half_gain_iteration": half_gain_iteration(w),
-                "n_seeds": int(w.shape[1]),
-                "n_rising": int((w[-1] > w[0]).sum()),
-                "n_vat_ordered": int(
-                    ((r[-1, :, 2] < r[-1, :, 1]) & (r[-1, :, 1] < r[-1, :, 3])).sum()
-                ),
-                "seconds": summ.get("seconds"),
-                "cpu_seconds": summ.get("cpu_seconds"),
-                "reference": ref.label if ref else None,
-                "reference_final": target,
-                "iters_to_zo_sampled_final": None,
-                "n_seeds_reaching": None,
-                "mean_curve_reach": None,
-            }
-            if target is not None:
-                per_seed = seed_reach(w, target)
-                hits = [k for k in per_seed if k is not None]
-                row["iters_to_zo_sampled_final"] = float(np.mean(hits)) if hits else None
-                row["n_seeds_reaching"] = len(hits)
-                row["reach_per_seed"] = per_seed
-                row["mean_curve_reach"] = reach_iteration(w, target)
-            report["rows"].append(row)
-        for zo_label, zo in curves.items():
-            if not zo_label.startswith("zero-order"):
-                continue
-            zo_target = float(zo["welfare"][-1].mean())
-            for label, v in curves.items():
-                if label.startswith("zero-order"):
-                    continue
-                reach = reach_iteration(v["welfare"], zo_target)
-                hits = [k for k in seed_reach(v["welfare"], zo_target) if k is not None]
-                report["comparisons"].append(
-                    {
-                        "lam": lam,
-                        "algo": label,
-                        "zero_order": zo_label,
-                        "zero_order_final_welfare": zo_target,
-                        "iterations_to_reach": reach,
-                        "ratio": None if reach is None else reach / iters,
-                        "seed_mean_reach": float(np.mean(hits)) if hits else None,
-                        "n_seeds_reaching": len(hits),
-                    }
-                )
-        rows = {row["algo"]: row for row in report["rows"] if row["lam"] == lam}
-        for j in lam_jobs:
-            if j.algo != "hpgd":
-                continue
-            h = rows[j.label]
-            naive = rows.get(f"naive_s{j.settings.episodes * EconomyConfig().episode_length}")
-            entry: dict[str, Any] = {
-                "lam": lam,
-                "hpgd": j.label,
-                "reference": h["reference"],
-                "iters_to_reference_final": h["iters_to_zo_sampled_final"],
-                "n_seeds_reaching": h["n_seeds_reaching"],
-                "reach_fraction": None
-                if h["iters_to_zo_sampled_final"] is None
-                else h["iters_to_zo_sampled_final"] / iters,
-                "naive": None if naive is None else naive["algo"],
-                "hpgd_minus_naive": None,
-                "hpgd_minus_naive_in_se": None,
-            }
-            if naive is not None:
-                diff = h["final_mean"] - naive["final_mean"]
-                se = float(np.hypot(h["final_se"], naive["final_se"]))
-                entry["hpgd_minus_naive"] = diff
-                entry["hpgd_minus_naive_in_se"] = diff / se if se > 0 else None
-            report["acceptance"].append(entry)
+        rows = [_row(j, curves[j.label], by_label[(beta, j.label)], ref, target) for j in beta_jobs]
+        report["rows"] += rows
+        report["comparisons"] += _comparisons(beta, curves, iters)
+        by_algo = {row["algo"]: row for row in rows}
+        report["acceptance"] += _acceptance(beta, beta_jobs, by_algo, iters)
     from align_cbrl.utils.io import atomic_write_json
 
     atomic_write_json(out / "summary.json", report)
@@ -367,7 +397,7 @@ def discover(out: str | os.PathLike[str]) -> tuple[list[Job], list[dict]]:
 
 def make_jobs(
     algos: Sequence[str],
-    lams: Sequence[float],
+    betas: Sequence[float],
     seeds: Sequence[int],
     iters: int,
     settings: AlgoSettings,
@@ -375,15 +405,13 @@ def make_jobs(
     n_bins: int = 101,
     budgets: Sequence[int] | None = None,
 ) -> list[Job]:
-    """One job per (algorithm, lam), per ``c`` for the zero-order methods and per HPGD / naive
+    """One job per (algorithm, temperature), per ``c`` for the zero-order methods and per HPGD / naive
     budget (``budgets``: episodes per iteration, default ``[settings.episodes]``); validates the
     inputs."""
-    for a in algos:
-        if a not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {a!r}; choose from {', '.join(ALGORITHMS)}")
-    for lam in lams:
-        if not lam > 0:
-            raise ValueError(f"household temperature lam must be > 0, got {lam}")
+    algos = [canonical_algorithm(a, ALGORITHMS) for a in algos]
+    for beta in betas:
+        if not beta > 0:
+            raise ValueError(f"household temperature lam must be > 0, got {beta}")
     if not seeds:
         raise ValueError("need at least one seed")
     if not isinstance(iters, int) or iters < 1:
@@ -394,7 +422,7 @@ def make_jobs(
             raise ValueError(f"zero-order constant c must be > 0, got {c}")
     budgets = [settings.episodes] if budgets is None else list(budgets)
     jobs = []
-    for lam in lams:
+    for beta in betas:
         for a in algos:
             if a.startswith("zero-order"):
                 variants = [{"zo_c": c} for c in zo_cs]
@@ -406,7 +434,7 @@ def make_jobs(
             job_seeds = tuple(seeds[:1]) if a == "exact" else tuple(seeds)
             for v in variants:
                 s = AlgoSettings(**{**asdict(settings), **v})  # validates each budget
-                jobs.append(Job(a, float(lam), job_seeds, iters, s, n_bins))
+                jobs.append(Job(a, float(beta), job_seeds, iters, s, n_bins))
     return sorted(jobs, key=lambda j: -_cost(j))
 
 

@@ -1,4 +1,5 @@
-"""HPGD for the tax design from sampled household trajectories only (reference notes, section 2).
+"""The tax-design hypergradient, estimated from sampled household trajectories
+(:func:`hypergradient`, ``docs/theory.md`` §2, §4, §6) and exact (:func:`exact_hypergradient`).
 
 The planner's parameters enter in three places; the core estimator
 (:func:`align_cbrl.estimators.trajectory.hpgd_weights`) returns per-step weights such that
@@ -41,22 +42,28 @@ import torch
 from numba import njit
 from torch import Tensor
 
-from align_cbrl.estimators.trajectory import (
-    HPGDWeights,
-    hpgd_weights,
-)
+from align_cbrl.estimators.trajectory import HPGDWeights, hpgd_weights
 from tabular_reference.tax_design.economy import Economy
-from tabular_reference.tax_design.kernel import expected_next, kernel_parts
+from tabular_reference.tax_design.kernel import expected_next, kernel_parts, mix_kernel
 from tabular_reference.tax_design.rewards import asset_welfare, rates, welfare_action
 from tabular_reference.tax_design.sampling import Trajectories
-from tabular_reference.tax_design.solver import FollowerSolution
+from tabular_reference.tax_design.solver import (
+    FollowerSolution,
+    check_temperature,
+    household_problem,
+    leader_values,
+    newton_step,
+    soft_policy_iteration,
+    soft_q,
+)
 
 __all__ = [
     "FOLLOWER_TRANSITION",
     "FORMS",
     "LEADER_Q",
+    "exact_hypergradient",
     "flat_batch",
-    "hpgd_gradient",
+    "hypergradient",
     "leader_q_table",
     "leader_rewards",
 ]
@@ -103,7 +110,7 @@ def leader_q_table(
 ) -> Tensor:
     """Leader critic for every (type, bin) and action, ``[R, C*S, A]``, from a value table
     ``critic[R, C, S]``: ``Qbar(s, a) = rbar(s, a) + gamma (K_tau Vbar)[s, f(a)]``, minus
-    ``Vbar(s)`` when ``advantage`` (the notes, section 2: since ``E_a[dA] = 0``, ``Qbar`` may be
+    ``Vbar(s)`` when ``advantage`` (``docs/theory.md`` §2: since ``E_a[dA] = 0``, ``Qbar`` may be
     replaced by ``Abar``; with per-state centring this removes a large term whose mean is zero
     only up to the truncation of ``Dhat`` at the episode end)."""
     R, C, S = critic.shape
@@ -136,10 +143,10 @@ def _fill_q(state_part, flow_a, act, out):
                 out[r, i, a] = state_part[r, i, flow_a[a]] + act[r, a]
 
 
-def hpgd_gradient(
+def hypergradient(
     econ: Economy,
     theta: Tensor,
-    lam: Tensor,
+    beta: Tensor,
     follower: FollowerSolution,
     traj: Trajectories,
     *,
@@ -159,7 +166,7 @@ def hpgd_gradient(
     ``follower_transition``: ``"score"`` puts ``gamma log P(s_{t+1}|s_t,a_t) (V*(s_{t+1}) -
     E[V*(s')|s_t,a_t])`` in the follower's pseudo-reward; ``"expected"`` its conditional
     expectation given ``(s_t, a_t)``, ``gamma (K_tau stopgrad(V*))[s_t, f_t]``, whose gradient is the
-    exact ``gamma sum_s' dP(s'|s_t,a_t) V*(s')`` of section 2 (Rao-Blackwellised: same mean, no
+    exact ``gamma sum_s' dP(s'|s_t,a_t) V*(s')`` of ``docs/theory.md`` §2 (Rao-Blackwellised: same mean, no
     next-state noise; uses the transition law the planner already needs for ``d log P``).
     ``batch``: ``flat_batch(econ, traj)`` if the caller has it already.
     """
@@ -199,7 +206,7 @@ def hpgd_gradient(
         rbar_obs,
         b["episode_start"],
         econ.gamma,
-        lam,
+        beta,
         form=form,  # type: ignore[arg-type]
         n_states=C * S,
         actions=b["action"],
@@ -210,12 +217,6 @@ def hpgd_gradient(
     )
     grad = _surrogate_gradient(econ, theta, follower, b, w, follower_transition)
     return grad, w
-
-
-def _step_sum(weights: Tensor, index: Tensor, n: int) -> Tensor:
-    """``out[r, i] = sum_{t: index[r, t] = i} weights[r, t]``, ``[R, n]``."""
-    out = torch.zeros(weights.shape[0], n, dtype=weights.dtype)
-    return out.scatter_add_(1, index, weights)
 
 
 def _surrogate_gradient(
@@ -317,3 +318,32 @@ def _aggregate(
                     w_d[r, f * L + k] += tw
                     w_z[r, s * F + f] += tw
     return bad
+
+
+def exact_hypergradient(
+    econ: Economy,
+    theta: Tensor,
+    beta: Tensor | float,
+    *,
+    tol: float = 1e-12,
+    V0: Tensor | None = None,
+) -> tuple[Tensor, Tensor, FollowerSolution]:
+    """Exact ``F(theta)[R]`` and the exact hypergradient ``dF/dtheta[R, 4]`` (``docs/theory.md``
+    §2), with the household solution, by an implicit-function layer: one soft-policy-iteration
+    step ``V1 = N_theta(V*)`` taken *with* autograd from the converged, detached ``V*`` has
+    ``dV1/dtheta = dV*/dtheta`` exactly (at the fixed point the Newton map's Jacobian in ``V``
+    vanishes: ``pi*`` maximises the soft value, so the policy-evaluation step is stationary in
+    the policy). Building ``pi*`` and ``Vbar`` from ``V1`` and back-propagating ``F`` gives the
+    exact gradient, including the ``d log P`` (income tax) term."""
+    sol = soft_policy_iteration(econ, theta, beta, V0=V0, tol=tol)
+    beta_t = check_temperature(beta, theta.shape[0])
+    with torch.enable_grad():
+        th = theta.detach().to(torch.float64).requires_grad_(True)
+        hh = household_problem(econ, th, beta_t)
+        V1, _, _ = newton_step(econ, hh, beta_t, soft_q(econ, hh, sol.V))  # carries dV*/dtheta
+        pi_f = torch.softmax(soft_q(econ, hh, V1) / beta_t[:, None, None, None], dim=-1)
+        P = mix_kernel(hh.parts, pi_f)
+        Vbar = leader_values(econ, P, pi_f, hh.log_pa, hh.x[:, 0], hh.x[:, 1:])
+        F = (Vbar @ econ.mu0) @ econ.context_probs
+        (grad,) = torch.autograd.grad(F.sum(), th)
+    return F.detach(), grad, sol

@@ -1,0 +1,131 @@
+"""The exact Four-Rooms follower and leader value for a batch of runs (``docs/theory.md`` §5).
+
+:class:`FollowerSolver` solves, for every run ``r`` with leader logits ``x[r]`` and context (goal)
+``ctx[r]``, the soft-optimal follower in the planning slip model (banded Newton,
+:func:`kernels.solve_batch`, warm-started per (run, context)) or, with
+``follower_solve="published"``, the published code's truncated Q iteration; then the exact
+leader value ``F_xi(x)`` and, on request, its gradient with respect to the state rewards by the
+adjoint (:func:`kernels.leader_and_grad`). Results come back as a :class:`FollowerSolution`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from tabular_reference.four_rooms import kernels as K
+from tabular_reference.four_rooms.dynamics import Dynamics
+from tabular_reference.four_rooms.env import FOUR_ROOMS, GAMMA
+from tabular_reference.four_rooms.leader import budget, penalties, softmax
+
+__all__ = ["FollowerSolution", "FollowerSolver", "SolverSettings"]
+
+# the published code's follower solve: 100 policy improvements x 5 sweeps from Q = 0
+PUBLISHED_IMPROVEMENTS, PUBLISHED_SWEEPS = 100, 5
+
+
+class SolverSettings(Protocol):
+    """What the solver reads from a run configuration (``algorithms.RunConfig``)."""
+
+    beta: float
+    budget_cost: float
+    budget_mode: str
+    step_reward: float
+    tol: float
+    max_newton: int
+    follower_solve: str
+
+    @property
+    def model(self) -> Dynamics: ...
+
+
+@dataclass(frozen=True)
+class FollowerSolution:
+    """One solve for ``R`` runs: leader value ``F[R]``, ``gpen[R, S] = dF/dpen`` and
+    ``mug[R] = dF/dvgoal`` (only when solved with ``want_grad``; otherwise unset), the follower's
+    policy ``pi[R, S, 4]``, ``sigma = softmax(x)`` ``[R, 105]``, the goal cell ``goal[R]``, the
+    leader's goal reward ``vgoal[R] = -budget_cost * budget`` and the follower values ``V[R, S]``
+    (a warm start for a nearby solve)."""
+
+    F: np.ndarray
+    gpen: np.ndarray
+    mug: np.ndarray
+    pi: np.ndarray
+    sigma: np.ndarray
+    goal: np.ndarray
+    vgoal: np.ndarray
+    V: np.ndarray
+
+
+class FollowerSolver:
+    """Batched exact follower/leader for fixed settings, with warm starts per (run, context).
+
+    ``goals[C]``: the cell index of each context. ``newton_total / newton_calls`` is the mean
+    number of Newton steps per solve."""
+
+    def __init__(self, n_runs: int, goals: np.ndarray, cfg: SolverSettings) -> None:
+        self.env = FOUR_ROOMS
+        self.goals = goals
+        self.cfg = cfg
+        self.plan = cfg.model.plan
+        self.V = np.zeros((n_runs, len(goals), self.env.n_cells))
+        self.newton_total = 0
+        self.newton_calls = 0
+
+    def solve(
+        self, x: np.ndarray, ctx: np.ndarray, want_grad: bool, warm: np.ndarray | None = None
+    ) -> FollowerSolution:
+        """Solve for runs with contexts ``ctx[R]`` at logits ``x[R, 105]``; ``warm[R, S]``
+        (optional) replaces the stored warm start and is not updated."""
+        cfg, env = self.cfg, self.env
+        R, S = x.shape[0], env.n_cells
+        sigma = softmax(x)
+        pen = np.ascontiguousarray(penalties(sigma) + cfg.step_reward)
+        goal = self.goals[ctx]
+        vgoal = -cfg.budget_cost * budget(sigma, goal, cfg.budget_mode)
+        rows = np.arange(R)
+        V = self.V[rows, ctx] if warm is None else warm.copy()
+        out = FollowerSolution(
+            F=np.empty(R), gpen=np.empty((R, S)), mug=np.empty(R), pi=np.empty((R, S, 4)),
+            sigma=sigma, goal=goal, vgoal=vgoal, V=V,
+        )  # fmt: skip
+        common = (env.nbr, env.start, env.target, GAMMA, cfg.beta, self.plan.p_other)
+        if cfg.follower_solve == "published":
+            K.solve_batch_published(
+                pen, goal, vgoal, *common, self.plan.p_diff, PUBLISHED_IMPROVEMENTS,
+                PUBLISHED_SWEEPS, env.bandwidth, want_grad, out.F, out.mug, out.gpen, out.pi,
+            )  # fmt: skip
+            self.newton_calls += R
+            return out
+        iters = np.empty(R, dtype=np.int64)
+        res = np.empty(R)
+        K.solve_batch(
+            pen, goal, vgoal, V, *common, self.plan.p_diff, cfg.tol, cfg.max_newton,
+            env.bandwidth, want_grad, out.F, out.mug, out.gpen, out.pi, iters, res,
+        )  # fmt: skip
+        if (iters < 0).any():
+            bad = int(np.argmax(iters < 0))
+            raise RuntimeError(
+                f"follower solve did not converge (run {bad}, residual {res[bad]:.2e} > tol "
+                f"{cfg.tol:.1e} after {cfg.max_newton} Newton steps); raise max_newton or tol"
+            )
+        if warm is None:
+            self.V[rows, ctx] = V
+        self.newton_total += int(iters.sum())
+        self.newton_calls += R
+        return out
+
+    def values(self, x: np.ndarray) -> np.ndarray:
+        """Exact ``F_xi(x)`` per run and context, ``[R, C]``."""
+        R = x.shape[0]
+        return np.stack([self.solve(x, np.full(R, k), False).F for k in range(len(self.goals))], 1)
+
+    def objective(self, x: np.ndarray) -> np.ndarray:
+        """``F(x) = mean over contexts of F_xi(x)`` (all runs), ``[R]``."""
+        R = x.shape[0]
+        tot = np.zeros(R)
+        for k in range(len(self.goals)):
+            tot += self.solve(x, np.full(R, k), False).F
+        return tot / len(self.goals)
