@@ -4,7 +4,8 @@ Modules: :mod:`temperature` (the follower temperature check), :mod:`grouped` (la
 followers, completions grouped by prompt), :mod:`episodes` (batches of sampled episodes: scans
 and per-state sums), :mod:`leader_values` (leader-value sources), :mod:`trajectory` (weight forms
 and their composition ``hpgd_weights``), :mod:`published` (the published Four-Rooms estimator),
-:mod:`zero_order` (Gaussian smoothing). The math: ``docs/theory.md``.
+:mod:`zero_order` (Gaussian smoothing), :mod:`multilevel` (the randomised multilevel estimator for
+followers the leader trains). The math: ``docs/theory.md``.
 """
 
 from align_cbrl.estimators.episodes import (
@@ -29,6 +30,13 @@ from align_cbrl.estimators.leader_values import (
     table_values,
     trajectory_values,
 )
+from align_cbrl.estimators.multilevel import (
+    MultilevelEstimate,
+    MultilevelSchedule,
+    expected_multilevel,
+    multilevel_combination,
+    multilevel_estimate,
+)
 from align_cbrl.estimators.published import published_hpgd_weights
 from align_cbrl.estimators.temperature import check_beta
 from align_cbrl.estimators.trajectory import (
@@ -47,11 +55,14 @@ from align_cbrl.estimators.zero_order import (
 __all__ = [
     "HPGDWeights",
     "LeaderValues",
+    "MultilevelEstimate",
+    "MultilevelSchedule",
     "check_beta",
     "covariance_weights",
     "crossfit_values",
     "direct_weights",
     "discounted_returns",
+    "expected_multilevel",
     "gaussian_smoothing_gradient",
     "group_weights",
     "grouped_hpgd_gradient",
@@ -59,6 +70,8 @@ __all__ = [
     "hpgd_surrogate",
     "hpgd_weights",
     "mc_weights",
+    "multilevel_combination",
+    "multilevel_estimate",
     "naive_gradient",
     "naive_surrogate",
     "per_state_sum",
