@@ -287,13 +287,20 @@ class _Gradients:
         return g, sol.F, ctx
 
     def context_mean(self, x: np.ndarray, ctx: np.ndarray, F_ctx: np.ndarray) -> np.ndarray:
-        """``F(x)``, reusing the values ``F_ctx`` already solved at the sampled contexts."""
+        """``F(x)``, reusing the values ``F_ctx`` already solved at the sampled contexts: each
+        other context is solved only for the runs that did not sample it (re-solving a sampled
+        one would start converged and return the same value)."""
         if self.n_ctx == 1:
             return F_ctx
         total = np.zeros(x.shape[0])
         for k in range(self.n_ctx):
-            F_k = self.solver.solve(x, np.full(x.shape[0], k), False).F
-            total += np.where(ctx == k, F_ctx, F_k)
+            F_k = F_ctx.copy()
+            other = np.flatnonzero(ctx != k)
+            if other.size:
+                F_k[other] = self.solver.solve(
+                    x[other], np.full(other.size, k), False, runs=other
+                ).F
+            total += F_k
         return total / self.n_ctx
 
 

@@ -175,6 +175,9 @@ def _estimate_crossfit(
         qcnt[i] += 1.0
         if taus[t] == 0:
             e -= 1
+    # per (fold, state, action) mean leader return, once (not once per step)
+    for i in range(2 * SA):
+        qsum[i] = qsum[i] / qcnt[i] if qcnt[i] > 0.0 else 0.0
     # the other fold's Q per step, and the centring sums per (fold, state)
     csum = np.zeros(2 * S)
     ccnt = np.zeros(2 * S)
@@ -183,8 +186,7 @@ def _estimate_crossfit(
         if taus[t] == 0:
             e += 1
         f = e & 1
-        o = (1 - f) * SA + 4 * states[t] + actions[t]
-        qh = qsum[o] / qcnt[o] if qcnt[o] > 0.0 else 0.0
+        qh = qsum[(1 - f) * SA + 4 * states[t] + actions[t]]
         q[t] = qh
         i = f * S + states[t]
         csum[i] += gpow[taus[t]] * qh

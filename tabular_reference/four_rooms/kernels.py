@@ -29,11 +29,25 @@ import math
 import numpy as np
 from numba import njit
 
+from tabular_reference.four_rooms.env import FOUR_ROOMS
+
+# the map's bandwidth, a compile-time constant of the fast LU path (any other ``b`` takes the
+# generic loop)
+BAND = int(FOUR_ROOMS.bandwidth)
+
 
 @njit(cache=True, nogil=True)
 def band_lu(AB, n, b):
     """In-place LU (no pivoting; ``M`` is strictly diagonally dominant) of the band matrix
-    stored as ``AB[i, j - i + b] = M[i, j]``; L's multipliers overwrite the lower band."""
+    stored as ``AB[i, j - i + b] = M[i, j]``; L's multipliers overwrite the lower band.
+
+    For the map's own bandwidth (:data:`BAND`) the row updates run with a compile-time trip
+    count (unrolled and vectorised by LLVM) after the step's multipliers are computed together:
+    the same operations on the same operands in the same order per entry, so the factors are
+    bit-identical to the generic loop, ~25-40% faster (``bench/four_rooms_speed.py``)."""
+    if b == BAND:
+        _band_lu_fixed(AB, n)
+        return
     for k in range(n):
         piv = AB[k, b]
         hi = min(n, k + b + 1)
@@ -46,8 +60,39 @@ def band_lu(AB, n, b):
 
 
 @njit(cache=True, nogil=True)
+def _band_lu_fixed(AB, n):
+    """:func:`band_lu` for ``b = BAND`` (a compile-time constant)."""
+    ls = np.empty(BAND)
+    for k in range(n):
+        rk = AB[k]
+        piv = rk[BAND]
+        nr = min(n, k + BAND + 1) - k - 1
+        for r in range(nr):
+            ls[r] = AB[k + 1 + r, BAND - 1 - r] / piv
+        if nr == BAND:
+            for r in range(BAND):
+                _row_update(AB[k + 1 + r], rk, ls[r], BAND - 1 - r, BAND)
+        else:
+            for r in range(nr):
+                _row_update(AB[k + 1 + r], rk, ls[r], BAND - 1 - r, nr)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_update(ri, rk, l, off, m):
+    """Row ``i`` of step ``k``: store the multiplier, subtract ``l`` x (U row ``k``)."""
+    if l != 0.0:
+        ri[off] = l
+        for j in range(1, m + 1):
+            ri[off + j] -= l * rk[BAND + j]
+
+
+@njit(cache=True, nogil=True)
 def band_solve(AB, n, b, x):
-    """Solve ``M x = rhs`` in place with the factors of :func:`band_lu`."""
+    """Solve ``M x = rhs`` in place with the factors of :func:`band_lu` (for ``b = BAND`` the
+    interior rows run a compile-time trip count; same operations in the same order)."""
+    if b == BAND and n > 2 * BAND:
+        _band_solve_fixed(AB, n, x)
+        return
     for i in range(n):
         s = x[i]
         for k in range(max(0, i - b), i):
@@ -58,6 +103,33 @@ def band_solve(AB, n, b, x):
         for j in range(i + 1, min(n, i + b + 1)):
             s -= AB[i, j - i + b] * x[j]
         x[i] = s / AB[i, b]
+
+
+@njit(cache=True, nogil=True)
+def _band_solve_fixed(AB, n, x):
+    """:func:`band_solve` for ``b = BAND``."""
+    for i in range(BAND):
+        s = x[i]
+        for k in range(i):
+            s -= AB[i, k - i + BAND] * x[k]
+        x[i] = s
+    for i in range(BAND, n):
+        s = x[i]
+        ri = AB[i]
+        for m in range(BAND):
+            s -= ri[m] * x[i - BAND + m]
+        x[i] = s
+    for i in range(n - 1, n - 1 - BAND, -1):
+        s = x[i]
+        for j in range(i + 1, n):
+            s -= AB[i, j - i + BAND] * x[j]
+        x[i] = s / AB[i, BAND]
+    for i in range(n - 1 - BAND, -1, -1):
+        s = x[i]
+        ri = AB[i]
+        for m in range(1, BAND + 1):
+            s -= ri[BAND + m] * x[i + m]
+        x[i] = s / ri[BAND]
 
 
 @njit(cache=True, nogil=True)

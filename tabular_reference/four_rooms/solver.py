@@ -75,17 +75,24 @@ class FollowerSolver:
         self.newton_calls = 0
 
     def solve(
-        self, x: np.ndarray, ctx: np.ndarray, want_grad: bool, warm: np.ndarray | None = None
+        self,
+        x: np.ndarray,
+        ctx: np.ndarray,
+        want_grad: bool,
+        warm: np.ndarray | None = None,
+        runs: np.ndarray | None = None,
     ) -> FollowerSolution:
         """Solve for runs with contexts ``ctx[R]`` at logits ``x[R, 105]``; ``warm[R, S]``
-        (optional) replaces the stored warm start and is not updated."""
+        (optional) replaces the stored warm start and is not updated. ``runs[R]`` (optional)
+        names the runs of the rows when ``x`` holds a subset of them (their warm starts are
+        used); by default row ``r`` is run ``r``."""
         cfg, env = self.cfg, self.env
         R, S = x.shape[0], env.n_cells
         sigma = softmax(x)
         pen = np.ascontiguousarray(penalties(sigma) + cfg.step_reward)
         goal = self.goals[ctx]
         vgoal = -cfg.budget_cost * budget(sigma, goal, cfg.budget_mode)
-        rows = np.arange(R)
+        rows = np.arange(R) if runs is None else np.asarray(runs)
         V = self.V[rows, ctx] if warm is None else warm.copy()
         out = FollowerSolution(
             F=np.empty(R), gpen=np.empty((R, S)), mug=np.empty(R), pi=np.empty((R, S, 4)),
