@@ -15,6 +15,8 @@ and the multilevel estimator (``docs/theory.md`` §9) with ``n_0 = --base``, ``J
 ``dF/dx`` (adjoint): relative bias ``||mean - exact|| / ||exact||``, its noise level
 ``sqrt(tr Cov / M) / ||exact||`` (the s.e. of the mean in the same units), the cosine, the
 per-estimate spread ``sqrt(E||g - mean||^2) / ||exact||`` and the follower sweeps per estimate.
+Last, the coupling of the levels: ``sqrt(E||g_k - g_{k-1}||^2) / ||exact||`` per level for the
+three couplings of ``multilevel_hypergradient`` (``--m-c`` draws each).
 
 Run: ``OMP_NUM_THREADS=1 PYTHONPATH=. python bench/four_rooms_learning_bias.py``.
 """
@@ -36,6 +38,7 @@ from align_cbrl.estimators.multilevel import MultilevelSchedule
 from tabular_reference.four_rooms import hpgd_kernels as HK
 from tabular_reference.four_rooms.accelerated import multilevel_hypergradient
 from tabular_reference.four_rooms.algorithms import RunConfig
+from tabular_reference.four_rooms.coupled_sampling import coupled_hypergradient
 from tabular_reference.four_rooms.env import FOUR_ROOMS as E
 from tabular_reference.four_rooms.hypergradient import exact_hypergradient, hypergradient
 from tabular_reference.four_rooms.leader import logits_gradient
@@ -111,10 +114,10 @@ def multilevel_estimates(cfg, x, V0, sched, m, seed) -> tuple[np.ndarray, float]
     return out, steps / (2 * m)
 
 
-def level_differences(cfg, x, V0, base, max_level, m, seed, common: bool) -> list[float]:
+def level_differences(cfg, x, V0, base, max_level, m, seed, coupling: str) -> list[float]:
     """``sqrt(E||g_k - g_{k-1}||^2)`` for ``k = 1..max_level`` over ``m`` draws (both contexts
-    averaged), levels from one continued follower run; ``common``: both estimates of a pair start
-    from the same sampler state (common random numbers), otherwise the stream continues."""
+    averaged), levels from one continued follower run, coupled as ``multilevel_hypergradient``
+    couples them (``episodes`` / ``stream`` / ``independent``)."""
     state = HK.seed_state(seed)[None].copy()
     sq = np.zeros(max_level)
     for _ in range(m):
@@ -123,14 +126,18 @@ def level_differences(cfg, x, V0, base, max_level, m, seed, common: bool) -> lis
             f = _follower(cfg, V0)
             ctx = np.array([k])
             done, prev = 0, None
+            ep_seed = np.array([int(HK.uniforms(state[0], 1)[0] * 2.0**53)], np.uint64)
             for j in range(max_level + 1):
                 f.advance(x, ctx, base * 2**j - done)
                 done = base * 2**j
                 sol = f.solution(x, ctx)
-                st = state.copy()
-                g = hypergradient(sol, cfg, "mc", None, None, "crossfit", st)[0]
-                if not common or j == max_level:
-                    state = st
+                if coupling == "episodes":
+                    g = coupled_hypergradient(sol, cfg, HK.FORM_CROSSFIT, ep_seed)[0]
+                else:
+                    st = state.copy()
+                    g = hypergradient(sol, cfg, "mc", None, None, "crossfit", st)[0]
+                    if coupling == "independent" or j == max_level:
+                        state = st
                 if prev is not None:
                     d[j - 1] += (g - prev) / 2
                 prev = g
@@ -193,8 +200,10 @@ def measure(cfg: RunConfig, args: argparse.Namespace, x, x_lag, kind: str, base:
     J = max(int(v) for v in args.levels.split(","))
     ne = float(np.linalg.norm(exact))
     coupling = {
-        name: [v / ne for v in level_differences(cfg, x, V0, base, J, args.m_c, args.seed + 7, c)]
-        for name, c in (("common", True), ("independent", False))
+        name: [
+            v / ne for v in level_differences(cfg, x, V0, base, J, args.m_c, args.seed + 7, name)
+        ]
+        for name in ("episodes", "stream", "independent")
     }
     print(kind, "level differences / ||exact||", json.dumps(coupling))
     return {"start": kind, "exact_norm": ne, "plain": rows, "multilevel": ml,

@@ -10,6 +10,7 @@ import torch
 
 from align_cbrl.estimators.multilevel import MultilevelSchedule
 from tabular_reference import mdp
+from tabular_reference.four_rooms import coupled_sampling as CS
 from tabular_reference.four_rooms import hpgd_kernels as HK
 from tabular_reference.four_rooms.accelerated import (
     LearningConfig,
@@ -113,7 +114,8 @@ def test_exact_follower_reproduces_todays_hpgd():
     np.testing.assert_allclose(got.trace_F.T, ref.F, rtol=0, atol=1e-9)
 
 
-def test_multilevel_levels_telescope_to_the_top_level():
+@pytest.mark.parametrize("coupling", ["episodes", "stream"])
+def test_multilevel_levels_telescope_to_the_top_level(coupling):
     """With common random numbers every level estimate is a function of (table, sampler state):
     sum_J p_J (g_0 + (g_J - g_{J-1}) / p_J) over forced J equals the top level's g exactly."""
     cfg = _cfg(steps_per_iter=2000)
@@ -125,17 +127,47 @@ def test_multilevel_levels_telescope_to_the_top_level():
     for J in (1, 2, 3):
         f = LearningFollower(1, GOALS, cfg)
         st = state0.copy()
-        est = multilevel_hypergradient(f, x, ctx, 0, cfg, sched, st, level=J)
+        est = multilevel_hypergradient(f, x, ctx, 0, cfg, sched, st, level=J, coupling=coupling)
         assert est.follower_steps == 2 * 2**J and f.updates[0] == 2 * 2**J
         total += sched.level_probabilities[J - 1] * est.gradient.numpy()
         tops.append(est.top.numpy())
     np.testing.assert_allclose(total, tops[-1], rtol=1e-9, atol=1e-12)
-    # the top estimate is the plain estimate after n_0 2^J sweeps with the same sampler state
+    if coupling == "stream":  # the top estimate: the plain one after 16 sweeps, same state
+        f = LearningFollower(1, GOALS, cfg)
+        f.advance(x, ctx, 16)
+        st = state0[None].copy()
+        g = hypergradient(f.solution(x, ctx), cfg, "mc", None, None, "crossfit", st)
+        np.testing.assert_array_equal(g[0], tops[-1])
+
+
+def test_episode_synchronised_sampler_follows_the_fused_step_rule():
+    """Episode e of the coupled sampler is the fused sampler's episode from the same state;
+    the next episode restarts its own stream (independent of the first one's length)."""
+    cfg = _cfg(steps_per_iter=400, n_envs=1)
+    x = np.random.default_rng(4).normal(0, 0.3, (1, 105))
     f = LearningFollower(1, GOALS, cfg)
-    f.advance(x, ctx, 16)
-    st = state0[None].copy()
-    g = hypergradient(f.solution(x, ctx), cfg, "mc", None, None, "crossfit", st)
-    np.testing.assert_array_equal(g[0], tops[-1])
+    f.advance(x, np.array([0]), 300)
+    pi = f.solution(x, np.array([0])).pi[0]
+    P = cfg.model.sample
+    thr, o1, o2 = (
+        np.empty(16 * E.n_cells),
+        np.empty(16 * E.n_cells, np.int64),
+        np.empty(16 * E.n_cells, np.int64),
+    )
+    HK.build_alias(pi, E.nbr, P.p_intended, P.p_other, thr, o1, o2)
+    T = 400
+    out = [np.empty(T, np.int64) for _ in range(3)]
+    n_ep = CS._sample_run_coupled(thr, o1, o2, GOALS[0], E.start, 1, T, 200, np.uint64(99), *out)
+    assert n_ep >= 2
+    ends = np.flatnonzero(out[2] == 0)
+    for e in (1, 2):
+        st = np.empty(4, np.uint64)
+        CS._episode_state(np.uint64(99), e, st)
+        ref = [np.empty(T, np.int64) for _ in range(3)]
+        HK._sample_run(thr, o1, o2, GOALS[0], E.start, 1, T, 200, st, *ref)
+        lo, hi = ends[e - 1], ends[e] if e < len(ends) else T
+        for a, b in zip(out, ref, strict=True):
+            np.testing.assert_array_equal(a[lo:hi], b[: hi - lo])
 
 
 def test_budget_stops_each_run_at_its_follower_updates():

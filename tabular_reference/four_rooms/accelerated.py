@@ -13,9 +13,10 @@ value-iteration sweeps, warm-started from one outer iteration to the next) or, w
   randomised multilevel estimate of ``docs/theory.md`` §9
   (:func:`align_cbrl.estimators.multilevel.multilevel_estimate`): the follower trains
   ``n_0``, then on to ``n_0 2^k`` sweeps for ``k = 1..J`` (one continued run), an HPGD estimate
-  at each level; with ``common_random_numbers`` every level of one estimate replays the same
-  uniforms (the sampler's xoshiro state is reset per level), which couples ``g_J`` and
-  ``g_{J-1}``.
+  at each level. The levels of one estimate are coupled (``coupling``): ``"episodes"``
+  (default) samples every level with the same episode-synchronised uniforms
+  (:mod:`tabular_reference.four_rooms.coupled_sampling`), ``"stream"`` replays one uniform
+  stream per level (the fused sampler's state reset), ``"independent"`` continues the stream.
 
 Then ``x <- x + lr clip_1(g)``. Runs stop when their follower has trained ``budget`` sweeps in
 total (equal follower compute), or after ``RunConfig.iters`` iterations without a budget. The
@@ -39,6 +40,7 @@ from align_cbrl.estimators.multilevel import (
 from tabular_reference.common.optim import sgd_ascent
 from tabular_reference.four_rooms import hpgd_kernels as HK
 from tabular_reference.four_rooms.algorithms import HPGD_ESTIMATORS, RunConfig
+from tabular_reference.four_rooms.coupled_sampling import coupled_hypergradient
 from tabular_reference.four_rooms.env import FOUR_ROOMS
 from tabular_reference.four_rooms.hypergradient import FUSED, hypergradient, sample_buffers
 from tabular_reference.four_rooms.learning import LearningFollower
@@ -47,6 +49,7 @@ from tabular_reference.four_rooms.solver import FollowerSolver
 __all__ = ["LearningConfig", "LearningResult", "multilevel_hypergradient", "run_learning"]
 
 LEARNING_ALGORITHMS = ("hpgd", "hpgd-published", "naive")  # the fused estimators
+COUPLINGS = ("episodes", "stream", "independent")
 
 
 @dataclass
@@ -65,7 +68,7 @@ class LearningConfig:
     base_steps: int | None = None
     max_level: int | None = None
     probabilities: list[float] | None = None
-    common_random_numbers: bool = True
+    coupling: str = "episodes"
     budget: int | None = None
     eval_every: int = 10
     max_iters: int = 1_000_000
@@ -110,6 +113,8 @@ class LearningConfig:
             raise ValueError(f"budget must be >= 1 follower update, got {self.budget}")
         if self.budget is not None and not self.multilevel and self.follower_steps is None:
             raise ValueError("a follower-update budget needs a learning follower (follower_steps)")
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {COUPLINGS}, got {self.coupling!r}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
 
@@ -195,7 +200,7 @@ class _Leader:
         """One §9.1 draw for run ``r``."""
         est = multilevel_hypergradient(
             self.follower, x, ctx, r, self.cfg, self.schedule, self.xrng[r],
-            generator=self.tgen, common_random_numbers=self.learn.common_random_numbers,
+            generator=self.tgen, coupling=self.learn.coupling,
         )  # fmt: skip
         self.levels.append(est.level)
         return est.gradient.numpy()
@@ -212,25 +217,32 @@ def multilevel_hypergradient(
     *,
     generator: torch.Generator | None = None,
     level: int | None = None,
-    common_random_numbers: bool = True,
+    coupling: str = "episodes",
 ) -> MultilevelEstimate:
     """The multilevel HPGD estimate (``docs/theory.md`` §9.1) of run ``run`` at logits ``x[1, 105]``
     and context ``ctx[1]``: the follower continues from its stored table through the levels
     ``n_0 .. n_0 2^J`` (``level`` forces ``J``), one HPGD estimate (``cfg.algo``'s estimator,
     ``cfg.steps_per_iter`` steps) per level. ``rng_state`` (the run's ``uint64[4]`` sampler
-    state) is advanced in place; with ``common_random_numbers`` every level starts from the same
-    state (coupled levels), otherwise each continues the stream."""
+    state) is advanced in place. ``coupling``: ``"episodes"`` -- every level samples with the
+    same episode-synchronised uniforms (:mod:`.coupled_sampling`, seeded from ``rng_state``);
+    ``"stream"`` -- every level replays the same single stream; ``"independent"``."""
+    if coupling not in COUPLINGS:
+        raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
     form, leader_q = HPGD_ESTIMATORS[cfg.algo]
+    code = FUSED[(form, None if form in ("naive", "published") else leader_q)]
     runs = np.array([run])
     start = rng_state.copy()
     buffers = sample_buffers(1, cfg.steps_per_iter)
     state = rng_state[None].copy()
+    seed = np.array([int(HK.uniforms(state[0], 1)[0] * 2.0**53)], dtype=np.uint64)
 
     def advance(steps: int) -> torch.Tensor:
         nonlocal state
         follower.advance(x, ctx, steps, runs=runs)
         sol = follower.solution(x, ctx, runs=runs)
-        if common_random_numbers:
+        if coupling == "episodes":
+            return torch.from_numpy(coupled_hypergradient(sol, cfg, code, seed)[0])
+        if coupling == "stream":
             state = start[None].copy()
         g = hypergradient(sol, cfg, form, None, buffers, leader_q, state)
         return torch.from_numpy(g[0])
