@@ -7,8 +7,7 @@ follower sweeps in total (``docs/accelerated.md``):
 * ``plain n=<small>`` -- HPGD, ``--small`` sweeps per outer iteration;
 * ``plain n=<large>`` -- HPGD, ``--large`` sweeps per outer iteration;
 * ``mlmc n0=.. J=..`` -- the multilevel estimate (``docs/theory.md`` §9), ``--base`` and each
-  ``J`` of ``--levels``, ``p_j ∝ 2^-j`` (or ``--probs``), common random numbers unless
-  ``--independent``.
+  ``J`` of ``--levels``, ``p_j ∝ 2^-j`` (or ``--probs``), levels coupled as ``--coupling``.
 
 References (not at equal compute): HPGD with the exact follower for as many outer iterations
 as ``plain n=<small>`` takes, and the exact optimum ``F*`` of each seed: exact ascent
@@ -72,7 +71,7 @@ def methods(args: argparse.Namespace) -> dict[str, LearningConfig]:
     }
     for J in [int(v) for v in args.levels.split(",")]:
         lc = LearningConfig(base_steps=args.base, max_level=J, probabilities=probs,
-                            common_random_numbers=not args.independent, budget=args.budget)  # fmt: skip
+                            coupling=args.coupling, budget=args.budget)  # fmt: skip
         lc.eval_every = max(1, int(ev // lc.schedule().expected_steps()))
         out[lc.label] = lc
     return out
@@ -132,7 +131,7 @@ def main() -> None:
     ap.add_argument("--base", type=int, default=4)
     ap.add_argument("--levels", default="2,4")
     ap.add_argument("--probs", default="", help="p_1..p_J (one J only); default 2^-j")
-    ap.add_argument("--independent", action="store_true", help="no common random numbers")
+    ap.add_argument("--coupling", default="episodes", help="episodes | stream | independent")
     ap.add_argument("--eval-updates", type=int, default=500)
     ap.add_argument("--star-lr", type=float, default=0.5)
     ap.add_argument("--star-iters", type=int, default=5000)
