@@ -265,11 +265,13 @@ def main() -> None:
     t0 = time.perf_counter()
     bases = [int(b) for b in args.base.split(",")]
     starts = args.starts.split(",")
-    results = [measure(cfg, args, x, x_lag, k, b) for k, b in zip(starts, bases, strict=True)]
-    out = {"args": vars(args), "config": cfg.to_dict(), "results": results,
-           "wall_s": time.perf_counter() - t0}  # fmt: skip
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1))
+    results = []
+    for k, b in zip(starts, bases, strict=True):  # written after each start
+        results.append(measure(cfg, args, x, x_lag, k, b))
+        out = {"args": vars(args), "config": cfg.to_dict(), "results": results,
+               "wall_s": time.perf_counter() - t0}  # fmt: skip
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
     if args.plot:
         plot(results, Path(args.plot))
     print(f"wrote {args.json} ({out['wall_s']:.0f} s)")
