@@ -22,7 +22,7 @@ def bias_tables(path: str) -> str:
                    "| (HG) at the learned policy: rel. bias | cosine |")  # fmt: skip
         out.append("|---|---|---|---|---|---|---|")
         for r in res["plain"]:
-            p = r.get("plug_in", {"rel_bias": 0.0, "cosine": 1.0})
+            p = r.get("plug_in", {"rel_bias": 0.0, "cosine": 1.0})  # n = inf: (HG) itself
             out.append(
                 f"| {r['n']} | {r['rel_bias']:.3f} | {r['rel_se']:.3f} | {r['cosine']:.3f} | "
                 f"{r['rel_spread']:.2f} | {p['rel_bias']:.4f} | {p['cosine']:.4f} |"
@@ -38,7 +38,9 @@ def bias_tables(path: str) -> str:
             )
         c = res.get("level_difference_rms")
         if c:
-            out.append("\n| coupling | rms ||g_k - g_{k-1}|| / ||exact||, k = 1, 2, ... |")
+            out.append(
+                "\n| coupling | rms norm of g_k - g_(k-1), relative to the exact norm; k = 1, 2, ... |"
+            )
             out.append("|---|---|")
             for name, v in c.items():
                 out.append(f"| {name} | {', '.join(f'{x:.2f}' for x in v)} |")
