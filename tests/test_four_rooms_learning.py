@@ -205,3 +205,21 @@ def test_bad_input_is_refused_before_training(learn, match, monkeypatch):
 def test_learning_needs_a_fused_estimator():
     with pytest.raises(ValueError, match="fused estimators"):
         run_learning(_cfg(algo="hpgd-cov"), LearningConfig(follower_steps=2))
+
+
+def test_cli_runs_and_refuses_bad_input(tmp_path, capsys):
+    from tabular_reference.cli import main
+
+    out = tmp_path / "run"
+    common = ["four-rooms-learning", "--seeds", "1", "--steps-per-iter", "500", "--out", str(out)]
+    assert main([*common, "--base-steps", "2", "--max-level", "2", "--budget", "30"]) == 0
+    assert (out / "summary.json").exists() and (out / "config.json").exists()
+    assert "hpgd-mlmc n0=2 J=2: final F" in capsys.readouterr().out
+    for bad, msg in [
+        (["--base-steps", "2", "--max-level", "0"], "max_level must be >= 1"),
+        (["--base-steps", "2", "--max-level", "2", "--probs", "0.5,0.4"], "sum to 1"),
+        (["--base-steps", "2", "--max-level", "2", "--no-warm-start"], "without warm start"),
+    ]:
+        assert main([*common, *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1
