@@ -1,4 +1,5 @@
-"""Command-line entry point: ``python -m tabular_reference {four-rooms,table1,tax-design} ...``.
+"""Command-line entry point: ``python -m tabular_reference {four-rooms,table1,four-rooms-learning,
+tax-design} ...``.
 
 Each experiment package exposes ``register(subparsers)`` in its ``cli`` module; this module only
 assembles them, so experiments stay independent of each other.
@@ -11,7 +12,11 @@ import importlib
 import os
 import sys
 
-EXPERIMENT_CLIS = ("tabular_reference.four_rooms.cli", "tabular_reference.tax_design.cli")
+EXPERIMENT_CLIS = (
+    "tabular_reference.four_rooms.cli",
+    "tabular_reference.four_rooms.learning_cli",
+    "tabular_reference.tax_design.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
