@@ -4,9 +4,16 @@ Modules: :mod:`temperature` (the follower temperature check), :mod:`grouped` (la
 followers, completions grouped by prompt), :mod:`episodes` (batches of sampled episodes: scans
 and per-state sums), :mod:`leader_values` (leader-value sources), :mod:`trajectory` (weight forms
 and their composition ``hpgd_weights``), :mod:`published` (the published Four-Rooms estimator),
-:mod:`zero_order` (Gaussian smoothing). The math: ``docs/theory.md``.
+:mod:`zero_order` (Gaussian smoothing), :mod:`combine` (several followers: the weighted mean
+of their objectives and estimates). The math: ``docs/theory.md``.
 """
 
+from align_cbrl.estimators.combine import (
+    combine_estimates,
+    combined_hpgd_surrogate,
+    follower_group_weights,
+    follower_weights,
+)
 from align_cbrl.estimators.episodes import (
     discounted_returns,
     per_state_sum,
@@ -48,10 +55,14 @@ __all__ = [
     "HPGDWeights",
     "LeaderValues",
     "check_beta",
+    "combine_estimates",
+    "combined_hpgd_surrogate",
     "covariance_weights",
     "crossfit_values",
     "direct_weights",
     "discounted_returns",
+    "follower_group_weights",
+    "follower_weights",
     "gaussian_smoothing_gradient",
     "group_weights",
     "grouped_hpgd_gradient",
