@@ -29,8 +29,9 @@ Metrics per iteration (``metrics.jsonl``, TensorBoard when installed, a tqdm bar
 objective estimate and, on an enumerable task, its exact value ``F(x)`` (combined over the
 followers); per follower the shaped / base / leader rewards (``<f>/leader_reward`` estimates
 ``F_f``), incentive, cost, component means, TRL's metrics, its exact ``<f>/objective_exact`` and,
-with several followers, its weight ``<f>/weight``; the hypergradient norm; timings. Checkpoints every ``save_every`` iterations (:class:`CheckpointManager`,
-followers via their ``save``); ``resume=True`` continues bit-identically on CPU. Plots at the end.
+with several followers, its weight ``<f>/weight``; the hypergradient norm; timings. Checkpoints
+every ``save_every`` iterations (:class:`CheckpointManager`, followers via their ``save``);
+``resume=True`` continues bit-identically on CPU. Plots at the end.
 """
 
 from __future__ import annotations
