@@ -228,3 +228,37 @@ def test_bad_followers_fail_in_one_line_before_training(tmp_path, followers, lea
     assert "\n" not in str(err.value)
     assert isinstance(err.value, ConfigError | ValueError)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_two_followers_config_loads():
+    from pathlib import Path
+
+    from align_cbrl.config_parser import load_config
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "two_followers.yaml"
+    config = load_config(HPGDConfig, path, {"output_dir": "unused"})
+    a, b = config.followers
+    assert config.normalised_weights() == pytest.approx([1 / 3, 2 / 3])
+    assert a.model_seed != b.model_seed and a.trainer == b.trainer == "grpo"
+    assert a.beta != b.beta and a.contexts != b.contexts
+    assert [config.groups_of(0), config.groups_of(1)] == [2, 4]
+
+
+@pytest.mark.slow
+def test_the_two_followers_config_runs_with_grpo_followers(tmp_path):
+    from pathlib import Path
+
+    from align_cbrl.config_parser import load_config
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "two_followers.yaml"
+    small = {"iterations": 1, "follower_steps": 1, "num_samples": 2, "eval_samples": 0}
+    config = load_config(
+        HPGDConfig,
+        path,
+        {"output_dir": str(tmp_path / "run"), "progress": False, "plots": False, **small},
+    )
+    trainer, _ = run(config)
+    last = trainer.history[-1]
+    assert last["leader/grad_norm"] > 0 and last["leader/groups"] == 6.0
+    F = last["concise_writer/objective_exact"] / 3 + 2 * last["topic_writer/objective_exact"] / 3
+    assert last["objective_exact"] == pytest.approx(F, abs=1e-12)
