@@ -73,7 +73,6 @@ def test_two_processes_combine_followers_like_one_process(tmp_path):
     assert (one != 0).sum() > 4  # the leader moved
 
 
-@pytest.mark.slow
 def test_two_processes_orchestrated_two_followers_keep_bit_identical_leaders(tmp_path):
     r0, r1 = launch("trainer", 2, tmp_path)
     assert r0["hex"] == r1["hex"]

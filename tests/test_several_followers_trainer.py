@@ -244,7 +244,6 @@ def test_the_two_followers_config_loads():
     assert [config.groups_of(0), config.groups_of(1)] == [2, 4]
 
 
-@pytest.mark.slow
 def test_the_two_followers_config_runs_with_grpo_followers(tmp_path):
     from pathlib import Path
 
