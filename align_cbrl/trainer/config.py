@@ -10,7 +10,8 @@ hypergradient ``dF/dx``.
 Sections:
 
 * :class:`FollowerConfig` (a list: several followers, each with its own model, dataset, beta,
-  trainer and TRL settings);
+  trainer and TRL settings, prompts (``contexts``), group count and ``weight``; the leader's
+  objective is the followers' weighted mean, ``docs/theory.md §1``);
 * :class:`RewardsConfig` (named reward components, the follower's base mix ``a``, the leader's
   objective mix ``b``);
 * :class:`LeaderConfig` (incentive model, optimiser, clipping, estimator / baseline);
