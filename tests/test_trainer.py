@@ -155,14 +155,15 @@ def test_surrogate_gradient_equals_covariance_formula_over_followers():
         d_r, d_rbar = torch.autograd.functional.jacobian(f, x0)
         _, rbar = f(x0)
         G = len(prompt_ids)
-        expected += hpgd_gradient(
+        # the followers' weighted mean (equal weights), each follower's mean over its groups
+        expected += 0.5 * hpgd_gradient(
             d_r.reshape(G, N, -1), d_rbar.reshape(G, N, -1), rbar.reshape(G, N), beta
         )
     surrogate, stats = leader_surrogate(bilevel, batches, "hpgd", "category")
     (grad,) = torch.autograd.grad(surrogate, leader.theta)
     torch.testing.assert_close(grad.reshape(-1), expected, rtol=1e-10, atol=1e-12)
     assert stats.objective_estimate == pytest.approx(
-        stats.followers["f1"].leader_reward + stats.followers["f2"].leader_reward
+        0.5 * stats.followers["f1"].leader_reward + 0.5 * stats.followers["f2"].leader_reward
     )
 
 

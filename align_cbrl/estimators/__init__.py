@@ -5,9 +5,16 @@ followers, completions grouped by prompt), :mod:`episodes` (batches of sampled e
 and per-state sums), :mod:`leader_values` (leader-value sources), :mod:`trajectory` (weight forms
 and their composition ``hpgd_weights``), :mod:`published` (the published Four-Rooms estimator),
 :mod:`zero_order` (Gaussian smoothing), :mod:`multilevel` (the randomised multilevel estimator for
-followers the leader trains). The math: ``docs/theory.md``.
+followers the leader trains), :mod:`combine` (several followers: the weighted mean of their
+objectives and estimates). The math: ``docs/theory.md``.
 """
 
+from align_cbrl.estimators.combine import (
+    combine_estimates,
+    combined_hpgd_surrogate,
+    follower_group_weights,
+    follower_weights,
+)
 from align_cbrl.estimators.episodes import (
     discounted_returns,
     per_state_sum,
@@ -58,11 +65,15 @@ __all__ = [
     "MultilevelEstimate",
     "MultilevelSchedule",
     "check_beta",
+    "combine_estimates",
+    "combined_hpgd_surrogate",
     "covariance_weights",
     "crossfit_values",
     "direct_weights",
     "discounted_returns",
     "expected_multilevel",
+    "follower_group_weights",
+    "follower_weights",
     "gaussian_smoothing_gradient",
     "group_weights",
     "grouped_hpgd_gradient",

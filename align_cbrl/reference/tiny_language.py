@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ __all__ = [
     "ExactOptimum",
     "TinyLanguageConfig",
     "TinyLanguageTask",
+    "ascend_exact",
     "enumerate_completions",
     "exact_gradient",
     "exact_objective",
@@ -195,16 +196,11 @@ class TinyLanguageTask:
         self.contexts = [p[col] for p in cfg.prompts]
         self.context_values = list(dict.fromkeys(self.contexts))
         P = len(self.prompts)
-        probs = (
+        self.prompt_probs = self._check_probs(
             torch.full((P,), 1.0 / P, dtype=torch.float64)
             if cfg.prompt_probs is None
-            else (torch.as_tensor(cfg.prompt_probs, dtype=torch.float64))
+            else cfg.prompt_probs
         )
-        if probs.shape != (P,) or bool((probs < 0).any()) or abs(float(probs.sum()) - 1) > 1e-9:
-            raise ValueError(
-                f"prompt_probs must be {P} non-negative numbers summing to 1, got {cfg.prompt_probs}"
-            )
-        self.prompt_probs = probs
         self.components = build_components(cfg.components)
         self.component_names = [c.name for c in self.components]
         Y = len(self.tokens)
@@ -240,10 +236,30 @@ class TinyLanguageTask:
             )
         return torch.log_softmax(t, dim=-1)
 
+    def _check_probs(self, probs: Tensor | Sequence[float]) -> Tensor:
+        t = torch.as_tensor(probs, dtype=torch.float64).detach()
+        P = self.num_prompts
+        if (
+            t.shape != (P,)
+            or not bool(((t >= 0) & torch.isfinite(t)).all())
+            or abs(float(t.sum()) - 1) > 1e-9
+        ):
+            raise ValueError(
+                f"prompt_probs must be {P} non-negative numbers summing to 1, got {t.tolist()}"
+            )
+        return t
+
     def with_log_ref(self, log_ref: Tensor) -> TinyLanguageTask:
         """A copy of the task with another reference policy table ``[P, Y]``."""
         new = copy.copy(self)
         new.log_ref = self._check_log_ref(log_ref)
+        return new
+
+    def with_prompt_probs(self, probs: Tensor | Sequence[float]) -> TinyLanguageTask:
+        """A copy of the task with another context distribution ``P(p)`` (``[P]``, summing to 1;
+        zeros allowed: a follower that never sees those prompts)."""
+        new = copy.copy(self)
+        new.prompt_probs = self._check_probs(probs)
         return new
 
     def index_of_tokens(self, token_ids: Sequence[int]) -> int:
@@ -406,11 +422,29 @@ def optimize_exact(
     lr: float = 1.0,
     tol: float = 1e-8,
 ) -> ExactOptimum:
-    """Exact bilevel optimisation by gradient ascent with the exact gradient,
+    """Exact bilevel optimisation of :func:`exact_objective` by gradient ascent with the exact
+    gradient (:func:`ascend_exact`). Finds a local optimum; ``bilevel`` is not modified."""
+
+    def objective(best: BilevelRewards, params: Mapping[str, Tensor]) -> Tensor:
+        return exact_objective(task, best, beta, params)
+
+    return ascend_exact(bilevel, objective, steps=steps, lr=lr, tol=tol)
+
+
+def ascend_exact(
+    bilevel: BilevelRewards,
+    objective: Callable[[BilevelRewards, Mapping[str, Tensor]], Tensor],
+    steps: int = 500,
+    lr: float = 1.0,
+    tol: float = 1e-8,
+) -> ExactOptimum:
+    """Gradient ascent on an exact objective ``F = objective(bilevel, params)`` (``params`` a
+    ``functional_call`` override of the leader's parameters, prefixed ``leader.``):
     ``x <- x + eta_t dF/dx``, where ``eta_t <= lr`` is found by backtracking (halve until the
     Armijo condition ``F(x + eta g) >= F(x) + 1e-4 eta ||g||^2`` holds; the next step starts
     from ``2 eta_t``), so ``F`` never decreases. Finds a local optimum; stops once
-    ``||dF/dx|| <= tol`` or after ``steps`` steps. ``bilevel`` is not modified."""
+    ``||dF/dx|| <= tol`` or after ``steps`` steps. ``bilevel`` is not modified (the objective
+    receives a copy)."""
     if steps < 0 or not lr > 0 or not tol >= 0:
         raise ValueError(f"need steps >= 0, lr > 0 and tol >= 0, got {steps}, {lr}, {tol}")
     best = copy.deepcopy(bilevel)
@@ -418,7 +452,7 @@ def optimize_exact(
 
     def value_and_grad(x: Tensor) -> tuple[Tensor, Tensor]:
         xg = x.clone().requires_grad_(True)
-        F = exact_objective(task, best, beta, leader.unflatten(xg, "leader."))
+        F = objective(best, leader.unflatten(xg, "leader."))
         (g,) = torch.autograd.grad(F, xg)
         return F.detach(), g
 

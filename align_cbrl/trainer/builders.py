@@ -21,6 +21,7 @@ import torch
 from align_cbrl.followers.base import Follower
 from align_cbrl.leaders.base import Leader, build_leader, load_leader
 from align_cbrl.objective import BilevelRewards
+from align_cbrl.reference.several_followers import restricted_prompt_probs
 from align_cbrl.reference.tiny_language import TinyLanguageConfig, TinyLanguageTask
 from align_cbrl.rewards.base import RewardComponent
 from align_cbrl.rewards.registry import build_components, load_reward_config
@@ -33,11 +34,13 @@ __all__ = [
     "build_follower",
     "build_leader_from_config",
     "build_reward_setup",
+    "check_follower_contexts",
     "dataset_rows",
     "exact_log_ref",
     "follower_trl_config",
     "resolve_model",
     "resolve_task",
+    "select_contexts",
     "validate_run_config",
 ]
 
@@ -58,12 +61,21 @@ class RewardSetup:
 
 @dataclass
 class FollowerBundle:
-    """A built follower with its config, prompt rows and (on a task) exact reference table."""
+    """A built follower with its config, prompt rows and, on a task, the task prompt of each
+    row (``prompt_index``) and the exact reference table ``log_ref[P, Y]`` over all the task's
+    prompts."""
 
     config: FollowerConfig
     follower: Follower
     rows: list[dict[str, Any]]
     log_ref: torch.Tensor | None = None
+    prompt_index: list[int] | None = None
+
+    @property
+    def full_task(self) -> bool:
+        """Whether the follower draws from all the task's prompts, in the task's order."""
+        idx, ref = self.prompt_index, self.log_ref
+        return idx is not None and ref is not None and idx == list(range(ref.shape[0]))
 
 
 def validate_run_config(config: HPGDConfig) -> None:
@@ -243,6 +255,39 @@ def _exact_follower(
     )
 
 
+def select_contexts(
+    rows: list[dict[str, Any]], fc: FollowerConfig, column: str | None, who: str
+) -> list[int]:
+    """Positions of the rows whose context is in ``fc.contexts`` (all rows when ``None``);
+    every listed context must occur."""
+    if fc.contexts is None:
+        return list(range(len(rows)))
+    if column is None:
+        raise ValueError(
+            f"{who}: contexts needs a context column; set the leader mix's context_column"
+        )
+    present = list(dict.fromkeys(r.get(column) for r in rows))
+    missing = [c for c in fc.contexts if c not in present]
+    if missing:
+        raise ValueError(
+            f"{who}: contexts {missing} match none of its prompts; their {column!r} values are "
+            f"{present}"
+        )
+    return [i for i, r in enumerate(rows) if r.get(column) in fc.contexts]
+
+
+def _task_prompt_index(
+    fc: FollowerConfig, rows: list[dict[str, Any]], keep: list[int], task: TinyLanguageTask | None
+) -> list[int] | None:
+    """The task prompt of each kept row when the follower's prompts are the task's (its
+    ``dataset`` is ``None`` or lists exactly the task's prompts), else ``None``."""
+    if task is None:
+        return None
+    if fc.dataset is not None and [r["prompt"] for r in rows] != task.prompts:
+        return None
+    return keep
+
+
 def build_follower(
     fc: FollowerConfig,
     task: TinyLanguageTask | None,
@@ -250,17 +295,26 @@ def build_follower(
     index: int,
     exact_needed: bool,
 ) -> FollowerBundle:
-    """Build one follower (TRL GRPO/RLOO or exact sampler) from its config section."""
+    """Build one follower (TRL GRPO/RLOO or exact sampler) from its config section; its rows
+    are filtered to ``fc.contexts``."""
     who = f"followers.{index} ({fc.name!r})"
     rows = dataset_rows(fc, task, who)
     if setup.context_column is not None and any(setup.context_column not in r for r in rows):
         raise ValueError(
             f"{who}: every dataset row needs the context column {setup.context_column!r}"
         )
+    keep = select_contexts(rows, fc, setup.context_column, who)
+    prompt_index = _task_prompt_index(fc, rows, keep, task)
+    rows = [rows[i] for i in keep]
+    if task is not None and prompt_index is not None:
+        try:
+            restricted_prompt_probs(task, prompt_index)
+        except ValueError as err:
+            raise ValueError(f"{who}: {err}") from err
     model_dir = resolve_model(
         fc.model, fc.model_seed, task, who, gguf_file=fc.gguf_file, dtype=fc.model_dtype
     )
-    on_task = task is not None and [r["prompt"] for r in rows] == task.prompts
+    on_task = prompt_index is not None
     log_ref = exact_log_ref(model_dir, task, who) if (on_task and exact_needed) else None
     if fc.trainer == "exact":
         if task is None or not on_task:
@@ -268,7 +322,7 @@ def build_follower(
         if log_ref is None:
             log_ref = exact_log_ref(model_dir, task, who)
         follower = _exact_follower(fc, task, log_ref, setup.context_column)
-        return FollowerBundle(fc, follower, rows, log_ref)
+        return FollowerBundle(fc, follower, rows, log_ref, prompt_index)
     from datasets import Dataset
 
     from align_cbrl.followers.trl_followers import GRPOFollower, RLOOFollower
@@ -281,7 +335,7 @@ def build_follower(
         trl_follower = cls(model_dir, ds, None, tcfg, name=fc.name)
     except ValueError as err:  # TRL settings that only the trainer kind can check
         raise ValueError(f"{who}: {err}") from err
-    return FollowerBundle(fc, trl_follower, rows, log_ref)
+    return FollowerBundle(fc, trl_follower, rows, log_ref, prompt_index)
 
 
 def build_leader_from_config(
@@ -313,6 +367,35 @@ def build_leader_from_config(
         return build_leader(spec)
     except (TypeError, ValueError) as err:
         raise ValueError(f"leader.spec: {err}") from err
+
+
+def check_follower_contexts(
+    leader: Leader, bundles: Sequence[FollowerBundle], column: str | None
+) -> None:
+    """Every follower's contexts must be ones the leader has parameters for (a per-context
+    leader without a ``default_context``): a follower that shares no context with the leader,
+    or has contexts it does not know, is refused here, before training."""
+    index = getattr(leader, "context_index", None)
+    if column is None or index is None or index.default is not None:
+        return
+    known = list(index.values)
+    for i, b in enumerate(bundles):
+        mine = list(dict.fromkeys(r.get(column) for r in b.rows))
+        unknown = [c for c in mine if c not in known]
+        if not unknown:
+            continue
+        who = f"followers.{i} ({b.config.name!r})"
+        if len(unknown) == len(mine):
+            problem = (
+                f"shares no context with the leader: its {column!r} values {mine} are none of "
+                f"the leader's {known}"
+            )
+        else:
+            problem = f"has {column!r} values {unknown} the leader has no parameters for ({known})"
+        raise ValueError(
+            f"{who} {problem}; add them to leader.spec.contexts (or set a default_context), or "
+            f"restrict the follower with followers.{i}.contexts"
+        )
 
 
 def bilevel_for(leader: Leader, setup: RewardSetup) -> BilevelRewards:

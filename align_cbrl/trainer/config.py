@@ -10,7 +10,8 @@ hypergradient ``dF/dx``.
 Sections:
 
 * :class:`FollowerConfig` (a list: several followers, each with its own model, dataset, beta,
-  trainer and TRL settings);
+  trainer and TRL settings, prompts (``contexts``), group count and ``weight``; the leader's
+  objective is the followers' weighted mean, ``docs/theory.md §1``);
 * :class:`RewardsConfig` (named reward components, the follower's base mix ``a``, the leader's
   objective mix ``b``);
 * :class:`LeaderConfig` (incentive model, optimiser, clipping, estimator / baseline);
@@ -21,10 +22,12 @@ Sections:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from align_cbrl.estimators.combine import follower_weights
 from align_cbrl.followers.base import validate_beta
 
 __all__ = ["SECTION_TRL_DEFAULTS", "FollowerConfig", "HPGDConfig", "LeaderConfig", "RewardsConfig"]
@@ -64,6 +67,15 @@ class FollowerConfig:
         trl: ``GRPOConfig`` / ``RLOOConfig`` fields (``learning_rate``, ``num_generations``,
             ``max_completion_length``, ``temperature``, ``scale_rewards``, ...), over
             :data:`SECTION_TRL_DEFAULTS`. A task sets ``max_completion_length`` itself.
+        weight: this follower's share ``c_i >= 0`` of the leader's objective
+            ``F = sum_i w_i F_i``, ``w_i = c_i / sum_j c_j`` (default 1: all followers equal;
+            ``docs/theory.md §1``, :mod:`align_cbrl.estimators.combine`). The hypergradient is the
+            same weighted mean of the followers' estimates, each averaged over its own groups.
+        contexts: the context values (e.g. ``category``) of the prompts this follower sees: its
+            dataset's rows are filtered to them (``None`` = every row). Its context distribution
+            is then its rows' (on a task: the task's ``prompt_probs`` restricted to them).
+        prompts_per_iteration: ``G`` for this follower (``None`` = the run's
+            ``prompts_per_iteration``); more groups lower its estimate's variance, not its weight.
 
     Configs written before the ``trl`` mapping existed still load: the TRL fields they set next
     to ``beta`` and their ``trl_kwargs`` move into ``trl``
@@ -128,6 +140,25 @@ class FollowerConfig:
         },
     )
 
+    weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "share c >= 0 of this follower in the leader objective F = sum_i c_i F_i / sum_j c_j (default 1: all equal)"
+        },
+    )
+    contexts: list[Any] | None = field(
+        default=None,
+        metadata={
+            "help": "context values (e.g. categories) of the prompts this follower sees; null = all its dataset's rows"
+        },
+    )
+    prompts_per_iteration: int | None = field(
+        default=None,
+        metadata={
+            "help": "G prompts drawn for this follower per iteration; null = the run's prompts_per_iteration"
+        },
+    )
+
     @classmethod
     def migrate_keys(cls, data: Mapping[str, Any]) -> dict[str, Any]:
         """Earlier flat keys into ``trl`` (called by :func:`~align_cbrl.config_parser.from_dict`)."""
@@ -139,6 +170,28 @@ class FollowerConfig:
         if not self.name or "/" in self.name:
             raise ValueError(f"follower name must be non-empty without '/', got {self.name!r}")
         self.beta = validate_beta(self.beta, f"follower {self.name!r}")
+        w = self.weight
+        if (
+            isinstance(w, bool)
+            or not isinstance(w, int | float)
+            or not (math.isfinite(w) and w >= 0)
+        ):
+            raise ValueError(
+                f"follower {self.name!r}: weight must be a finite number >= 0 (its share of the "
+                f"leader's objective), got {w!r}"
+            )
+        self.weight = float(w)
+        if self.contexts is not None and not self.contexts:
+            raise ValueError(
+                f"follower {self.name!r}: contexts is empty; list the context values of its "
+                "prompts or use null for all"
+            )
+        g = self.prompts_per_iteration
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+            raise ValueError(
+                f"follower {self.name!r}: prompts_per_iteration must be an integer >= 1 or "
+                f"null, got {g!r}"
+            )
         self.trl = {**SECTION_TRL_DEFAULTS, **self.trl}
 
 
@@ -341,3 +394,16 @@ class HPGDConfig:
         names = [f.name for f in self.followers]
         if len(set(names)) != len(names):
             raise ValueError(f"follower names must be unique, got {names}; set followers.N.name")
+        follower_weights(
+            [f.weight for f in self.followers],
+            names=[f"followers.{i} ({n!r})" for i, n in enumerate(names)],
+        )
+
+    def normalised_weights(self) -> list[float]:
+        """The normalised weights ``w_i`` of the followers in the leader's objective."""
+        return follower_weights([f.weight for f in self.followers]).tolist()
+
+    def groups_of(self, index: int) -> int:
+        """``G`` of follower ``index``: its own ``prompts_per_iteration`` or the run's."""
+        g = self.followers[index].prompts_per_iteration
+        return self.prompts_per_iteration if g is None else g

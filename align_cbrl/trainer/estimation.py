@@ -6,18 +6,26 @@ Shared by the orchestrated :class:`~align_cbrl.trainer.hpgd_trainer.HPGDTrainer`
 ``r = r_x`` and ``rbar = rbar_x`` computed differentiably from the component scores, the ascent
 direction is the gradient of
 
-    S(x) = sum_f  hpgd_surrogate(w_f r_f, rbar_f, beta_f)                   (HPGD, Eq. SUR)
-    S(x) = sum_f  naive_surrogate(rbar_f)                                   (naive baseline)
+    S(x) = sum_f  c_f hpgd_surrogate(v_f r_f, rbar_f, beta_f)               (HPGD, Eq. SUR)
+    S(x) = sum_f  c_f naive_surrogate(rbar_f)                               (naive baseline)
 
-``w_f`` is the weight the follower's trainer puts on ``r_x`` (TRL's ``reward_weights``; 1 by
-default): a follower that maximises ``w r_x + (other rewards) - beta KL`` has the best response
-``pi* ∝ pi_ref exp((w r_x + ...) / beta)``, so its hypergradient uses ``w d r_x`` (equivalently
-the temperature ``beta / w``); rewards the leader does not control drop out of ``d``.
+``c_f`` is follower ``f``'s normalised weight in the leader's objective (``objective_weight``,
+``followers[f].weight`` of a run config; equal by default), so the leader's objective is the
+weighted mean ``F(x) = sum_f c_f E_{p~P_f} E_{y~pi*_f} rbar_x(p, y)`` and ``S``'s gradient the
+same weighted mean of the followers' estimates, each averaged over its own ``G_f`` groups
+(``docs/theory.md §1``, Eq. COMB of :mod:`align_cbrl.estimators.combine`): a follower that
+sampled more groups gets a lower-variance estimate, not more weight.
 
-(:mod:`align_cbrl.estimators.grouped`): the leader's objective is the sum of the followers'
-objectives ``F(x) = sum_f E_p E_{y~pi*_f} rbar_x(p, y)``. The update minimises ``-S``: backward,
-:meth:`LeaderSync.all_reduce_gradients` (group-count weighted mean over processes), global-norm
-clipping, optimiser step (:mod:`align_cbrl.trainer.strategies` composes these steps).
+``v_f`` is the weight the follower's trainer puts on ``r_x`` (``reward_weight``: TRL's
+``reward_weights``; 1 by default): a follower that maximises ``v r_x + (other rewards) - beta
+KL`` has the best response ``pi* ∝ pi_ref exp((v r_x + ...) / beta)``, so its hypergradient uses
+``v d r_x`` (equivalently the temperature ``beta / v``); rewards the leader does not control
+drop out of ``d``.
+
+The update minimises ``-S``: backward, :meth:`LeaderSync.all_reduce_gradients` (group-count
+weighted mean over processes; it equals the single-process combination because every rank
+holds the same number of groups per follower), global-norm clipping, optimiser step
+(:mod:`align_cbrl.trainer.strategies` composes these steps).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from align_cbrl.estimators.combine import follower_weights
 from align_cbrl.estimators.grouped import hpgd_surrogate, naive_surrogate
 from align_cbrl.objective import BilevelRewards
 from align_cbrl.trainer.stats import FollowerStats, LeaderStats
@@ -52,9 +61,16 @@ class GroupedSamples:
     columns: dict[str, list[Any]]
     scores: Tensor
     reward_weight: float = 1.0
+    objective_weight: float = 1.0
 
     def __post_init__(self) -> None:
         B = len(self.prompts)
+        w = self.objective_weight
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(
+                f"follower {self.follower!r}: objective_weight (its share of the leader's "
+                f"objective) must be a finite number >= 0, got {w!r}"
+            )
         if not math.isfinite(self.reward_weight):
             raise ValueError(
                 f"follower {self.follower!r}: the weight on the shaped reward must be a finite "
@@ -105,21 +121,26 @@ def leader_surrogate(
 
     ``estimator``: ``"hpgd"`` or ``"naive"``. Statistics (:class:`LeaderStats`, means over the
     samples under the current ``x``): ``rbar``, ``r``, ``r - incentive``, the incentive, its
-    absolute value and its cost per follower; ``objective_estimate = sum_f mean rbar_f``."""
+    absolute value and its cost per follower; ``objective_estimate = sum_f c_f mean rbar_f``.
+    The batches' ``objective_weight`` are normalised over the batches given (one-line errors for
+    negative weights or a zero sum)."""
     if estimator not in ("hpgd", "naive"):
         raise ValueError(f"estimator must be 'hpgd' or 'naive' here, got {estimator!r}")
     if not batches:
         raise ValueError("no completion groups to estimate from")
+    weights = follower_weights(
+        [b.objective_weight for b in batches], names=[f"follower {b.follower!r}" for b in batches]
+    ).tolist()
     total: Tensor | None = None
     per: dict[str, FollowerStats] = {}
-    for b in batches:
+    for b, c in zip(batches, weights, strict=True):
         out = bilevel(b.scores, b.contexts(context_column))
         G, N = b.num_groups, b.group_size
         r, rbar = out.r.reshape(G, N), out.rbar.reshape(G, N)
         if estimator == "hpgd":
-            term = hpgd_surrogate(b.reward_weight * r, rbar, b.beta)
+            term = c * hpgd_surrogate(b.reward_weight * r, rbar, b.beta)
         else:
-            term = naive_surrogate(rbar)
+            term = c * naive_surrogate(rbar)
         total = term if total is None else total + term
         inc = out.incentive.detach()
         if b.follower in per:
@@ -132,6 +153,7 @@ def leader_surrogate(
             incentive_abs=float(inc.abs().mean()),
             cost=float(bilevel.leader.cost(inc).mean()),
             groups=G,
+            weight=c,
         )
     assert total is not None
     return total, LeaderStats(per)

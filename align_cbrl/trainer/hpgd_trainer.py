@@ -4,34 +4,39 @@ Outer iteration ``t = 1..T`` (HPGD, ``docs/theory.md §2``, with the language-mo
 
 1. every follower gets the current shaped reward ``r_x`` (:class:`HPGDReward`, no gradient) and
    continues training ``K = follower_steps`` steps (warm-started TRL GRPO/RLOO, or exact);
-2. ``G = prompts_per_iteration`` prompts are drawn from each follower's dataset (with the
-   task's ``prompt_probs`` when the follower trains on an enumerable task's prompts, so the
-   sampled objective is the logged exact one; uniformly otherwise) and ``N = num_samples``
-   completions sampled per prompt; the components are scored once;
-3. the leader estimates ``dF/dx`` and takes one optimiser step with global-norm clipping
-   (:class:`~align_cbrl.trainer.strategies.LeaderUpdate`, shared with plugin mode):
+2. ``G_f`` prompts (``prompts_per_iteration``, or the follower's own) are drawn from each
+   follower's dataset (with the task's ``prompt_probs``, restricted to the follower's prompts,
+   when the follower trains on an enumerable task's prompts, so the sampled objective is the
+   logged exact one; uniformly otherwise) and ``N = num_samples`` completions sampled per
+   prompt; the components are scored once;
+3. the leader estimates ``dF/dx`` of ``F = sum_f w_f F_f`` (the followers' weighted mean,
+   ``w_f`` their normalised ``weight``, ``docs/theory.md §1``) and takes one optimiser step with
+   global-norm clipping (:class:`~align_cbrl.trainer.strategies.LeaderUpdate`, shared with
+   plugin mode):
 
-   * ``hpgd``:  gradient of ``sum_f hpgd_surrogate(r_f, rbar_f, beta_f)`` (unbiased for
-     ``dF/dx = E_p[E d rbar + (1/beta) Cov(d r, rbar)]`` at the followers' best responses);
-   * ``naive``: gradient of ``sum_f mean rbar_f`` (ignores how the followers react);
+   * ``hpgd``:  gradient of ``sum_f w_f hpgd_surrogate(r_f, rbar_f, beta_f)`` (unbiased for
+     ``dF/dx = sum_f w_f E_p[E d rbar + (1/beta_f) Cov(d r, rbar)]`` at the followers' best
+     responses; each follower's estimate is the mean over its own groups);
+   * ``naive``: gradient of ``sum_f w_f mean rbar_f`` (ignores how the followers react);
    * ``zero_order``: residual-feedback Gaussian smoothing: the followers train under the
      perturbed leader ``x_t + u_t z_t`` (``z_t ~ N(0, I)``), ``F_t`` is estimated as
-     ``sum_f mean rbar_f`` of the sampled completions, and
+     ``sum_f w_f mean rbar_f`` of the sampled completions, and
      ``g_t = (F_t - F_{t-1}) z_t / u_t`` (Zhang et al. 2022; one evaluation per iteration,
      the previous iteration's estimate as the baseline; no update at the first iteration);
    * ``fixed``: no update ("no leader" with zero initial incentive weights).
 
 Metrics per iteration (``metrics.jsonl``, TensorBoard when installed, a tqdm bar): the leader
-objective estimate and, on an enumerable task, its exact value ``F(x)``; per follower the shaped
-/ base / leader rewards, incentive, cost, component means and TRL's metrics; the hypergradient
-norm; timings. Checkpoints every ``save_every`` iterations (:class:`CheckpointManager`,
-followers via their ``save``); ``resume=True`` continues bit-identically on CPU. Plots at the end.
+objective estimate and, on an enumerable task, its exact value ``F(x)`` (combined over the
+followers); per follower the shaped / base / leader rewards (``<f>/leader_reward`` estimates
+``F_f``), incentive, cost, component means, TRL's metrics, its exact ``<f>/objective_exact`` and,
+with several followers, its weight ``<f>/weight``; the hypergradient norm; timings. Checkpoints
+every ``save_every`` iterations (:class:`CheckpointManager`, followers via their ``save``);
+``resume=True`` continues bit-identically on CPU. Plots at the end.
 """
 
 from __future__ import annotations
 
-import copy
-import json
+import contextlib
 import math
 import os
 import sys
@@ -43,11 +48,10 @@ from typing import Any
 import torch
 
 from align_cbrl.checkpoint import CheckpointManager
-from align_cbrl.config_parser import to_dict
+from align_cbrl.config_parser import from_dict, to_dict
 from align_cbrl.distributed import LeaderSync
 from align_cbrl.metrics import MetricsLogger, read_jsonl
 from align_cbrl.models.tiny import hf_progress_bars
-from align_cbrl.reference.tiny_language import exact_objective, optimize_exact
 from align_cbrl.rewards.base import score_components
 from align_cbrl.trainer.builders import (
     FollowerBundle,
@@ -55,11 +59,13 @@ from align_cbrl.trainer.builders import (
     build_follower,
     build_leader_from_config,
     build_reward_setup,
+    check_follower_contexts,
     resolve_task,
     validate_run_config,
 )
 from align_cbrl.trainer.config import HPGDConfig
 from align_cbrl.trainer.estimation import GroupedSamples, build_optimizer, leader_surrogate
+from align_cbrl.trainer.exact_reference import exact_followers, exact_local_optimum, exact_metrics
 from align_cbrl.trainer.reward_function import HPGDReward
 from align_cbrl.trainer.run_dir import (
     RESUMABLE_CHANGES,
@@ -79,8 +85,6 @@ from align_cbrl.utils.io import (
 __all__ = ["HPGDTrainer", "RunExistsError"]
 
 _TRAINER_RNG = "trainer_rng.safetensors"
-# exact local optima F(x*) already computed in this process: (run identity, x bytes) -> F
-_OPTIMA: dict[tuple[str, bytes], float] = {}
 
 
 class HPGDTrainer:
@@ -148,6 +152,8 @@ class HPGDTrainer:
         self.sync = sync if sync is not None else LeaderSync()
         torch.manual_seed(config.seed)
         self.leader = build_leader_from_config(config, self.setup, contexts)
+        check_follower_contexts(self.leader, self.bundles, col)
+        self.weights = config.normalised_weights()
         self.bilevel = bilevel_for(self.leader, self.setup)
         self.optimizer = build_optimizer(
             self.leader.parameters(),
@@ -188,18 +194,22 @@ class HPGDTrainer:
             est.prev = value
 
     def _prompt_probs_for(self, b: FollowerBundle) -> torch.Tensor | None:
-        """The task's prompt probabilities if follower ``b`` trains on the task's prompts and
-        they are not uniform (``None``: draw rows uniformly)."""
-        if self.task is None or b.log_ref is None:
+        """The task's prompt probabilities of follower ``b``'s rows if it trains on the task's
+        prompts (all of them or the subset of its ``contexts``) and they are not uniform
+        (``None``: draw rows uniformly)."""
+        if self.task is None or b.log_ref is None or b.prompt_index is None:
             return None
-        probs = self.task.prompt_probs
-        if len(b.rows) != probs.numel() or bool((probs == probs[0]).all()):
+        probs = self.task.prompt_probs[b.prompt_index]
+        if bool((probs == probs[0]).all()):
             return None
-        return probs.clone()
+        return probs
 
     # ------------------------------------------------------------------ resume
     def _check_resumable(self, ckpt: Path) -> None:
-        diffs = resume_differences(read_json(ckpt / "state.json"), to_dict(self.config))
+        saved = read_json(ckpt / "state.json")
+        with contextlib.suppress(ValueError):  # fields added since then get their defaults
+            saved["config"] = to_dict(from_dict(HPGDConfig, saved.get("config", {})))
+        diffs = resume_differences(saved, to_dict(self.config))
         if diffs:
             raise ValueError(
                 f"--resume: the config differs from the checkpointed run in {diffs}; resume with "
@@ -239,25 +249,11 @@ class HPGDTrainer:
 
     # ------------------------------------------------------------------ pieces
     def exact_objective(self) -> dict[str, float] | None:
-        """Exact ``F(x) = sum_f sum_p P(p) sum_y pi*_f(y|p) rbar_x(p, y)`` on the task (each
-        follower with its own ``beta`` and reference model); ``None`` without a task."""
-        if self.task is None:
-            return None
-        out: dict[str, float] = {}
-        total = 0.0
-        for b in self.bundles:
-            if b.log_ref is None:
-                return None
-            with torch.no_grad():
-                F = float(
-                    exact_objective(
-                        self.task.with_log_ref(b.log_ref), self.bilevel, b.follower.beta
-                    )
-                )
-            out[f"{b.config.name}/objective_exact"] = F
-            total += F
-        out["objective_exact"] = total
-        return out
+        """Exact ``F(x) = sum_f w_f F_f(x)``, ``F_f = sum_p P_f(p) sum_y pi*_f(y|p) rbar_x(p, y)``
+        on the task (each follower with its own ``beta``, reference model and prompts) and each
+        ``F_f`` (:mod:`align_cbrl.trainer.exact_reference`); ``None`` without a task."""
+        specs = exact_followers(self.task, self.bundles)
+        return None if specs is None else exact_metrics(specs, self.bilevel, self.weights)
 
     def _reward_for_followers(self, t: int) -> HPGDReward:
         """The followers' reward: ``r_x`` at the current leader, or, for zero-order, at the
@@ -286,7 +282,14 @@ class HPGDTrainer:
         columns = {k: [r.get(k) for r in rows for _ in range(n)] for k in keys}
         scores = score_components(self.setup.components, prompts, completions, columns)
         return GroupedSamples(
-            b.config.name, b.follower.beta, n, prompts, completions, columns, scores
+            b.config.name,
+            b.follower.beta,
+            n,
+            prompts,
+            completions,
+            columns,
+            scores,
+            objective_weight=b.config.weight,
         )
 
     # ------------------------------------------------------------------ one iteration
@@ -305,10 +308,12 @@ class HPGDTrainer:
                     rec[f"{name}/train_{k}"] = float(out[k])
         t1 = time.perf_counter()
         batches = []
-        G, world, rank = cfg.prompts_per_iteration, self.sync.world_size, self.sync.rank
+        world, rank = self.sync.world_size, self.sync.rank
         for i, b in enumerate(self.bundles):
             # one draw for all ranks (the generator state stays rank-independent, so any
-            # rank's checkpoint resumes every rank); each rank keeps its own slice
+            # rank's checkpoint resumes every rank); each rank keeps its own slice of G_i, so
+            # every rank holds the same number of groups per follower
+            G = cfg.groups_of(i)
             idx = self._draw_prompts(i, G * world)
             mine = idx[rank * G : (rank + 1) * G]
             batches.append(self._sample(b, mine.tolist(), cfg.num_samples))
@@ -373,33 +378,26 @@ class HPGDTrainer:
 
     # ------------------------------------------------------------------ the loop
     def exact_local_optimum(self, x: torch.Tensor | None = None) -> float | None:
-        """``F(x*)`` at the local optimum that exact gradient ascent
-        (:func:`~align_cbrl.reference.tiny_language.optimize_exact`, 3000 steps, ``lr`` 2; the
-        reference of ``docs/trainer.md``) reaches from leader parameters ``x`` (default: the
-        current leader). Enumerable task with one follower only, else ``None``. Cached per run
-        setup and ``x`` within the process; the seconds spent add to
-        ``exact_optimum_seconds``."""
-        if self.task is None or len(self.bundles) != 1 or self.bundles[0].log_ref is None:
+        """``F(x*)`` at the local optimum that exact gradient ascent on the combined objective
+        ``F = sum_f w_f F_f`` (3000 steps, ``lr`` 2; the reference of ``docs/trainer.md``)
+        reaches from leader parameters ``x`` (default: the current leader). Enumerable task
+        only, else ``None``. Cached per run setup and ``x`` within the process; the seconds
+        spent add to ``exact_optimum_seconds``."""
+        specs = exact_followers(self.task, self.bundles)
+        if specs is None:
             return None
-        b = self.bundles[0]
-        x = (self.leader.flat_parameters() if x is None else x).detach().to(torch.float64)
+        x = self.leader.flat_parameters() if x is None else x
         cfg = self.config
-        ident = [cfg.task, cfg.leader.spec, cfg.leader.init, to_dict(b.config)]
-        key = (json.dumps(ident, sort_keys=True, default=str), x.numpy().tobytes())
-        if key not in _OPTIMA:
-            t0 = time.perf_counter()
-            bilevel = copy.deepcopy(self.bilevel)
-            torch.nn.utils.vector_to_parameters(x.to(self._x0.dtype), bilevel.leader.parameters())
-            task = self.task.with_log_ref(b.log_ref)
-            _OPTIMA[key] = optimize_exact(task, bilevel, b.follower.beta, steps=3000, lr=2.0).F
-            self.exact_optimum_seconds += time.perf_counter() - t0
-        return _OPTIMA[key]
+        ident = [cfg.task, cfg.leader.spec, cfg.leader.init, [to_dict(f) for f in cfg.followers]]
+        F, seconds = exact_local_optimum(specs, self.bilevel, x, ident)
+        self.exact_optimum_seconds += seconds
+        return F
 
     def exact_optimum(self) -> float | None:
         """The best ``F(x*)`` known for the run: exact gradient ascent from the initial leader
         ``x0`` and from the current one (``F`` is not concave; the two can reach different
         local optima). Drawn as a line in ``training.png``; ``None`` without an enumerable
-        single-follower task."""
+        task."""
         found = [self.exact_local_optimum(self._x0), self.exact_local_optimum()]
         found = [F for F in found if F is not None]
         return max(found) if found else None

@@ -7,7 +7,8 @@ keys (one namespace), built here from typed records instead of ad-hoc string key
 ======================================  =============================================================
 key                                     meaning
 ======================================  =============================================================
-``objective_estimate``                  ``sum_f mean rbar_x`` of the groups the update used
+``objective_estimate``                  ``sum_f w_f mean rbar_x`` of the groups the update used
+                                        (``w_f`` the followers' normalised weights)
 ``leader/grad_norm``                    hypergradient norm before clipping (0 without a step)
 ``leader/groups``                       number of prompt groups behind the step (this process)
 ``<f>/reward``                          mean shaped reward ``r_x`` of follower ``f``'s samples
@@ -15,6 +16,8 @@ key                                     meaning
 ``<f>/leader_reward``                   mean ``rbar_x``
 ``<f>/incentive``, ``<f>/incentive_abs`` mean incentive ``i_x`` and mean ``|i_x|``
 ``<f>/cost``                            mean incentive cost
+``<f>/weight``                          follower ``f``'s normalised weight ``w_f`` (several
+                                        followers only)
 ======================================  =============================================================
 
 In plugin mode the follower name ``f`` is the callback's ``follower_name`` (default
@@ -50,6 +53,7 @@ class FollowerStats:
     incentive_abs: float
     cost: float
     groups: int
+    weight: float = 1.0
 
     def to_metrics(self, follower: str) -> dict[str, float]:
         return {
@@ -64,13 +68,14 @@ class FollowerStats:
 
 @dataclass(frozen=True)
 class LeaderStats:
-    """Per-follower statistics; ``objective_estimate = sum_f leader_reward_f``."""
+    """Per-follower statistics; ``objective_estimate = sum_f w_f leader_reward_f``, the
+    weighted mean over followers (``docs/theory.md §1``)."""
 
     followers: dict[str, FollowerStats] = field(default_factory=dict)
 
     @property
     def objective_estimate(self) -> float:
-        return float(sum(s.leader_reward for s in self.followers.values()))
+        return float(sum(s.weight * s.leader_reward for s in self.followers.values()))
 
     @property
     def groups(self) -> int:
@@ -80,6 +85,8 @@ class LeaderStats:
         out: dict[str, float] = {OBJECTIVE_ESTIMATE: self.objective_estimate}
         for name, s in self.followers.items():
             out.update(s.to_metrics(name))
+            if len(self.followers) > 1:
+                out[f"{name}/weight"] = s.weight
         return out
 
 

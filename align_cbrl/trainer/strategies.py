@@ -8,12 +8,13 @@ gradient transforms turns that direction into a step:
 
 Estimators (``leader.estimator`` in the config):
 
-* :class:`HPGD`       -- gradient of ``sum_f hpgd_surrogate(w_f r_f, rbar_f, beta_f)`` (Eq. SUR),
-  unbiased for ``dF/dx = E_p[E d rbar + (1/beta) Cov(w d r, rbar)]`` at the best responses;
-* :class:`Naive`      -- gradient of ``sum_f mean rbar_f`` (ignores the followers' reaction);
+* :class:`HPGD`       -- gradient of ``sum_f c_f hpgd_surrogate(v_f r_f, rbar_f, beta_f)`` (Eq. SUR;
+  ``c_f`` the followers' normalised weights, ``v_f`` the weight on ``r_x``), unbiased for
+  ``dF/dx = sum_f c_f E_p[E d rbar + (1/beta_f) Cov(v_f d r, rbar)]`` at the best responses;
+* :class:`Naive`      -- gradient of ``sum_f c_f mean rbar_f`` (ignores the followers' reaction);
 * :class:`ZeroOrder`  -- residual-feedback Gaussian smoothing ``g_t = (F_t - F_{t-1}) z_t / u_t``
   (Zhang et al. 2022): the followers train under ``x_t + u_t z_t`` (:meth:`follower_bilevel`),
-  ``F_t`` is the sampled ``sum_f mean rbar_f`` there; no step at the first iteration;
+  ``F_t`` is the sampled ``sum_f c_f mean rbar_f`` there; no step at the first iteration;
 * :class:`Fixed`      -- statistics only, never a step ("no leader").
 
 :class:`LeaderUpdate` runs ``estimator -> AllReduce -> ClipByGlobalNorm -> optimiser.step``
@@ -96,7 +97,7 @@ class Estimator:
 
 
 class HPGD(Estimator):
-    """Gradient of ``sum_f hpgd_surrogate(w_f r_f, rbar_f, beta_f)`` (estimation.py, Eq. SUR)."""
+    """Gradient of ``sum_f c_f hpgd_surrogate(v_f r_f, rbar_f, beta_f)`` (estimation.py, Eq. SUR)."""
 
     name = "hpgd"
 
@@ -106,7 +107,7 @@ class HPGD(Estimator):
 
 
 class Naive(Estimator):
-    """Gradient of ``sum_f mean rbar_f``: the direct term only (a biased baseline)."""
+    """Gradient of ``sum_f c_f mean rbar_f``: the direct term only (a biased baseline)."""
 
     name = "naive"
 
@@ -188,7 +189,10 @@ ESTIMATORS: dict[str, type[Estimator]] = {
 
 # --------------------------------------------------------------------------- transforms
 class AllReduce:
-    """Group-count weighted mean of ``.grad`` over processes (:class:`LeaderSync`)."""
+    """Group-count weighted mean of ``.grad`` over processes (:class:`LeaderSync`). With several
+    followers it equals the single-process combination ``sum_f c_f mean_g g_{f,g}`` over all
+    ranks' groups when every rank holds the same number of groups per follower (as the
+    orchestrated trainer draws them); tests/test_several_followers_distributed.py."""
 
     def __call__(self, leader: torch.nn.Module, n_groups: int, sync: LeaderSync) -> None:
         sync.all_reduce_gradients(leader, n_groups)

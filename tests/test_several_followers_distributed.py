@@ -1,0 +1,85 @@
+"""Several followers on several processes: ``accelerate launch --num_processes 2
+--config_file configs/accelerate/cpu.yaml`` (torchrun, gloo on loopback). The followers'
+estimates are combined with the same weights as in one process: both ranks hold bit-identical
+leaders, equal to the single-process combination of all groups to 1e-12
+(tests/several_followers_worker.py; the single-follower analogue is tests/test_distributed.py
+and tests/test_multiprocess.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("accelerate")
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).with_name("several_followers_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(mode: str, processes: int, out: Path) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs" / "accelerate" / "cpu.yaml"),
+        "--num_processes",
+        str(processes),
+        "--main_process_port",
+        str(_free_port()),
+        str(WORKER),
+        mode,
+        str(out),
+    ]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return [
+        json.loads((out / f"{mode}_rank{r}_of_{processes}.json").read_text())
+        for r in range(processes)
+    ]
+
+
+def test_two_processes_combine_followers_like_one_process(tmp_path):
+    r0, r1 = launch("combine", 2, tmp_path / "two")
+    assert (r0["world"], r1["world"]) == (2, 2)
+    assert r0["hex"] == r1["hex"], "ranks disagree at the bit level"
+    (single,) = launch("combine", 1, tmp_path / "one")
+    two, one = torch.tensor(r0["values"]), torch.tensor(single["values"])
+    print(f"two processes vs one: max |difference| {float((two - one).abs().max()):.3g}")
+    torch.testing.assert_close(two, one, rtol=1e-12, atol=1e-12)
+    assert (one != 0).sum() > 4  # the leader moved
+
+
+def test_two_processes_orchestrated_two_followers_keep_bit_identical_leaders(tmp_path):
+    r0, r1 = launch("trainer", 2, tmp_path)
+    assert r0["hex"] == r1["hex"]
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]  # only rank 0 wrote
+    assert rows[-1]["leader/groups"] == 4.0  # per rank: 2 prompts x 2 followers
+    assert {"short/weight", "long/weight", "short/objective_exact", "objective_exact"} <= set(
+        rows[-1]
+    )
