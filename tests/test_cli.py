@@ -70,7 +70,9 @@ def test_usage_and_unknown_command(capsys):
     assert "--config" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["quickstart", "tiny_language_grpo", "tiny_language_rloo"])
+@pytest.mark.parametrize(
+    "name", ["quickstart", "tiny_language_grpo", "tiny_language_rloo", "tiny_language_mlmc"]
+)
 def test_shipped_configs_load(name):
     config = load_config(HPGDConfig, ROOT / "configs" / f"{name}.yaml")
     assert config.followers and config.leader.estimator == "hpgd"

@@ -179,6 +179,10 @@ def test_schedule_from_yaml_and_dotted_overrides(tmp_path):
     assert sc.schedule(cfg.follower_steps).level_probabilities == (0.75, 0.25)
     with pytest.raises(ConfigError, match="sum to 1"):
         load_config(HPGDConfig, path, {"leader.follower_schedule.probabilities": [0.5, 0.25, 0.1]})
+    # the shipped example runs (a few iterations)
+    short = {"iterations": 3, "save_every": 0, "eval_samples": 0, "plots": False}
+    trainer = run(load_config(HPGDConfig, path, {**overrides, **short, "progress": False}))
+    assert trainer.history[-1]["mlmc/follower_steps_total"] >= 3 * 2
 
 
 # --------------------------------------------------------------------------- the trainer
