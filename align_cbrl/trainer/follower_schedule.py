@@ -81,18 +81,21 @@ class FollowerScheduleConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.kind == "mlmc":
-            self.schedule(1 if self.base_steps is None else self.base_steps)
+        if self.kind == "mlmc":  # the config loader prefixes the path to the one-line error
+            self._schedule(1 if self.base_steps is None else self.base_steps)
 
     def schedule(self, follower_steps: int) -> MultilevelSchedule:
         """The :class:`MultilevelSchedule` (``base_steps`` defaulting to ``follower_steps``);
         its checks raise one-line ``ValueError`` s (``max_level < 1``, probabilities)."""
         base = follower_steps if self.base_steps is None else self.base_steps
-        probs = None if self.probabilities is None else tuple(self.probabilities)
         try:
-            return MultilevelSchedule(base, self.max_level, probs)
+            return self._schedule(base)
         except ValueError as err:
             raise ValueError(f"leader.follower_schedule: {err}") from err
+
+    def _schedule(self, base: int) -> MultilevelSchedule:
+        probs = None if self.probabilities is None else tuple(self.probabilities)
+        return MultilevelSchedule(base, self.max_level, probs)
 
 
 def build_follower_schedule(config: Any, followers: list[Any]) -> MultilevelFollowerSchedule | None:
