@@ -242,3 +242,19 @@ def test_mlmc_resume_after_crash_is_bit_identical(tmp_path, monkeypatch):
     assert strip_times(read_jsonl(tmp_path / "crash" / "metrics.jsonl")) == strip_times(
         read_jsonl(tmp_path / "full" / "metrics.jsonl")
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("coupling", "calls"), [("common", 1), ("independent", 2)])
+def test_mlmc_with_a_grpo_follower_replays_its_sampling_stream(tmp_path, coupling, calls):
+    fol = {"trainer": "grpo", "trl": {"learning_rate": 1e-2, "num_generations": 4}}
+    sure = {"kind": "mlmc", "base_steps": 1, "max_level": 1, "probabilities": [1.0]}
+    config = make_config(
+        tmp_path, schedule=dict(sure, coupling=coupling), follower=fol, iterations=1, num_samples=4
+    )
+    trainer = run(config)
+    f = trainer.bundles[0].follower
+    assert f.continues_training and f.global_step == 2
+    # levels 0 and 1 each sample once; common coupling rewinds the seed counter in between
+    assert f.sampling_state() == calls
+    assert trainer.history[-1]["mlmc/follower_steps_total"] == 2
