@@ -258,3 +258,21 @@ def test_mlmc_with_a_grpo_follower_replays_its_sampling_stream(tmp_path, couplin
     # levels 0 and 1 each sample once; common coupling rewinds the seed counter in between
     assert f.sampling_state() == calls
     assert trainer.history[-1]["mlmc/follower_steps_total"] == 2
+
+
+def test_checkpoints_from_before_the_schedule_setting_still_resume(tmp_path):
+    import json
+
+    fixed = {"follower": {"trainer": "exact"}, "follower_steps": 0, "save_every": 1}
+    run(make_config(tmp_path, "old", iterations=2, **fixed))
+    state = tmp_path / "old" / "checkpoints" / "iter_000002" / "state.json"
+    data = json.loads(state.read_text())
+    del data["config"]["leader"]["follower_schedule"]  # as written before this setting
+    state.write_text(json.dumps(data))
+    resumed = run(make_config(tmp_path, "old", iterations=3, **fixed), resume=True)
+    assert [r["step"] for r in resumed.history] == [0, 1, 2, 3]
+    # a schedule change is still a config change (the 'fixed' default spelled out resumes)
+    old = make_config(tmp_path, "old", iterations=4, **fixed)
+    old.leader.follower_schedule.max_level = 5  # kind fixed: ignored, but not the same config
+    with pytest.raises(ValueError, match="checkpointed run in \\['leader'\\]"):
+        HPGDTrainer(old, resume=True)
