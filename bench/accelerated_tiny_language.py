@@ -4,8 +4,8 @@ tiny-language task with a learning follower (``docs/accelerated_lm.md``, ``docs/
 Every run is the orchestrated :class:`~align_cbrl.trainer.HPGDTrainer` on the task
 ``tiny_language`` with one ``trainer: tabular`` follower (a softmax policy over the 84
 completions, warm-started, exact mirror-descent steps towards ``pi* ∝ pi_ref exp(r / beta)``)
-and a sigmoid weight leader (SGD, no clipping, so the step is ``lr`` times the estimate). The
-methods share one budget ``B`` of follower updates (each stops before the iteration that would
+and a sigmoid weight leader (SGD, no clipping unless ``--max-grad-norm``, so the step is ``lr``
+times the estimate). The methods share one budget ``B`` of follower updates (each stops before the iteration that would
 exceed it):
 
 * ``plain_small``: plain HPGD, ``K = n_0`` follower steps per iteration;
@@ -80,7 +80,7 @@ def make_config(method: str, seed: int, args: argparse.Namespace, out: Path) -> 
         "spec": dict(LEADER_SPEC),
         "optimizer": "sgd",
         "lr": lr,
-        "max_grad_norm": 0.0,
+        "max_grad_norm": args.max_grad_norm,
     }
     if method.startswith("mlmc"):
         leader["follower_schedule"] = {
@@ -273,6 +273,9 @@ def main() -> None:
         action="store_true",
         help="scale each method's lr by its follower updates per iteration / n_0 (equal leader "
         "step per follower update)",
+    )
+    ap.add_argument(
+        "--max-grad-norm", type=float, default=0.0, help="leader clipping (0: none; g = step / lr)"
     )
     ap.add_argument("--follower-lr", type=float, default=0.2, help="eta; eta * beta per step")
     ap.add_argument("--beta", type=float, default=0.5)
