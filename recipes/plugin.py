@@ -101,6 +101,11 @@ def main(argv: list[str]) -> None:
         raise ConfigError(f"this recipe trains exactly one follower with trainer: {kind}")
     if config.leader.estimator not in ("hpgd", "naive"):
         raise ConfigError("plugin mode supports leader.estimator hpgd or naive")
+    if config.leader.follower_schedule.kind != "fixed":
+        raise ConfigError(
+            "plugin mode runs the fixed schedule (TRL drives the steps); "
+            "leader.follower_schedule kind 'mlmc' needs the orchestrated trainer"
+        )
     fc, lc = config.followers[0], config.leader
     state = PartialState()  # joins the process group `accelerate launch` set up
 

@@ -70,7 +70,9 @@ def test_usage_and_unknown_command(capsys):
     assert "--config" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["quickstart", "tiny_language_grpo", "tiny_language_rloo"])
+@pytest.mark.parametrize(
+    "name", ["quickstart", "tiny_language_grpo", "tiny_language_rloo", "tiny_language_mlmc"]
+)
 def test_shipped_configs_load(name):
     config = load_config(HPGDConfig, ROOT / "configs" / f"{name}.yaml")
     assert config.followers and config.leader.estimator == "hpgd"
@@ -135,7 +137,7 @@ def test_train_help_lists_sections_keys_defaults_and_help(capsys):
     assert "--output_dir STR run directory:" in flat and "(default: runs/hpgd)" in flat
     assert "--progress, --no-progress" in flat
     assert "--leader.lr FLOAT leader learning rate (> 0) (default: 0.1)" in flat
-    assert "--followers.N.trainer {grpo,rloo,exact}" in flat
+    assert "--followers.N.trainer {grpo,rloo,exact,tabular}" in flat
     # every key of every section, with its help text from the field metadata
     import dataclasses
 

@@ -134,3 +134,16 @@ def test_accelerate_configs_load_and_follow_trl(name):
         assert raw["deepspeed_config"]["zero_stage"] == int(name[-1])
     if name == "fsdp2":
         assert raw["fsdp_config"]["fsdp_version"] == 2
+
+
+def test_plugin_recipe_refuses_the_multilevel_schedule(tmp_path):
+    with pytest.raises(ConfigError, match="needs the orchestrated trainer"):
+        run(
+            "plugin",
+            "grpo",
+            "grpo_tiny.yaml",
+            tmp_path / "r",
+            "--leader.follower_schedule.kind",
+            "mlmc",
+        )
+    assert not (tmp_path / "r").exists()

@@ -136,6 +136,25 @@ class Follower(ABC):
         """KL temperature (> 0): the follower targets ``pi_ref * exp(r / beta)``."""
         return self._beta
 
+    @property
+    def continues_training(self) -> bool:
+        """Whether :meth:`train` continues from the current state (warm start), so that more
+        steps bring the follower closer to its best response: what the multilevel follower
+        schedule needs (``docs/theory.md`` §9). The contract above says yes; a follower that
+        restarts at every call, or never trains (an exact best response), says ``False``."""
+        return True
+
+    def sampling_state(self) -> Any:
+        """An opaque copy of the state that decides :meth:`sample`'s randomness, or ``None``
+        when it cannot be captured. Restoring it with :meth:`set_sampling_state` replays the
+        same random numbers: common random numbers for coupled estimates (§9.4)."""
+        return None
+
+    def set_sampling_state(self, state: Any) -> None:
+        """Restore what :meth:`sampling_state` returned (``None``: nothing to restore)."""
+        if state is not None:
+            raise ValueError(f"follower {self.name!r} cannot restore a sampling state")
+
     @abstractmethod
     def train(self, steps: int) -> dict[str, Any]:
         """Continue training for ``steps`` optimiser steps; return metrics of this chunk."""

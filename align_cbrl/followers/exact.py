@@ -37,7 +37,9 @@ class ExactFollower(FunctionFollower):
         seed: seed of the private sampling generator (its state is saved by :meth:`save`).
         name: follower name.
 
-    Training is a no-op that counts steps; checkpoints are :class:`FunctionFollower`'s.
+    Training is a no-op that counts steps; checkpoints are :class:`FunctionFollower`'s. It
+    does not continue training (:attr:`continues_training` is ``False``): every level of the
+    multilevel follower schedule would see the same best response, so that schedule refuses it.
     """
 
     def __init__(
@@ -103,6 +105,12 @@ class ExactFollower(FunctionFollower):
             idx = torch.multinomial(probs, n, replacement=True, generator=self.generator)
             out.append([self.completions[j] for j in idx.tolist()])
         return out
+
+    def sampling_state(self) -> torch.Tensor:
+        return self.generator.get_state().clone()
+
+    def set_sampling_state(self, state: Any) -> None:
+        self.generator.set_state(state)
 
     def _generator_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state().tolist()}

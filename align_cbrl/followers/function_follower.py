@@ -34,6 +34,8 @@ class FunctionFollower(Follower):
         state_fn: ``state_fn() -> dict`` of JSON-serialisable state for :meth:`save`.
         load_state_fn: ``load_state_fn(state)`` restoring what ``state_fn`` returned.
         reward_fn: optional initial reward function (TRL signature).
+        continues_training: whether ``train_fn`` continues from the current state (warm
+            start; :attr:`Follower.continues_training`); default: ``train_fn is not None``.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class FunctionFollower(Follower):
         state_fn: Callable[[], Mapping[str, Any]] | None = None,
         load_state_fn: Callable[[Mapping[str, Any]], None] | None = None,
         reward_fn: RewardFn | None = None,
+        continues_training: bool | None = None,
     ) -> None:
         super().__init__(name, beta)
         if not callable(sample_fn):
@@ -60,6 +63,11 @@ class FunctionFollower(Follower):
         self._load_state_fn = load_state_fn
         self._reward_fn: RewardFn | None = reward_fn
         self.global_step = 0
+        self._continues = train_fn is not None if continues_training is None else continues_training
+
+    @property
+    def continues_training(self) -> bool:
+        return bool(self._continues)
 
     @property
     def reward_fn(self) -> RewardFn | None:

@@ -358,6 +358,13 @@ class TRLFollower(Follower):
         it never changes what training does next."""
         return self.sample_with_ids(prompts, n, **gen)[0]
 
+    def sampling_state(self) -> int:
+        """The sampling call counter: it alone seeds :meth:`sample`'s private RNG stream."""
+        return self._sample_calls
+
+    def set_sampling_state(self, state: Any) -> None:
+        self._sample_calls = int(state)
+
     def _generate(self, rows: list[list[int]], gen_cfg: Any) -> torch.Tensor:
         """Left-padded ``generate`` on a private RNG stream; returns the new tokens."""
         width = max(len(r) for r in rows)

@@ -88,6 +88,14 @@ def validate_run_config(config: HPGDConfig) -> None:
         who = f"followers.{i} ({fc.name!r})"
         if fc.trainer == "exact":
             continue
+        if fc.trainer == "tabular":
+            lr = fc.trl.get("learning_rate")
+            if not (isinstance(lr, int | float) and math.isfinite(lr) and 0 < lr * fc.beta < 2):
+                raise ValueError(
+                    f"{who}: trainer 'tabular' needs 0 < learning_rate * beta < 2 (mirror-descent "
+                    f"step size; 1 / beta is one-step exact), got learning_rate {lr!r}"
+                )
+            continue
         positive = {k: fc.trl.get(k, 1.0) for k in ("learning_rate", "temperature")}
         for key, value in positive.items():
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
@@ -242,17 +250,20 @@ def follower_trl_config(fc: FollowerConfig, task: TinyLanguageTask | None, who: 
 def _exact_follower(
     fc: FollowerConfig, task: TinyLanguageTask, log_ref: torch.Tensor, column: str | None
 ) -> Follower:
+    """``trainer: exact`` (:class:`ExactFollower`) or ``tabular`` (:class:`SoftmaxFollower`,
+    step size ``trl.learning_rate``)."""
     from align_cbrl.followers.exact import ExactFollower
+    from align_cbrl.followers.learning import SoftmaxFollower
 
-    return ExactFollower(
-        task.prompts,
-        task.texts,
-        log_ref,
+    kw: dict[str, Any] = dict(
         beta=fc.beta,
         name=fc.name,
         contexts=None if column is None else {column: list(task.contexts)},
         seed=fc.seed,
     )
+    if fc.trainer == "tabular":
+        return SoftmaxFollower(task.prompts, task.texts, log_ref, lr=fc.trl["learning_rate"], **kw)
+    return ExactFollower(task.prompts, task.texts, log_ref, **kw)
 
 
 def select_contexts(
@@ -316,9 +327,11 @@ def build_follower(
     )
     on_task = prompt_index is not None
     log_ref = exact_log_ref(model_dir, task, who) if (on_task and exact_needed) else None
-    if fc.trainer == "exact":
+    if fc.trainer in ("exact", "tabular"):
         if task is None or not on_task:
-            raise ValueError(f"{who}: trainer 'exact' needs a task and the task's own prompts")
+            raise ValueError(
+                f"{who}: trainer {fc.trainer!r} needs a task and the task's own prompts"
+            )
         if log_ref is None:
             log_ref = exact_log_ref(model_dir, task, who)
         follower = _exact_follower(fc, task, log_ref, setup.context_column)

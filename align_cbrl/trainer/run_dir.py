@@ -145,7 +145,8 @@ def _resolve(path: str, cwd: str) -> str:
 def comparable_config(config: Mapping[str, Any], cwd: str) -> dict[str, Any]:
     """``config`` (a ``to_dict`` of :class:`HPGDConfig`) with the file paths it names resolved
     against ``cwd``: ``rewards.config``, ``leader.init``, a follower's ``model`` (unless a
-    named model) and ``dataset`` (unless an embedded prompt set)."""
+    named model) and ``dataset`` (unless an embedded prompt set); a missing
+    ``leader.follower_schedule`` (older checkpoints) is the default fixed schedule."""
     from align_cbrl.data import known_prompt_sets
 
     out = copy.deepcopy(dict(config))
@@ -154,6 +155,12 @@ def comparable_config(config: Mapping[str, Any], cwd: str) -> dict[str, Any]:
         rewards["config"] = _resolve(rewards["config"], cwd)
     if isinstance(leader, dict) and isinstance(leader.get("init"), str):
         leader["init"] = _resolve(leader["init"], cwd)
+    if isinstance(leader, dict) and "follower_schedule" not in leader:
+        # written before leader.follower_schedule existed: those runs used the fixed schedule
+        from align_cbrl.config_parser import to_dict
+        from align_cbrl.trainer.follower_schedule import FollowerScheduleConfig
+
+        leader["follower_schedule"] = to_dict(FollowerScheduleConfig())
     embedded = set(known_prompt_sets())
     for f in out.get("followers") or []:
         if not isinstance(f, dict):
