@@ -276,3 +276,23 @@ def test_checkpoints_from_before_the_schedule_setting_still_resume(tmp_path):
     old.leader.follower_schedule.max_level = 5  # kind fixed: ignored, but not the same config
     with pytest.raises(ValueError, match="checkpointed run in \\['leader'\\]"):
         HPGDTrainer(old, resume=True)
+
+
+def test_single_sure_level_with_two_weighted_followers_equals_plain_hpgd(tmp_path):
+    # several followers (issue #13) under mlmc: each level samples each follower's own group
+    # count and weights its estimate as the fixed path does, so the identity above still holds
+    sure = {"kind": "mlmc", "base_steps": 1, "max_level": 1, "probabilities": [1.0]}
+    two = [
+        {"name": "f0", "trainer": "tabular", "beta": 0.5, "trl": {"learning_rate": 0.4},
+         "weight": 1.0, "prompts_per_iteration": 2},
+        {"name": "f1", "trainer": "tabular", "beta": 1.0, "trl": {"learning_rate": 0.3},
+         "weight": 3.0, "prompts_per_iteration": 5},
+    ]  # fmt: skip
+    mlmc = run(make_config(tmp_path, "mlmc2", schedule=sure, iterations=3, followers=two))
+    plain = run(make_config(tmp_path, "plain2", follower_steps=2, iterations=3, followers=two))
+    x, y = mlmc.leader.flat_parameters(), plain.leader.flat_parameters()
+    torch.testing.assert_close(x, y, rtol=0, atol=1e-14)
+    for a, b in zip(h := mlmc.history[1:], plain.history[1:], strict=True):
+        assert a["objective_estimate"] == b["objective_estimate"]
+        assert abs(a["objective_exact"] - b["objective_exact"]) < 1e-12
+    assert [r["mlmc/follower_steps_total"] for r in h] == [2, 4, 6]
