@@ -2,7 +2,8 @@
 
 Modules: :mod:`economy` (grid, actions, contexts), :mod:`kernel` (asset transition, income tax),
 :mod:`rewards` (household utility with VAT, social welfare), :mod:`solver` (exact households and
-welfare), :mod:`sampling` (trajectories), :mod:`hypergradient` (``hypergradient()`` from
+welfare), :mod:`learning` (households trained by soft value-iteration sweeps, warm-started),
+:mod:`sampling` (trajectories), :mod:`hypergradient` (``hypergradient()`` from
 trajectories, ``exact_hypergradient()``), :mod:`critic` (learned leader values),
 :mod:`algorithms` (outer loops), :mod:`sweep` (experiments, results, plots), :mod:`report`,
 :mod:`cli`.
