@@ -90,14 +90,20 @@ class ExactFollower(FunctionFollower):
             rows.append(torch.tensor(r, dtype=torch.float64))
         return torch.log_softmax(self.log_pi_ref + torch.stack(rows) / self.beta, dim=-1)
 
-    def _sample(
-        self, prompts: list[str], n: int, reward_fn: RewardFn | None = None, **gen: Any
-    ) -> list[list[str]]:
+    _KIND = "exact best response"  # how sampling errors name this follower
+
+    def _check_request(self, prompts: list[str], gen: Mapping[str, Any]) -> None:
+        """Refuse generation settings and prompts outside the enumerated task (one line)."""
         if gen:
-            raise ValueError(f"exact best response takes no generation settings, got {gen}")
+            raise ValueError(f"{self._KIND} takes no generation settings, got {dict(gen)}")
         missing = [p for p in prompts if p not in self._index]
         if missing:
             raise ValueError(f"prompts {missing[:5]} are not among the enumerated prompts")
+
+    def _sample(
+        self, prompts: list[str], n: int, reward_fn: RewardFn | None = None, **gen: Any
+    ) -> list[list[str]]:
+        self._check_request(prompts, gen)
         lp = self.log_pi_star()
         out = []
         for p in prompts:

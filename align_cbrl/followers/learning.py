@@ -46,6 +46,8 @@ class SoftmaxFollower(ExactFollower):
     resumed follower continues bit-identically. ``log_policy()`` is the current policy ``[P, Y]``.
     """
 
+    _KIND = "the tabular follower"
+
     def __init__(
         self,
         prompts: Sequence[str],
@@ -91,11 +93,7 @@ class SoftmaxFollower(ExactFollower):
     def _sample(
         self, prompts: list[str], n: int, reward_fn: RewardFn | None = None, **gen: Any
     ) -> list[list[str]]:
-        if gen:
-            raise ValueError(f"the tabular follower takes no generation settings, got {gen}")
-        missing = [p for p in prompts if p not in self._index]
-        if missing:
-            raise ValueError(f"prompts {missing[:5]} are not among the enumerated prompts")
+        self._check_request(prompts, gen)
         cdf = self.log_policy().exp().cumsum(-1)
         out = []
         for p in prompts:
