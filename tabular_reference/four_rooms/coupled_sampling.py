@@ -96,14 +96,8 @@ def sample_and_estimate_coupled(
     batch is determined by ``seeds[r]`` (``uint64``) and its policy."""
     R, S = pi.shape[0], pi.shape[1]
     T = n_envs * steps
-    gpow = np.empty(max_len)
-    g = 1.0
-    for k in range(max_len):
-        gpow[k] = g
-        g *= gamma
-    thr = np.empty(16 * S)
-    out1 = np.empty(16 * S, dtype=np.int64)
-    out2 = np.empty(16 * S, dtype=np.int64)
+    gpow = HK.gamma_powers(gamma, max_len)
+    thr, out1, out2 = HK.alias_buffers(S)
     q = np.empty(T)
     for r in range(R):
         HK.build_alias(pi[r], nbr, p_int, p_oth, thr, out1, out2)

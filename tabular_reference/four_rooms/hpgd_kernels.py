@@ -307,6 +307,23 @@ def _estimate_run(
 
 
 @njit(cache=True, nogil=True)
+def gamma_powers(gamma, max_len):
+    """``gamma^k`` for ``k < max_len`` by repeated multiplication (the estimators' discounts)."""
+    gpow = np.empty(max_len)
+    g = 1.0
+    for k in range(max_len):
+        gpow[k] = g
+        g *= gamma
+    return gpow
+
+
+@njit(cache=True, nogil=True)
+def alias_buffers(S):
+    """Scratch ``(thr, out1, out2)`` of :func:`build_alias` for ``S`` states."""
+    return np.empty(16 * S), np.empty(16 * S, dtype=np.int64), np.empty(16 * S, dtype=np.int64)
+
+
+@njit(cache=True, nogil=True)
 def sample_and_estimate(
     pi, goal, vgoal, start, target, nbr, p_int, p_oth, n_envs, steps, max_len,
     gamma, beta, form, rng, states, actions, taus, gpen, mug,
@@ -318,14 +335,8 @@ def sample_and_estimate(
     ``mug[r]`` is NaN when ``form`` is published and no episode finished."""
     R, S = pi.shape[0], pi.shape[1]
     T = n_envs * steps
-    gpow = np.empty(max_len)
-    g = 1.0
-    for k in range(max_len):
-        gpow[k] = g
-        g *= gamma
-    thr = np.empty(16 * S)
-    out1 = np.empty(16 * S, dtype=np.int64)
-    out2 = np.empty(16 * S, dtype=np.int64)
+    gpow = gamma_powers(gamma, max_len)
+    thr, out1, out2 = alias_buffers(S)
     q = np.empty(T)
     for r in range(R):
         build_alias(pi[r], nbr, p_int, p_oth, thr, out1, out2)
