@@ -97,10 +97,9 @@ def summarise(name: str, res, F_star: np.ndarray, grid: np.ndarray) -> dict:
 
 
 def plot(rows: list[dict], F_star: np.ndarray, path: Path, title: str) -> None:
-    from tabular_reference.common.plots import pyplot
+    from tabular_reference.common.plots import pyplot, save_figure
 
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.2), dpi=110)
     for r in rows:
         if "curve" not in r:
             continue
@@ -113,9 +112,7 @@ def plot(rows: list[dict], F_star: np.ndarray, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -211,32 +211,16 @@ def measure(cfg: RunConfig, args: argparse.Namespace, x, x_lag, kind: str, base:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    from tabular_reference.common.plots import pyplot
+    from tabular_reference.common.plots import plot_bias_vs_budget
 
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
-    for ax, res in zip(axes[0], results, strict=True):
-        rows = [r for r in res["plain"] if r["n"] != "inf"]
-        ns = np.array([max(r["n"], 0.5) for r in rows])
-        ax.errorbar(ns, [r["rel_bias"] for r in rows], yerr=[2 * r["rel_se"] for r in rows],
-                    marker="o", label="HPGD, n sweeps (mean of M, ±2 s.e.)")  # fmt: skip
-        ax.plot(ns, [r["plug_in"]["rel_bias"] for r in rows], "k:", label="(HG) at learned policy")
-        inf = res["plain"][-1]
-        ax.axhline(inf["rel_bias"], color="grey", ls="--", label="HPGD, exact follower (n = inf)")
-        for r in res["multilevel"]:
-            ax.errorbar([r["top"]], [r["rel_bias"]], yerr=[2 * r["rel_se"]], marker="s", ms=8,
-                        ls="none", label=f"multilevel n0={r['base_steps']} J={r['max_level']} "
-                        f"({r['sweeps']:.0f} sweeps/est.)")  # fmt: skip
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("follower sweeps n (multilevel: its top level)")
-        ax.set_ylabel("||mean - exact|| / ||exact||")
-        ax.set_title(f"follower start: {res['start']}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_bias_vs_budget(
+        results,
+        path,
+        who="follower",
+        plug_in="(HG) at learned policy",
+        exact="exact follower",
+        title="follower start: ",
+    )
 
 
 def main() -> None:

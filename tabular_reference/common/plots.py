@@ -66,3 +66,44 @@ def save_figure(fig, path: str | os.PathLike[str]) -> Path:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_bias_vs_budget(
+    results: list[dict],
+    path: str | os.PathLike[str],
+    *,
+    who: str,
+    plug_in: str,
+    exact: str,
+    title: str,
+) -> Path:
+    """Relative bias of the HPGD mean vs the learning follower's sweeps ``n`` (one panel per
+    follower start), with the exact-formula plug-in, the exact follower's floor and the
+    multilevel estimates at their top level (``docs/accelerated.md``). ``results`` rows are
+    those the learning-bias benches write; ``who`` names the follower ("follower",
+    "household"); ``plug_in`` and ``exact`` label the plug-in and the exact follower's line;
+    ``title`` prefixes each panel's start."""
+    plt = pyplot()
+    fig, axes = plt.subplots(
+        1, len(results), figsize=(5.5 * len(results), 4), squeeze=False, dpi=110
+    )
+    for ax, res in zip(axes[0], results, strict=True):
+        rows = [r for r in res["plain"] if r["n"] != "inf"]
+        ns = np.array([max(r["n"], 0.5) for r in rows])  # n = 0 drawn at 1/2 on the log axis
+        ax.errorbar(ns, [r["rel_bias"] for r in rows], yerr=[2 * r["rel_se"] for r in rows],
+                    marker="o", label="HPGD, n sweeps (mean of M, ±2 s.e.)")  # fmt: skip
+        ax.plot(ns, [r["plug_in"]["rel_bias"] for r in rows], "k:", label=plug_in)
+        inf = res["plain"][-1]
+        ax.axhline(inf["rel_bias"], color="grey", ls="--", label=f"HPGD, {exact} (n = inf)")
+        for r in res["multilevel"]:
+            ax.errorbar([r["top"]], [r["rel_bias"]], yerr=[2 * r["rel_se"]], marker="s", ms=8,
+                        ls="none", label=f"multilevel n0={r['base_steps']} J={r['max_level']} "
+                        f"({r['sweeps']:.0f} sweeps/est.)")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{who} sweeps n (multilevel: its top level)")
+        ax.set_ylabel("||mean - exact|| / ||exact||")
+        ax.set_title(f"{title}{res['start']}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
