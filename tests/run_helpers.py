@@ -1,9 +1,13 @@
-"""A small orchestrated run config for the CLI tests (not collected: no ``test_`` prefix): the
-enumerable tiny-language task with one exact follower, so nothing is trained."""
+"""Shared run helpers for the tests (not collected: no ``test_`` prefix): a small orchestrated
+run config file for the CLI tests (the enumerable tiny-language task with one exact follower, so
+nothing is trained), and the tiny-language run config, train-to-the-end and metrics helpers of
+the trainer tests."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 _EXACT_RUN = """
 output_dir: {out}
@@ -32,3 +36,54 @@ def write_exact_run_config(
     text = _EXACT_RUN.format(out=out, iterations=iterations, tensorboard=tensorboard, plots=plots)
     path.write_text(text)
     return path
+
+
+def tiny_run_config(
+    tmp_path: Path, name: str, followers: list[dict[str, Any]], *, leader=None, **overrides: Any
+):
+    """An orchestrated run on the tiny-language task for the trainer tests: ``followers``
+    (copied), the quickstart leader spec with Adam (``leader`` updates these settings),
+    ``overrides`` replace the run's top-level keys. No plots, progress or TensorBoard."""
+    from align_cbrl.config_parser import from_dict
+    from align_cbrl.quickstart import QUICKSTART_CONFIG
+    from align_cbrl.trainer import HPGDConfig
+
+    data: dict[str, Any] = {
+        "output_dir": str(tmp_path / name),
+        "task": "tiny_language",
+        "iterations": 4,
+        "follower_steps": 0,
+        "prompts_per_iteration": 4,
+        "num_samples": 8,
+        "save_every": 2,
+        "eval_samples": 0,
+        "plots": False,
+        "progress": False,
+        "tensorboard": False,
+        "leader": {
+            "spec": dict(QUICKSTART_CONFIG["leader"]["spec"]),
+            "optimizer": "adam",
+            "lr": 0.2,
+            **(leader or {}),
+        },
+        "followers": copy.deepcopy(list(followers)),
+    }
+    data.update(overrides)
+    return from_dict(HPGDConfig, data)
+
+
+def run_trainer(config, **kw):
+    """Train ``config`` to the end (closing the trainer); ``(trainer, summary)``."""
+    from align_cbrl.trainer import HPGDTrainer
+
+    trainer = HPGDTrainer(config, **kw)
+    try:
+        summary = trainer.train()
+    finally:
+        trainer.close()
+    return trainer, summary
+
+
+def strip_times(records):
+    """Metrics records without their wall-clock entries (``time/...``)."""
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]

@@ -9,7 +9,9 @@ import torch
 
 pytest.importorskip("trl")
 
-from align_cbrl.config_parser import ConfigError, from_dict, load_config, parse_overrides
+from run_helpers import run_trainer, strip_times, tiny_run_config
+
+from align_cbrl.config_parser import ConfigError, load_config, parse_overrides
 from align_cbrl.followers import ExactFollower, FunctionFollower
 from align_cbrl.followers.learning import SoftmaxFollower
 from align_cbrl.metrics import read_jsonl
@@ -103,25 +105,12 @@ def test_which_followers_continue_training():
 def make_config(tmp_path, name="run", schedule=None, follower=None, **kw):
     fol = {"name": "f0", "trainer": "tabular", "beta": 0.5, "trl": {"learning_rate": 0.4}}
     fol.update(follower or {})
-    data = {
-        "output_dir": str(tmp_path / name),
-        "task": "tiny_language",
-        "iterations": 4,
-        "follower_steps": 2,
-        "prompts_per_iteration": 4,
-        "num_samples": 8,
-        "save_every": 2,
-        "eval_samples": 0,
-        "plots": False,
-        "progress": False,
-        "tensorboard": False,
-        "leader": {"spec": dict(LEADER), "optimizer": "sgd", "lr": 0.2, "max_grad_norm": 0.0},
-        "followers": [fol],
-    }
+    leader = {"optimizer": "sgd", "lr": 0.2, "max_grad_norm": 0.0, **kw.pop("leader", {})}
     if schedule is not None:
-        data["leader"]["follower_schedule"] = schedule
-    data.update(kw)
-    return from_dict(HPGDConfig, data)
+        leader["follower_schedule"] = schedule
+    return tiny_run_config(
+        tmp_path, name, kw.pop("followers", [fol]), leader=leader, **{"follower_steps": 2, **kw}
+    )
 
 
 MLMC = {"kind": "mlmc", "base_steps": 1, "max_level": 3}
@@ -187,16 +176,7 @@ def test_schedule_from_yaml_and_dotted_overrides(tmp_path):
 
 # --------------------------------------------------------------------------- the trainer
 def run(config, **kw):
-    trainer = HPGDTrainer(config, **kw)
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-    return trainer
-
-
-def strip_times(records):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+    return run_trainer(config, **kw)[0]
 
 
 def test_single_sure_level_equals_plain_hpgd_with_twice_the_steps(tmp_path):

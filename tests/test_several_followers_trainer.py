@@ -6,7 +6,6 @@ exact optimal improvement, checkpoints resume, and bad follower settings fail be
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -14,7 +13,9 @@ import torch
 
 pytest.importorskip("transformers")
 
-from align_cbrl.config_parser import ConfigError, from_dict
+from run_helpers import run_trainer, strip_times, tiny_run_config
+
+from align_cbrl.config_parser import ConfigError
 from align_cbrl.metrics import read_jsonl
 from align_cbrl.quickstart import QUICKSTART_CONFIG
 from align_cbrl.reference.several_followers import (
@@ -50,40 +51,13 @@ LONG = {
 
 
 def make_config(tmp_path, name="run", followers=None, **kw):
-    data = {
-        "output_dir": str(tmp_path / name),
-        "task": "tiny_language",
-        "iterations": 4,
-        "follower_steps": 0,
-        "prompts_per_iteration": 4,
-        "num_samples": 8,
-        "save_every": 2,
-        "eval_samples": 0,
-        "plots": False,
-        "progress": False,
-        "tensorboard": False,
-        "leader": {"spec": dict(LEADER), "optimizer": "adam", "lr": 0.2},
-        "followers": copy.deepcopy(followers if followers is not None else [SHORT, LONG]),
-    }
-    for k, v in kw.items():
-        if k == "leader":
-            data["leader"].update(v)
-        else:
-            data[k] = v
-    return from_dict(HPGDConfig, data)
+    return tiny_run_config(
+        tmp_path, name, followers if followers is not None else [SHORT, LONG], **kw
+    )
 
 
 def run(config, **kw):
-    trainer = HPGDTrainer(config, **kw)
-    try:
-        summary = trainer.train()
-    finally:
-        trainer.close()
-    return trainer, summary
-
-
-def strip_times(records):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+    return run_trainer(config, **kw)
 
 
 def test_two_different_followers_reach_90_percent_of_the_exact_combined_optimum(tmp_path):

@@ -10,7 +10,9 @@ import torch
 
 pytest.importorskip("trl")
 
-from align_cbrl.config_parser import ConfigError, from_dict
+from run_helpers import run_trainer, strip_times, tiny_run_config
+
+from align_cbrl.config_parser import ConfigError
 from align_cbrl.estimators.grouped import hpgd_gradient
 from align_cbrl.followers.base import RewardFunctionError
 from align_cbrl.metrics import read_jsonl
@@ -21,7 +23,6 @@ from align_cbrl.rewards.registry import register_component
 from align_cbrl.trainer import (
     GroupBuffer,
     GroupedSamples,
-    HPGDConfig,
     HPGDReward,
     HPGDTrainer,
     RunExistsError,
@@ -36,40 +37,11 @@ LEADER = dict(QUICKSTART_CONFIG["leader"]["spec"])  # bounded sigmoid weights, l
 def make_config(tmp_path, name="run", follower=None, **kw):
     fol = {"name": "f0", "trainer": "exact", "beta": 0.5}
     fol.update(follower or {})
-    data = {
-        "output_dir": str(tmp_path / name),
-        "task": "tiny_language",
-        "iterations": 4,
-        "follower_steps": 0,
-        "prompts_per_iteration": 4,
-        "num_samples": 8,
-        "save_every": 2,
-        "eval_samples": 0,
-        "plots": False,
-        "progress": False,
-        "tensorboard": False,
-        "leader": {"spec": dict(LEADER), "optimizer": "adam", "lr": 0.2},
-        "followers": [fol],
-    }
-    for k, v in kw.items():
-        if k == "leader":
-            data["leader"].update(v)
-        else:
-            data[k] = v
-    return from_dict(HPGDConfig, data)
+    return tiny_run_config(tmp_path, name, [fol], **kw)
 
 
 def run(config, **kw):
-    trainer = HPGDTrainer(config, **kw)
-    try:
-        summary = trainer.train()
-    finally:
-        trainer.close()
-    return trainer, summary
-
-
-def strip_times(records):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+    return run_trainer(config, **kw)
 
 
 # --------------------------------------------------------------------------- reward function
