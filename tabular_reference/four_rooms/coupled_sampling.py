@@ -65,10 +65,7 @@ def _sample_run_coupled(thr, out1, out2, goal, start, n_envs, steps, max_len, se
         s0, s1, s2, s3 = st[0], st[1], st[2], st[3]
         for _i in range(steps):
             u, s0, s1, s2, s3 = HK._xoshiro_next(s0, s1, s2, s3)
-            x = u * 16.0
-            j = int(x)
-            i = 16 * s + j
-            code = out1[i] if x - j < thr[i] else out2[i]
+            code = HK.draw_code(thr, out1, out2, s, u)
             states[t] = s
             actions[t] = code & 3
             taus[t] = k

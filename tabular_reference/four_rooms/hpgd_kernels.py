@@ -108,6 +108,17 @@ def build_alias(pi_r, nbr, p_int, p_oth, thr, out1, out2):
             out2[16 * s + j] = 4 * nbr[s, o & 3] + (o >> 2)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def draw_code(thr, out1, out2, s, u):
+    """One step's outcome in state ``s`` from the uniform ``u`` and the alias tables of
+    :func:`build_alias`: bin ``j = floor(16 u)`` keeps its outcome when ``16 u - j < thr`` and
+    takes its alias otherwise; returns ``4 * next_state + action``."""
+    x = u * 16.0
+    j = int(x)
+    i = 16 * s + j
+    return out1[i] if x - j < thr[i] else out2[i]
+
+
 @njit(cache=True, nogil=True)
 def _sample_run(thr, out1, out2, goal, start, n_envs, steps, max_len, rng, states, actions, taus):
     """Sample one run's ``n_envs x steps`` steps; returns the number of episodes."""
@@ -120,12 +131,7 @@ def _sample_run(thr, out1, out2, goal, start, n_envs, steps, max_len, rng, state
         n_ep += 1
         for _i in range(steps):
             u, s0, s1, s2, s3 = _xoshiro_next(s0, s1, s2, s3)
-            x = u * 16.0
-            j = int(x)
-            i = 16 * s + j
-            c1 = out1[i]
-            c2 = out2[i]
-            code = c1 if x - j < thr[i] else c2
+            code = draw_code(thr, out1, out2, s, u)
             states[t] = s
             actions[t] = code & 3
             taus[t] = k
