@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from align_cbrl.estimators.multilevel import MultilevelSchedule
+from tabular_reference.common.bias import bias_summary, point_bias
 from tabular_reference.four_rooms import hpgd_kernels as HK
 from tabular_reference.four_rooms.accelerated import multilevel_hypergradient
 from tabular_reference.four_rooms.algorithms import RunConfig
@@ -145,27 +146,6 @@ def level_differences(cfg, x, V0, base, max_level, m, seed, coupling: str) -> li
     return [float(v) for v in np.sqrt(sq / m)]
 
 
-def summary(est: np.ndarray, exact: np.ndarray) -> dict:
-    mean = est.mean(0)
-    ne = np.linalg.norm(exact)
-    spread = np.sqrt(((est - mean) ** 2).sum(1).mean())
-    return {
-        "rel_bias": float(np.linalg.norm(mean - exact) / ne),
-        "rel_se": float(spread / np.sqrt(len(est)) / ne),
-        "cosine": float(mean @ exact / (np.linalg.norm(mean) * ne)),
-        "rel_spread": float(spread / ne),
-        "m": len(est),
-    }
-
-
-def _point(g: np.ndarray, exact: np.ndarray) -> dict:
-    ne = np.linalg.norm(exact)
-    return {
-        "rel_bias": float(np.linalg.norm(g - exact) / ne),
-        "cosine": float(g @ exact / (np.linalg.norm(g) * ne)),
-    }
-
-
 def measure(cfg: RunConfig, args: argparse.Namespace, x, x_lag, kind: str, base: int) -> dict:
     V0 = start_tables(cfg, x_lag, kind)
     solver = FollowerSolver(1, GOALS, cfg)
@@ -174,13 +154,13 @@ def measure(cfg: RunConfig, args: argparse.Namespace, x, x_lag, kind: str, base:
     for n in [int(v) for v in args.ns.split(",")]:
         t0 = time.perf_counter()
         est, plug = plain_estimates(cfg, x, V0, n, args.m, args.seed + n)
-        row = {"n": n, "sweeps": n, **summary(est, exact), "plug_in": _point(plug, exact)}
+        row = {"n": n, "sweeps": n, **bias_summary(est, exact), "plug_in": point_bias(plug, exact)}
         rows.append(row | {"wall_s": time.perf_counter() - t0})
         print(kind, "n", n, json.dumps({k: row[k] for k in ("rel_bias", "rel_se", "cosine")}))
     exact_est, _ = plain_estimates(
         cfg, x, [solver.solve(x, np.array([k]), False).V for k in range(2)], 0, args.m, args.seed
     )
-    rows.append({"n": "inf", "sweeps": None, **summary(exact_est, exact)})
+    rows.append({"n": "inf", "sweeps": None, **bias_summary(exact_est, exact)})
     print(kind, "n inf", json.dumps(rows[-1]))
     ml = []
     for J in [int(v) for v in args.levels.split(",")]:
@@ -193,7 +173,7 @@ def measure(cfg: RunConfig, args: argparse.Namespace, x, x_lag, kind: str, base:
             "top": sched.steps(J),
             "sweeps": steps,
             "expected_sweeps": sched.expected_steps(),
-            **summary(est, exact),
+            **bias_summary(est, exact),
         }
         ml.append(row | {"wall_s": time.perf_counter() - t0})
         print(kind, "mlmc", json.dumps(row))

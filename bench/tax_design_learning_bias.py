@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from align_cbrl.estimators.multilevel import MultilevelSchedule, multilevel_estimate
+from tabular_reference.common.bias import bias_summary, point_bias
 from tabular_reference.common.optim import sgd_ascent
 from tabular_reference.tax_design.economy import Economy
 from tabular_reference.tax_design.hypergradient import exact_hypergradient, hypergradient
@@ -119,29 +120,6 @@ class _Holder:
     value: FollowerSolution | None = None
 
 
-def summary(est: np.ndarray, exact: np.ndarray, se_from: np.ndarray | None = None) -> dict:
-    mean = est.mean(0)
-    ne = np.linalg.norm(exact)
-    spread = np.sqrt(((est - mean) ** 2).sum(1).mean())
-    blocks = est if se_from is None else se_from
-    se = np.sqrt(((blocks - blocks.mean(0)) ** 2).sum(1).mean() / len(blocks))
-    return {
-        "rel_bias": float(np.linalg.norm(mean - exact) / ne),
-        "rel_se": float(se / ne),
-        "cosine": float(mean @ exact / (np.linalg.norm(mean) * ne)),
-        "rel_spread": float(spread / ne),
-        "m": len(est),
-    }
-
-
-def _point(g: np.ndarray, exact: np.ndarray) -> dict:
-    ne = np.linalg.norm(exact)
-    return {
-        "rel_bias": float(np.linalg.norm(g - exact) / ne),
-        "cosine": float(g @ exact / (np.linalg.norm(g) * ne)),
-    }
-
-
 def measure(econ, args, theta, theta_lag, kind: str) -> dict:
     if kind == "cold":
         V0 = torch.zeros(1, econ.n_contexts, econ.n_states, dtype=torch.float64)
@@ -157,8 +135,8 @@ def measure(econ, args, theta, theta_lag, kind: str) -> dict:
         est, plug = b.plain(n, args.m, gen)
         row = {
             "n": "inf" if n is None else n,
-            **summary(est, exact),
-            "plug_in": _point(plug, exact),
+            **bias_summary(est, exact),
+            "plug_in": point_bias(plug, exact),
         }
         rows.append(row | {"wall_s": time.perf_counter() - t0})
         print(kind, "n", row["n"], json.dumps({k: row[k] for k in ("rel_bias", "rel_se", "cosine")}),
@@ -169,7 +147,7 @@ def measure(econ, args, theta, theta_lag, kind: str) -> dict:
         t0 = time.perf_counter()
         means, every, steps = b.multilevel(sched, args.m_ml, args.ml_batch, gen)
         row = {"base_steps": args.base, "max_level": J, "top": sched.steps(J), "sweeps": steps,
-               "expected_sweeps": sched.expected_steps(), **summary(every, exact, means)}  # fmt: skip
+               "expected_sweeps": sched.expected_steps(), **bias_summary(every, exact, means)}  # fmt: skip
         ml.append(row | {"wall_s": time.perf_counter() - t0})
         print(kind, "mlmc", json.dumps(row), flush=True)
     return {"start": kind, "exact": exact.tolist(), "exact_norm": float(np.linalg.norm(exact)),
