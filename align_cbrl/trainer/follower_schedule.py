@@ -192,14 +192,10 @@ class _LevelRun:
     def advance(self, steps: int) -> torch.Tensor:
         tr = self.trainer
         t0 = time.perf_counter()
-        for b in tr.bundles:
-            out = b.follower.train(steps)
-            for k in ("reward", "kl", "loss", "entropy"):
-                if isinstance(out.get(k), int | float):
-                    self.train_metrics[f"{b.config.name}/train_{k}"] = float(out[k])
+        self.train_metrics.update(tr.train_followers(steps))
         t1 = time.perf_counter()
         self._replay()
-        self.batches = self._sample()
+        self.batches = tr.sample_batches()
         t2 = time.perf_counter()
         est = tr.leader_update.estimator
         self.direction = est.estimate(tr.bilevel, self.batches, tr.setup.context_column)
@@ -223,18 +219,6 @@ class _LevelRun:
         tr._prompt_gen.set_state(self.rng[0])
         for b, s in zip(tr.bundles, self.rng[1], strict=True):
             b.follower.set_sampling_state(s)
-
-    def _sample(self) -> list[Any]:
-        tr = self.trainer
-        cfg = tr.config
-        world, rank = tr.sync.world_size, tr.sync.rank
-        batches = []
-        for i, b in enumerate(tr.bundles):
-            G = cfg.groups_of(i)  # the follower's own group count, as the fixed path
-            idx = tr._draw_prompts(i, G * world)  # one draw for all ranks, as the fixed path
-            mine = idx[rank * G : (rank + 1) * G]
-            batches.append(tr._sample(b, mine.tolist(), cfg.num_samples))
-        return batches
 
 
 def _flat_gradient(leader: torch.nn.Module, surrogate: torch.Tensor | None) -> torch.Tensor:

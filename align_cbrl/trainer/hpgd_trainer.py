@@ -294,39 +294,42 @@ class HPGDTrainer:
         """Outer iteration ``t`` (module docstring); returns its metrics."""
         if self.follower_schedule is not None:  # leader.follower_schedule kind mlmc
             return self.follower_schedule.step(self, t)
-        cfg = self.config
-        rec: dict[str, Any] = {}
         reward = self._reward_for_followers(t)
         t0 = time.perf_counter()
         for b in self.bundles:
             b.follower.set_reward_function(reward)
-            out = b.follower.train(cfg.follower_steps)
-            name = b.config.name
-            for k in ("reward", "kl", "loss", "entropy"):
-                if isinstance(out.get(k), int | float):
-                    rec[f"{name}/train_{k}"] = float(out[k])
+        rec: dict[str, Any] = self.train_followers(self.config.follower_steps)
         t1 = time.perf_counter()
-        batches = []
-        world, rank = self.sync.world_size, self.sync.rank
-        for i, b in enumerate(self.bundles):
-            # one draw for all ranks (the generator state stays rank-independent, so any
-            # rank's checkpoint resumes every rank); each rank keeps its own slice of G_i, so
-            # every rank holds the same number of groups per follower
-            G = cfg.groups_of(i)
-            idx = self._draw_prompts(i, G * world)
-            mine = idx[rank * G : (rank + 1) * G]
-            batches.append(self._sample(b, mine.tolist(), cfg.num_samples))
+        batches = self.sample_batches()
         t2 = time.perf_counter()
         rec.update(self._leader_update(batches))
         t3 = time.perf_counter()
-        exact = self.exact_objective()
-        if exact is not None:
-            rec.update(exact)
+        rec.update(self.exact_objective() or {})  # exact F on enumerable tasks
         rec["time/follower_train"] = t1 - t0
         rec["time/sample"] = t2 - t1
         rec["time/leader"] = t3 - t2
         rec.update(self._leader_weights())
         return rec
+
+    def train_followers(self, steps: int) -> dict[str, float]:
+        """Train every follower ``steps`` more steps; their training metrics."""
+        rec: dict[str, float] = {}
+        for b in self.bundles:
+            out, keys = b.follower.train(steps), ("reward", "kl", "loss", "entropy")
+            rec.update({f"{b.config.name}/train_{k}": float(out[k]) for k in keys
+                        if isinstance(out.get(k), int | float)})  # fmt: skip
+        return rec
+
+    def sample_batches(self) -> list[GroupedSamples]:
+        """Each follower's groups: one prompt draw for all ranks (rank-independent generator
+        state), each rank keeping its own slice of ``G_i`` (same groups per follower per rank)."""
+        cfg, world, rank = self.config, self.sync.world_size, self.sync.rank
+        batches = []
+        for i, b in enumerate(self.bundles):
+            G = cfg.groups_of(i)
+            idx = self._draw_prompts(i, G * world)[rank * G : (rank + 1) * G]
+            batches.append(self._sample(b, idx.tolist(), cfg.num_samples))
+        return batches
 
     def _leader_update(self, batches: list[GroupedSamples]) -> dict[str, Any]:
         """One :class:`LeaderUpdate` step; metrics in the namespace shared with plugin mode
