@@ -1,5 +1,6 @@
-"""Four-Rooms speed benchmark: follower solver vs plain soft value iteration; the banded LU against its
-previous implementation (kept here; old/new ratio and a bit-for-bit check); time per outer iteration per algorithm (batched as in ``table1``, with its
+"""Four-Rooms speed benchmark: follower solver vs plain soft value iteration; the banded LU and the
+fused sampler against their previous implementations (kept here; old/new ratios and bit-for-bit
+checks); time per outer iteration per algorithm (batched as in ``table1``, with its
 metric schedule), the fused numba HPGD path against the library path (old/new ratios); and the
 extrapolated Table 1 grid time.
 
@@ -19,11 +20,13 @@ import numpy as np
 import torch
 from numba import njit
 
+from tabular_reference.common.alias import vose
+from tabular_reference.four_rooms import hpgd_kernels as HK
 from tabular_reference.four_rooms import kernels as K
 from tabular_reference.four_rooms.algorithms import RunConfig, run
 from tabular_reference.four_rooms.dynamics import PRESETS, resolve_dynamics
 from tabular_reference.four_rooms.env import FOUR_ROOMS as E
-from tabular_reference.four_rooms.env import GAMMA
+from tabular_reference.four_rooms.env import GAMMA, MAX_EPISODE_STEPS
 from tabular_reference.four_rooms.leader import penalties, softmax
 
 
@@ -63,6 +66,107 @@ def band_lu_previous(AB, n, b):
                 AB[i, k - i + b] = l
                 for j in range(k + 1, hi):
                     AB[i, j - i + b] -= l * AB[k, j - k + b]
+
+
+@njit(cache=True)
+def build_alias_previous(pi_r, nbr, p_int, p_oth, thr, out1, out2):
+    """The alias tables before the integer-threshold records (2026-12-01): float thresholds and
+    two separate outcome arrays."""
+    S = pi_r.shape[0]
+    p = np.empty(16)
+    small = np.empty(16, dtype=np.int64)
+    large = np.empty(16, dtype=np.int64)
+    alias = np.empty(16, dtype=np.int64)
+    for s in range(S):
+        for a in range(4):
+            for d in range(4):
+                p[4 * a + d] = pi_r[s, a] * (p_int if d == a else p_oth) * 16.0
+        vose(p, 16, alias, small, large)
+        for j in range(16):
+            thr[16 * s + j] = p[j]
+            out1[16 * s + j] = 4 * nbr[s, j & 3] + (j >> 2)
+            o = alias[j]
+            out2[16 * s + j] = 4 * nbr[s, o & 3] + (o >> 2)
+
+
+@njit(cache=True, inline="always")
+def _draw_code_previous(thr, out1, out2, s, u):
+    x = u * 16.0
+    j = int(x)
+    i = 16 * s + j
+    return out1[i] if x - j < thr[i] else out2[i]
+
+
+@njit(cache=True)
+def sample_run_previous(thr, out1, out2, goal, start, n_envs, steps, max_len, rng, states,
+                        actions, taus):  # fmt: skip
+    """The fused sampler before 2026-12-01: float uniform, a branch between kept and alias."""
+    t = 0
+    n_ep = 0
+    s0, s1, s2, s3 = rng[0], rng[1], rng[2], rng[3]
+    for _e in range(n_envs):
+        s = start
+        k = 0
+        n_ep += 1
+        for _i in range(steps):
+            u, s0, s1, s2, s3 = HK._xoshiro_next(s0, s1, s2, s3)
+            code = _draw_code_previous(thr, out1, out2, s, u)
+            states[t] = s
+            actions[t] = code & 3
+            taus[t] = k
+            t += 1
+            k += 1
+            if s == goal or k >= max_len:
+                s = start
+                k = 0
+                n_ep += 1
+            else:
+                s = code >> 2
+        if k == 0:
+            n_ep -= 1
+    rng[0], rng[1], rng[2], rng[3] = s0, s1, s2, s3
+    return n_ep
+
+
+def bench_sampler(dynamics: str, reps: int = 7, n: int = 100) -> None:
+    """The fused sampler, previous vs current, on converged followers at 5 random leader
+    parameters: time per 10,000-step batch (best of ``reps``), old/new and a bit-for-bit check
+    of states, actions, episode steps, episode count and generator state."""
+    model = resolve_dynamics(dynamics)
+    S, b, T, n_envs = E.n_cells, E.bandwidth, 10_000, 5
+    print(f"\nfused sampler (dynamics {dynamics}, lam 0.003, {T:,} steps = {n_envs} envs), "
+          "previous vs current")  # fmt: skip
+    for seed in range(5):
+        x = np.random.default_rng(seed).normal(0, 1, (1, 105))
+        pen = np.ascontiguousarray(penalties(softmax(x)))
+        V, pi = np.zeros(S), np.empty((S, 4))
+        AB, rhs = np.empty((S, 2 * b + 1)), np.empty(S)
+        K.soft_newton(pen[0], E.goals[0], V, E.nbr, GAMMA, 0.003, model.plan.p_other,
+                      model.plan.p_diff, 1e-10, 100, b, pi, AB, rhs)  # fmt: skip
+        p_int, p_oth = model.sample.p_intended, model.sample.p_other
+        thr, o1, o2 = np.empty(16 * S), np.empty(16 * S, np.int64), np.empty(16 * S, np.int64)
+        build_alias_previous(pi, E.nbr, p_int, p_oth, thr, o1, o2)
+        tab = HK.alias_buffers(S)
+        HK.build_alias(pi, E.nbr, p_int, p_oth, tab)
+        layout = (E.goals[0], E.start, n_envs, T // n_envs, MAX_EPISODE_STEPS)
+        outs, times = [], []
+        for fn, tables in ((sample_run_previous, (thr, o1, o2)), (HK._sample_run, (tab,))):
+            bufs = [np.empty(T, np.int64) for _ in range(3)]
+            rng = HK.seed_state(seed)
+            n_ep = fn(*tables, *layout, rng, *bufs)
+            outs.append((n_ep, rng.copy(), *bufs))
+            best = math.inf
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn(*tables, *layout, rng, *bufs)
+                best = min(best, (time.perf_counter() - t0) / n)
+            times.append(best)
+        same = outs[0][0] == outs[1][0] and all(
+            np.array_equal(a, c) for a, c in zip(outs[0][1:], outs[1][1:], strict=True)
+        )
+        print(f"  x seed {seed}: {times[0] * 1e6:7.1f} -> {times[1] * 1e6:6.1f} us / batch  "
+              f"old/new {times[0] / times[1]:.2f}x  identical: {same}")  # fmt: skip
 
 
 @njit(cache=True)
@@ -208,6 +312,7 @@ def main() -> None:
     resolve_dynamics(args.dynamics)
     bench_solver(args.tol, args.dynamics)
     bench_kernels(args.dynamics)
+    bench_sampler(args.dynamics)
     per = bench_algorithms(args.iters, args.dynamics)
     # the runs above evaluate F on table1's schedule (every 10th iteration + the last tenth)
     n = {"hpgd": 4 * 9 * 10 * 10_000, "amd": 4 * 9 * 10 * 10_000, "zo": 16 * 9 * 10 * 10_000}

@@ -8,10 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from numba import njit
 
 from align_cbrl.estimators.episodes import discounted_returns, per_state_sum
 from align_cbrl.estimators.published import finished_episodes, published_hpgd_weights
 from align_cbrl.estimators.trajectory import hpgd_weights
+from tabular_reference.common.alias import vose
 from tabular_reference.four_rooms import hpgd_kernels as HK
 from tabular_reference.four_rooms.algorithms import RunConfig, run
 from tabular_reference.four_rooms.dynamics import PRESETS, SlipModel, resolve_dynamics
@@ -103,6 +105,43 @@ def test_xoshiro_matches_reference_and_is_uniform():
     assert abs(u.mean() - 0.5) < 4 * np.sqrt(1 / 12 / u.size)
     assert abs(u.var() - 1 / 12) < 0.002
     assert u.min() >= 0.0 and u.max() < 1.0
+
+
+@pytest.mark.parametrize("preset", ["paper", "published"])
+def test_integer_alias_draw_equals_the_floating_point_rule(preset):
+    """draw_code (integer threshold, branch-free select) returns, for every uniform, the outcome
+    of the alias rule in floating point: bin j = floor(16 u), keep when 16 u - j < thr[j], else
+    the alias. Checked on random uniforms and on the uniforms just below, at and above every
+    bin's threshold, against Vose tables built here independently of build_alias."""
+    _cfg, fs = _solve(preset, 1, 1)
+    pi = fs.pi[0]
+    slip = PRESETS[preset].sample
+    tab = HK.alias_buffers(E.n_cells)
+    HK.build_alias(pi, E.nbr, slip.p_intended, slip.p_other, tab)
+    rng = np.random.default_rng(0)
+    draw = njit(lambda tab, s, v: HK.draw_code(tab, s, v))
+    checked = 0
+    for s in rng.choice(E.n_cells, 12, replace=False):
+        probs = np.array(
+            [pi[s, a] * (slip.p_intended if d == a else slip.p_other) * 16.0
+             for a in range(4) for d in range(4)]
+        )  # fmt: skip
+        thr, alias = probs.copy(), np.empty(16, np.int64)
+        vose(thr, 16, alias, np.empty(16, np.int64), np.empty(16, np.int64))
+        vs = list(rng.integers(0, 2**53, 200))
+        for j in range(16):  # the draws around the threshold of bin j
+            edge = int(np.ceil(thr[j] * 2.0**49)) if thr[j] < 1.0 else 2**49 - 1
+            for f in (edge - 1, edge, edge + 1, 0, 2**49 - 1):
+                if 0 <= f < 2**49:
+                    vs.append((j << 49) | f)
+        for v in vs:
+            u = v * 2.0**-53
+            j = int(16.0 * u)
+            o = j if 16.0 * u - j < thr[j] else alias[j]
+            want = 4 * E.nbr[s, o & 3] + (o >> 2)
+            assert draw(tab, np.int64(s), np.uint64(v)) == want
+            checked += 1
+    assert checked > 3000
 
 
 def _solve(preset: str, n_runs: int, ctx: int, beta: float = 0.003, seed: int = 2):

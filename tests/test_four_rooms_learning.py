@@ -149,22 +149,18 @@ def test_episode_synchronised_sampler_follows_the_fused_step_rule():
     f.advance(x, np.array([0]), 300)
     pi = f.solution(x, np.array([0])).pi[0]
     P = cfg.model.sample
-    thr, o1, o2 = (
-        np.empty(16 * E.n_cells),
-        np.empty(16 * E.n_cells, np.int64),
-        np.empty(16 * E.n_cells, np.int64),
-    )
-    HK.build_alias(pi, E.nbr, P.p_intended, P.p_other, thr, o1, o2)
+    tab = HK.alias_buffers(E.n_cells)
+    HK.build_alias(pi, E.nbr, P.p_intended, P.p_other, tab)
     T = 400
     out = [np.empty(T, np.int64) for _ in range(3)]
-    n_ep = CS._sample_run_coupled(thr, o1, o2, GOALS[0], E.start, 1, T, 200, np.uint64(99), *out)
+    n_ep = CS._sample_run_coupled(tab, GOALS[0], E.start, 1, T, 200, np.uint64(99), *out)
     assert n_ep >= 2
     ends = np.flatnonzero(out[2] == 0)
     for e in (1, 2):
         st = np.empty(4, np.uint64)
         CS._episode_state(np.uint64(99), e, st)
         ref = [np.empty(T, np.int64) for _ in range(3)]
-        HK._sample_run(thr, o1, o2, GOALS[0], E.start, 1, T, 200, st, *ref)
+        HK._sample_run(tab, GOALS[0], E.start, 1, T, 200, st, *ref)
         lo, hi = ends[e - 1], ends[e] if e < len(ends) else T
         for a, b in zip(out, ref, strict=True):
             np.testing.assert_array_equal(a[lo:hi], b[: hi - lo])

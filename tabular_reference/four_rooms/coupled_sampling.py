@@ -51,7 +51,7 @@ def _episode_state(seed, e, out):
 
 
 @njit(cache=True, nogil=True)
-def _sample_run_coupled(thr, out1, out2, goal, start, n_envs, steps, max_len, seed, states,
+def _sample_run_coupled(tab, goal, start, n_envs, steps, max_len, seed, states,
                         actions, taus):  # fmt: skip
     """As ``hpgd_kernels._sample_run`` with one uniform stream per episode."""
     t = 0
@@ -64,8 +64,8 @@ def _sample_run_coupled(thr, out1, out2, goal, start, n_envs, steps, max_len, se
         _episode_state(seed, n_ep, st)
         s0, s1, s2, s3 = st[0], st[1], st[2], st[3]
         for _i in range(steps):
-            u, s0, s1, s2, s3 = HK._xoshiro_next(s0, s1, s2, s3)
-            code = HK.draw_code(thr, out1, out2, s, u)
+            v, s0, s1, s2, s3 = HK._xoshiro_bits(s0, s1, s2, s3)
+            code = HK.draw_code(tab, s, v)
             states[t] = s
             actions[t] = code & 3
             taus[t] = k
@@ -94,12 +94,12 @@ def sample_and_estimate_coupled(
     R, S = pi.shape[0], pi.shape[1]
     T = n_envs * steps
     gpow = HK.gamma_powers(gamma, max_len)
-    thr, out1, out2 = HK.alias_buffers(S)
+    tab = HK.alias_buffers(S)
     q = np.empty(T)
     for r in range(R):
-        HK.build_alias(pi[r], nbr, p_int, p_oth, thr, out1, out2)
+        HK.build_alias(pi[r], nbr, p_int, p_oth, tab)
         n_ep = _sample_run_coupled(
-            thr, out1, out2, goal[r], start, n_envs, steps, max_len, seeds[r], states[r],
+            tab, goal[r], start, n_envs, steps, max_len, seeds[r], states[r],
             actions[r], taus[r],
         )  # fmt: skip
         mug[r] = HK._estimate_run(

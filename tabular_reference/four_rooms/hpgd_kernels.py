@@ -12,16 +12,18 @@ softmax chain rule turns into the logit gradient.
 
 Sampling (the ``sample`` slip model ``p_int, p_oth``): per run, each state gets a Walker/Vose
 alias table over its 16 joint outcomes (action ``a``, move direction ``d``) with probabilities
-``pi(a|s) P(d|a)``; a step then costs one uniform, one comparison and two table loads. Uniforms
-come from xoshiro256+ (Blackman and Vigna; 53-bit doubles) whose 4-word state is passed in and
-updated in place (:func:`seed_state`), ~2 ns per draw against ~17 ns for numba's global
-Mersenne Twister here, and checkpointable. The
+``pi(a|s) P(d|a)``; a step then costs one uniform, one integer comparison and one 32-byte table
+record, without a branch (:func:`draw_code`). Uniforms come from xoshiro256+ (Blackman and Vigna;
+53-bit doubles) whose 4-word state is passed in and updated in place (:func:`seed_state`), ~2 ns
+per draw against ~17 ns for numba's global Mersenne Twister here, and checkpointable. The
 episode layout is that of :func:`tabular_reference.four_rooms.kernels.sample_with_actions`:
 ``n_envs`` environments of ``steps`` steps each, concatenated, auto-reset at the goal (which
 appears as the last state of its episode) or after ``max_len`` steps.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit
@@ -57,9 +59,9 @@ def seed_state(seed: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _xoshiro_next(s0, s1, s2, s3):
-    """One xoshiro256+ step on the state words held in registers: returns the uniform on
-    [0, 1) (53-bit) and the new state ``(s0, s1, s2, s3)``."""
+def _xoshiro_bits(s0, s1, s2, s3):
+    """One xoshiro256+ step on the state words held in registers: returns the top 53 bits of
+    the output as an integer ``v`` (the uniform is ``v * 2^-53``) and the new state."""
     res = s0 + s3
     t = s1 << _U17
     s2 ^= s0
@@ -68,7 +70,15 @@ def _xoshiro_next(s0, s1, s2, s3):
     s0 ^= s3
     s2 ^= t
     s3 = (s3 << _U45) | (s3 >> _U19)
-    return (res >> _U11) * _TO_UNIT, s0, s1, s2, s3
+    return res >> _U11, s0, s1, s2, s3
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _xoshiro_next(s0, s1, s2, s3):
+    """One xoshiro256+ step: returns the uniform on [0, 1) (53-bit) and the new state
+    ``(s0, s1, s2, s3)``."""
+    v, s0, s1, s2, s3 = _xoshiro_bits(s0, s1, s2, s3)
+    return v * _TO_UNIT, s0, s1, s2, s3
 
 
 @njit(cache=True, nogil=True)
@@ -83,12 +93,22 @@ def uniforms(rng, n):
     return out
 
 
+# a draw's 53 uniform bits v: bin j = v >> 49 (the top 4 bits) and the within-bin fraction
+# f = v & (2^49 - 1), so that 16 u - j = f * 2^-49 exactly
+_U49 = np.uint64(49)
+_FRAC_MASK = np.uint64((1 << 49) - 1)
+_FRAC_ONE = float(1 << 49)
+
+
 @njit(cache=True, nogil=True)
-def build_alias(pi_r, nbr, p_int, p_oth, thr, out1, out2):
-    """Vose alias tables of the 16 outcomes ``o = 4 a + d`` of every state, flattened
-    (``16 s + j``): bin ``j`` keeps its outcome when ``16 u - j < thr[16 s + j]`` and takes its
-    alias otherwise. ``out1/out2`` encode the kept and the alias outcome as
-    ``4 * next_state + action``."""
+def build_alias(pi_r, nbr, p_int, p_oth, tab):
+    """Vose alias tables of the 16 outcomes ``o = 4 a + d`` of every state, as 4-word records
+    ``tab[4 (16 s + j) : + 4] = (threshold, kept, alias, 0)``: bin ``j`` keeps its outcome when
+    ``16 u - j < thr`` and takes its alias otherwise, outcomes encoded as
+    ``4 * next_state + action``. The threshold is stored as the integer ``ceil(thr 2^49)``:
+    for the within-bin fraction ``f = (16 u - j) 2^49`` (an integer, see :func:`draw_code`)
+    ``f < ceil(thr 2^49)`` exactly when ``16 u - j < thr``, so the draws equal those of the
+    floating-point rule bit for bit."""
     S = pi_r.shape[0]
     p = np.empty(16)
     small = np.empty(16, dtype=np.int64)
@@ -101,26 +121,31 @@ def build_alias(pi_r, nbr, p_int, p_oth, thr, out1, out2):
                 p[4 * a + d] = pi_r[s, a] * pd * 16.0
         vose(p, 16, alias, small, large)
         for j in range(16):
-            thr[16 * s + j] = p[j]
+            i = 4 * (16 * s + j)
+            # thr * 2^49 is exact; thresholds lie in [0, 1] (clamped against round-off)
+            tab[i] = np.int64(math.ceil(min(max(p[j], 0.0), 1.0) * _FRAC_ONE))
             o = j
-            out1[16 * s + j] = 4 * nbr[s, o & 3] + (o >> 2)
+            tab[i + 1] = 4 * nbr[s, o & 3] + (o >> 2)
             o = alias[j]
-            out2[16 * s + j] = 4 * nbr[s, o & 3] + (o >> 2)
+            tab[i + 2] = 4 * nbr[s, o & 3] + (o >> 2)
+            tab[i + 3] = 0
 
 
 @njit(cache=True, nogil=True, inline="always")
-def draw_code(thr, out1, out2, s, u):
-    """One step's outcome in state ``s`` from the uniform ``u`` and the alias tables of
-    :func:`build_alias`: bin ``j = floor(16 u)`` keeps its outcome when ``16 u - j < thr`` and
-    takes its alias otherwise; returns ``4 * next_state + action``."""
-    x = u * 16.0
-    j = int(x)
-    i = 16 * s + j
-    return out1[i] if x - j < thr[i] else out2[i]
+def draw_code(tab, s, v):
+    """One step's outcome in state ``s`` from the 53 uniform bits ``v`` (:func:`_xoshiro_bits`)
+    and the records of :func:`build_alias`: bin ``j = floor(16 u) = v >> 49`` keeps its outcome
+    when the fraction ``v & (2^49 - 1)`` is below the bin's integer threshold and takes its
+    alias otherwise (selected arithmetically: no branch to mispredict); returns
+    ``4 * next_state + action``."""
+    i = (16 * s + np.int64(v >> _U49)) << 2
+    keep = np.int64(np.int64(v & _FRAC_MASK) < tab[i])
+    alt = tab[i + 2]
+    return alt + (tab[i + 1] - alt) * keep
 
 
 @njit(cache=True, nogil=True)
-def _sample_run(thr, out1, out2, goal, start, n_envs, steps, max_len, rng, states, actions, taus):
+def _sample_run(tab, goal, start, n_envs, steps, max_len, rng, states, actions, taus):
     """Sample one run's ``n_envs x steps`` steps; returns the number of episodes."""
     t = 0
     n_ep = 0
@@ -130,8 +155,8 @@ def _sample_run(thr, out1, out2, goal, start, n_envs, steps, max_len, rng, state
         k = 0
         n_ep += 1
         for _i in range(steps):
-            u, s0, s1, s2, s3 = _xoshiro_next(s0, s1, s2, s3)
-            code = draw_code(thr, out1, out2, s, u)
+            v, s0, s1, s2, s3 = _xoshiro_bits(s0, s1, s2, s3)
+            code = draw_code(tab, s, v)
             states[t] = s
             actions[t] = code & 3
             taus[t] = k
@@ -325,8 +350,8 @@ def gamma_powers(gamma, max_len):
 
 @njit(cache=True, nogil=True)
 def alias_buffers(S):
-    """Scratch ``(thr, out1, out2)`` of :func:`build_alias` for ``S`` states."""
-    return np.empty(16 * S), np.empty(16 * S, dtype=np.int64), np.empty(16 * S, dtype=np.int64)
+    """Scratch table of :func:`build_alias` for ``S`` states (``int64[64 S]``)."""
+    return np.empty(64 * S, dtype=np.int64)
 
 
 @njit(cache=True, nogil=True)
@@ -342,12 +367,12 @@ def sample_and_estimate(
     R, S = pi.shape[0], pi.shape[1]
     T = n_envs * steps
     gpow = gamma_powers(gamma, max_len)
-    thr, out1, out2 = alias_buffers(S)
+    tab = alias_buffers(S)
     q = np.empty(T)
     for r in range(R):
-        build_alias(pi[r], nbr, p_int, p_oth, thr, out1, out2)
+        build_alias(pi[r], nbr, p_int, p_oth, tab)
         n_ep = _sample_run(
-            thr, out1, out2, goal[r], start, n_envs, steps, max_len, rng[r], states[r],
+            tab, goal[r], start, n_envs, steps, max_len, rng[r], states[r],
             actions[r], taus[r],
         )  # fmt: skip
         mug[r] = _estimate_run(
