@@ -107,6 +107,58 @@ def test_fast_solver_matches_dense_oracle(beta, preset):
         assert np.linalg.norm(g - gd.numpy()) <= 1e-7 * np.linalg.norm(gd.numpy())
 
 
+@pytest.mark.parametrize("preset", ["paper", "notes"])
+def test_warm_solves_through_the_factor_cache_match_the_dense_oracle(preset):
+    """Along a path of leader parameters (steps of 1e-3 to 0.3), each warm solve, whose first
+    Newton step runs in the factors stored by the previous one, returns the oracle's soft
+    optimum and leader value; a solve with store=False leaves the stored values and factors
+    exactly as they were (the next stored solve is bit-identical to one without it)."""
+    beta = 0.003
+    cfg = _config("amd", beta, 3.0, tol=1e-11, dynamics=preset)
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1.0, (1, 105))
+    a, b = FollowerSolver(1, np.array(E.goals), cfg), FollowerSolver(1, np.array(E.goals), cfg)
+    ctx = np.array([1])
+    for a_solver in (a, b):
+        a_solver.solve(x, ctx, False)
+    assert a._cache_ok[1] and b._cache_ok[1]
+    for step in (1e-3, 0.03, 0.3):
+        x = x + step * rng.normal(size=x.shape)
+        probe = a.solve(x + 0.1 * rng.normal(size=x.shape), ctx, False, store=False)
+        assert np.isfinite(probe.F).all()
+        fa, fb = a.solve(x, ctx, True), b.solve(x, ctx, True)
+        for name in ("F", "V", "pi", "gpen"):
+            assert np.array_equal(getattr(fa, name), getattr(fb, name)), name
+        assert np.array_equal(a._cache_AB[1], b._cache_AB[1]) and np.array_equal(a.V, b.V)
+        _xt, P, r, rb, mu0, term = _dense(x[0], E.goals[1], 3.0, preset)
+        sol = mdp.soft_solve(P.detach(), r.detach(), GAMMA, beta, term, tol=1e-12)
+        np.testing.assert_allclose(fa.V[0], sol.V.numpy(), atol=1e-10)
+        pis = mdp.soft_best_response(P, r, GAMMA, beta, term, tol=1e-12)
+        Fd = float(mdp.leader_value(P, pis, rb, GAMMA, mu0, term).detach())
+        assert fa.F[0] == pytest.approx(Fd, abs=1e-10)
+
+
+def test_soft_policy_does_not_depend_on_the_state_rewards():
+    """The policy and its entropies from soft_q_policy are the same bits for any rewards pen
+    (the per-state reward cancels in the softmax), which is what lets a warm solve take its first
+    Newton step in the stored factors; the returned residual does depend on pen."""
+    rng = np.random.default_rng(2)
+    V = rng.normal(0, 0.3, E.n_cells)
+    out = []
+    for pen in (np.zeros(E.n_cells), rng.normal(0, 0.05, E.n_cells)):
+        pi, ent = np.empty((E.n_cells, 4)), np.empty(E.n_cells)
+        res = K.soft_q_policy(pen, E.goals[0], V, E.nbr, GAMMA, 0.003, PAPER.p_other,
+                              PAPER.p_diff, pi, ent)  # fmt: skip
+        out.append((pi, ent, res))
+    assert np.array_equal(out[0][0], out[1][0]) and np.array_equal(out[0][1], out[1][1])
+    assert out[0][2] != out[1][2]
+    pi = out[0][0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(pi > 0, pi * np.log(pi), 0.0).sum(-1)
+    plogp[E.goals[0]] = 0.0
+    np.testing.assert_allclose(out[0][1], plogp, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "beta,budget_cost,preset", [(0.001, 1.0, "paper"), (0.005, 5.0, "paper"), (0.005, 5.0, "notes")]
 )

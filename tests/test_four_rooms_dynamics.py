@@ -315,9 +315,13 @@ _BEFORE_DYNAMICS = {
 }
 
 
-def test_notes_preset_with_library_backend_reproduces_earlier_results_bit_for_bit():
+def test_notes_preset_with_library_backend_reproduces_earlier_results():
     """Preset notes: --dynamics notes --estimator-backend library gives the earlier code's
-    numbers exactly (AMD, zero-order, HPGD, covariance HPGD, naive)."""
+    numbers (AMD, zero-order, HPGD, covariance HPGD, naive). Bit for bit until 2026-12-01; since
+    then the follower solve rounds differently (policy formed without the per-state reward that
+    cancels, entropies by log-sum-exp, Newton's first step in the stored factors, multipliers by
+    the pivot's reciprocal), so: to 1e-13 relative, and zero-order to 1e-10 (its estimate
+    divides a difference of two solves by u_t = c / t, which scales their rounding up)."""
     for algo, want in _BEFORE_DYNAMICS.items():
         res = run(
             RunConfig(
@@ -327,8 +331,10 @@ def test_notes_preset_with_library_backend_reproduces_earlier_results_bit_for_bi
             ),
             progress=False,
         )  # fmt: skip
-        got = [float(v).hex() for v in res.F_last] + [float(res.final_x.sum()).hex()]
-        assert got == want, algo
+        got = np.array([*res.F_last, res.final_x.sum()])
+        ref = np.array([float.fromhex(v) for v in want])
+        rtol = 1e-10 if algo == "zo" else 1e-13
+        np.testing.assert_allclose(got, ref, rtol=rtol, atol=0, err_msg=algo)
 
 
 def test_published_follower_solve_converges_to_the_soft_optimum_with_goal_entropy():

@@ -271,7 +271,7 @@ class _Gradients:
         if self.cfg.algo == "zero-order":
             z = sample_directions(self.tgen, x.shape).numpy()
             u = self.cvec / (t + 1)
-            F_plus = self.solver.solve(x + u[:, None] * z, ctx, False, warm=sol.V).F
+            F_plus = self.solver.solve(x + u[:, None] * z, ctx, False, store=False).F
             g = gaussian_smoothing_gradient(
                 torch.from_numpy(F_plus),
                 torch.from_numpy(sol.F),

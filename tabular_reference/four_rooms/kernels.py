@@ -39,7 +39,8 @@ BAND = int(FOUR_ROOMS.bandwidth)
 @njit(cache=True, nogil=True)
 def band_lu(AB, n, b):
     """In-place LU (no pivoting; ``M`` is strictly diagonally dominant) of the band matrix
-    stored as ``AB[i, j - i + b] = M[i, j]``; L's multipliers overwrite the lower band.
+    stored as ``AB[i, j - i + b] = M[i, j]``; L's multipliers (column entry times the
+    pivot's reciprocal) overwrite the lower band.
 
     For the map's own bandwidth (:data:`BAND`) the row updates run with a compile-time trip
     count (unrolled and vectorised by LLVM) after the step's multipliers are computed together:
@@ -49,10 +50,10 @@ def band_lu(AB, n, b):
         _band_lu_fixed(AB, n)
         return
     for k in range(n):
-        piv = AB[k, b]
+        inv = 1.0 / AB[k, b]
         hi = min(n, k + b + 1)
         for i in range(k + 1, hi):
-            l = AB[i, k - i + b] / piv
+            l = AB[i, k - i + b] * inv
             if l != 0.0:
                 AB[i, k - i + b] = l
                 for j in range(k + 1, hi):
@@ -65,10 +66,10 @@ def _band_lu_fixed(AB, n):
     ls = np.empty(BAND)
     for k in range(n):
         rk = AB[k]
-        piv = rk[BAND]
+        inv = 1.0 / rk[BAND]
         nr = min(n, k + BAND + 1) - k - 1
         for r in range(nr):
-            ls[r] = AB[k + 1 + r, BAND - 1 - r] / piv
+            ls[r] = AB[k + 1 + r, BAND - 1 - r] * inv
         if nr == BAND:
             for r in range(BAND):
                 _row_update(AB[k + 1 + r], rk, ls[r], BAND - 1 - r, BAND)
@@ -162,25 +163,52 @@ def soft_q(pen, s, V, nbr, gamma, p_oth, p_diff, q):
 
 
 @njit(cache=True, nogil=True)
-def soft_q_policy(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, pi):
-    """One soft Bellman application: fills ``pi`` and returns ``max_s |T(V)(s) - V(s)|``."""
+def soft_q_policy(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, pi, ent):
+    """One soft Bellman application: fills ``pi`` and ``ent[s] = sum_a pi log pi`` and returns
+    ``max_s |T(V)(s) - V(s)|``.
+
+    ``pen(s)`` is common to the four actions of ``s`` and cancels in the softmax, so ``pi`` is
+    formed from the continuation values ``c_a = gamma sum_d P(d|a) V(nbr(s, d))`` alone and
+    depends on ``V`` only (not on the leader's rewards): ``pi_a = e^{y_a} / z`` with
+    ``y_a = (c_a - max c) / beta``, ``T(V)(s) = pen(s) + max c + beta log z`` and
+    ``sum_a pi log pi = sum_a pi y_a - log z`` (no logarithm per action)."""
     n = V.shape[0]
     res = 0.0
-    q = np.empty(4)
+    c = np.empty(4)
     for s in range(n):
         if s == goal:
             pi[s, :] = 0.25
+            ent[s] = 0.0
             res = max(res, abs(1.0 - V[s]))
             continue
-        m = soft_q(pen, s, V, nbr, gamma, p_oth, p_diff, q)
-        z = 0.0
+        tot = 0.0
+        for d in range(4):
+            tot += V[nbr[s, d]]
+        m = -1e300
+        am = 0
         for a in range(4):
-            e = math.exp((q[a] - m) / beta)
+            c[a] = gamma * (p_oth * tot + p_diff * V[nbr[s, a]])
+            if c[a] > m:
+                m = c[a]
+                am = a
+        z = 0.0
+        w = 0.0
+        for a in range(4):
+            if a == am:  # y = 0: e^0 = 1 exactly, and it adds nothing to w
+                pi[s, a] = 1.0
+                z += 1.0
+                continue
+            y = (c[a] - m) / beta
+            e = math.exp(y)
             pi[s, a] = e
             z += e
+            w += e * y
+        inv = 1.0 / z
         for a in range(4):
-            pi[s, a] /= z
-        tv = m + beta * math.log(z)
+            pi[s, a] *= inv
+        lz = math.log(z)
+        ent[s] = w * inv - lz
+        tv = pen[s] + m + beta * lz
         res = max(res, abs(tv - V[s]))
     return res
 
@@ -200,32 +228,44 @@ def build_m(pi, goal, nbr, gamma, p_oth, p_diff, b, AB):
     band_lu(AB, n, b)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _newton_rhs(pen, goal, beta, ent, rhs):
+    """Right-hand side of a Newton step: ``pen - beta sum_a pi log pi`` (1 at the goal)."""
+    for s in range(pen.shape[0]):
+        rhs[s] = 1.0 if s == goal else pen[s] - beta * ent[s]
+
+
 @njit(cache=True, nogil=True)
-def soft_newton(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, tol, max_iter, b, pi, AB, rhs):
+def soft_newton(
+    pen, goal, V, nbr, gamma, beta, p_oth, p_diff, tol, max_iter, b, pi, AB, rhs, ent, AB0, ent0,
+    cached,
+):  # fmt: skip
     """Soft-optimal follower for one context, warm-started from ``V`` (updated in place).
 
     Returns ``(iterations, residual)``; ``pi`` holds the soft-optimal policy of the returned
-    ``V`` and ``AB`` the factorised ``M(pi)``. ``iterations = -1`` means not converged."""
+    ``V``, ``ent`` its ``sum_a pi log pi`` and ``AB`` the factorised ``M(pi)``.
+    ``iterations = -1`` means not converged.
+
+    ``cached``: ``AB0`` / ``ent0`` are the factorised ``M(pi(V))`` and the entropies of the
+    policy of the warm start ``V`` itself (kept from the solve that produced it). The policy of
+    ``V`` does not depend on ``pen`` (:func:`soft_q_policy`), so the first Newton step at the
+    new ``pen`` is one solve with those factors: no Bellman pass and no factorisation."""
     n = V.shape[0]
     it = 0
+    if cached and max_iter > 0:
+        _newton_rhs(pen, goal, beta, ent0, rhs)
+        band_solve(AB0, n, b, rhs)
+        V[:] = rhs
+        it = 1
     while True:
-        res = soft_q_policy(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, pi)
+        res = soft_q_policy(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, pi, ent)
         if res <= tol:
             break
         if it >= max_iter:
             it = -1
             break
         build_m(pi, goal, nbr, gamma, p_oth, p_diff, b, AB)
-        for s in range(n):
-            if s == goal:
-                rhs[s] = 1.0
-                continue
-            ent = 0.0
-            for a in range(4):
-                p = pi[s, a]
-                if p > 0.0:
-                    ent += p * math.log(p)
-            rhs[s] = pen[s] - beta * ent
+        _newton_rhs(pen, goal, beta, ent, rhs)
         band_solve(AB, n, b, rhs)
         V[:] = rhs
         it += 1
@@ -281,14 +321,48 @@ def solve_batch(
     R, n = pen.shape
     AB = np.empty((n, 2 * b + 1))
     rhs = np.empty(n)
+    ent = np.empty(n)
     for r in range(R):
-        it, res = soft_newton(
-            pen[r], goal[r], V[r], nbr, gamma, beta, p_oth, p_diff, tol, max_iter, b, pi[r], AB, rhs
-        )
-        iters[r] = it
-        resid[r] = res
+        iters[r], resid[r] = soft_newton(
+            pen[r], goal[r], V[r], nbr, gamma, beta, p_oth, p_diff, tol, max_iter, b, pi[r], AB,
+            rhs, ent, AB, ent, False,
+        )  # fmt: skip
         F[r], mug[r] = leader_and_grad(
             pi[r], goal[r], vgoal[r], start, target, nbr, gamma, beta, p_diff, b, AB, want_grad,
+            gpen[r],
+        )  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
+def solve_batch_cached(
+    pen, goal, vgoal, V, nbr, start, target, gamma, beta, p_oth, p_diff, tol, max_iter, b,
+    want_grad, F, mug, gpen, pi, iters, resid, slot, cache_AB, cache_ent, cache_ok, store,
+):  # fmt: skip
+    """:func:`solve_batch` with a factorisation cache per warm start: row ``r`` warm-starts
+    from ``V[r]``, the stored values of slot ``slot[r]``, whose factorised ``M(pi)``
+    ``cache_AB[slot]`` and entropies ``cache_ent[slot]`` are valid when ``cache_ok[slot]``
+    (:func:`soft_newton` ``cached``). With ``store`` the slot is refactored in place and holds
+    the returned ``V[r]``'s factors afterwards (the caller stores ``V[r]``); without it the
+    slot is only read (a solve from a stored warm start that must not replace it)."""
+    R, n = pen.shape
+    AB = np.empty((n, 2 * b + 1))
+    rhs = np.empty(n)
+    ent = np.empty(n)
+    for r in range(R):
+        k = slot[r]
+        ok = cache_ok[k]
+        ABr = cache_AB[k] if store else AB
+        entr = cache_ent[k] if store else ent
+        # with store, the cached factors are read by the first step before anything overwrites
+        # them (the first factorisation comes after it)
+        iters[r], resid[r] = soft_newton(
+            pen[r], goal[r], V[r], nbr, gamma, beta, p_oth, p_diff, tol, max_iter, b, pi[r], ABr,
+            rhs, entr, cache_AB[k], cache_ent[k], ok,
+        )  # fmt: skip
+        if store:
+            cache_ok[k] = iters[r] >= 0
+        F[r], mug[r] = leader_and_grad(
+            pi[r], goal[r], vgoal[r], start, target, nbr, gamma, beta, p_diff, b, ABr, want_grad,
             gpen[r],
         )  # fmt: skip
 

@@ -68,8 +68,11 @@ def policy_values(
     with ``want_grad``, the (HG) formula evaluated at it (``gpen[r]``, ``mug[r]``)."""
     R, n = V.shape
     AB = np.empty((n, 2 * b + 1))
+    ent = np.empty(n)
     for r in range(R):
-        resid[r] = K.soft_q_policy(pen[r], goal[r], V[r], nbr, gamma, beta, p_oth, p_diff, pi[r])
+        resid[r] = K.soft_q_policy(
+            pen[r], goal[r], V[r], nbr, gamma, beta, p_oth, p_diff, pi[r], ent
+        )
         K.build_m(pi[r], goal[r], nbr, gamma, p_oth, p_diff, b, AB)
         F[r], mug[r] = K.leader_and_grad(
             pi[r], goal[r], vgoal[r], start, target, nbr, gamma, beta, p_diff, b, AB, want_grad,

@@ -70,7 +70,14 @@ class FollowerSolver:
         self.goals = goals
         self.cfg = cfg
         self.plan = cfg.model.plan
-        self.V = np.zeros((n_runs, len(goals), self.env.n_cells))
+        S, C = self.env.n_cells, len(goals)
+        self.V = np.zeros((n_runs, C, S))
+        if cfg.follower_solve != "published":
+            # per (run, context) slot r * C + c: the factorised M(pi) and entropies of the
+            # policy of the stored V[r, c] (kernels.solve_batch_cached), valid once solved
+            self._cache_AB = np.empty((n_runs * C, S, 2 * self.env.bandwidth + 1))
+            self._cache_ent = np.empty((n_runs * C, S))
+            self._cache_ok = np.zeros(n_runs * C, dtype=np.bool_)
         self.newton_total = 0
         self.newton_calls = 0
 
@@ -79,13 +86,15 @@ class FollowerSolver:
         x: np.ndarray,
         ctx: np.ndarray,
         want_grad: bool,
-        warm: np.ndarray | None = None,
+        store: bool = True,
         runs: np.ndarray | None = None,
     ) -> FollowerSolution:
-        """Solve for runs with contexts ``ctx[R]`` at logits ``x[R, 105]``; ``warm[R, S]``
-        (optional) replaces the stored warm start and is not updated. ``runs[R]`` (optional)
-        names the runs of the rows when ``x`` holds a subset of them (their warm starts are
-        used); by default row ``r`` is run ``r``."""
+        """Solve for runs with contexts ``ctx[R]`` at logits ``x[R, 105]``, warm-started from
+        the stored solution of each (run, context) (its first Newton step reuses that
+        solution's factorised ``M(pi)``, :func:`kernels.soft_newton`). ``store=False`` leaves
+        the stored solutions as they are (a solve at a nearby point, e.g. zero-order's
+        perturbed one). ``runs[R]`` (optional) names the runs of the rows when ``x`` holds a
+        subset of them; by default row ``r`` is run ``r``."""
         cfg, env = self.cfg, self.env
         R, S = x.shape[0], env.n_cells
         sigma = softmax(x)
@@ -93,7 +102,7 @@ class FollowerSolver:
         goal = self.goals[ctx]
         vgoal = -cfg.budget_cost * budget(sigma, goal, cfg.budget_mode)
         rows = np.arange(R) if runs is None else np.asarray(runs)
-        V = self.V[rows, ctx] if warm is None else warm.copy()
+        V = self.V[rows, ctx]  # a copy (fancy indexing)
         out = FollowerSolution(
             F=np.empty(R), gpen=np.empty((R, S)), mug=np.empty(R), pi=np.empty((R, S, 4)),
             sigma=sigma, goal=goal, vgoal=vgoal, V=V,
@@ -108,9 +117,10 @@ class FollowerSolver:
             return out
         iters = np.empty(R, dtype=np.int64)
         res = np.empty(R)
-        K.solve_batch(
+        K.solve_batch_cached(
             pen, goal, vgoal, V, *common, self.plan.p_diff, cfg.tol, cfg.max_newton,
             env.bandwidth, want_grad, out.F, out.mug, out.gpen, out.pi, iters, res,
+            rows * len(self.goals) + ctx, self._cache_AB, self._cache_ent, self._cache_ok, store,
         )  # fmt: skip
         if (iters < 0).any():
             bad = int(np.argmax(iters < 0))
@@ -118,7 +128,7 @@ class FollowerSolver:
                 f"follower solve did not converge (run {bad}, residual {res[bad]:.2e} > tol "
                 f"{cfg.tol:.1e} after {cfg.max_newton} Newton steps); raise max_newton or tol"
             )
-        if warm is None:
+        if store:
             self.V[rows, ctx] = V
         self.newton_total += int(iters.sum())
         self.newton_calls += R
