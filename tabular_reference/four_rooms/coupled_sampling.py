@@ -65,20 +65,12 @@ def _sample_run_coupled(tab, goal, start, n_envs, steps, max_len, seed, states,
         s0, s1, s2, s3 = st[0], st[1], st[2], st[3]
         for _i in range(steps):
             v, s0, s1, s2, s3 = HK._xoshiro_bits(s0, s1, s2, s3)
-            code = HK.draw_code(tab, s, v)
-            states[t] = s
-            actions[t] = code & 3
-            taus[t] = k
+            s, k, new = HK._step(tab, goal, start, max_len, s, k, v, t, states, actions, taus)
             t += 1
-            k += 1
-            if s == goal or k >= max_len:
-                s = start
-                k = 0
+            if new:
                 n_ep += 1
                 _episode_state(seed, n_ep, st)
                 s0, s1, s2, s3 = st[0], st[1], st[2], st[3]
-            else:
-                s = code >> 2
         if k == 0:
             n_ep -= 1
     return n_ep
@@ -92,10 +84,8 @@ def sample_and_estimate_coupled(
     """``hpgd_kernels.sample_and_estimate`` with episode-synchronised uniforms: run ``r``'s
     batch is determined by ``seeds[r]`` (``uint64``) and its policy."""
     R, S = pi.shape[0], pi.shape[1]
-    T = n_envs * steps
     gpow = HK.gamma_powers(gamma, max_len)
     tab = HK.alias_buffers(S)
-    q = np.empty(T)
     for r in range(R):
         HK.build_alias(pi[r], nbr, p_int, p_oth, tab)
         n_ep = _sample_run_coupled(
@@ -104,7 +94,7 @@ def sample_and_estimate_coupled(
         )  # fmt: skip
         mug[r] = HK._estimate_run(
             states[r], actions[r], taus[r], n_ep, goal[r], target, vgoal[r], gpow, gamma, beta,
-            max_len, S, form, q, gpen[r],
+            max_len, S, form, gpen[r],
         )  # fmt: skip
 
 

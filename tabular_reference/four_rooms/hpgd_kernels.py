@@ -144,6 +144,21 @@ def draw_code(tab, s, v):
     return alt + (tab[i + 1] - alt) * keep
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _step(tab, goal, start, max_len, s, k, v, t, states, actions, taus):
+    """One sampled step of a run in state ``s``, ``k`` steps into its episode, from the uniform
+    bits ``v``: records ``(s, action, k)`` at position ``t`` and returns the next ``(s, k)`` and
+    1 when that starts a new episode (the goal was reached or ``max_len`` steps were taken)."""
+    code = draw_code(tab, s, v)
+    states[t] = s
+    actions[t] = code & 3
+    taus[t] = k
+    k += 1
+    if s == goal or k >= max_len:
+        return start, 0, 1
+    return code >> 2, k, 0
+
+
 @njit(cache=True, nogil=True)
 def _sample_run(tab, goal, start, n_envs, steps, max_len, rng, states, actions, taus):
     """Sample one run's ``n_envs x steps`` steps; returns the number of episodes."""
@@ -151,27 +166,51 @@ def _sample_run(tab, goal, start, n_envs, steps, max_len, rng, states, actions, 
     n_ep = 0
     s0, s1, s2, s3 = rng[0], rng[1], rng[2], rng[3]
     for _e in range(n_envs):
-        s = start
-        k = 0
+        s, k = start, 0
         n_ep += 1
         for _i in range(steps):
             v, s0, s1, s2, s3 = _xoshiro_bits(s0, s1, s2, s3)
-            code = draw_code(tab, s, v)
-            states[t] = s
-            actions[t] = code & 3
-            taus[t] = k
+            s, k, new = _step(tab, goal, start, max_len, s, k, v, t, states, actions, taus)
+            n_ep += new
             t += 1
-            k += 1
-            if s == goal or k >= max_len:
-                s = start
-                k = 0
-                n_ep += 1
-            else:
-                s = code >> 2
         if k == 0:
             n_ep -= 1  # the reset after the env's last step starts no episode
     rng[0], rng[1], rng[2], rng[3] = s0, s1, s2, s3
     return n_ep
+
+
+@njit(cache=True, nogil=True)
+def _sample_two_runs(tab_a, tab_b, goal_a, goal_b, start, n_envs, steps, max_len, rng_a, rng_b,
+                     st_a, ac_a, ta_a, st_b, ac_b, ta_b):  # fmt: skip
+    """:func:`_sample_run` for two runs advanced in the same loop: each step's dependency chain
+    (uniform -> table record -> next state) is latency-bound, and the two runs' chains are
+    independent, so the core overlaps them (~1.3x per run). Each run's draws, states and episode
+    count are exactly those of :func:`_sample_run`; returns both episode counts."""
+    t = 0
+    n_a = n_b = 0
+    a0, a1, a2, a3 = rng_a[0], rng_a[1], rng_a[2], rng_a[3]
+    b0, b1, b2, b3 = rng_b[0], rng_b[1], rng_b[2], rng_b[3]
+    for _e in range(n_envs):
+        s_a, k_a, s_b, k_b = start, 0, start, 0
+        n_a += 1
+        n_b += 1
+        for _i in range(steps):
+            v_a, a0, a1, a2, a3 = _xoshiro_bits(a0, a1, a2, a3)
+            v_b, b0, b1, b2, b3 = _xoshiro_bits(b0, b1, b2, b3)
+            s_a, k_a, new_a = _step(tab_a, goal_a, start, max_len, s_a, k_a, v_a, t, st_a, ac_a,
+                                    ta_a)  # fmt: skip
+            s_b, k_b, new_b = _step(tab_b, goal_b, start, max_len, s_b, k_b, v_b, t, st_b, ac_b,
+                                    ta_b)  # fmt: skip
+            n_a += new_a
+            n_b += new_b
+            t += 1
+        if k_a == 0:
+            n_a -= 1
+        if k_b == 0:
+            n_b -= 1
+    rng_a[0], rng_a[1], rng_a[2], rng_a[3] = a0, a1, a2, a3
+    rng_b[0], rng_b[1], rng_b[2], rng_b[3] = b0, b1, b2, b3
+    return n_a, n_b
 
 
 @njit(cache=True, nogil=True)
@@ -186,15 +225,22 @@ def _estimate_naive(states, taus, n_ep, goal, gpow):
 
 @njit(cache=True, nogil=True)
 def _estimate_crossfit(
-    states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, S, q, gpen
+    states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, S, gpen
 ):
     """Form crossfit (``hpgd_weights(form="mc", leader_q="crossfit")``): adds the per-state
-    follower-weight sums to ``gpen`` and returns ``mug``."""
+    follower-weight sums to ``gpen`` and returns ``mug``.
+
+    Two passes. The reverse pass sums, per (fold, state, action), the leader returns ``G_t``,
+    the visits and the visits' discounts ``gamma^tau``. The centring term of (fold ``f``,
+    state ``s``), the mean over its visits of ``gamma^tau Qhat_{1-f}(s, a_t)``, then follows per
+    (state, action) from those sums, ``sum_a Qhat_{1-f}(s, a) W_f(s, a) / n_f(s)``, without a
+    pass over the steps; the forward pass accumulates the weights."""
     T = states.shape[0]
     SA = 4 * S
-    # reverse pass: leader returns G_t and their sums per (fold, state, action)
+    # reverse pass: per (fold, state, action) sums of leader returns, visits and gamma^tau
     qsum = np.zeros(2 * SA)
     qcnt = np.zeros(2 * SA)
+    wsum = np.zeros(2 * SA)
     e = n_ep - 1
     nxt = 0.0
     for t in range(T - 1, -1, -1):
@@ -204,27 +250,24 @@ def _estimate_crossfit(
         i = (e & 1) * SA + 4 * s + actions[t]
         qsum[i] += nxt
         qcnt[i] += 1.0
+        wsum[i] += gpow[taus[t]]
         if taus[t] == 0:
             e -= 1
-    # per (fold, state, action) mean leader return, once (not once per step)
+    # Qhat_f(s, a): the mean leader return per (fold, state, action)
     for i in range(2 * SA):
         qsum[i] = qsum[i] / qcnt[i] if qcnt[i] > 0.0 else 0.0
-    # the other fold's Q per step, and the centring sums per (fold, state)
+    # centring per (fold, state): mean over fold f's visits of gamma^tau Qhat_{1-f}(s, a_t)
     csum = np.zeros(2 * S)
-    ccnt = np.zeros(2 * S)
-    e = -1
-    for t in range(T):
-        if taus[t] == 0:
-            e += 1
-        f = e & 1
-        qh = qsum[(1 - f) * SA + 4 * states[t] + actions[t]]
-        q[t] = qh
-        i = f * S + states[t]
-        csum[i] += gpow[taus[t]] * qh
-        ccnt[i] += 1.0
-    for i in range(2 * S):
-        if ccnt[i] > 0.0:
-            csum[i] /= ccnt[i]
+    for f in range(2):
+        for s in range(S):
+            c = 0.0
+            n = 0.0
+            for a in range(4):
+                i = f * SA + 4 * s + a
+                c += wsum[i] * qsum[(1 - f) * SA + 4 * s + a]
+                n += qcnt[i]
+            csum[f * S + s] = c / n if n > 0.0 else 0.0
+    # forward pass: prefix sums of the other fold's Qhat and the discounted centring
     mug, prefix, cent, e = 0.0, 0.0, 0.0, -1
     scale = 1.0 / (n_ep * beta)
     for t in range(T):
@@ -234,8 +277,9 @@ def _estimate_crossfit(
             prefix = 0.0
             cent = 0.0
         s = states[t]
-        prefix += q[t]
-        cent = csum[(e & 1) * S + s] + gamma * cent
+        f = e & 1
+        prefix += qsum[(1 - f) * SA + 4 * s + actions[t]]
+        cent = csum[f * S + s] + gamma * cent
         g = gpow[tau]
         gpen[s] += (g * prefix - cent) * scale
         if s == goal:
@@ -245,10 +289,14 @@ def _estimate_crossfit(
 
 @njit(cache=True, nogil=True)
 def _estimate_published(
-    states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, max_len, S, q, gpen
+    states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, max_len, S, gpen
 ):
     """Form published (``published_hpgd_weights``): adds the per-state follower-weight sums to
-    ``gpen`` and returns ``mug`` (NaN when no episode finished)."""
+    ``gpen`` and returns ``mug`` (NaN when no episode finished).
+
+    Two passes, as :func:`_estimate_crossfit`: the per-state mean of ``gamma^tau`` times the
+    every-visit advantage ``Ghat(s, a_t) - Ghat(s)`` follows from the per-(state, action) sums
+    of the reverse pass."""
     T = states.shape[0]
     SA = 4 * S
     gsa = np.zeros(SA)
@@ -275,30 +323,32 @@ def _estimate_published(
             n_done += 1
     if n_done == 0:
         return np.nan
-    for i in range(SA):
-        if nsa[i] > 0.0:
-            gsa[i] /= nsa[i]
-            wsa[i] /= nsa[i]
     for s in range(S):
         if ns[s] > 0.0:
             gs[s] /= ns[s]
             starts[s] /= n_ep * ns[s]
+    # per state: cs = mean over visits of gamma^tau (Ghat(s, a_t) - Ghat(s)); then wsa becomes
+    # the mean gamma^tau per (state, action) and gsa - gs the every-visit advantage
     cs = np.zeros(S)
-    for t in range(T):
-        s = states[t]
-        ab = gsa[4 * s + actions[t]] - gs[s]
-        q[t] = ab
-        cs[s] += gpow[taus[t]] * ab
     for s in range(S):
-        if ns[s] > 0.0:
-            cs[s] /= ns[s]
+        if ns[s] == 0.0:
+            continue
+        c = 0.0
+        for a in range(4):
+            i = 4 * s + a
+            if nsa[i] > 0.0:
+                gsa[i] = gsa[i] / nsa[i] - gs[s]
+                c += wsa[i] * gsa[i]
+                wsa[i] /= nsa[i]
+        cs[s] = c / ns[s]
     h = 0.0
     hl = 0.0
     mug = 0.0
     scale = 1.0 / (n_done * beta)
     for t in range(T):
         s = states[t]
-        ct = q[t] * wsa[4 * s + actions[t]] - cs[s]
+        i = 4 * s + actions[t]
+        ct = gsa[i] * wsa[i] - cs[s]
         cl = starts[s]
         if taus[t] == 0:
             h = ct
@@ -314,23 +364,22 @@ def _estimate_published(
 
 @njit(cache=True, nogil=True)
 def _estimate_run(
-    states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, max_len, S, form, q, gpen
+    states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, max_len, S, form, gpen
 ):
     """Per-state sums of the follower weights (``gpen``, goal zeroed) and ``mug`` of one run
-    with ``n_ep`` episodes. ``q`` is a length-``T`` scratch array."""
+    with ``n_ep`` episodes."""
     for s in range(S):
         gpen[s] = 0.0
     if form == FORM_NAIVE:
         return _estimate_naive(states, taus, n_ep, goal, gpow)
     if form == FORM_CROSSFIT:
         mug = _estimate_crossfit(
-            states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, S, q, gpen
+            states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, S, gpen
         )
     else:
         mug = _estimate_published(
-            states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, max_len, S, q,
-            gpen,
-        )  # fmt: skip
+            states, actions, taus, n_ep, goal, target, vgoal, gpow, gamma, beta, max_len, S, gpen
+        )
         if np.isnan(mug):
             return mug
     gpen[goal] = 0.0
@@ -365,17 +414,25 @@ def sample_and_estimate(
     follower-weight sums ``gpen[r]`` and ``mug[r]`` of the estimator ``form`` (``FORM_*``).
     ``mug[r]`` is NaN when ``form`` is published and no episode finished."""
     R, S = pi.shape[0], pi.shape[1]
-    T = n_envs * steps
     gpow = gamma_powers(gamma, max_len)
-    tab = alias_buffers(S)
-    q = np.empty(T)
-    for r in range(R):
+    tab, tab_b = alias_buffers(S), alias_buffers(S)
+    n_ep = np.empty(R, dtype=np.int64)
+    for r in range(0, R, 2):  # runs in pairs (_sample_two_runs), an odd last one alone
         build_alias(pi[r], nbr, p_int, p_oth, tab)
-        n_ep = _sample_run(
-            tab, goal[r], start, n_envs, steps, max_len, rng[r], states[r],
-            actions[r], taus[r],
-        )  # fmt: skip
-        mug[r] = _estimate_run(
-            states[r], actions[r], taus[r], n_ep, goal[r], target, vgoal[r], gpow, gamma, beta,
-            max_len, S, form, q, gpen[r],
-        )  # fmt: skip
+        if r + 1 < R:
+            build_alias(pi[r + 1], nbr, p_int, p_oth, tab_b)
+            n_ep[r], n_ep[r + 1] = _sample_two_runs(
+                tab, tab_b, goal[r], goal[r + 1], start, n_envs, steps, max_len, rng[r],
+                rng[r + 1], states[r], actions[r], taus[r], states[r + 1], actions[r + 1],
+                taus[r + 1],
+            )  # fmt: skip
+        else:
+            n_ep[r] = _sample_run(
+                tab, goal[r], start, n_envs, steps, max_len, rng[r], states[r], actions[r],
+                taus[r],
+            )  # fmt: skip
+        for j in range(r, min(r + 2, R)):  # estimate while the batches are in cache
+            mug[j] = _estimate_run(
+                states[j], actions[j], taus[j], n_ep[j], goal[j], target, vgoal[j], gpow, gamma,
+                beta, max_len, S, form, gpen[j],
+            )  # fmt: skip
