@@ -2,15 +2,15 @@
 
 Run after the grid, the selected-settings rerun and any HPGD variants::
 
-    python -m tabular_reference table1 --out results/table1_paper                  # full grid
-    python -m tabular_reference table1 --out results/table1_paper --selected-only  # selected
+    python -m tabular_reference table1 --out results/table1                  # full grid
+    python -m tabular_reference table1 --out results/table1 --selected-only  # selected
     python -m tabular_reference table1 --out results/t1_published --dynamics published --algos hpgd
     python -m tabular_reference table1 --out results/t1_published_pub --dynamics published \\
         --algos hpgd --hpgd-algo hpgd-published
-    python -m tabular_reference table1 --settings results/table1_paper/selected.json \\
+    python -m tabular_reference table1 --settings results/table1/selected.json \\
         --out results/t1_pubsolve_005 --lams 0.005 --algos amd,zo --follower-solve published
     python bench/four_rooms_amd_single_loop.py --json results/amd_single_loop.json
-    python bench/table1_report.py --grid results/table1_paper \\
+    python bench/table1_report.py --grid results/table1 \\
         --variant published/hpgd=results/t1_published \\
         --variant published/hpgd-published=results/t1_published_pub \\
         --cells-variant "paper, published follower solve=results/t1_pubsolve_005" \\
