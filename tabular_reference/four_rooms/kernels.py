@@ -149,15 +149,30 @@ def band_solve_t(AB, n, b, x):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def soft_q(pen, s, V, nbr, gamma, p_oth, p_diff, q):
-    """``q[a] = Q(s, a) = pen(s) + gamma sum_d P(d|a) V(nbr(s, d))`` for the four actions;
-    returns ``max_a q[a]``."""
+def continuation(s, V, nbr, gamma, p_oth, p_diff, c):
+    """``c[a] = gamma sum_d P(d|a) V(nbr(s, d))`` for the four actions; returns the first
+    ``argmax_a c[a]``."""
     tot = 0.0
     for d in range(4):
         tot += V[nbr[s, d]]
     m = -1e300
+    am = 0
     for a in range(4):
-        q[a] = pen[s] + gamma * (p_oth * tot + p_diff * V[nbr[s, a]])
+        c[a] = gamma * (p_oth * tot + p_diff * V[nbr[s, a]])
+        if c[a] > m:
+            m = c[a]
+            am = a
+    return am
+
+
+@njit(cache=True, nogil=True, inline="always")
+def soft_q(pen, s, V, nbr, gamma, p_oth, p_diff, q):
+    """``q[a] = Q(s, a) = pen(s) + gamma sum_d P(d|a) V(nbr(s, d))`` for the four actions;
+    returns ``max_a q[a]``."""
+    continuation(s, V, nbr, gamma, p_oth, p_diff, q)
+    m = -1e300
+    for a in range(4):
+        q[a] = pen[s] + q[a]
         m = max(m, q[a])
     return m
 
@@ -181,16 +196,8 @@ def soft_q_policy(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, pi, ent):
             ent[s] = 0.0
             res = max(res, abs(1.0 - V[s]))
             continue
-        tot = 0.0
-        for d in range(4):
-            tot += V[nbr[s, d]]
-        m = -1e300
-        am = 0
-        for a in range(4):
-            c[a] = gamma * (p_oth * tot + p_diff * V[nbr[s, a]])
-            if c[a] > m:
-                m = c[a]
-                am = a
+        am = continuation(s, V, nbr, gamma, p_oth, p_diff, c)
+        m = c[am]
         z = 0.0
         w = 0.0
         for a in range(4):
