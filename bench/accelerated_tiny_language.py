@@ -46,6 +46,7 @@ import torch
 
 from align_cbrl.config_parser import from_dict
 from align_cbrl.estimators.multilevel import MultilevelSchedule
+from align_cbrl.quickstart import QUICKSTART_CONFIG
 from align_cbrl.reference.tiny_language import (
     exact_gradient,
     exact_objective,
@@ -54,17 +55,10 @@ from align_cbrl.reference.tiny_language import (
 )
 from align_cbrl.trainer import HPGDConfig, HPGDTrainer
 from align_cbrl.trainer.follower_schedule import STEPS
+from align_cbrl.utils.io import atomic_write_text
 
 METHODS = ("plain_small", "plain_large", "mlmc", "mlmc_independent")
-LEADER_SPEC = {
-    "type": "weights",
-    "parametrization": "sigmoid",
-    "lo": -2.0,
-    "hi": 2.0,
-    "init_weights": 0.0,
-    "cost_coef": 0.25,
-    "cost_kind": "l2",
-}
+LEADER_SPEC = QUICKSTART_CONFIG["leader"]["spec"]  # copied where used
 
 
 def make_config(method: str, seed: int, args: argparse.Namespace, out: Path) -> HPGDConfig:
@@ -316,8 +310,7 @@ def main() -> None:
         "seconds": seconds,
     }
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     if args.plot is not None:
         title = (
             f"tiny-language, tabular follower (eta*beta={args.follower_lr * args.beta:g}), "

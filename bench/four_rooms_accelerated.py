@@ -30,6 +30,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
+from align_cbrl.utils.io import atomic_write_text
 from tabular_reference.common.plots import mean_se
 from tabular_reference.four_rooms.accelerated import LearningConfig, run_learning
 from tabular_reference.four_rooms.algorithms import RunConfig, run
@@ -148,8 +149,7 @@ def main() -> None:
     rows.append(summarise("hpgd exact follower (reference)", ref_res, F_star, grid))
     out = {"args": vars(args), "F_star": F_star.tolist(), "rows": rows,
            "wall_s": time.perf_counter() - t0}  # fmt: skip
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1))
+    atomic_write_text(args.json, json.dumps(out, indent=1))
     if args.plot:
         title = (f"Four-Rooms lam={args.lam} beta={args.beta} lr={args.lr}, "
                  f"{args.seeds} seeds, budget {args.budget} sweeps")  # fmt: skip

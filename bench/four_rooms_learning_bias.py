@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from align_cbrl.estimators.multilevel import MultilevelSchedule
+from align_cbrl.utils.io import atomic_write_text
 from tabular_reference.common.bias import bias_summary, point_bias
 from tabular_reference.four_rooms import hpgd_kernels as HK
 from tabular_reference.four_rooms.accelerated import multilevel_hypergradient
@@ -234,8 +235,7 @@ def main() -> None:
         results.append(measure(cfg, args, x, x_lag, k, b))
         out = {"args": vars(args), "config": cfg.to_dict(), "results": results,
                "wall_s": time.perf_counter() - t0}  # fmt: skip
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        atomic_write_text(args.json, json.dumps(out, indent=1))
     if args.plot:
         plot(results, Path(args.plot))
     print(f"wrote {args.json} ({out['wall_s']:.0f} s)")

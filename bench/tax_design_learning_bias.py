@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from align_cbrl.estimators.multilevel import MultilevelSchedule, multilevel_estimate
+from align_cbrl.utils.io import atomic_write_text
 from tabular_reference.common.bias import bias_summary, point_bias
 from tabular_reference.common.optim import sgd_ascent
 from tabular_reference.tax_design.economy import Economy
@@ -228,8 +229,7 @@ def main() -> None:
         out = {"args": vars(args), "theta": theta.tolist(), "rates": rates(theta).tolist(),
                "theta_lag": theta_lag.tolist(), "results": results,
                "wall_s": time.perf_counter() - t0}  # fmt: skip
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        atomic_write_text(args.json, json.dumps(out, indent=1))
     if args.plot:
         plot(results, Path(args.plot))
     print(f"wrote {args.json} ({out['wall_s']:.0f} s)")
