@@ -87,3 +87,20 @@ def run_trainer(config, **kw):
 def strip_times(records):
     """Metrics records without their wall-clock entries (``time/...``)."""
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+
+
+def train_until_killed(trainer, iteration: int, monkeypatch) -> None:
+    """Run ``trainer.train()`` with a simulated kill when it starts ``iteration`` (its
+    ``step`` raises), and check the kill surfaced."""
+    import pytest
+
+    real_step = trainer.step
+
+    def step(t):
+        if t == iteration:
+            raise RuntimeError(f"simulated kill during iteration {iteration}")
+        return real_step(t)
+
+    monkeypatch.setattr(trainer, "step", step)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        trainer.train()

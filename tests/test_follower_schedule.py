@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("trl")
 
-from run_helpers import run_trainer, strip_times, tiny_run_config
+from run_helpers import run_trainer, strip_times, tiny_run_config, train_until_killed
 
 from align_cbrl.config_parser import ConfigError, load_config, parse_overrides
 from align_cbrl.followers import ExactFollower, FunctionFollower
@@ -206,16 +206,7 @@ def test_mlmc_resume_after_crash_is_bit_identical(tmp_path, monkeypatch):
     levels = [r["mlmc/level"] for r in full.history[1:]]
     assert len(set(levels)) > 1  # the draws really vary
     crashing = HPGDTrainer(make_config(tmp_path, "crash", **kw))
-    real_step = crashing.step
-
-    def step(t):
-        if t == 4:
-            raise RuntimeError("simulated kill during iteration 4")
-        return real_step(t)
-
-    monkeypatch.setattr(crashing, "step", step)
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        crashing.train()
+    train_until_killed(crashing, 4, monkeypatch)
     resumed = run(make_config(tmp_path, "crash", **kw), resume=True)
     assert torch.equal(resumed.leader.flat_parameters(), full.leader.flat_parameters())
     assert torch.equal(resumed.bundles[0].follower.logits, full.bundles[0].follower.logits)

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("trl")
 
-from run_helpers import run_trainer, strip_times, tiny_run_config
+from run_helpers import run_trainer, strip_times, tiny_run_config, train_until_killed
 
 from align_cbrl.config_parser import ConfigError
 from align_cbrl.estimators.grouped import hpgd_gradient
@@ -223,16 +223,7 @@ def test_zero_order_step_is_residual_feedback(tmp_path):
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
     full, _ = run(make_config(tmp_path, "full", iterations=5, save_every=2))
     crashing = HPGDTrainer(make_config(tmp_path, "crash", iterations=5, save_every=2))
-    real_step = crashing.step
-
-    def step(t):
-        if t == 4:
-            raise RuntimeError("simulated kill during iteration 4")
-        return real_step(t)
-
-    monkeypatch.setattr(crashing, "step", step)
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        crashing.train()
+    train_until_killed(crashing, 4, monkeypatch)
     out = tmp_path / "crash"
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["iter_000002"]
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2, 3]
