@@ -5,26 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from launch_helpers import free_port
 
 from align_cbrl.distributed import LeaderSync, parameter_checksum
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(world: int, out_dir: Path) -> list[dict]:
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(world):
         env = dict(

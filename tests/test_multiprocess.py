@@ -13,13 +13,10 @@ single-process estimate) is tests/test_distributed.py.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from launch_helpers import accelerate_launch
 
 pytest.importorskip("trl")
 pytest.importorskip("accelerate")
@@ -29,41 +26,11 @@ from align_cbrl.metrics import read_jsonl
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(recipe: str, kind: str, config: str, out: Path, sync_dir: Path, *extra: str) -> str:
     """``accelerate launch`` 2 CPU processes; returns the combined output."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "configs" / "accelerate" / "cpu.yaml"),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(_free_port()),
-        str(ROOT / "recipes" / f"{recipe}.py"),
-        kind,
-        "--config",
-        str(ROOT / "configs" / "recipes" / config),
-        "--output_dir",
-        str(out),
-        "--debug_sync",
-        str(sync_dir),
-        *extra,
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    return output
+    args = [kind, "--config", str(ROOT / "configs" / "recipes" / config), "--output_dir", str(out),
+            "--debug_sync", str(sync_dir), *extra]  # fmt: skip
+    return accelerate_launch(ROOT / "recipes" / f"{recipe}.py", args, 2)
 
 
 def reports(sync_dir: Path) -> tuple[dict, dict]:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launch_helpers import accelerate_launch
 
 pytest.importorskip("accelerate")
 
@@ -23,39 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("several_followers_worker.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(mode: str, processes: int, out: Path) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "configs" / "accelerate" / "cpu.yaml"),
-        "--num_processes",
-        str(processes),
-        "--main_process_port",
-        str(_free_port()),
-        str(WORKER),
-        mode,
-        str(out),
-    ]
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    )
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    accelerate_launch(WORKER, [mode, str(out)], processes, PYTHONPATH=pythonpath)
     return [
         json.loads((out / f"{mode}_rank{r}_of_{processes}.json").read_text())
         for r in range(processes)
