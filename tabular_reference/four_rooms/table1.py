@@ -51,8 +51,8 @@ PAPER: dict[tuple[float, float], dict[str, tuple[float, float]]] = {
     (0.005, 5.0): {"hpgd": (0.87, 0.003), "amd": (0.97, 0.009), "zo": (0.79, 0.027)},
 }
 # Scheduling: the cells of the paper's two HPGD wins first (all three algorithms, so that a
-# partial run already shows them), then the rest longest-first (zero-order ~1.7x an HPGD job,
-# HPGD ~2.7x an AMD job on 2026-11-30) so that the short AMD jobs fill the workers' tails.
+# partial run already shows them), then the rest longest-first (zero-order ~1.15x an HPGD job,
+# HPGD ~3.4x an AMD job on 2026-12-01) so that the short AMD jobs fill the workers' tails.
 _PRIORITY_CELLS = ((0.001, 1.0), (0.003, 3.0))
 _COST = {"zo": 0, "hpgd": 1, "amd": 2}
 
