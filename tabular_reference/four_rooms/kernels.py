@@ -324,20 +324,14 @@ def solve_batch(
 ):  # fmt: skip
     """Batched follower solve + leader value (+ exact gradient) over runs ``r``:
     ``pen[R, S]``, ``goal[R]`` (cell index), ``vgoal[R]``, warm starts ``V[R, S]`` (in/out).
-    Outputs ``F[R]``, ``mug[R]``, ``gpen[R, S]``, ``pi[R, S, 4]``, ``iters[R]``, ``resid[R]``."""
+    Outputs ``F[R]``, ``mug[R]``, ``gpen[R, S]``, ``pi[R, S, 4]``, ``iters[R]``, ``resid[R]``.
+    (:func:`solve_batch_cached` with one never-valid slot that is only read: no factors kept.)"""
     R, n = pen.shape
-    AB = np.empty((n, 2 * b + 1))
-    rhs = np.empty(n)
-    ent = np.empty(n)
-    for r in range(R):
-        iters[r], resid[r] = soft_newton(
-            pen[r], goal[r], V[r], nbr, gamma, beta, p_oth, p_diff, tol, max_iter, b, pi[r], AB,
-            rhs, ent, AB, ent, False,
-        )  # fmt: skip
-        F[r], mug[r] = leader_and_grad(
-            pi[r], goal[r], vgoal[r], start, target, nbr, gamma, beta, p_diff, b, AB, want_grad,
-            gpen[r],
-        )  # fmt: skip
+    solve_batch_cached(
+        pen, goal, vgoal, V, nbr, start, target, gamma, beta, p_oth, p_diff, tol, max_iter, b,
+        want_grad, F, mug, gpen, pi, iters, resid, np.zeros(R, dtype=np.int64),
+        np.empty((1, n, 2 * b + 1)), np.empty((1, n)), np.zeros(1, dtype=np.bool_), False,
+    )  # fmt: skip
 
 
 @njit(cache=True, nogil=True)
