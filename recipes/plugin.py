@@ -75,7 +75,7 @@ def trl_args(config: HPGDConfig, kind: str, task: Any) -> Any:
     """The ``GRPOConfig`` / ``RLOOConfig``: ``followers[0]`` through the same
     :func:`~align_cbrl.followers.trl_config.trl_config` as orchestrated followers, with TRL's
     own KL and the run's steps, logging and checkpoints."""
-    fc = config.followers[0]
+    fc = config.seeded_followers()[0]
     follower = follower_trl_config(fc, task, "followers.0")
     follower = dataclasses.replace(follower, kl_mode="loss" if kind == "grpo" else "reward")
     steps = config.follower_steps

@@ -128,6 +128,16 @@ def test_smollm2_lora_grpo_with_minilm_reward_smoke(tmp_path):
 
 
 # ---------------------------------------------------------------------------- bench/real_model.py
+def _bench_module(name: str):
+    """A module of bench/ (they import each other by plain name)."""
+    import importlib
+
+    here = str(ROOT / "bench")
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(name)
+
+
 def _bench():
     import importlib.util
 
@@ -171,43 +181,125 @@ def test_bench_summary_per_category_and_comparison():
     assert s["by_category"]["y"]["v"]["se"] == pytest.approx(3**0.5)  # sd 3, n 3
     assert s["overall"]["v"]["mean"] == pytest.approx(2.5)
     assert s["overall"]["v"]["se"] == pytest.approx((1.0 + 3.0) ** 0.5 / 2)
-    res = {
-        "arms": [
-            {"arm": "hpgd", "leader_objective_mean": 1.0, "leader_objective_se": 0.3},
-            {"arm": "none", "leader_objective_mean": 0.5, "leader_objective_se": 0.4},
-            {"arm": "naive", "iterations_done": 3},  # unfinished: not compared
+
+
+def test_bench_paired_comparison_across_seeds_matches_hand_computation():
+    """HPGD minus another arm, paired by seed: mean difference, its s.e. across seeds
+    (sd / sqrt(n)) and, beside it, the within-seed s.e. sqrt(sum_s se_a^2 + se_b^2) / n."""
+    import numpy as np
+
+    report = _bench_module("real_model_report")
+
+    def arm(name, means, ses, seeds=(0, 1, 2)):
+        rows = [
+            {"seed": s, "leader_objective_mean": m, "leader_objective_se": e}
+            for s, m, e in zip(seeds, means, ses, strict=True)
         ]
-    }
-    (c,) = bench.comparisons(res)
-    assert (c["vs"], c["difference"], c["se"], c["z"]) == (
-        "none",
-        0.5,
-        pytest.approx(0.5),
-        pytest.approx(1.0),
+        return {"arm": name, "per_seed": rows}
+
+    a = arm("hpgd", [0.1, -0.2, 0.3], [0.02, 0.03, 0.01])
+    b = arm("none", [-0.1, -0.15, 0.0, 9.0], [0.01, 0.02, 0.02, 0.5], seeds=(0, 1, 2, 7))
+    c = report.paired(a, b)
+    d = np.array([0.2, -0.05, 0.3])
+    assert c["seeds"] == [0, 1, 2]  # seed 7 has no partner
+    assert c["difference"] == pytest.approx(d.mean(), abs=1e-12)
+    assert c["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3), abs=1e-12)
+    assert c["z"] == pytest.approx(d.mean() / (d.std(ddof=1) / np.sqrt(3)), abs=1e-12)
+    within = np.sqrt(0.02**2 + 0.01**2 + 0.03**2 + 0.02**2 + 0.01**2 + 0.02**2) / 3
+    assert c["se_within_seed"] == pytest.approx(within, abs=1e-12)
+    one = report.paired(arm("hpgd", [0.1], [0.02], (0,)), b)
+    assert one["difference"] == pytest.approx(0.2) and np.isnan(one["se"])  # one seed: no s.e.
+    entry = report.arm_entry(
+        "hpgd",
+        [
+            {
+                "run": f"hpgd/s{s}",
+                "seed": s,
+                "finished": True,
+                "iterations_done": 10,
+                "wall_s": 1.0,
+                "cpu_s": 2.0,
+                "curve": [0.0],
+                "leader_objective_mean": m,
+                "leader_objective_se": 0.1,
+                "base_reward_mean": 0.5,
+                "follower_steps": 80,
+                "seeds_used": None,
+                "overall": {"v": {"mean": m, "se": 0.1}},
+                "by_category": {},
+            }
+            for s, m in zip((0, 1, 2), (0.1, -0.2, 0.3), strict=True)
+        ],
     )
+    assert entry["leader_objective_mean"] == pytest.approx(0.2 / 3, abs=1e-12)
+    want = np.std([0.1, -0.2, 0.3], ddof=1) / np.sqrt(3)
+    assert entry["leader_objective_se_seeds"] == pytest.approx(want, abs=1e-12)
+    assert entry["leader_objective_se"] == pytest.approx(np.sqrt(3 * 0.01) / 3, abs=1e-12)
+    assert [r["seed"] for r in entry["per_seed"]] == [0, 1, 2]
 
 
 def test_bench_configs_arms_and_errors(tmp_path):
-    """Both shipped configs parse into valid HPGDConfigs for every arm; bad settings are
-    refused with a message saying what to fix."""
+    """Both shipped configs parse into valid HPGDConfigs for every run (arm x seed); the seed
+    reseeds the run (and so its follower), the frozen reuse runs at a fresh seed from HPGD's
+    leader of its seed, the long runs have twice the steps, every other run the same; bad
+    settings are refused with a message saying what to fix."""
     bench = _bench()
+    plan = _bench_module("real_model_plan")
     for name in ("real_model.yaml", "real_model_gpu.yaml"):
         data, settings = bench.load_bench_config(ROOT / "configs" / name, {})
-        assert settings["arms"] == ["hpgd", "none", "naive", "fixed", "zero_order"]
+        assert settings["arms"] == [
+            "hpgd",
+            "none",
+            "fixed",
+            "zero_order",
+            "sweep",
+            "hpgd_frozen",
+            "long",
+        ]
+        assert settings["seeds"] == [0, 1, 2] and len(settings["sweep"]) == 4
+        units = plan.phase_one(settings)
+        names = [u.name for u in units]
+        assert names[:7] == [
+            "before/s0",
+            "hpgd/s0",
+            "none/s0",
+            "hpgd/s1",
+            "none/s1",
+            "hpgd/s2",
+            "none/s2",
+        ]
+        assert len(names) == len(set(names)) == 1 + 3 * 4 + 4 + 1 + 2
         steps = set()
-        for arm in ["before", *settings["arms"]]:
-            cfg = bench.arm_config(data, arm, tmp_path)
-            assert cfg.output_dir == str(tmp_path / arm)
+        for u in units:
+            cfg = bench.arm_config(data, settings, u.name, tmp_path)
+            assert cfg.output_dir == str(tmp_path / u.arm / f"s{u.seed}")
             fc = cfg.followers[0]
             assert fc.beta > 0 and fc.trl["scale_rewards"] == "none" and fc.kl_mode == "reward"
-            assert fc.lora is not None and fc.model == "smollm2"
-            steps.add(cfg.iterations * cfg.follower_steps)
-        assert len(steps) == 1  # equal follower steps in every arm
-        want = {"hpgd": "hpgd", "naive": "naive", "zero_order": "zero_order", "none": "fixed"}
+            assert fc.lora is not None and fc.model == "smollm2" and fc.seed is None
+            offset = settings["frozen_seed_offset"] if u.arm == "hpgd_frozen" else 0
+            assert cfg.seed == u.seed + offset and cfg.follower_seed(0) == u.seed + offset
+            n = cfg.iterations * cfg.follower_steps
+            if u.arm.endswith("_long"):
+                n //= settings["long_factor"]
+            steps.add(n)
+        assert len(steps) == 1  # equal follower steps in every arm (long: x long_factor)
+        want = {
+            "hpgd": "hpgd",
+            "zero_order": "zero_order",
+            "none": "fixed",
+            "hpgd_long": "hpgd",
+            "none_long": "fixed",
+            "sweep_flat": "fixed",
+        }
         for arm, est in want.items():
-            assert bench.arm_config(data, arm, tmp_path).leader.estimator == est
-        fixed = bench.arm_config(data, "fixed", tmp_path).leader
-        assert (fixed.estimator, fixed.init) == ("fixed", str(tmp_path / "fixed_leader"))
+            assert bench.arm_config(data, settings, f"{arm}/s1", tmp_path).leader.estimator == est
+        fixed = bench.arm_config(data, settings, "fixed/s2", tmp_path).leader
+        assert (fixed.estimator, fixed.init) == ("fixed", str(tmp_path / "leaders" / "fixed"))
+        frozen = bench.arm_config(data, settings, "hpgd_frozen/s1", tmp_path).leader
+        assert frozen.init == str(tmp_path / "hpgd" / "s1" / "leader")
+        assert plan.requirement(plan.Unit("hpgd_frozen", 1), tmp_path) == (
+            tmp_path / "hpgd" / "s1" / "heldout.json"
+        )
     cfg = ROOT / "configs" / "real_model.yaml"
     with pytest.raises(ValueError, match="unknown arm"):
         bench.load_bench_config(cfg, {"bench.arms": ["hpgd", "oracle"]})
@@ -215,8 +307,51 @@ def test_bench_configs_arms_and_errors(tmp_path):
         bench.load_bench_config(cfg, {"bench.eval_samples": 1})
     with pytest.raises(ValueError, match="unknown key"):
         bench.load_bench_config(cfg, {"bench.samples": 3})
+    with pytest.raises(ValueError, match="seeds must be a non-empty list"):
+        bench.load_bench_config(cfg, {"bench.seeds": []})
     with pytest.raises(ValueError, match="config file not found"):
         bench.load_bench_config(tmp_path / "nope.yaml", {})
+    with pytest.raises(ValueError, match="must read <arm>/s<seed>"):
+        plan.Unit.parse("hpgd")
+
+
+def test_bench_sweep_selects_by_validation_and_retrains_the_winner(tmp_path):
+    """The sweep's best weighting is the one with the highest validation leader objective;
+    its retrains at the other seeds are new runs unless the hand-set arm won (its seeded runs
+    exist already)."""
+    import json
+
+    bench = _bench()
+    plan = _bench_module("real_model_plan")
+    _, settings = bench.load_bench_config(ROOT / "configs" / "real_model.yaml", {})
+    scores = {"fixed": 0.1, "sweep_x0.5": -0.2, "sweep_x1.9": 0.3, "sweep_cancel": 0.25}
+    for arm, v in scores.items():
+        d = tmp_path / arm / "s0"
+        d.mkdir(parents=True)
+        obj = {"overall": {"leader_objective": {"mean": v, "se": 0.01}}}
+        (d / "validation.json").write_text(json.dumps(obj))
+    assert plan.select_sweep(tmp_path, settings) is None  # "flat" is not finished yet
+    assert plan.phase_two(tmp_path, settings) == []
+    d = tmp_path / "sweep_flat" / "s0"
+    d.mkdir(parents=True)
+    obj = {"overall": {"leader_objective": {"mean": 0.29, "se": 0.01}}}
+    (d / "validation.json").write_text(json.dumps(obj))
+    sel = plan.select_sweep(tmp_path, settings)
+    assert sel["selected"] == "sweep_x1.9"
+    assert [r["selected"] for r in sel["sweep"]] == [False, False, True, False, False]
+    assert sel["sweep"][2]["weights"] == settings["sweep"]["x1.9"]
+    assert [u.name for u in plan.phase_two(tmp_path, settings)] == [
+        "sweep_x1.9/s1",
+        "sweep_x1.9/s2",
+    ]
+    obj = {"overall": {"leader_objective": {"mean": 0.5, "se": 0.01}}}
+    (tmp_path / "fixed" / "s0" / "validation.json").write_text(json.dumps(obj))
+    assert plan.phase_two(tmp_path, settings) == []
+    assert [u.name for u in plan.sweep_best_units(tmp_path, settings)] == [
+        "fixed/s0",
+        "fixed/s1",
+        "fixed/s2",
+    ]
 
 
 def test_bench_fixed_leader_has_exactly_the_hand_set_weights(tmp_path):
@@ -224,7 +359,7 @@ def test_bench_fixed_leader_has_exactly_the_hand_set_weights(tmp_path):
 
     bench = _bench()
     data, settings = bench.load_bench_config(ROOT / "configs" / "real_model.yaml", {})
-    cfg = bench.arm_config(data, "fixed", tmp_path)
+    cfg = bench.arm_config(data, settings, "fixed/s0", tmp_path)
     bench.write_fixed_leader(cfg, settings["fixed_weights"], tmp_path / "fixed_leader")
     leader = load_leader(tmp_path / "fixed_leader")
     table = leader.weight_table().detach()
@@ -246,8 +381,8 @@ def test_bench_fixed_leader_has_exactly_the_hand_set_weights(tmp_path):
 @pytest.mark.slow
 @needs_real
 def test_bench_real_model_smoke_resumes_and_scores_exactly(tmp_path):
-    """bench/real_model.py at a smoke size (hpgd and fixed arms, 1 iteration x 1 GRPO step, 3
-    held-out prompts x 2 completions): equal follower steps; the fixed arm's held-out incentive
+    """bench/real_model.py at a smoke size (hpgd and fixed arms at seeds 0 and 1, 1 iteration x
+    1 GRPO step, 3 held-out prompts x 2 completions): equal follower steps; the fixed arm's held-out incentive
     and leader objective equal their values recomputed by hand from the saved completions under
     the hand-set weights; rerunning skips finished arms, and an arm whose evaluation was lost
     resumes from its checkpoint instead of training again."""
@@ -266,24 +401,51 @@ def test_bench_real_model_smoke_resumes_and_scores_exactly(tmp_path):
     heldout.write_text(yaml.safe_dump({"prompts": small}))
     out = tmp_path / "run"
     args = [
-        "--config", str(ROOT / "configs" / "real_model.yaml"),
-        "--output_dir", str(out),
-        "--iterations", "1",
-        "--follower_steps", "1",
-        "--prompts_per_iteration", "2",
-        "--bench.eval_samples", "2",
-        "--bench.arms", "[hpgd, fixed]",
-        "--bench.heldout", str(heldout),
-    ]  # fmt: skip
+        "--config",
+        str(ROOT / "configs" / "real_model.yaml"),
+        "--output_dir",
+        str(out),
+        "--iterations",
+        "1",
+        "--follower_steps",
+        "1",
+        "--prompts_per_iteration",
+        "2",
+        "--bench.eval_samples",
+        "2",
+        "--bench.arms",
+        "[hpgd, fixed]",
+        "--bench.seeds",
+        "[0, 1]",
+        "--bench.heldout",
+        str(heldout),
+    ]
     assert bench.main(args) == 0
     res = json.loads((out / "results.json").read_text())
     assert [a["arm"] for a in res["arms"]] == ["hpgd", "fixed"]
     for a in [res["before"], *res["arms"]]:
         assert a["finished"] and a["wall_s"] > 0 and a["cpu_s"] > 0
     assert [a["follower_steps"] for a in res["arms"]] == [1, 1]
+    assert [a["seeds_finished"] for a in res["arms"]] == [2, 2]
+    # two seeds: paired by seed, with the s.e. across them
+    (c,) = [c for c in res["comparisons"] if c["vs"] == "fixed"]
+    assert c["seeds"] == [0, 1] and c["se"] > 0
+    d = [
+        h["leader_objective_mean"] - f["leader_objective_mean"]
+        for h, f in zip(res["arms"][0]["per_seed"], res["arms"][1]["per_seed"], strict=True)
+    ]
+    assert c["difference"] == pytest.approx(sum(d) / 2, abs=1e-12)
+    # the seed reseeded the follower: seed 1's run is not seed 0's
+    seeds = [
+        json.loads((out / "hpgd" / f"s{s}" / "heldout.json").read_text())["seeds"] for s in (0, 1)
+    ]
+    assert seeds == [
+        {"run": 0, "followers": {"smollm2": 0}},
+        {"run": 1, "followers": {"smollm2": 1}},
+    ]
     assert res["before"]["follower_steps"] == 0
     # hand-set weights: quick pays -1 x n_words (0.05 per word), cooking +1 x has_number
-    fixed = json.loads((out / "fixed" / "heldout.json").read_text())
+    fixed = json.loads((out / "fixed" / "s0" / "heldout.json").read_text())
     for g in fixed["completions"]:
         words = [0.05 * len(c.split()) for c in g["completions"]]
         digit = [1.0 if re.search(r"\d", c) else 0.0 for c in g["completions"]]
@@ -301,15 +463,16 @@ def test_bench_real_model_smoke_resumes_and_scores_exactly(tmp_path):
         if g["category"] == "travel":
             assert cat["incentive"]["mean"] == pytest.approx(cat["on_topic"]["mean"], abs=1e-9)
     # the base model has no incentive
-    before = json.loads((out / "before" / "heldout.json").read_text())
+    before = json.loads((out / "before" / "s0" / "heldout.json").read_text())
     assert before["overall"]["incentive"]["mean"] == 0.0
 
     def segments(arm: str) -> list[dict]:
-        return [json.loads(x) for x in (out / arm / "segments.jsonl").read_text().splitlines()]
+        lines = (out / arm / "s0" / "segments.jsonl").read_text().splitlines()
+        return [json.loads(x) for x in lines]
 
     n_seg = {arm: len(segments(arm)) for arm in ("before", "hpgd", "fixed")}
-    (out / "hpgd" / "heldout.json").unlink()
-    metrics = (out / "hpgd" / "metrics.jsonl").read_text()
+    (out / "hpgd" / "s0" / "heldout.json").unlink()
+    metrics = (out / "hpgd" / "s0" / "metrics.jsonl").read_text()
     assert bench.main(args) == 0
     assert {arm: len(segments(arm)) for arm in ("before", "fixed")} == {
         "before": n_seg["before"],
@@ -318,7 +481,7 @@ def test_bench_real_model_smoke_resumes_and_scores_exactly(tmp_path):
     last = segments("hpgd")[-1]
     assert len(segments("hpgd")) == n_seg["hpgd"] + 1
     assert last["start_iteration"] == 1 and last["finished"]  # resumed after iteration 1
-    assert (out / "hpgd" / "metrics.jsonl").read_text() == metrics  # no iteration was redone
+    assert (out / "hpgd" / "s0" / "metrics.jsonl").read_text() == metrics  # no iteration was redone
 
 
 def test_bench_refuses_an_arm_another_live_process_is_running(tmp_path):
@@ -328,9 +491,9 @@ def test_bench_refuses_an_arm_another_live_process_is_running(tmp_path):
 
     bench = _bench()
     data, settings = bench.load_bench_config(ROOT / "configs" / "real_model.yaml", {})
-    (tmp_path / "hpgd").mkdir()
-    (tmp_path / "hpgd" / ".running").write_text(str(os.getpid()))
+    (tmp_path / "hpgd" / "s0").mkdir(parents=True)
+    (tmp_path / "hpgd" / "s0" / ".running").write_text(str(os.getpid()))
     with pytest.raises(SystemExit, match="another process"):
-        bench.run_arm("hpgd", data, settings, tmp_path)
-    assert not (tmp_path / "hpgd" / "segments.jsonl").exists()
+        bench.run_arm("hpgd/s0", data, settings, tmp_path)
+    assert not (tmp_path / "hpgd" / "s0" / "segments.jsonl").exists()
     assert bench._alive(os.getpid()) and not bench._alive(0)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from align_cbrl.estimators.combine import follower_weights
@@ -74,7 +74,10 @@ class FollowerConfig:
         kl_mode: ``"reward"`` (the KL as a sequence-level reward penalty) or ``"loss"`` (GRPO
             only: TRL's per-token KL loss term); see ``TRLFollowerConfig``.
         prompts_per_step: prompts per TRL training step.
-        seed: the follower's training and sampling seed.
+        seed: the follower's seed: TRL's seed (LoRA initialisation, generation), its prompt
+            order and its sampling stream. ``None`` (the default) derives it from the run:
+            ``HPGDConfig.seed + index`` (:meth:`HPGDConfig.follower_seed`), so one ``seed``
+            changes everything random in a run, as TRL's single ``seed`` does.
         trl: ``GRPOConfig`` / ``RLOOConfig`` fields (``learning_rate``, ``num_generations``,
             ``max_completion_length``, ``temperature``, ``scale_rewards``, ...), over
             :data:`SECTION_TRL_DEFAULTS`. A task sets ``max_completion_length`` itself.
@@ -143,7 +146,12 @@ class FollowerConfig:
     prompts_per_step: int = field(
         default=2, metadata={"help": "prompts per TRL training step (>= 1)"}
     )
-    seed: int = field(default=0, metadata={"help": "the follower's training and sampling seed"})
+    seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "the follower's seed (LoRA init, prompt order, training and sampling); null = the run's seed + this follower's index"
+        },
+    )
     trl: dict[str, Any] = field(
         default_factory=dict,
         metadata={
@@ -307,7 +315,8 @@ class HPGDConfig:
 
     Attributes:
         output_dir: metrics (``metrics.jsonl``, ``tensorboard/``), checkpoints, plots, leader.
-        seed: seeds prompt sampling, zero-order directions and the leader's initialisation RNG.
+        seed: seeds prompt sampling, zero-order directions, the leader's initialisation RNG and,
+            unless a follower sets its own, every follower (:meth:`follower_seed`).
         iterations: T outer iterations.
         follower_steps: K follower optimiser steps per iteration.
         prompts_per_iteration: G prompts drawn per follower per iteration (with replacement,
@@ -333,7 +342,7 @@ class HPGDConfig:
     seed: int = field(
         default=0,
         metadata={
-            "help": "seeds prompt sampling, zero-order directions and the leader's initialisation"
+            "help": "seeds prompt sampling, zero-order directions, the leader's initialisation and every follower without its own seed (followers.N.seed = seed + N)"
         },
     )
     iterations: int = field(default=20, metadata={"help": "T outer iterations (>= 1)"})
@@ -438,6 +447,22 @@ class HPGDConfig:
                 f"{exact} use trainer 'exact' (always the best response, nothing to continue): "
                 "use trainer tabular / grpo / rloo, or kind 'fixed'"
             )
+
+    def follower_seed(self, index: int) -> int:
+        """The seed of follower ``index``: its own ``seed`` when set, else ``seed + index``
+        (so changing the run's ``seed`` reseeds every follower)."""
+        own = self.followers[index].seed
+        return self.seed + index if own is None else own
+
+    def seeded_followers(self) -> list[FollowerConfig]:
+        """The follower sections with every ``seed`` resolved (:meth:`follower_seed`)."""
+        return [replace(f, seed=self.follower_seed(i)) for i, f in enumerate(self.followers)]
+
+    def seeds(self) -> dict[str, Any]:
+        """The seeds of the run, as ``summary.json`` records them: the run's ``seed`` and each
+        follower's (:meth:`follower_seed`)."""
+        followers = {f.name: self.follower_seed(i) for i, f in enumerate(self.followers)}
+        return {"run": self.seed, "followers": followers}
 
     def normalised_weights(self) -> list[float]:
         """The normalised weights ``w_i`` of the followers in the leader's objective."""

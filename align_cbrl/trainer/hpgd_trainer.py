@@ -134,7 +134,7 @@ class HPGDTrainer:
             self.setup = build_reward_setup(config, self.task)
             self.bundles: list[FollowerBundle] = [
                 build_follower(fc, self.task, self.setup, i, exact)
-                for i, fc in enumerate(config.followers)
+                for i, fc in enumerate(config.seeded_followers())
             ]
         contexts: list[Any] = []
         col = self.setup.context_column
@@ -471,8 +471,8 @@ class HPGDTrainer:
                     self._save(t)
         finally:
             bar.close()
-        summary: dict[str, Any] = {"iterations": cfg.iterations, "final": self.history[-1]}
-        summary.update(self.evaluate())
+        summary: dict[str, Any] = {"iterations": cfg.iterations, "seeds": cfg.seeds()}
+        summary.update(final=self.history[-1], **self.evaluate())
         optimum = self.exact_optimum() if (main and cfg.plots) else None
         if optimum is not None:
             summary["exact_optimum"] = optimum
