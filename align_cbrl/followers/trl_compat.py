@@ -10,9 +10,10 @@ refuse to start with a one-line error instead of failing somewhere inside a trai
 What is used, and why:
 
 * :class:`ChunkedTrainer` (mixed into ``GRPOTrainer`` / ``RLOOTrainer`` by
-  :func:`make_trainer_class`) overrides 9 private hooks: ``_load_from_checkpoint``,
-  ``_load_optimizer_and_scheduler``, ``_load_scaler``, ``_load_rng_state`` and
-  ``_save_checkpoint`` (a resume is served from memory, nothing is saved inside TRL);
+  :func:`make_trainer_class`) overrides 7 private hooks: ``_load_from_checkpoint``,
+  ``_load_optimizer_and_scheduler`` and ``_load_rng_state`` (the one resume of a follower
+  loaded from a checkpoint is served from memory; TRL's loop otherwise runs once per follower,
+  :mod:`align_cbrl.followers.trl_loop`);
   ``_get_train_sampler`` (the prompt order depends only on ``(seed, epoch)``); ``_generate``,
   ``_calculate_rewards`` and ``_generate_and_score_completions`` (``kl_mode="reward"``: see the
   token ids TRL sampled, keep the logged reward equal to the task reward).
@@ -97,11 +98,11 @@ def _epoch_seeded_sampler() -> type:
 
 
 class ChunkedTrainer:
-    """Mixin for a TRL trainer class (:func:`make_trainer_class`): re-entering ``train()``
-    resumes from in-memory state, and ``kl_mode="reward"`` sees the sampled token ids.
+    """Mixin for a TRL trainer class (:func:`make_trainer_class`): ``train(resume_from_checkpoint=
+    ...)`` resumes from in-memory state, and ``kl_mode="reward"`` sees the sampled token ids.
 
     The follower sets ``_acbrl_sched_state`` / ``_acbrl_optim_state`` / ``_acbrl_rng`` before
-    re-entering ``train(resume_from_checkpoint=...)`` and ``_acbrl_kl_term`` (a
+    such a resume (each is used once) and ``_acbrl_kl_term`` (a
     :class:`~align_cbrl.followers.kl_penalty.KLPenalty`) for GRPO with ``kl_mode="reward"``."""
 
     _acbrl_sched_state: dict[str, Any] | None = None
@@ -173,16 +174,12 @@ class ChunkedTrainer:
             lrs = t.lr_scheduler.get_last_lr()
             for group, lr in zip(t.optimizer.param_groups, lrs, strict=True):
                 group["lr"] = lr
-
-    def _load_scaler(self, checkpoint: Any) -> None:
-        return None
+        self._acbrl_sched_state = None
 
     def _load_rng_state(self, checkpoint: Any) -> None:
         if self._acbrl_rng is not None:
             restore_rng_state(self._acbrl_rng)
-
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:  # never save inside TRL
-        return None
+            self._acbrl_rng = None
 
 
 @functools.cache

@@ -1,20 +1,19 @@
 """Followers trained with TRL's ``GRPOTrainer`` / ``RLOOTrainer``, continued K steps at a time.
 
-How "continue K steps" works (the basis of checkpoint/resume):
+How "continue K steps" works (the basis of checkpoint/resume; ``docs/followers.md``):
 
-* One TRL trainer is built per follower and reused. Each :meth:`TRLFollower.train` call runs the
-  trainer's own ``train()`` loop, re-entered with ``resume_from_checkpoint`` pointing at a
-  private state directory, and a callback stops it after K optimiser steps.
-* Everything a resume would read from disk is served from memory instead
-  (:class:`~align_cbrl.followers.trl_compat.ChunkedTrainer`): the weights and the optimiser
-  object simply stay alive, the LR-scheduler state dict and the RNG states (python/numpy/torch)
-  are snapshotted at the stopping step and restored on re-entry, the ``TrainerState`` goes
-  through a tiny ``trainer_state.json``.
+* One TRL trainer is built per follower, and its ``train()`` loop runs once, in a worker thread
+  (:class:`~align_cbrl.followers.trl_loop.LiveTrainLoop`): each :meth:`TRLFollower.train`
+  call lets it run K more optimiser steps and returns once it has paused after them. Weights,
+  optimiser, scheduler, dataloader and TRL's generation counter simply stay alive; the RNG
+  state is captured at the pause and restored when the loop continues.
 * The prompt order is a pure function of ``(seed, epoch)`` (the epoch is set by the trainer),
-  so the trainer's "skip the batches already seen in this epoch" logic lands on the same
-  batch as an uninterrupted run.
-* :meth:`save` writes the same state to disk (:mod:`align_cbrl.followers.trl_checkpoint`);
-  :meth:`load` puts it back in memory, so a fresh process continues identically.
+  so a loop resumed from a checkpoint, which skips the batches already seen in the epoch, lands
+  on the same batch as an uninterrupted run.
+* :meth:`save` writes the paused state to disk (:mod:`align_cbrl.followers.trl_checkpoint`);
+  :meth:`load` puts it back in memory and the next :meth:`train` starts the loop once with
+  ``resume_from_checkpoint``, served from memory
+  (:class:`~align_cbrl.followers.trl_compat.ChunkedTrainer`).
 
 The result: ``train(k); train(k)`` equals ``train(2 * k)`` bit-for-bit on CPU (tested), and
 ``save -> new process -> load -> train`` equals not stopping.
@@ -36,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -60,9 +60,11 @@ from align_cbrl.followers.trl_compat import (
     make_trainer_class,
 )
 from align_cbrl.followers.trl_config import TRLFollowerConfig, trl_config
-from align_cbrl.utils.rng import capture_rng_state
+from align_cbrl.followers.trl_loop import LiveTrainLoop
 
 __all__ = ["GRPOFollower", "RLOOFollower", "TRLFollower", "TRLFollowerConfig"]
+
+_STOP_TIMEOUT_S = 10.0  # close() waits this long for a loop that is mid-step (daemon thread)
 
 
 class _RewardSlot:
@@ -88,25 +90,13 @@ class _RewardSlot:
         return call_reward_function(self.fn, prompts, completions, **kwargs)
 
 
-def _stop_after_callback(owner: TRLFollower) -> Any:
-    """A ``TrainerCallback`` (built lazily: transformers stays an optional import) that stops
-    the trainer at ``owner._target_step`` global steps, snapshots the RNG states there, and
-    records the logs of the chunk."""
-    from transformers import TrainerCallback
-
-    class StopAfterCallback(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            if owner._target_step is not None and state.global_step >= owner._target_step:
-                owner._rng_snapshot = capture_rng_state()
-                control.should_training_stop = True
-            return control
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> Any:
-            if logs and "train_runtime" not in logs:
-                owner._chunk_logs.append(dict(logs, step=state.global_step))
-            return control
-
-    return StopAfterCallback()
+def _train_in_this_thread(trainer: Any, resume: str | None) -> None:
+    """The worker thread's body: TRL's ``train()`` (on the trainer's CUDA device: the current
+    device is per thread)."""
+    device = trainer.accelerator.device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    trainer.train(resume_from_checkpoint=resume)
 
 
 def _check_model_dir(model: Any) -> Path:
@@ -185,9 +175,7 @@ class TRLFollower(Follower):
         self._reward = _RewardSlot()
         if reward_fn is not None:
             self._reward.set(reward_fn)
-        self._target_step: int | None = None
-        self._rng_snapshot: dict[str, Any] | None = None
-        self._chunk_logs: list[dict[str, Any]] = []
+        self._loop = LiveTrainLoop(self.name)
         self._sample_calls = 0
         self._tmp = Path(tempfile.mkdtemp(prefix=f"align_cbrl_{self.trainer_kind}_"))
         self._state_dir = self._tmp / "resume"
@@ -199,7 +187,7 @@ class TRLFollower(Follower):
     def trl_args(self) -> Any:
         """This follower's ``GRPOConfig`` / ``RLOOConfig``
         (:func:`~align_cbrl.followers.trl_config.trl_config`): chunked training logs every
-        step and saves nothing inside TRL; full precision and no dataloader workers unless
+        step (the loop pauses at the log of a chunk's last step) and saves nothing inside TRL; full precision and no dataloader workers unless
         ``config.trl`` says otherwise."""
         return trl_config(
             self.trainer_kind,
@@ -214,6 +202,7 @@ class TRLFollower(Follower):
             fixed={
                 "report_to": "none",
                 "save_strategy": "no",
+                "logging_strategy": "steps",
                 "logging_steps": 1,
                 "data_seed": self.config.seed,
             },
@@ -245,7 +234,7 @@ class TRLFollower(Follower):
             args=args,
             train_dataset=train_dataset,
             processing_class=tokenizer,
-            callbacks=[_stop_after_callback(self), *callbacks],
+            callbacks=[self._loop.callback(), *callbacks],
             **peft_kwargs,
         )
         for cb in (PrinterCallback, ProgressCallback):
@@ -298,53 +287,50 @@ class TRLFollower(Follower):
             raise RuntimeError(
                 "the follower has no reward function: call set_reward_function(fn) first"
             )
+        self._loop.settle()
         if steps == 0:
             return {"global_step": self.global_step, "steps": 0, "logs": []}
         self._check_chunk(steps)
         start = self.global_step
-        self._target_step = start + steps
-        self._chunk_logs = []
-        resume = None
-        if start > 0 or self._rng_snapshot is not None:
-            self.trainer._acbrl_rng = self._rng_snapshot
-            resume = str(self._state_dir)
-        else:
-            # first chunk: start from the configured seed, whatever ran since construction
-            from transformers import set_seed
-
-            set_seed(self.config.seed)
         t0 = time.perf_counter()
-        self.trainer.train(resume_from_checkpoint=resume)
+        self._loop.run_to(start + steps, self._loop_start)
         seconds = time.perf_counter() - t0
-        self._target_step = None
         if self.global_step != start + steps:
             raise RuntimeError(
                 f"TRL stopped at step {self.global_step} instead of {start + steps}; the dataset "
                 "may be too small for the requested steps"
             )
-        self._remember_state()
         return self._summarise(steps, seconds)
 
-    def _remember_state(self) -> None:
-        """Snapshot what a re-entry needs: trainer state (json), scheduler state, RNG (taken at
-        the stopping step by the callback)."""
-        self.trainer.state.save_to_json(str(self._state_dir / "trainer_state.json"))
-        if self.trainer.lr_scheduler is not None:
-            self.trainer._acbrl_sched_state = copy.deepcopy(self.trainer.lr_scheduler.state_dict())
+    def _loop_start(self) -> Any:
+        """The function a new training loop runs in its worker thread (it holds the trainer,
+        not the follower): TRL's ``train()`` from the configured seed at step 0, else resumed
+        from the in-memory state (after :meth:`load`, or after a loop that ended early)."""
+        trainer = self.trainer
+        if self.global_step == 0 and self._loop.rng_state is None:
+            # the first chunk: start from the configured seed, whatever ran since construction
+            from transformers import set_seed
+
+            set_seed(self.config.seed)
+            return functools.partial(_train_in_this_thread, trainer, None)
+        trainer.state.save_to_json(str(self._state_dir / "trainer_state.json"))
+        trainer._acbrl_rng = self._loop.rng_state
+        if trainer._acbrl_sched_state is None and trainer.lr_scheduler is not None:
+            trainer._acbrl_sched_state = copy.deepcopy(trainer.lr_scheduler.state_dict())
+        return functools.partial(_train_in_this_thread, trainer, str(self._state_dir))
 
     def _summarise(self, steps: int, seconds: float) -> dict[str, Any]:
+        logs = self._loop.logs
         out: dict[str, Any] = {
             "global_step": self.global_step,
             "steps": steps,
             "seconds": seconds,
             "seconds_per_step": seconds / steps,
-            "logs": self._chunk_logs,
+            "logs": logs,
         }
-        keys = {k for log in self._chunk_logs for k, v in log.items() if isinstance(v, int | float)}
+        keys = {k for log in logs for k, v in log.items() if isinstance(v, int | float)}
         for k in sorted(keys - {"step", "epoch"}):
-            vals = [
-                float(log[k]) for log in self._chunk_logs if isinstance(log.get(k), int | float)
-            ]
+            vals = [float(log[k]) for log in logs if isinstance(log.get(k), int | float)]
             out[k] = float(np.mean(vals))
         return out
 
@@ -396,6 +382,7 @@ class TRLFollower(Follower):
         self, prompts: list[str], n: int, **gen: Any
     ) -> tuple[list[list[str]], list[list[list[int]]]]:
         """Like :meth:`sample`, also returning the generated token ids (EOS included)."""
+        self._loop.settle()
         prompts = self._check_sample_args(prompts, n)
         if not prompts:
             return [], []
@@ -423,6 +410,7 @@ class TRLFollower(Follower):
         """Write model (``save_pretrained``), tokenizer, optimizer/scheduler state, RNG state,
         TRL ``TrainerState`` and follower metadata into ``directory``, atomically
         (:mod:`align_cbrl.followers.trl_checkpoint`)."""
+        self._loop.settle()
         meta = {
             "kind": self.trainer_kind,
             "name": self.name,
@@ -433,12 +421,14 @@ class TRLFollower(Follower):
             "reward_function": self._reward.__name__,
             "config": dataclasses.asdict(self.config),
         }
-        save_trl_follower(Path(directory), self.trainer, self.tokenizer, self._rng_snapshot, meta)
+        rng = self._loop.rng_state  # taken where the loop paused
+        save_trl_follower(Path(directory), self.trainer, self.tokenizer, rng, meta)
 
     def load(self, directory: str | os.PathLike[str]) -> None:
         """Restore a :meth:`save` directory into this follower (built with the same model path,
         dataset and config); the next :meth:`train` continues exactly where the saved one
         stopped. The reward function is not saved: set it again."""
+        self._loop.stop()  # the next train() starts the loop again, from the loaded state
         rng_state, self._sample_calls = load_trl_follower(
             Path(directory),
             self.trainer,
@@ -448,16 +438,16 @@ class TRLFollower(Follower):
             model_path=self.model_path,
             resume_dir=self._state_dir,
         )
-        if rng_state is not None:
-            self._rng_snapshot = rng_state
+        self._loop.rng_state = rng_state
 
     def close(self) -> None:
-        """Delete the follower's scratch directory."""
+        """End the training loop and delete the follower's scratch directory."""
+        self._loop.stop(timeout=_STOP_TIMEOUT_S)
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            self.close()
 
 
 class GRPOFollower(TRLFollower):
