@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import queue
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +89,8 @@ class LiveTrainLoop:
             return
         self._stopping = True  # a running loop raises at its next callback
         self._to_worker.put(_STOP)  # a paused one (or one about to pause) ends at once
+        if sys.is_finalizing():  # threads can no longer run; the daemon ends with the process
+            return
         thread.join(timeout)
         if not thread.is_alive():
             self._thread, self.state = None, "idle"

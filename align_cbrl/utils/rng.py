@@ -1,8 +1,7 @@
 """The global RNG state (Python, NumPy, torch CPU and CUDA) in memory and on disk, one format.
 
-:func:`capture_rng_state` / :func:`restore_rng_state` work in memory (the TRL followers snapshot
-the state at the step where a chunk stops and restore it when the next chunk re-enters TRL's
-loop); :func:`save_rng_state` / :func:`load_rng_state` write and read it as
+:func:`capture_rng_state` / :func:`restore_rng_state` work in memory (the TRL followers' training
+loop captures the state where it pauses after a chunk and restores it when it continues); :func:`save_rng_state` / :func:`load_rng_state` write and read it as
 ``<name>.safetensors`` (the torch states and NumPy's key array) plus ``<name>.json`` (the
 scalars and Python's state): no pickle. Used by :class:`~align_cbrl.checkpoint.CheckpointManager`
 and by the followers' checkpoints.
