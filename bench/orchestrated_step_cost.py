@@ -80,16 +80,7 @@ def plugin(config: Path, iterations: int, steps: int) -> list[float]:
     from trl import GRPOTrainer
 
     from align_cbrl.followers.trl_config import trl_config
-    from align_cbrl.trainer import HPGDCallback, HPGDReward
-    from align_cbrl.trainer.builders import (
-        bilevel_for,
-        build_leader_from_config,
-        build_reward_setup,
-        dataset_rows,
-        follower_trl_config,
-        resolve_model,
-        resolve_task,
-    )
+    from align_cbrl.trainer import HPGDCallback, HPGDReward, builders
 
     marks: list[float] = []
 
@@ -101,15 +92,19 @@ def plugin(config: Path, iterations: int, steps: int) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load(config, iterations, steps, tmp)
         fc = cfg.seeded_followers()[0]
-        task = resolve_task(cfg.task)
-        setup = build_reward_setup(cfg, task)
-        rows = dataset_rows(fc, task, "followers.0")
-        model = resolve_model(fc.model, fc.model_seed, task, "followers.0")
+        task = builders.resolve_task(cfg.task)
+        setup = builders.build_reward_setup(cfg, task)
+        rows = builders.dataset_rows(fc, task, "followers.0")
+        model = builders.resolve_model(fc.model, fc.model_seed, task, "followers.0")
         col = setup.context_column
-        leader = build_leader_from_config(cfg, setup, [r.get(col) for r in rows] if col else [])
-        reward = HPGDReward(bilevel_for(leader, setup), setup.components, context_column=col)
+        leader = builders.build_leader_from_config(
+            cfg, setup, [r.get(col) for r in rows] if col else []
+        )
+        reward = HPGDReward(
+            builders.bilevel_for(leader, setup), setup.components, context_column=col
+        )
         hpgd = HPGDCallback(reward, update_every=steps, lr=cfg.leader.lr, output_dir=tmp)
-        follower = dataclasses.replace(follower_trl_config(fc, task, "f"), kl_mode="loss")
+        follower = dataclasses.replace(builders.follower_trl_config(fc, task, "f"), kl_mode="loss")
         args = trl_config(
             "grpo",
             follower,
