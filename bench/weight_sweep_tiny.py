@@ -41,7 +41,7 @@ ascent with the exact gradient from every point of the 5-value grid, per context
 Also reported: ``J``, the leader objective that the trained follower itself gives (HPGD: its
 follower after ``t K`` steps under the rewards it was trained on), as a fraction the same way.
 
-Run (about 10 min of CPU; ``nice``)::
+Run (about 5 min of CPU, 302 s measured; ``nice``)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=. nice -n 5 python bench/weight_sweep_tiny.py \
         --out docs/weight_sweep_tiny.json --plot docs/img/weight_sweep_tiny.png
