@@ -8,10 +8,11 @@ only; TRL integrations (``followers``, ``trainer``) are imported on first use, s
 
 The names most people need are available at the top level::
 
-    from align_cbrl import HPGDConfig, HPGDTrainer          # orchestrated training
-    from align_cbrl import HPGDReward, HPGDCallback         # plugin mode in a TRL script
+    from align_cbrl import HPGDConfig, HPGDTrainer                      # orchestrated training
+    from align_cbrl import HPGDReward, HPGDCallback, HPGDArguments      # plugin mode in TRL
     from align_cbrl import WeightLeader, BilevelRewards, build_components
-    from align_cbrl import hpgd_surrogate, hpgd_weights     # the estimators
+    from align_cbrl import load_leader, FrozenShapedReward              # reuse a trained leader
+    from align_cbrl import hpgd_surrogate, hpgd_weights                 # the estimators
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ _EXPORTS: dict[str, str] = {
     "HPGDTrainer": "align_cbrl.trainer",
     "HPGDReward": "align_cbrl.trainer",
     "HPGDCallback": "align_cbrl.trainer",
+    "HPGDArguments": "align_cbrl.trainer",
+    "FrozenShapedReward": "align_cbrl.trainer",
     # infrastructure
     "LeaderSync": "align_cbrl.distributed",
     "CheckpointManager": "align_cbrl.checkpoint",

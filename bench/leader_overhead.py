@@ -91,7 +91,7 @@ def plugin(steps: int, update_every: int) -> dict[str, float]:
     from trl import GRPOConfig, GRPOTrainer
 
     from align_cbrl.models import build_tiny_lm
-    from align_cbrl.trainer import HPGDCallback, HPGDReward
+    from align_cbrl.trainer import HPGDArguments, HPGDCallback, HPGDReward
     from align_cbrl.trainer.builders import resolve_task
 
     task = resolve_task("tiny_language")
@@ -100,7 +100,7 @@ def plugin(steps: int, update_every: int) -> dict[str, float]:
         parametrization="sigmoid", lo=-2.0, hi=2.0, init_weights=0.0, cost_coef=0.25
     )
     reward = HPGDReward(task.bilevel(leader), task.components)
-    cb = HPGDCallback(reward, update_every=update_every, lr=0.2)
+    cb = HPGDCallback(reward, HPGDArguments(leader_update_every=update_every, leader_lr=0.2))
     spent = {"reward": 0.0, "update": 0.0}
     call, update = reward.__call__, cb.update
 

@@ -205,7 +205,7 @@ def write_fixed_leader(config: Any, weights: Mapping[str, Mapping[str, float]], 
         leader.theta.copy_(leader.param.inverse(table))
     if not torch.allclose(leader.weight_table(), table, atol=1e-9):
         raise ValueError("bench.fixed_weights must lie strictly inside the leader's (lo, hi)")
-    leader.save(out)
+    leader.save_pretrained(out)
 
 
 # ---------------------------------------------------------------------------- evaluation

@@ -30,7 +30,7 @@ def test_train_runs_writes_outputs_and_resumes(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--iterations", "2"]) == 0
     out = tmp_path / "run"
     assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "leader" / "leader.json").is_file()
+    assert (out / "leader" / "config.json").is_file()
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
     assert "eval/objective_exact" in capsys.readouterr().out
     # running again without --resume is refused, nothing changes

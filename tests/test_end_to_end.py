@@ -60,7 +60,7 @@ def test_plugin_grpo_reaches_90_percent_of_the_exact_optimum(tmp_path):
     from trl_helpers import grpo_args
 
     from align_cbrl.models import build_tiny_lm
-    from align_cbrl.trainer import HPGDCallback, HPGDReward
+    from align_cbrl.trainer import HPGDArguments, HPGDCallback, HPGDReward
     from align_cbrl.trainer.builders import exact_log_ref, resolve_task
 
     task = resolve_task("tiny_language")
@@ -72,7 +72,7 @@ def test_plugin_grpo_reaches_90_percent_of_the_exact_optimum(tmp_path):
     leader = task.make_leader(**spec)
     x0 = task.bilevel(task.make_leader(**spec))
     reward = HPGDReward(task.bilevel(leader), task.components)
-    callback = HPGDCallback(reward, update_every=10, optimizer_name="adam", lr=0.2)
+    callback = HPGDCallback(reward, HPGDArguments(leader_update_every=10, leader_lr=0.2))
     calls = []
     reward.subscribe(calls.append)
     args = grpo_args(
@@ -156,6 +156,6 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
         return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
 
     assert strip(read_jsonl(killed / "metrics.jsonl")) == strip(read_jsonl(full / "metrics.jsonl"))
-    a = (killed / "leader" / "leader.safetensors").read_bytes()
-    b = (full / "leader" / "leader.safetensors").read_bytes()
+    a = (killed / "leader" / "model.safetensors").read_bytes()
+    b = (full / "leader" / "model.safetensors").read_bytes()
     assert a == b

@@ -170,18 +170,22 @@ def test_save_load_roundtrip_and_corruption(tmp_path, make) -> None:
         for p in lead.parameters():
             p.add_(0.25)  # trained state differs from the initial one
     feats = torch.ones(4, 2, dtype=torch.float64)
-    lead.save(tmp_path / "ckpt")
+    lead.save_pretrained(tmp_path / "ckpt")
     back = load_leader(tmp_path / "ckpt")
     assert type(back) is type(lead) and back.config() == lead.config()
     f = feats if isinstance(lead, NeuralShapingLeader) else None
     assert torch.equal(back(S, CTX, f), lead(S, CTX, f))
-    doc = json.loads((tmp_path / "ckpt" / "leader.json").read_text())
-    doc["config"]["cost_coef"] = 9.0
-    (tmp_path / "ckpt" / "leader.json").write_text(json.dumps(doc))
+    doc = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    doc["leader"]["cost_coef"] = 9.0
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="describe different leaders"):
         load_leader(tmp_path / "ckpt")
-    (tmp_path / "ckpt" / "leader.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match=r"leader.safetensors is missing"):
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"model.safetensors is missing"):
+        load_leader(tmp_path / "ckpt")
+    doc["format"] = "transformers"  # a language model's config.json is not a leader
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="is not a saved align_cbrl leader"):
         load_leader(tmp_path / "ckpt")
 
 

@@ -16,7 +16,7 @@ from trl_helpers import grpo_args, rloo_args  # noqa: E402
 
 from align_cbrl.estimators.grouped import hpgd_gradient  # noqa: E402
 from align_cbrl.models import build_tiny_lm  # noqa: E402
-from align_cbrl.trainer import HPGDCallback, HPGDReward  # noqa: E402
+from align_cbrl.trainer import HPGDArguments, HPGDCallback, HPGDReward  # noqa: E402
 from align_cbrl.trainer.builders import resolve_task  # noqa: E402
 from align_cbrl.trainer.callback import CHECKPOINT_DIR  # noqa: E402
 
@@ -54,7 +54,7 @@ def make_trainer(
 ):
     leader = task.make_leader(init_weights=0.2, cost_coef=0.25, cost_kind="l2")
     reward = HPGDReward(task.bilevel(leader), task.components)
-    cb = HPGDCallback(reward, **{"update_every": 2, **(callback_kw or {})})
+    cb = HPGDCallback(reward, HPGDArguments(**{"leader_update_every": 2, **(callback_kw or {})}))
     ds = datasets.Dataset.from_dict(
         {"prompt": task.prompts * repeat, "category": task.contexts * repeat}
     )
@@ -102,10 +102,10 @@ def test_callback_step_is_the_hpgd_estimate_of_trls_own_groups(tmp_path, task_an
         task,
         model,
         callback_kw={
-            "optimizer_name": "sgd",
-            "lr": lr,
-            "max_grad_norm": 0.0,
-            **({"reward_index": 0} if weight is not None else {}),
+            "leader_optimizer": "sgd",
+            "leader_lr": lr,
+            "leader_max_grad_norm": 0.0,
+            **({"leader_reward_index": 0} if weight is not None else {}),
         },
         **extra,
     )
@@ -215,7 +215,7 @@ def test_plugin_resume_is_bit_identical(tmp_path, task_and_model, kind):
     common = dict(
         repeat=4,
         kind=kind,
-        callback_kw={"update_every": 3},
+        callback_kw={"leader_update_every": 3},
         max_steps=6,
         save_strategy="steps",
         save_steps=4,
@@ -236,8 +236,8 @@ def test_plugin_resume_is_bit_identical(tmp_path, task_and_model, kind):
     resumed, _, res_cb, leader = make_trainer(tmp_path / "run", task, model, **common)
     assert torch.equal(leader.flat_parameters(), x0)  # a fresh leader before resuming
     resumed.train(resume_from_checkpoint=str(ckpt))
-    a = (tmp_path / "full" / "trl" / "leader" / "leader.safetensors").read_bytes()
-    b = (tmp_path / "run" / "trl" / "leader" / "leader.safetensors").read_bytes()
+    a = (tmp_path / "full" / "trl" / "leader" / "model.safetensors").read_bytes()
+    b = (tmp_path / "run" / "trl" / "leader" / "model.safetensors").read_bytes()
     assert a == b
     assert not torch.equal(leader.flat_parameters(), x0)
     assert res_cb.history == full_cb.history and len(full_cb.history) == 2
@@ -263,7 +263,7 @@ def test_resume_without_leader_state_is_refused(tmp_path, task_and_model):
 
     shutil.rmtree(ckpt / CHECKPOINT_DIR)
     trainer, *_ = make_trainer(tmp_path, task, model, save_strategy="steps", save_steps=2)
-    with pytest.raises(FileNotFoundError, match=r"holds no leader state.*resume_from="):
+    with pytest.raises(FileNotFoundError, match=r"holds no leader state.*leader_resume_from="):
         trainer.train(resume_from_checkpoint=str(ckpt))
 
 
@@ -304,9 +304,9 @@ def test_refused_configurations_name_the_fix(tmp_path, task_and_model):
     with pytest.raises(ValueError, match="set reward_clip_range=None"):
         begin(cb, rloo_args(tmp_path, reward_clip_range=(-1.0, 1.0)))
     # several reward weights: the callback must be told which one is its reward's
-    with pytest.raises(ValueError, match=r"reward_index=i"):
+    with pytest.raises(ValueError, match=r"leader_reward_index=i"):
         begin(cb, grpo_args(tmp_path, reward_weights=[1.0, 2.0]))
-    with pytest.raises(ValueError, match=r"reward_index=3 but args\.reward_weights has 2"):
+    with pytest.raises(ValueError, match=r"leader_reward_index=3 but reward_weights has 2"):
         cb.reward_index = 3
         begin(cb, grpo_args(tmp_path, reward_weights=[1.0, 2.0]))
 

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("accelerate")
 
-from align_cbrl.leaders.base import load_leader
+from align_cbrl.leaders import load_leader
 from align_cbrl.metrics import read_jsonl
 from align_cbrl.trainer.callback import CHECKPOINT_DIR
 

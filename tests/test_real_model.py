@@ -95,7 +95,7 @@ def test_smollm2_lora_grpo_with_minilm_reward_smoke(tmp_path):
     sys.path.insert(0, str(ROOT / "recipes"))
     from orchestrated import main
 
-    from align_cbrl.leaders.base import load_leader
+    from align_cbrl.leaders import load_leader
     from align_cbrl.metrics import read_jsonl
 
     out = tmp_path / "run"
@@ -355,7 +355,7 @@ def test_bench_sweep_selects_by_validation_and_retrains_the_winner(tmp_path):
 
 
 def test_bench_fixed_leader_has_exactly_the_hand_set_weights(tmp_path):
-    from align_cbrl.leaders.base import load_leader
+    from align_cbrl.leaders import load_leader
 
     bench = _bench()
     data, settings = bench.load_bench_config(ROOT / "configs" / "real_model.yaml", {})

@@ -17,7 +17,7 @@ pytest.importorskip("trl")
 pytest.importorskip("accelerate")
 
 from align_cbrl.config_parser import ConfigError
-from align_cbrl.leaders.base import load_leader
+from align_cbrl.leaders import load_leader
 from align_cbrl.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -175,7 +175,7 @@ def test_hpgd_with_exact_follower_reaches_the_exact_optimum(tmp_path):
     assert {"leader/grad_norm", "f0/base_reward", "f0/incentive", "f0/components/count_b"} <= set(
         records[-1]
     )
-    assert (tmp_path / "run" / "leader" / "leader.safetensors").is_file()
+    assert (tmp_path / "run" / "leader" / "model.safetensors").is_file()
 
 
 def test_fixed_and_naive_baselines(tmp_path):

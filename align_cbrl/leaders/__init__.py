@@ -4,11 +4,11 @@ from align_cbrl.leaders.base import (
     Leader,
     build_leader,
     known_leaders,
-    load_leader,
     register_leader,
 )
 from align_cbrl.leaders.neural import NeuralShapingLeader
 from align_cbrl.leaders.parametrization import WeightParametrization
+from align_cbrl.leaders.pretrained import load_leader, push_to_hub, read_pretrained_config
 from align_cbrl.leaders.weights import WeightLeader
 
 __all__ = [
@@ -19,5 +19,7 @@ __all__ = [
     "build_leader",
     "known_leaders",
     "load_leader",
+    "push_to_hub",
+    "read_pretrained_config",
     "register_leader",
 ]

@@ -7,14 +7,15 @@ differentiable in them so that ``d r_x`` and ``d rbar_x`` come from autograd. A 
 for its incentives: ``cost_x(p, y) = cost_coef * |i_x(p, y)|`` (``"l1"``) or
 ``cost_coef * i_x(p, y)^2`` (``"l2"``), which the upper objective subtracts from ``rbar``.
 
-State is saved as ``leader.safetensors`` (parameters, with the config in its metadata) plus
-``leader.json`` (the config: type and constructor arguments), both written atomically.
+A leader is saved as a Hugging Face style folder (``config.json``, ``model.safetensors``, a
+``README.md`` model card): :meth:`Leader.save_pretrained` and
+:func:`~align_cbrl.leaders.pretrained.load_leader` (``docs/shaping_artifact.md``).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,13 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from align_cbrl.rewards.contexts import ContextIndex
-from align_cbrl.utils.io import atomic_write_json, load_safetensors, read_json, save_safetensors
 
-__all__ = ["Leader", "build_leader", "known_leaders", "load_leader", "register_leader"]
+__all__ = ["Leader", "build_leader", "known_leaders", "leader_class", "register_leader"]
 
 _LEADERS: dict[str, type[Leader]] = {}
-CONFIG_FILE = "leader.json"
-STATE_FILE = "leader.safetensors"
+STATE_FILE = "model.safetensors"  # the parameters of a saved leader (leaders/pretrained.py)
 
 
 def register_leader(cls: type[Leader]) -> type[Leader]:
@@ -151,16 +150,42 @@ class Leader(nn.Module):
         }
 
     # --- persistence ---------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        """Write ``leader.safetensors`` then ``leader.json`` into ``directory`` (atomically)."""
-        directory = Path(directory)
-        doc = {"leader_type": self.leader_type, "config": self.config()}
-        text = json.dumps(doc, sort_keys=True)
-        json.loads(text)  # config must be JSON-serialisable before anything is written
-        state = {k: v for k, v in self.state_dict().items()}
-        save_safetensors(directory / STATE_FILE, state, metadata={"leader": text})
-        atomic_write_json(directory / CONFIG_FILE, doc)
-        return directory
+    def spec(self) -> dict[str, Any]:
+        """``{"type": leader_type, **config()}``: what :func:`build_leader` rebuilds it from."""
+        return {"type": self.leader_type, **self.config()}
+
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        rewards: Any = None,
+        training: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card into
+        ``directory`` (:func:`align_cbrl.leaders.pretrained.save_pretrained`; ``rewards``: the
+        shaped reward or its reward spec, ``training``: the run's summary)."""
+        from align_cbrl.leaders.pretrained import save_pretrained
+
+        return save_pretrained(self, directory, rewards=rewards, training=training)
+
+    def push_to_hub(self, repo_id: str, *, rewards: Any = None, **kwargs: Any) -> str:
+        """Save to a temporary folder and upload it to the Hugging Face Hub repository
+        ``repo_id`` (:func:`align_cbrl.leaders.pretrained.push_to_hub`); returns its URL."""
+        import tempfile
+
+        from align_cbrl.leaders.pretrained import push_to_hub
+
+        training = kwargs.pop("training", None)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, rewards=rewards, training=training)
+            return push_to_hub(tmp, repo_id, **kwargs)
+
+
+def leader_class(kind: str, where: str) -> type[Leader]:
+    """The registered class of leader type ``kind`` (``where`` names the source in errors)."""
+    if kind not in _LEADERS:
+        raise ValueError(f"{where}: unknown leader type {kind!r}; known: {known_leaders()}")
+    return _LEADERS[kind]
 
 
 def build_leader(spec: dict[str, Any]) -> Leader:
@@ -182,38 +207,3 @@ def build_leader(spec: dict[str, Any]) -> Leader:
             f"leader type {kind!r}: unknown parameter(s) {unknown}; accepted: {sorted(accepted)}"
         )
     return _LEADERS[kind](**params)
-
-
-def load_leader(directory: str | Path) -> Leader:
-    """Rebuild a leader saved by :meth:`Leader.save` (no pickle; only registered types)."""
-    directory = Path(directory)
-    cfg_path, state_path = directory / CONFIG_FILE, directory / STATE_FILE
-    for p in (cfg_path, state_path):
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"cannot load leader from {str(directory)!r}: {p.name} is missing"
-            )
-    doc = read_json(cfg_path)
-    if not isinstance(doc, dict) or "leader_type" not in doc or "config" not in doc:
-        raise ValueError(f"{cfg_path} must contain 'leader_type' and 'config'")
-    kind = doc["leader_type"]
-    if kind not in _LEADERS:
-        raise ValueError(f"{cfg_path}: unknown leader type {kind!r}; known: {known_leaders()}")
-    from safetensors import safe_open
-
-    with safe_open(str(state_path), framework="pt") as fh:
-        meta = (fh.metadata() or {}).get("leader")
-    if meta is not None and json.loads(meta) != json.loads(json.dumps(doc, sort_keys=True)):
-        raise ValueError(
-            f"{cfg_path.name} and {state_path.name} in {str(directory)!r} describe different "
-            f"leaders (an interrupted save?); save the leader again"
-        )
-    leader = _LEADERS[kind](**doc["config"])
-    state = load_safetensors(state_path)
-    missing = set(leader.state_dict()) ^ set(state)
-    if missing:
-        raise ValueError(
-            f"{state_path}: tensors {sorted(missing)} do not match leader type {kind!r}"
-        )
-    leader.load_state_dict(state)
-    return leader

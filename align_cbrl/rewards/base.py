@@ -9,6 +9,8 @@ sample index instead of silently poisoning a training run.
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -116,12 +118,33 @@ class RewardComponent:
     default ``None`` is an error)."""
 
     kind: str = "component"
+    _spec: dict[str, Any] | None = None  # set per instance by build_component
 
     def __init__(self, name: str, none_value: float | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("a reward component needs a non-empty string 'name'")
         self.name = name
         self.none_value = none_value
+
+    def spec(self) -> dict[str, Any]:
+        """The JSON spec ``{type, name, ...}`` from which ``build_component`` rebuilds this
+        component (stored in a saved leader's ``config.json``). Components built from a spec
+        mapping by :func:`~align_cbrl.rewards.registry.build_component` know theirs."""
+        if self._spec is None:
+            raise ValueError(
+                f"reward component {self.name!r} ({type(self).__name__}) has no spec to save: "
+                "build it with build_components([{'type': ..., 'name': ...}]) or give its class "
+                "a spec() method"
+            )
+        spec = copy.deepcopy(self._spec)
+        try:
+            json.dumps(spec)
+        except TypeError as err:
+            raise ValueError(
+                f"reward component {self.name!r}: its spec is not JSON ({err}); use plain "
+                "numbers, strings, lists and mappings in it"
+            ) from err
+        return spec
 
     def score(
         self, prompts: list[str], completions: list[str], contexts: Contexts

@@ -17,7 +17,24 @@ from torch import Tensor
 
 from align_cbrl.rewards.base import Contexts, RewardComponent
 
-__all__ = ["CallableReward", "import_callable"]
+__all__ = ["CallableReward", "InMemoryCallableError", "import_callable", "importable_reference"]
+
+
+class InMemoryCallableError(ValueError):
+    """A callable component whose function cannot be named as ``'module:function'``."""
+
+
+def importable_reference(fn: Callable[..., Any]) -> str | None:
+    """``'module:qualname'`` if importing it gives back ``fn`` itself, else ``None`` (lambdas,
+    nested functions, objects that are not module attributes)."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
+        return None
+    try:
+        found = import_callable(f"{module}:{qualname}")
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    return f"{module}:{qualname}" if found is fn else None
 
 
 def import_callable(target: str) -> Callable[..., Any]:
@@ -66,12 +83,15 @@ class CallableReward(RewardComponent):
         none_value: float | None = None,
     ) -> None:
         super().__init__(name, none_value)
+        self._given = {"kwargs": dict(kwargs or {}), "factory": factory, "none_value": none_value}
         if callable(target):
             fn = target
             self.target = f"{getattr(target, '__module__', '?')}:" + getattr(
                 target, "__qualname__", type(target).__name__
             )
+            self._reference = importable_reference(target)
         elif isinstance(target, str):
+            self._reference = target
             fn = import_callable(target)
             self.target = target
         else:
@@ -88,6 +108,21 @@ class CallableReward(RewardComponent):
             kwargs = None
         self.fn = fn
         self.kwargs = dict(kwargs or {})
+
+    def spec(self) -> dict[str, Any]:
+        """``{type: callable, name, target: 'module:function', ...}``; a function that lives
+        only in this process (a lambda, a nested function, one defined in ``__main__``) has no
+        such reference and is an :class:`InMemoryCallableError`."""
+        if self._reference is None or self._reference.startswith("__main__:"):
+            raise InMemoryCallableError(
+                f"reward component {self.name!r} is the in-memory function {self.target!r}, which "
+                "another process cannot import: define it in a module and pass its reference, "
+                f"e.g. {{'type': 'callable', 'name': {self.name!r}, 'target': "
+                f"'my_module:{self.target.rsplit(':', 1)[-1].rsplit('.', 1)[-1]}'}}"
+            )
+        spec = {"type": self.kind, "name": self.name, "target": self._reference, **self._given}
+        self._spec = spec
+        return super().spec()
 
     def score(
         self, prompts: list[str], completions: list[str], contexts: Contexts

@@ -128,6 +128,7 @@ def build_component(spec: Mapping[str, Any] | Callable[..., Any]) -> RewardCompo
         raise TypeError(
             f"factory for component type {kind!r} returned {type(comp).__name__}, not a RewardComponent"
         )
+    comp._spec = {"type": kind, **params}  # what a saved leader stores (RewardComponent.spec)
     return comp
 
 

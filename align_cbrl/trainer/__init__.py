@@ -4,18 +4,22 @@ TRL script). See ``docs/trainer.md``."""
 
 from typing import Any
 
+from align_cbrl.trainer.arguments import HPGDArguments
 from align_cbrl.trainer.config import FollowerConfig, HPGDConfig, LeaderConfig, RewardsConfig
 from align_cbrl.trainer.estimation import GroupedSamples, build_optimizer, leader_surrogate
+from align_cbrl.trainer.frozen_reward import FrozenShapedReward
 from align_cbrl.trainer.groups import GroupBuffer, ScoredBatch
-from align_cbrl.trainer.reward_function import HPGDReward
+from align_cbrl.trainer.reward_function import HPGDReward, ShapedReward
 from align_cbrl.trainer.stats import FollowerStats, LeaderStats, UpdateResult
 from align_cbrl.trainer.strategies import LeaderUpdate, apply_leader_gradient, build_leader_update
 
 __all__ = [
     "FollowerConfig",
     "FollowerStats",
+    "FrozenShapedReward",
     "GroupBuffer",
     "GroupedSamples",
+    "HPGDArguments",
     "HPGDCallback",
     "HPGDConfig",
     "HPGDReward",
@@ -26,6 +30,7 @@ __all__ = [
     "RewardsConfig",
     "RunExistsError",
     "ScoredBatch",
+    "ShapedReward",
     "UpdateResult",
     "apply_leader_gradient",
     "build_leader_update",

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from align_cbrl.followers.base import Follower
-from align_cbrl.leaders.base import Leader, build_leader, load_leader
+from align_cbrl.leaders import Leader, build_leader, load_leader
 from align_cbrl.objective import BilevelRewards
 from align_cbrl.reference.several_followers import restricted_prompt_probs
 from align_cbrl.reference.tiny_language import TinyLanguageConfig, TinyLanguageTask

@@ -3,11 +3,11 @@
 Add two objects to the script you already have::
 
     reward = HPGDReward(bilevel, components)                    # r_x for TRL (a plain function)
-    trainer = GRPOTrainer(..., reward_funcs=[reward], callbacks=[HPGDCallback(reward, update_every=10)])
+    trainer = GRPOTrainer(..., reward_funcs=[reward], callbacks=[HPGDCallback(reward, HPGDArguments(leader_update_every=10))])
 
 TRL generates ``num_generations`` completions per prompt and calls the reward function once per
 generation batch; the callback subscribes its :class:`~align_cbrl.trainer.groups.GroupBuffer`
-to the reward and so keeps the scored groups. Every ``update_every`` optimiser steps it moves
+to the reward and so keeps the scored groups. Every ``leader_update_every`` optimiser steps it moves
 the leader one step along the HPGD estimate (``docs/theory.md §3``)
 
     dF/dx ≈ mean_g [ mean_i d rbar_i + (1/beta) 1/(N-1) sum_i (w d r_i - mean w d r)(rbar_i - mean rbar) ]
@@ -20,12 +20,12 @@ with the updated incentive. No extra generation.
 **Checked before any generation** (``on_train_begin``): ``beta > 0`` (GRPO's default ``0.0`` is
 refused); ``scale_rewards != "none"``, ``multi_objective_aggregation="normalize_then_sum"``,
 RLOO's ``normalize_advantages=True`` and ``reward_clip_range`` change the follower's objective
-(refused unless ``allow_reward_scaling=True``); trainers that score rewards in another process
+(refused unless ``leader_allow_reward_scaling=True``); trainers that score rewards in another process
 (TRL's ``AsyncGRPOTrainer``) are refused. A leader that has received no scored batch by its
 first update (the :class:`HPGDReward` is missing from ``reward_funcs``) raises.
 
 **Checkpoints and resume.** At every TRL checkpoint the callback writes
-``checkpoint-<step>/hpgd_leader/`` (the leader, its optimiser, the estimator state, the groups
+``checkpoint-<step>/hpgd_leader/`` (the leader as a ``save_pretrained`` folder, its optimiser, the estimator state, the groups
 buffered since the last update and the leader's metric history; safetensors + JSON, atomic).
 ``trainer.train(resume_from_checkpoint=...)`` restores them at ``on_train_begin``, so an
 interrupted and resumed run ends with the same leader bytes as an uninterrupted one (CPU).
@@ -39,7 +39,6 @@ TRL's own metric store at the step of the update, so they land in ``trainer.stat
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,13 @@ from align_cbrl.followers.base import validate_beta
 from align_cbrl.followers.trl_compat import metric_store, scores_out_of_process
 from align_cbrl.leaders.base import STATE_FILE
 from align_cbrl.metrics import MetricsLogger
+from align_cbrl.trainer.arguments import PLUGIN_ESTIMATORS, HPGDArguments, PluginSettings
 from align_cbrl.trainer.estimation import build_optimizer
+from align_cbrl.trainer.final_leader import (
+    plugin_training_summary,
+    reward_spec_or_warn,
+    save_final_leader,
+)
 from align_cbrl.trainer.groups import GroupBuffer, ScoredBatch
 from align_cbrl.trainer.reward_function import HPGDReward
 from align_cbrl.trainer.stats import UpdateResult
@@ -68,82 +73,74 @@ from align_cbrl.utils.io import (
 __all__ = ["CHECKPOINT_DIR", "HPGDCallback"]
 
 CHECKPOINT_DIR = "hpgd_leader"  # inside TRL's checkpoint-<step>/
-_PLUGIN_ESTIMATORS = ("hpgd", "naive", "fixed")
 
 
 class HPGDCallback(TrainerCallback):
-    """Updates the leader of ``reward`` every ``update_every`` steps from TRL's own groups.
+    """Updates the leader of ``reward`` every ``args.leader_update_every`` steps from TRL's own
+    groups.
 
     Args:
         reward: the :class:`HPGDReward` given to the trainer as (one of) its reward functions.
-        update_every: K, optimiser steps between leader updates.
+        args: the leader's settings, :class:`~align_cbrl.trainer.arguments.HPGDArguments`
+            (``leader_update_every``, ``leader_lr``, ``leader_estimator``, ...: the
+            ``LeaderConfig`` of orchestrated runs with the ``leader_`` prefix, plus the
+            plugin's own); default ``HPGDArguments()``. ``leader_spec`` and ``leader_init``
+            are not read here (the leader is ``reward``'s).
         optimizer: a ``torch.optim`` optimiser over the leader's parameters; default built
-            from ``optimizer_name`` / ``lr``.
-        optimizer_name, lr: ``"adam"`` / ``"sgd"`` and learning rate of the default optimiser.
-        estimator: ``"hpgd"``, ``"naive"`` (direct term only) or ``"fixed"`` (never steps).
-        max_grad_norm: global-norm clipping (0 disables).
-        beta: the follower's KL temperature; default ``args.beta`` of the TRL trainer.
-        reward_index: position of ``reward`` in ``reward_funcs``, needed only when
-            ``args.reward_weights`` has more than one entry (its weight ``w`` enters the
-            hypergradient as ``w d r_x``).
-        allow_reward_scaling: accept configurations that rescale rewards per group or batch
-            (``scale_rewards``, ``normalize_then_sum``, RLOO ``normalize_advantages``,
-            ``reward_clip_range``); the estimate is then biased.
-        output_dir: where ``leader_metrics.jsonl`` and the final ``leader/`` go; default the
-            TRL ``args.output_dir``. The leader is also saved inside every TRL checkpoint.
-        resume_from: a TRL checkpoint directory to restore the leader from when TRL resumes
-            from a checkpoint outside ``args.output_dir`` (default: ``checkpoint-<step>``
-            under ``args.output_dir``).
-        follower_name: the follower's name in the metric keys (``<name>/incentive`` ...).
+            from ``args.leader_optimizer`` / ``leader_lr`` / ``leader_momentum`` /
+            ``leader_adam_betas``.
         sync: :class:`LeaderSync` (default: the process group that is initialised when
             training begins).
+
+    The final leader goes to ``<leader_output_dir or args.output_dir>/leader`` as a
+    ``save_pretrained`` folder with the reward's spec and a training summary; a reward with an
+    in-memory function component (which a folder cannot name) is saved without its spec, and
+    a warning says so when training begins.
     """
 
     def __init__(
         self,
         reward: HPGDReward,
-        update_every: int = 10,
+        args: HPGDArguments | None = None,
         *,
         optimizer: torch.optim.Optimizer | None = None,
-        optimizer_name: str = "adam",
-        lr: float = 0.1,
-        estimator: str = "hpgd",
-        max_grad_norm: float = 1.0,
-        beta: float | None = None,
-        reward_index: int | None = None,
-        allow_reward_scaling: bool = False,
-        output_dir: str | os.PathLike[str] | None = None,
-        resume_from: str | os.PathLike[str] | None = None,
-        follower_name: str = "follower",
         sync: LeaderSync | None = None,
     ) -> None:
         if not isinstance(reward, HPGDReward):
             raise TypeError("reward must be the HPGDReward object passed to the trainer")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"update_every must be an int >= 1, got {update_every!r}")
-        if reward_index is not None and (
-            isinstance(reward_index, bool) or not isinstance(reward_index, int) or reward_index < 0
-        ):
-            raise ValueError(f"reward_index must be an int >= 0, got {reward_index!r}")
-        if not isinstance(follower_name, str) or not follower_name or "/" in follower_name:
-            raise ValueError(
-                f"follower_name must be a non-empty name without '/', got {follower_name!r}"
+        args = HPGDArguments() if args is None else args
+        if not isinstance(args, PluginSettings):
+            raise TypeError(
+                f"args must be HPGDArguments (the leader's settings), got {type(args).__name__}"
             )
+        self.args = args
         self.reward = reward
         self.leader = reward.bilevel.leader
-        self.update_every = update_every
-        self.optimizer = optimizer or build_optimizer(self.leader.parameters(), optimizer_name, lr)
-        self.leader_update = build_leader_update(
-            estimator, self.optimizer, float(max_grad_norm), allowed=_PLUGIN_ESTIMATORS
+        self.update_every = args.leader_update_every
+        self.optimizer = optimizer or build_optimizer(
+            self.leader.parameters(),
+            args.leader_optimizer,
+            args.leader_lr,
+            args.leader_momentum,
+            args.leader_adam_betas,
         )
+        self.leader_update = build_leader_update(
+            args.leader_estimator,
+            self.optimizer,
+            float(args.leader_max_grad_norm),
+            allowed=PLUGIN_ESTIMATORS,
+        )
+        beta = args.leader_follower_beta
         self.beta = None if beta is None else validate_beta(beta, "HPGDCallback")
         self._given_beta = self.beta
-        self.reward_index = reward_index
+        self.reward_index = args.leader_reward_index
         self.reward_weight = 1.0
-        self.allow_reward_scaling = allow_reward_scaling
-        self.output_dir = None if output_dir is None else Path(output_dir)
-        self.resume_from = None if resume_from is None else Path(resume_from)
-        self.follower_name = follower_name
+        self.allow_reward_scaling = args.leader_allow_reward_scaling
+        self.output_dir = None if args.leader_output_dir is None else Path(args.leader_output_dir)
+        self.resume_from = (
+            None if args.leader_resume_from is None else Path(args.leader_resume_from)
+        )
+        self.follower_name = args.leader_follower_name
         self._given_sync = sync
         self.sync = sync if sync is not None else LeaderSync()
         self.group_size: int | None = None
@@ -153,6 +150,7 @@ class HPGDCallback(TrainerCallback):
         self._pending: dict[str, float] = {}
         self._trl_metrics: Any = None
         self._logger: MetricsLogger | None = None
+        self._last_groups: Any = None
         reward.subscribe(self._receive)
 
     # ------------------------------------------------------------------ the reward's sink
@@ -185,7 +183,7 @@ class HPGDCallback(TrainerCallback):
             "beta=0.0)",
         )
         if not self.allow_reward_scaling:
-            opt_in = "(or pass HPGDCallback(allow_reward_scaling=True) to accept the bias)"
+            opt_in = "(or set HPGDArguments(leader_allow_reward_scaling=True) to accept the bias)"
             scaling = getattr(args, "scale_rewards", "none")
             if scaling not in ("none", False, None):
                 raise ValueError(
@@ -225,7 +223,7 @@ class HPGDCallback(TrainerCallback):
             if self.reward_index is not None:
                 if self.reward_index >= len(weights):
                     raise ValueError(
-                        f"HPGDCallback: reward_index={self.reward_index} but args.reward_weights "
+                        f"HPGDCallback: leader_reward_index={self.reward_index} but reward_weights "
                         f"has {len(weights)} entries"
                     )
                 w = weights[self.reward_index]
@@ -234,7 +232,7 @@ class HPGDCallback(TrainerCallback):
             else:
                 raise ValueError(
                     f"HPGDCallback: args.reward_weights has {len(weights)} entries {weights}; "
-                    "pass HPGDCallback(..., reward_index=i) with the position of the HPGDReward "
+                    "set HPGDArguments(leader_reward_index=i) to the position of the HPGDReward "
                     "in reward_funcs so the hypergradient uses its weight"
                 )
             w = float(w)
@@ -250,6 +248,8 @@ class HPGDCallback(TrainerCallback):
         self._validate(args)
         if self._given_sync is None:
             self.sync = LeaderSync()  # the trainer has initialised the process group by now
+        if self.sync.is_main_process:
+            reward_spec_or_warn(self.reward)  # warns now, not after training
         out = self.output_dir if self.output_dir is not None else Path(args.output_dir)
         self._out = out
         step = int(state.global_step)
@@ -299,10 +299,22 @@ class HPGDCallback(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._trl_metrics = None
         if self.sync.is_main_process:
-            self.leader.save(self._out / "leader")
+            save_final_leader(self.reward, self._out / "leader", self.training_summary())
         if self._logger is not None:
             self._logger.close()
             self._logger = None
+
+    def training_summary(self) -> dict[str, Any]:
+        """Estimator, updates, last objective estimate and, per context, the incentive paid
+        and its cost on the last update's completions (the saved leader's model card)."""
+        return plugin_training_summary(
+            self.leader_update.estimator.name,
+            self.history,
+            self.update_every,
+            self.reward.bilevel,
+            self._last_groups,
+            self.reward.context_column,
+        )
 
     # ------------------------------------------------------------------ the update
     def update(self, step: int) -> dict[str, float]:
@@ -312,6 +324,7 @@ class HPGDCallback(TrainerCallback):
         samples = self.buffer.take(
             self.group_size, self.beta, self.follower_name, self.reward_weight
         )
+        self._last_groups = samples
         result: UpdateResult = self.leader_update.step(
             self.leader,
             self.reward.bilevel,
@@ -344,7 +357,7 @@ class HPGDCallback(TrainerCallback):
     def _write_checkpoint(self, final: Path, step: int) -> None:
         """Leader, optimiser, estimator state, buffered groups (rank 0's) and history."""
         with atomic_directory(final) as tmp:
-            self.leader.save(tmp / "leader")
+            save_final_leader(self.reward, tmp / "leader", self.training_summary())
             tensors, skeleton = optimizer_state_to_files(self.optimizer.state_dict())
             save_safetensors(tmp / "optimizer.safetensors", tensors)
             atomic_write_json(tmp / "optimizer.json", skeleton)
@@ -371,7 +384,7 @@ class HPGDCallback(TrainerCallback):
             raise FileNotFoundError(
                 f"HPGDCallback: TRL resumed at step {step} but {src} holds no leader state "
                 "(a checkpoint written without this callback, or elsewhere); pass "
-                "HPGDCallback(..., resume_from='<the checkpoint directory>')"
+                "HPGDArguments(leader_resume_from='<the checkpoint directory>')"
             )
         state = read_json(src / "state.json")
         if int(state["step"]) != step:

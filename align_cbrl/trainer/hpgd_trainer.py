@@ -16,13 +16,10 @@ Outer iteration ``t = 1..T`` (HPGD, ``docs/theory.md §2``, with the language-mo
    ``leader.follower_schedule`` kind ``mlmc``: steps 1-3 are the multilevel estimator of §9
    (:mod:`align_cbrl.trainer.follower_schedule`).
 
-Metrics per iteration (``metrics.jsonl``, TensorBoard when installed, a tqdm bar): the leader
-objective estimate and, on an enumerable task, its exact value ``F(x)`` (combined over the
-followers); per follower the shaped / base / leader rewards (``<f>/leader_reward`` estimates
-``F_f``), incentive, cost, component means, TRL's metrics, its exact ``<f>/objective_exact`` and,
-with several followers, its weight ``<f>/weight``; the hypergradient norm; timings. Checkpoints
-every ``save_every`` iterations (:class:`CheckpointManager`, followers via their ``save``);
-``resume=True`` continues bit-identically on CPU. Plots at the end.
+Metrics per iteration (``metrics.jsonl``, TensorBoard, a tqdm bar) are listed in
+``docs/trainer.md``. Checkpoints every ``save_every`` iterations (:class:`CheckpointManager`,
+followers via their ``save``); ``resume=True`` continues bit-identically on CPU. At the end:
+plots, ``summary.json`` and ``leader/``, a ``save_pretrained`` folder with its model card.
 """
 
 from __future__ import annotations
@@ -57,6 +54,7 @@ from align_cbrl.trainer.builders import (
 from align_cbrl.trainer.config import HPGDConfig
 from align_cbrl.trainer.estimation import GroupedSamples, build_optimizer, leader_surrogate
 from align_cbrl.trainer.exact_reference import exact_followers, exact_local_optimum, exact_metrics
+from align_cbrl.trainer.final_leader import save_run_leader
 from align_cbrl.trainer.follower_schedule import SCHEDULE_FILE, build_follower_schedule
 from align_cbrl.trainer.reward_function import HPGDReward
 from align_cbrl.trainer.run_dir import (
@@ -173,6 +171,7 @@ class HPGDTrainer:
         self._resume_from = self._plan.resume_from
         self.history: list[dict[str, Any]] = []
         self.metrics: MetricsLogger | None = None
+        self.eval_batches: list[GroupedSamples] = []
 
     @property
     def _zo_prev(self) -> float | None:
@@ -373,6 +372,7 @@ class HPGDTrainer:
                     self.bilevel, batches, "naive", self.setup.context_column
                 )
             out.update({f"eval/{k}": v for k, v in stats.to_metrics().items()})
+            self.eval_batches = batches  # the final leader's per-context incentive and cost
         exact = self.exact_objective()
         if exact is not None:
             out.update({f"eval/{k}": v for k, v in exact.items()})
@@ -477,7 +477,7 @@ class HPGDTrainer:
         if optimum is not None:
             summary["exact_optimum"] = optimum
         if main:
-            self.leader.save(self.output_dir / "leader")
+            save_run_leader(self, summary)  # leader/: save_pretrained folder with its card
             atomic_write_json(self.output_dir / "summary.json", summary)
             if cfg.plots:
                 from align_cbrl.trainer.plots import plot_run

@@ -27,22 +27,34 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
 from align_cbrl.followers.base import RewardFunctionError
 from align_cbrl.objective import BilevelRewards
 from align_cbrl.rewards.base import RewardComponent, score_components
+from align_cbrl.rewards.spec import reward_spec
 from align_cbrl.trainer.groups import ScoredBatch
 
-__all__ = ["HPGDReward"]
+__all__ = ["HPGDReward", "ScoredCall", "ShapedReward"]
 
 # TRL passes these to reward functions besides the dataset columns
 _TRL_EXTRAS = frozenset(
     {"trainer_state", "log_extra", "log_metric", "completion_ids", "environments", "prompt"}
 )
+
+
+class ScoredCall(NamedTuple):
+    """One reward call: the texts, the batch's context values, the component scores
+    ``[B, K]`` and the shaped rewards returned to TRL."""
+
+    prompts: list[str]
+    completions: list[str]
+    contexts: list[Any] | None
+    scores: torch.Tensor
+    rewards: list[float]
 
 
 def _as_text(x: Any) -> str:
@@ -54,12 +66,14 @@ def _as_text(x: Any) -> str:
     raise TypeError(f"expected a string or a list of chat messages, got {type(x).__name__}")
 
 
-class HPGDReward:
-    """TRL-compatible shaped reward ``r_x`` = base component mix + the leader's incentive.
+class ShapedReward:
+    """A TRL reward function ``r_x`` = base component mix + the leader's incentive, evaluated
+    without gradients (the shared part of :class:`HPGDReward` and
+    :class:`~align_cbrl.trainer.frozen_reward.FrozenShapedReward`).
 
     Args:
         bilevel: the reward pair around the leader (``BilevelRewards``); its leader's
-            parameters are read at every call, so updates take effect immediately.
+            parameters are read at every call.
         components: the reward components, in the order of ``bilevel.component_names``.
         context_column: the dataset column holding each prompt's context (``category``);
             ``None`` if the leader and mixes use no context.
@@ -87,12 +101,122 @@ class HPGDReward:
         self.context_column = context_column
         self.__name__ = name
         self.log_components = log_components
-        self._sinks: list[Callable[[ScoredBatch], None]] = []
-        self._pid = os.getpid()
 
     @property
     def leader(self) -> Any:
         return self.bilevel.leader
+
+    def reward_spec(self, *, strict: bool = True) -> dict[str, Any]:
+        """The components' specs, both mixes and the context column as JSON
+        (:func:`~align_cbrl.rewards.spec.reward_spec`; what a saved leader stores)."""
+        return reward_spec(
+            self.components,
+            self.bilevel.follower.config,
+            self.bilevel.upper.mix.config,
+            self.context_column,
+            strict=strict,
+        )
+
+    def save_pretrained(
+        self, directory: str | os.PathLike[str], *, training: Mapping[str, Any] | None = None
+    ) -> Any:
+        """The leader with this reward's spec, as a folder (:meth:`Leader.save_pretrained`)."""
+        return self.leader.save_pretrained(directory, rewards=self, training=training)
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float]:
+        return self.score(prompts, completions, kwargs).rewards
+
+    def score(
+        self, prompts: Sequence[Any], completions: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> ScoredCall:
+        """Score one TRL call: texts, the batch's contexts, component scores, both rewards;
+        logs the batch means through ``kwargs["log_metric"]``."""
+        prompts_t = [_as_text(p) for p in prompts]
+        completions_t = [_as_text(c) for c in completions]
+        B = len(completions_t)
+        if len(prompts_t) != B:
+            raise RewardFunctionError(
+                f"{self.__name__}: got {len(prompts_t)} prompts for {B} completions"
+            )
+        columns = {
+            k: list(v)
+            for k, v in kwargs.items()
+            if k not in _TRL_EXTRAS and isinstance(v, list | tuple) and len(v) == B
+        }
+        contexts = None
+        if self.context_column is not None:
+            if self.context_column not in columns:
+                raise RewardFunctionError(self._missing_column(columns))
+            contexts = columns[self.context_column]
+        scores = score_components(self.components, prompts_t, completions_t, columns)
+        with torch.no_grad():
+            out = self.bilevel(scores, contexts)
+        r = out.r.tolist()
+        bad = [i for i, v in enumerate(r) if not math.isfinite(v)]
+        if bad:
+            raise RewardFunctionError(
+                f"{self.__name__}: shaped reward is {r[bad[0]]} at index {bad[0]} (completion "
+                f"{completions_t[bad[0]]!r}); the leader's parameters are not finite"
+            )
+        log_metric = kwargs.get("log_metric")
+        if self.log_components and callable(log_metric):
+            for k, v in self.batch_metrics(scores, out).items():
+                log_metric(f"{self.__name__}/{k}", v)
+        return ScoredCall(prompts_t, completions_t, contexts, scores, r)
+
+    def _missing_column(self, columns: Mapping[str, Any]) -> str:
+        if not columns:
+            return (
+                f"{self.__name__}: the dataset has no {self.context_column!r} column (it has no "
+                f"columns besides the prompt); add one or build {type(self).__name__}(..., "
+                "context_column=None)"
+            )
+        return (
+            f"{self.__name__}: the dataset has no {self.context_column!r} column; its columns "
+            f"are {sorted(columns)}; name the one that holds each prompt's context with "
+            f"{type(self).__name__}(..., context_column=...) (e.g. "
+            f"context_column={sorted(columns)[0]!r}) or pass context_column=None"
+        )
+
+    def batch_metrics(self, scores: torch.Tensor, out: Any) -> dict[str, float]:
+        """Means of every component, the incentive, ``rbar`` and the base reward of a batch."""
+        metrics = {c.name: float(scores[:, k].mean()) for k, c in enumerate(self.components)}
+        metrics.update(
+            incentive=float(out.incentive.mean()),
+            leader_reward=float(out.rbar.mean()),
+            base_reward=float((out.r - out.incentive).mean()),
+        )
+        return metrics
+
+
+class HPGDReward(ShapedReward):
+    """The live shaped reward of a leader that is being trained (:class:`ShapedReward`, module
+    docstring): every scored batch goes to the subscribed sinks (the plugin's callback), and a
+    call in another process than the one that built it is refused.
+
+    Args: those of :class:`ShapedReward`.
+    """
+
+    def __init__(
+        self,
+        bilevel: BilevelRewards,
+        components: Sequence[RewardComponent],
+        *,
+        context_column: str | None = "category",
+        name: str = "hpgd_reward",
+        log_components: bool = True,
+    ) -> None:
+        super().__init__(
+            bilevel,
+            components,
+            context_column=context_column,
+            name=name,
+            log_components=log_components,
+        )
+        self._sinks: list[Callable[[ScoredBatch], None]] = []
+        self._pid = os.getpid()
 
     def subscribe(self, sink: Callable[[ScoredBatch], None]) -> None:
         """Call ``sink(ScoredBatch)`` after every scored batch (e.g. a ``GroupBuffer``)."""
@@ -118,68 +242,21 @@ class HPGDReward:
                 f"{self.__name__} was called in process {os.getpid()}, not in the training "
                 f"process {self._pid} that holds the leader (an out-of-process rollout worker, "
                 "e.g. TRL's AsyncGRPOTrainer): leader updates would never reach it; use "
-                "GRPOTrainer or RLOOTrainer, which score in the training process"
+                "GRPOTrainer or RLOOTrainer, which score in the training process, or a "
+                "FrozenShapedReward of a trained leader"
             )
-        prompts_t = [_as_text(p) for p in prompts]
-        completions_t = [_as_text(c) for c in completions]
-        B = len(completions_t)
-        if len(prompts_t) != B:
-            raise RewardFunctionError(
-                f"{self.__name__}: got {len(prompts_t)} prompts for {B} completions"
-            )
-        columns = {
-            k: list(v)
-            for k, v in kwargs.items()
-            if k not in _TRL_EXTRAS and isinstance(v, list | tuple) and len(v) == B
-        }
-        contexts = None
-        if self.context_column is not None:
-            if self.context_column not in columns:
-                raise RewardFunctionError(
-                    f"{self.__name__}: the dataset has no {self.context_column!r} column; its "
-                    f"columns are {sorted(columns)}; name the one that holds each prompt's "
-                    f"context with HPGDReward(..., context_column=...) (e.g. "
-                    f"context_column={sorted(columns)[0]!r}) or pass context_column=None"
-                    if columns
-                    else f"{self.__name__}: the dataset has no {self.context_column!r} column "
-                    "(it has no columns besides the prompt); add one or build "
-                    "HPGDReward(..., context_column=None)"
-                )
-            contexts = columns[self.context_column]
-        scores = score_components(self.components, prompts_t, completions_t, columns)
-        with torch.no_grad():
-            out = self.bilevel(scores, contexts)
-        r = out.r.tolist()
-        bad = [i for i, v in enumerate(r) if not math.isfinite(v)]
-        if bad:
-            raise RewardFunctionError(
-                f"{self.__name__}: shaped reward is {r[bad[0]]} at index {bad[0]} (completion "
-                f"{completions_t[bad[0]]!r}); the leader's parameters are not finite"
-            )
-        log_metric = kwargs.get("log_metric")
-        if self.log_components and callable(log_metric):
-            for k, v in self.batch_metrics(scores, out).items():
-                log_metric(f"{self.__name__}/{k}", v)
+        call = self.score(prompts, completions, kwargs)
         if self._sinks:
             state = kwargs.get("trainer_state")
+            column = self.context_column
             batch = ScoredBatch(
-                prompts=prompts_t,
-                completions=completions_t,
-                columns={} if contexts is None else {self.context_column: list(contexts)},
-                scores=scores,
+                prompts=call.prompts,
+                completions=call.completions,
+                columns={} if call.contexts is None else {column: list(call.contexts)},
+                scores=call.scores,
                 step=None if state is None else int(state.global_step),
-                logger=log_metric,
+                logger=kwargs.get("log_metric"),
             )
             for sink in self._sinks:
                 sink(batch)
-        return r
-
-    def batch_metrics(self, scores: torch.Tensor, out: Any) -> dict[str, float]:
-        """Means of every component, the incentive, ``rbar`` and the base reward of a batch."""
-        metrics = {c.name: float(scores[:, k].mean()) for k, c in enumerate(self.components)}
-        metrics.update(
-            incentive=float(out.incentive.mean()),
-            leader_reward=float(out.rbar.mean()),
-            base_reward=float((out.r - out.incentive).mean()),
-        )
-        return metrics
+        return call.rewards
