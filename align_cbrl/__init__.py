@@ -62,6 +62,10 @@ _EXPORTS: dict[str, str] = {
     "CheckpointManager": "align_cbrl.checkpoint",
     "MetricsLogger": "align_cbrl.metrics",
     "load_config": "align_cbrl.config_parser",
+    "set_cpu_defaults": "align_cbrl.utils.env",
+    # prompt sets and tiny local models (tests, recipes, the quickstart)
+    "load_prompts": "align_cbrl.data",
+    "build_tiny_lm": "align_cbrl.models",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

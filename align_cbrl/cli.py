@@ -8,6 +8,8 @@
   help text (from the dataclass fields' ``metadata["help"]``).
 * ``align-cbrl quickstart [--output-dir DIR] [--iterations T] [--progress | --no-progress]``:
   the README's main job (:mod:`align_cbrl.quickstart`).
+* ``align-cbrl export RUN_DIR OUT``: a run's leader as a ``save_pretrained`` folder
+  (:mod:`align_cbrl.trainer.export`).
 * ``align-cbrl --version``.
 
 ``--help`` works anywhere on the command line. The current directory is put first on
@@ -34,6 +36,9 @@ commands:
         orchestrated HPGD run (see configs/*.yaml and docs/trainer.md)
   quickstart [--output-dir DIR] [--iterations T] [--progress | --no-progress]
         HPGD leader vs no leader vs naive leader on the embedded default
+  export RUN_DIR OUT
+        the leader of a run (or of a TRL checkpoint with hpgd_leader/) as one
+        save_pretrained folder: config.json, model.safetensors, README.md model card
 
 options:
   -h, --help     show this help and exit
@@ -139,6 +144,25 @@ def train_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def export_main(argv: Sequence[str]) -> int:
+    """``align-cbrl export RUN_DIR OUT`` (:mod:`align_cbrl.trainer.export`)."""
+    parser = argparse.ArgumentParser(
+        prog="align-cbrl export",
+        description="Write the leader of a run as one save_pretrained folder (config.json, "
+        "model.safetensors, README.md): RUN_DIR is a run directory (orchestrated or plugin, "
+        "finished or with checkpoints), a TRL checkpoint-<step>/ holding hpgd_leader/, or a "
+        "saved leader folder. Reuse it with FrozenShapedReward.from_pretrained(OUT).",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("out", metavar="OUT", help="the folder to write (created if missing)")
+    args = parser.parse_args(list(argv))
+    from align_cbrl.trainer.export import export_leader
+
+    out = export_leader(args.run_dir, args.out)
+    print(f"leader written to {out}/ (config.json, model.safetensors, README.md)")
+    return 0
+
+
 def _cwd_on_path() -> None:
     """Put the current directory first on ``sys.path``, as ``python -m`` does (a console
     script's ``sys.path[0]`` is its bin directory), so a ``callable`` reward module next to the
@@ -169,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from align_cbrl.quickstart import main as quickstart_main
 
             return quickstart_main(rest)
+        if command == "export":
+            return export_main(rest)
     except (
         ConfigError,
         ValueError,

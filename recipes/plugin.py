@@ -1,157 +1,174 @@
-"""HPGD as a plugin of a plain TRL ``GRPOTrainer`` / ``RLOOTrainer`` script: TRL owns the loop.
+"""HPGD as a plugin of a plain TRL ``GRPOTrainer`` / ``RLOOTrainer`` script, configured the TRL
+way: one YAML read by TRL's ``TrlParser`` holds the script's keys, TRL's ``GRPOConfig`` /
+``RLOOConfig`` and ``ModelConfig`` keys and the leader's ``leader_*`` keys (``HPGDArguments``).
 
     accelerate launch --config_file configs/accelerate/cpu.yaml --num_processes 1 \
-        recipes/plugin.py grpo --config configs/recipes/grpo_tiny.yaml
-    (or: recipes/plugin.py rloo --config configs/recipes/rloo_tiny.yaml)
+        recipes/plugin.py grpo --config configs/recipes/plugin_grpo_tiny.yaml
+    (or: recipes/plugin.py rloo --config configs/recipes/plugin_rloo_tiny.yaml)
+    recipes/plugin.py grpo --help        # every key: script, GRPOConfig, ModelConfig, leader_*
 
-The script is an ordinary GRPO / RLOO script plus ``HPGDReward`` (the shaped reward ``r_x``,
-given to TRL as its reward function; it hands TRL's own scored groups to its subscribers) and
-``HPGDCallback`` (a ``TrainerCallback`` that moves the leader one HPGD step every
-``follower_steps`` optimiser steps from those groups; no extra generation). It reads the same
-``HPGDConfig`` YAML as the orchestrated recipe: ``followers[0]`` configures the trainer (its
-``trl`` mapping is passed through, as in orchestrated runs), ``follower_steps`` is the leader's
-update interval, ``iterations`` the number of leader updates (``max_steps = iterations x
-follower_steps``). The KL is TRL's own here: GRPO's per-token KL in the loss (``beta`` of
-``GRPOConfig``; ``kl_mode`` is an orchestrated-only setting and is ignored), RLOO's
-sequence-level KL in the reward, the setting the HPGD estimate assumes, with unnormalised
-advantages (RLOO's default ``normalize_advantages=False``).
+The script is an ordinary TRL script plus ``HPGDReward`` (the shaped reward ``r_x``, TRL's reward
+function) and ``HPGDCallback`` (moves the leader one HPGD step every ``leader_update_every``
+optimiser steps from the groups TRL generated; no extra generation). The KL is TRL's own:
+GRPO's per-token KL in the loss (``beta``), RLOO's sequence-level KL in the reward; set
+``scale_rewards: none`` (GRPO) and keep ``normalize_advantages: false`` (RLOO) for an unbiased
+hypergradient. It uses only names exported by ``align_cbrl``.
 
-Multi-process: TRL generates whole groups on every rank; the callback broadcasts the leader at
-the start and all-reduces its hypergradient with group-count weights, so all ranks hold the same
-leader; only rank 0 writes ``leader_metrics.jsonl`` and ``leader/``.
-
-Checkpoints: TRL saves ``<output_dir>/trl/checkpoint-<step>`` every ``save_every`` leader
-updates (``save_every x follower_steps`` optimiser steps; none with ``save_every: 0``), and the
-callback writes the leader, its optimiser and the buffered groups into each
-(``checkpoint-<step>/hpgd_leader``). ``--resume`` continues from the latest one
-(``trainer.train(resume_from_checkpoint=True)``).
-
-Arguments: ``grpo`` or ``rloo``, ``--config FILE.yaml``, dotted overrides, ``--resume``,
-``--debug_sync DIR`` (compare the leader across ranks after every update; each rank writes
-``DIR/rank<r>.json``).
+Outputs under ``output_dir``: TRL's ``checkpoint-<step>/`` (each with ``hpgd_leader/``),
+``leader_metrics.jsonl`` and the final ``leader/`` (a ``save_pretrained`` folder: reuse it with
+``FrozenShapedReward.from_pretrained``). ``--resume`` continues from the latest checkpoint.
+Multi-process: the leader is broadcast at the start and its hypergradient all-reduced, so all
+ranks hold the same leader; ``--debug_sync DIR`` makes each rank write ``DIR/rank<r>.json``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
-from recipe_utils import (
-    exit_now,
-    finish,
-    load_recipe_config,
-    make_sync_check_callback,
-    write_sync_report,
-)
+from recipe_utils import RECIPE_KINDS, exit_now, finish, make_sync_check_callback, write_sync_report
 
-from align_cbrl.utils.env import set_cpu_defaults
+from align_cbrl import set_cpu_defaults
 
 set_cpu_defaults(threads=None)  # before torch is imported
 
 import torch  # noqa: E402
 from accelerate import PartialState  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-from trl import GRPOTrainer, RLOOTrainer  # noqa: E402
-
-from align_cbrl.config_parser import ConfigError  # noqa: E402
-from align_cbrl.followers.trl_config import trl_config  # noqa: E402
-from align_cbrl.models.real import lora_config  # noqa: E402
-from align_cbrl.trainer import HPGDCallback, HPGDConfig, HPGDReward  # noqa: E402
-from align_cbrl.trainer.builders import (  # noqa: E402
-    bilevel_for,
-    build_leader_from_config,
-    build_reward_setup,
-    dataset_rows,
-    follower_trl_config,
-    resolve_model,
-    resolve_task,
+from trl import (  # noqa: E402
+    GRPOConfig,
+    GRPOTrainer,
+    ModelConfig,
+    RLOOConfig,
+    RLOOTrainer,
+    TrlParser,
+    get_peft_config,
 )
-from align_cbrl.trainer.estimation import build_optimizer  # noqa: E402
+
+from align_cbrl import (  # noqa: E402
+    BilevelRewards,
+    HPGDArguments,
+    HPGDCallback,
+    HPGDReward,
+    build_components,
+    build_leader,
+    build_tiny_lm,
+    load_leader,
+    load_prompts,
+    load_reward_config,
+)
 
 
-def trl_args(config: HPGDConfig, kind: str, task: Any) -> Any:
-    """The ``GRPOConfig`` / ``RLOOConfig``: ``followers[0]`` through the same
-    :func:`~align_cbrl.followers.trl_config.trl_config` as orchestrated followers, with TRL's
-    own KL and the run's steps, logging and checkpoints."""
-    fc = config.seeded_followers()[0]
-    follower = follower_trl_config(fc, task, "followers.0")
-    follower = dataclasses.replace(follower, kl_mode="loss" if kind == "grpo" else "reward")
-    steps = config.follower_steps
-    return trl_config(
-        kind,
-        follower,
-        defaults={
-            "output_dir": f"{config.output_dir}/trl",
-            "max_steps": config.iterations * steps,
-            "logging_steps": steps,
-            "save_strategy": "steps" if config.save_every else "no",
-            "save_steps": max(1, config.save_every * steps),
-            "save_total_limit": config.keep_checkpoints,
-            "report_to": "none",
-            "disable_tqdm": not config.progress,
+@dataclass
+class ScriptArguments:
+    """The script's own keys (next to TRL's and the leader's in the same YAML)."""
+
+    dataset: str = field(
+        default="tiny_language",
+        metadata={
+            "help": "prompt rows: an embedded set (tiny_language, quickstart) or a .jsonl/.json/.yaml file with 'prompt' and the context column"
         },
     )
+    reward_config: str = field(
+        default="configs/rewards/tiny_language.yaml",
+        metadata={
+            "help": "reward config YAML: the components, the follower's base mix and the leader's objective mix"
+        },
+    )
+    tiny_vocab: list[str] = field(
+        default_factory=lambda: ["a", "b", "c", "d"],
+        metadata={
+            "help": "vocabulary of the word-level tiny LM built for model_name_or_path: tiny-word"
+        },
+    )
+    model_seed: int = field(default=0, metadata={"help": "initialisation seed of a tiny-* model"})
+    resume: bool = field(
+        default=False, metadata={"help": "continue from the latest checkpoint in output_dir"}
+    )
+    debug_sync: str | None = field(
+        default=None,
+        metadata={"help": "compare the leader across ranks after every update; DIR/rank<r>.json"},
+    )
+
+
+def parse(argv: list[str]) -> tuple[str, ScriptArguments, Any, ModelConfig, Any]:
+    """``(kind, script, trl_args, model_args, hpgd_args)`` from ``grpo|rloo --config FILE.yaml
+    [--key value ...]``; configuration errors are one-line ``ValueError`` s."""
+    if not argv or argv[0] not in RECIPE_KINDS:
+        raise ValueError(
+            f"usage: plugin.py {{{','.join(RECIPE_KINDS)}}} --config FILE.yaml [--key value ...]: "
+            "name the follower trainer first"
+        )
+    kind, rest = argv[0], argv[1:]
+    config_class = GRPOConfig if kind == "grpo" else RLOOConfig
+    parser = TrlParser((ScriptArguments, config_class, ModelConfig, HPGDArguments))
+    if "--config" not in rest and not {"-h", "--help"} & set(rest):
+        raise ValueError("give --config FILE.yaml (see configs/recipes/plugin_*.yaml)")
+    try:
+        script, trl_args, model_args, hpgd_args = parser.parse_args_and_config(rest)
+    except ValueError as err:
+        hint = f" (a config for the other trainer? this is {config_class.__name__})"
+        raise ValueError(f"plugin.py {kind}: {str(err).splitlines()[0]}{hint}") from err
+    return kind, script, trl_args, model_args, hpgd_args
+
+
+def build_leader_for(hpgd_args: Any, names: list[str], contexts: list[Any], column: str) -> Any:
+    """``leader_init`` (a saved leader) or ``leader_spec`` with the components and contexts."""
+    if hpgd_args.leader_init is not None:
+        return load_leader(hpgd_args.leader_init)
+    spec = {"type": "weights", "component_names": names, **(hpgd_args.leader_spec or {})}
+    if spec["type"] == "weights":
+        spec.setdefault("contexts", list(dict.fromkeys(contexts)))
+        spec.setdefault("context_column", column)
+    return build_leader(spec)
 
 
 def main(argv: list[str]) -> None:
-    kind, config, flags = load_recipe_config(argv, "plugin.py", ["--resume"])
-    if len(config.followers) != 1 or config.followers[0].trainer != kind:
-        raise ConfigError(f"this recipe trains exactly one follower with trainer: {kind}")
-    if config.leader.estimator not in ("hpgd", "naive"):
-        raise ConfigError("plugin mode supports leader.estimator hpgd or naive")
-    if config.leader.follower_schedule.kind != "fixed":
-        raise ConfigError(
-            "plugin mode runs the fixed schedule (TRL drives the steps); "
-            "leader.follower_schedule kind 'mlmc' needs the orchestrated trainer"
-        )
-    fc, lc = config.followers[0], config.leader
+    kind, script, trl_args, model_args, hpgd_args = parse(argv)
     state = PartialState()  # joins the process group `accelerate launch` set up
 
-    # 1. Prompts, reward components and the leader: the same YAML sections as orchestrated runs.
-    task = resolve_task(config.task)
-    setup = build_reward_setup(config, task)
-    rows = dataset_rows(fc, task, "followers.0")
-    model_dir = resolve_model(
-        fc.model, fc.model_seed, task, "followers.0", gguf_file=fc.gguf_file, dtype=fc.model_dtype
-    )
-    column = setup.context_column
-    torch.manual_seed(config.seed)
-    leader = build_leader_from_config(
-        config, setup, [r.get(column) for r in rows] if column else []
+    # 1. Prompts, reward components, mixes and the leader.
+    rows = load_prompts(script.dataset)
+    rewards = load_reward_config(script.reward_config)
+    components = build_components(rewards.components)
+    column = (rewards.leader or {}).get("context_column", "category")
+    torch.manual_seed(trl_args.seed)
+    leader = build_leader_for(
+        hpgd_args, [c.name for c in components], [r.get(column) for r in rows], column
     )
 
     # 2. The two plugin objects.
-    reward = HPGDReward(bilevel_for(leader, setup), setup.components, context_column=column)
-    hpgd = HPGDCallback(
-        reward,
-        update_every=config.follower_steps,
-        optimizer=build_optimizer(
-            leader.parameters(), lc.optimizer, lc.lr, lc.momentum, lc.adam_betas
-        ),
-        estimator=lc.estimator,
-        max_grad_norm=lc.max_grad_norm,
-        output_dir=config.output_dir,
+    reward = HPGDReward(
+        BilevelRewards(leader, rewards.follower, rewards.leader), components, context_column=column
     )
+    hpgd = HPGDCallback(reward, hpgd_args)
     callbacks = [hpgd]
-    if flags["debug_sync"]:
+    if script.debug_sync:
         callbacks.append(make_sync_check_callback(hpgd))
 
     # 3. A plain GRPO / RLOO script.
+    model = model_args.model_name_or_path or "tiny-word"
+    if model in ("tiny-word", "tiny-bpe"):
+        words = script.tiny_vocab if model == "tiny-word" else None
+        model = str(build_tiny_lm(model[5:], seed=script.model_seed, words=words))
+    if model_args.dtype not in (None, "auto"):
+        trl_args.model_init_kwargs = {
+            "dtype": model_args.dtype,
+            **(trl_args.model_init_kwargs or {}),
+        }
     trainer = (GRPOTrainer if kind == "grpo" else RLOOTrainer)(
-        model=str(model_dir),
+        model=model,
         reward_funcs=[reward],
-        args=trl_args(config, kind, task),
+        args=trl_args,
         train_dataset=Dataset.from_list(rows),
-        processing_class=AutoTokenizer.from_pretrained(model_dir, padding_side="left"),
         callbacks=callbacks,
-        peft_config=None if fc.lora is None else lora_config(fc.lora),
+        peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=True if flags["resume"] else None)
+    trainer.train(resume_from_checkpoint=True if script.resume else None)
 
-    if flags["debug_sync"]:
-        write_sync_report(flags["debug_sync"], hpgd.sync, leader, callbacks[-1].digests)
+    if script.debug_sync:
+        write_sync_report(script.debug_sync, hpgd.sync, leader, callbacks[-1].digests)
     if state.is_main_process:
         last = hpgd.history[-1] if hpgd.history else {}
         print(
@@ -159,7 +176,7 @@ def main(argv: list[str]) -> None:
             f"{kind.upper()} steps on {state.num_processes} process(es); last objective "
             f"estimate {last.get('objective_estimate', float('nan')):.4f}"
         )
-        print(f"leader under {config.output_dir}/leader, metrics in leader_metrics.jsonl")
+        print(f"leader under {trl_args.output_dir}/leader, metrics in leader_metrics.jsonl")
     finish(state)  # barrier, then tear the process group down before Python exits
 
 

@@ -33,6 +33,9 @@ def launch(recipe: str, kind: str, config: str, out: Path, sync_dir: Path, *extr
     return accelerate_launch(ROOT / "recipes" / f"{recipe}.py", args, 2)
 
 
+CONFIGS = {"orchestrated": "grpo_tiny.yaml", "plugin": "plugin_grpo_tiny.yaml"}
+
+
 def reports(sync_dir: Path) -> tuple[dict, dict]:
     assert sorted(p.name for p in sync_dir.iterdir()) == ["rank0.json", "rank1.json"]
     r0, r1 = (json.loads((sync_dir / f"rank{r}.json").read_text()) for r in (0, 1))
@@ -45,7 +48,7 @@ def launch_grpo_and_compare(recipe: str, tmp_path: Path) -> tuple[Path, dict, di
     """Launch ``recipe grpo`` on 2 processes: the exact bits of every leader parameter agree
     across the ranks, after every one of the 3 leader updates."""
     out, sync_dir = tmp_path / "run", tmp_path / "sync"
-    output = launch(recipe, "grpo", "grpo_tiny.yaml", out, sync_dir)
+    output = launch(recipe, "grpo", CONFIGS[recipe], out, sync_dir)
     assert "on 2 process(es)" in output
     r0, r1 = reports(sync_dir)
     assert r0["hex"] == r1["hex"] and r0["per_update"] == r1["per_update"]
@@ -75,4 +78,6 @@ def test_two_processes_plugin_grpo_keep_bit_identical_leaders(tmp_path):
     out, _, _ = launch_grpo_and_compare("plugin", tmp_path)
     rows = read_jsonl(out / "leader_metrics.jsonl")
     assert [r["step"] for r in rows] == [2, 4, 6]
-    assert sorted(p.name for p in out.iterdir()) == ["leader", "leader_metrics.jsonl", "trl"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["README.md", "checkpoint-6", "leader", "leader_metrics.jsonl"]
+    assert (out / "leader" / "config.json").is_file()

@@ -1,4 +1,4 @@
-"""The plugin recipes checkpoint through TRL and continue with ``--resume``."""
+"""The TRL-style plugin recipe checkpoints through TRL and continues with ``--resume``."""
 
 from __future__ import annotations
 
@@ -11,27 +11,27 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("accelerate")
 
-from align_cbrl.leaders import load_leader
+from align_cbrl import load_leader
 from align_cbrl.metrics import read_jsonl
 from align_cbrl.trainer.callback import CHECKPOINT_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize(("kind", "config"), [("grpo", "grpo_tiny.yaml")])
+@pytest.mark.parametrize(("kind", "config"), [("grpo", "plugin_grpo_tiny.yaml")])
 def test_plugin_recipe_resumes_from_its_trl_checkpoint(tmp_path, kind, config):
     if str(ROOT / "recipes") not in sys.path:
         sys.path.insert(0, str(ROOT / "recipes"))
     main = importlib.import_module("plugin").main
     out = tmp_path / "run"
     base = [kind, "--config", str(ROOT / "configs" / "recipes" / config), "--output_dir", str(out)]
-    main([*base, "--iterations", "2"])
-    ckpt = out / "trl" / "checkpoint-4"
+    main([*base, "--max_steps", "4"])
+    ckpt = out / "checkpoint-4"
     assert (ckpt / CHECKPOINT_DIR / "state.json").is_file()
     after_two = load_leader(ckpt / CHECKPOINT_DIR / "leader").flat_parameters()
     assert load_leader(out / "leader").flat_parameters().equal(after_two)
-    main([*base, "--iterations", "3", "--resume"])
+    main([*base, "--max_steps", "6", "--resume"])
     rows = read_jsonl(out / "leader_metrics.jsonl")
     assert [r["step"] for r in rows] == [2, 4, 6]  # continued at step 5, one more update
-    assert (out / "trl" / "checkpoint-6" / CHECKPOINT_DIR / "state.json").is_file()
+    assert (out / "checkpoint-6" / CHECKPOINT_DIR / "state.json").is_file()
     assert not load_leader(out / "leader").flat_parameters().equal(after_two)

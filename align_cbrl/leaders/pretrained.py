@@ -89,7 +89,9 @@ def save_pretrained(
     card = model_card(leader, doc)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "pt", "leader": json.dumps(spec, sort_keys=True)}
+    # one metadata key: safetensors writes its metadata map in hash order, so two keys would
+    # make the bytes of identical leaders differ between processes
+    metadata = {"leader": json.dumps(spec, sort_keys=True)}
     save_safetensors(out / STATE_FILE, dict(leader.state_dict()), metadata=metadata)
     atomic_write_text(out / CARD_FILE, card)
     atomic_write_json(out / CONFIG_FILE, doc)
