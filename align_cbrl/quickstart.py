@@ -93,13 +93,15 @@ def run_quickstart(
     """Run every arm (fresh, replacing earlier quickstart results under ``output_dir``) and
     return ``{arm: {"summary": ..., "history": [...], "seconds": ...}}``; writes the comparison
     plot and ``summary.json``."""
-    from align_cbrl.utils.env import quiet_libraries, set_cpu_defaults
+    from align_cbrl.utils.env import pin_cpu_kernels, quiet_libraries, set_cpu_defaults
 
+    pin_cpu_kernels()  # the same kernel path, hence the same digits, on every AVX2 CPU
     set_cpu_defaults()
     quiet_libraries()
     from align_cbrl.config_parser import from_dict, set_dotted
     from align_cbrl.trainer import HPGDConfig, HPGDTrainer
     from align_cbrl.trainer.plots import plot_comparison
+    from align_cbrl.utils.env import cpu_kernel_paths
     from align_cbrl.utils.io import atomic_write_json
 
     out = Path(output_dir)
@@ -140,6 +142,7 @@ def run_quickstart(
         arm: {"seconds": r["seconds"], **r["summary"]} for arm, r in results.items()
     }
     doc["exact_references"] = references
+    doc["cpu_kernels"] = cpu_kernel_paths()
     atomic_write_json(out / "summary.json", doc)
     for name, F in references.items():
         results[name] = {"summary": {"eval/objective_exact": F}}
@@ -236,7 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_table(results))
     print()
+    from align_cbrl.utils.env import cpu_kernel_paths
+
     print(f"total time {total:.0f} s; plots and metrics under {args.output_dir}/")
+    print(f"CPU kernels: {cpu_kernel_paths()} (docs/quickstart.md: reproducing the digits)")
     return 0
 
 
