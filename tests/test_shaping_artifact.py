@@ -175,7 +175,7 @@ def test_model_card_shows_weights_cost_and_training_summary(tmp_path, task):
     )
     assert "| leader objective F(x), exact | 0.4321 |" in card
     assert "pays `0.25 * i^2` per completion" in card
-    assert "`count_b`: `keyword`" in card
+    assert '* `count_b`: `keyword` `{"keywords": ["b"]}`' in card
 
 
 def test_push_to_hub_uploads_exactly_the_saved_folder(tmp_path, task, monkeypatch):

@@ -9,6 +9,7 @@ scores ``s_k``, the prompt's context ``c(p)``); the leader pays ``cost_coef * |i
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -92,12 +93,13 @@ def _rewards_section(rewards: Mapping[str, Any] | None) -> str:
     lines = ["Components (the scores `s_k`):", ""]
     for c in rewards["components"]:
         params = {k: v for k, v in c.items() if k not in ("name", "type")}
-        lines.append(f"* `{c['name']}`: `{c.get('type')}` {params if params else ''}".rstrip())
+        shown = f" `{json.dumps(params)}`" if params else ""
+        lines.append(f"* `{c['name']}`: `{c.get('type')}`{shown}")
     lines += [
         "",
-        f"Follower's base reward mix: `{rewards.get('follower')}`",
+        f"Follower's base reward mix `a`: `{json.dumps(rewards.get('follower'))}`",
         "",
-        f"Leader's objective mix: `{rewards.get('leader')}`",
+        f"Leader's objective mix `b`: `{json.dumps(rewards.get('leader'))}`",
         "",
         f"Context column: `{rewards.get('context_column')}`",
     ]

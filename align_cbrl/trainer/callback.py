@@ -3,12 +3,13 @@
 Add two objects to the script you already have::
 
     reward = HPGDReward(bilevel, components)                    # r_x for TRL (a plain function)
-    trainer = GRPOTrainer(..., reward_funcs=[reward], callbacks=[HPGDCallback(reward, HPGDArguments(leader_update_every=10))])
+    callback = HPGDCallback(reward, HPGDArguments(leader_update_every=10))
+    trainer = GRPOTrainer(..., reward_funcs=[reward], callbacks=[callback])
 
 TRL generates ``num_generations`` completions per prompt and calls the reward function once per
 generation batch; the callback subscribes its :class:`~align_cbrl.trainer.groups.GroupBuffer`
-to the reward and so keeps the scored groups. Every ``leader_update_every`` optimiser steps it moves
-the leader one step along the HPGD estimate (``docs/theory.md §3``)
+to the reward and so keeps the scored groups. Every ``leader_update_every`` optimiser steps it
+moves the leader one step along the HPGD estimate (``docs/theory.md §3``)
 
     dF/dx ≈ mean_g [ mean_i d rbar_i + (1/beta) 1/(N-1) sum_i (w d r_i - mean w d r)(rbar_i - mean rbar) ]
 
@@ -20,13 +21,14 @@ with the updated incentive. No extra generation.
 **Checked before any generation** (``on_train_begin``): ``beta > 0`` (GRPO's default ``0.0`` is
 refused); ``scale_rewards != "none"``, ``multi_objective_aggregation="normalize_then_sum"``,
 RLOO's ``normalize_advantages=True`` and ``reward_clip_range`` change the follower's objective
-(refused unless ``leader_allow_reward_scaling=True``); trainers that score rewards in another process
-(TRL's ``AsyncGRPOTrainer``) are refused. A leader that has received no scored batch by its
+(refused unless ``leader_allow_reward_scaling=True``); trainers that score rewards in another
+process (TRL's ``AsyncGRPOTrainer``) are refused. A leader that has received no scored batch by its
 first update (the :class:`HPGDReward` is missing from ``reward_funcs``) raises.
 
 **Checkpoints and resume.** At every TRL checkpoint the callback writes
-``checkpoint-<step>/hpgd_leader/`` (the leader as a ``save_pretrained`` folder, its optimiser, the estimator state, the groups
-buffered since the last update and the leader's metric history; safetensors + JSON, atomic).
+``checkpoint-<step>/hpgd_leader/`` (the leader as a ``save_pretrained`` folder, its optimiser,
+the estimator state, the groups buffered since the last update and the leader's metric history;
+safetensors + JSON, atomic).
 ``trainer.train(resume_from_checkpoint=...)`` restores them at ``on_train_begin``, so an
 interrupted and resumed run ends with the same leader bytes as an uninterrupted one (CPU).
 

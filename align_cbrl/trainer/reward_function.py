@@ -21,6 +21,9 @@ estimator needs.
 The function refuses to run in a process other than the one that built it (TRL's
 ``AsyncGRPOTrainer`` scores in a rollout worker process): the leader lives, and is updated, in
 the training process, so a copy elsewhere would shape rewards with a leader that never moves.
+The scoring itself is :class:`ShapedReward`, shared with
+:class:`~align_cbrl.trainer.frozen_reward.FrozenShapedReward` (a saved leader's shaping, frozen,
+which has neither sinks nor the process check).
 """
 
 from __future__ import annotations
@@ -199,22 +202,8 @@ class HPGDReward(ShapedReward):
     Args: those of :class:`ShapedReward`.
     """
 
-    def __init__(
-        self,
-        bilevel: BilevelRewards,
-        components: Sequence[RewardComponent],
-        *,
-        context_column: str | None = "category",
-        name: str = "hpgd_reward",
-        log_components: bool = True,
-    ) -> None:
-        super().__init__(
-            bilevel,
-            components,
-            context_column=context_column,
-            name=name,
-            log_components=log_components,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._sinks: list[Callable[[ScoredBatch], None]] = []
         self._pid = os.getpid()
 
