@@ -150,6 +150,22 @@ def test_a_placeholder_component_must_be_supplied_again(tmp_path, task):
         FrozenShapedReward.from_pretrained(tmp_path / "leader", components=task.components[:2])
 
 
+def test_callback_warns_early_about_an_in_memory_component(tmp_path, task):
+    pytest.importorskip("trl")
+    from transformers import TrainerControl, TrainerState
+    from trl_helpers import grpo_args
+
+    from align_cbrl import HPGDCallback
+
+    reward = trained_reward(task)
+    name = task.component_names[0]
+    spec = {"type": "callable", "name": name, "target": lambda prompts, completions, **kw: [0]}
+    reward.components[0] = build_components([spec])[0]
+    callback = HPGDCallback(reward)
+    with pytest.warns(UserWarning, match="saved without its reward spec.*define it in a module"):
+        callback.on_train_begin(grpo_args(tmp_path), TrainerState(), TrainerControl())
+
+
 def test_model_card_shows_weights_cost_and_training_summary(tmp_path, task):
     reward = trained_reward(task)
     leader = reward.leader

@@ -251,7 +251,7 @@ class LeaderConfig:
         optimizer: ``"adam"`` or ``"sgd"``; ``lr``, ``momentum`` (SGD), ``adam_betas``.
         max_grad_norm: global-norm clipping of the hypergradient (0 disables).
         zero_order_u, zero_order_decay: smoothing radius ``u_t = u / t**decay``.
-        init: a saved leader directory to start from (``Leader.save``), or ``None``.
+        init: a saved leader folder to start from (``Leader.save_pretrained``), or ``None``.
         follower_schedule: how long the followers train per iteration: ``kind: fixed``
             (``follower_steps``) or ``kind: mlmc`` (the multilevel estimator, ``docs/theory.md``
             §9; :mod:`align_cbrl.trainer.follower_schedule`).
@@ -286,7 +286,7 @@ class LeaderConfig:
     )
     init: str | None = field(
         default=None,
-        metadata={"help": "saved leader directory (Leader.save) to start from; null = from spec"},
+        metadata={"help": "saved leader folder (save_pretrained) to start from; null = from spec"},
     )
     follower_schedule: FollowerScheduleConfig = field(
         default_factory=FollowerScheduleConfig,
