@@ -168,14 +168,21 @@ class Leader(nn.Module):
 
         return save_pretrained(self, directory, rewards=rewards, training=training)
 
-    def push_to_hub(self, repo_id: str, *, rewards: Any = None, **kwargs: Any) -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        rewards: Any = None,
+        training: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> str:
         """Save to a temporary folder and upload it to the Hugging Face Hub repository
-        ``repo_id`` (:func:`align_cbrl.leaders.pretrained.push_to_hub`); returns its URL."""
+        ``repo_id`` (:func:`align_cbrl.leaders.pretrained.push_to_hub`, which takes
+        ``kwargs``: ``token``, ``private``, ``commit_message``); returns the commit URL."""
         import tempfile
 
         from align_cbrl.leaders.pretrained import push_to_hub
 
-        training = kwargs.pop("training", None)
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, rewards=rewards, training=training)
             return push_to_hub(tmp, repo_id, **kwargs)
