@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from align_cbrl.leaders.pretrained import CONFIG_FILE, load_leader, read_pretrained_config
+from align_cbrl.leaders.pretrained import load_leader, read_pretrained_config
 from align_cbrl.utils.io import load_safetensors, read_json
 
 __all__ = ["export_leader", "find_leader_source"]
@@ -41,6 +41,14 @@ def _latest(directory: Path, pattern: re.Pattern[str], marker: str) -> Path | No
     return max(found)[1] if found else None
 
 
+def _is_leader_folder(path: Path) -> bool:
+    try:
+        read_pretrained_config(path)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
 def find_leader_source(run_dir: str | os.PathLike[str]) -> tuple[str, Path]:
     """``("folder", path)`` of a saved leader folder, or ``("orchestrated", checkpoint)``; a
     directory with neither is a one-line ``FileNotFoundError``."""
@@ -48,7 +56,7 @@ def find_leader_source(run_dir: str | os.PathLike[str]) -> tuple[str, Path]:
     if not run.is_dir():
         raise FileNotFoundError(f"export: {str(run)!r} is not a directory")
     for candidate in (run, run / "leader", run / "hpgd_leader" / "leader"):
-        if (candidate / CONFIG_FILE).is_file():
+        if _is_leader_folder(candidate):  # a TRL checkpoint's config.json is its model's
             return "folder", candidate
     ckpt = _latest(run, _TRL_CHECKPOINT, "hpgd_leader")
     if ckpt is not None:
