@@ -80,7 +80,7 @@ def plugin(config: Path, iterations: int, steps: int) -> list[float]:
     from trl import GRPOTrainer
 
     from align_cbrl.followers.trl_config import trl_config
-    from align_cbrl.trainer import HPGDCallback, HPGDReward, builders
+    from align_cbrl.trainer import HPGDArguments, HPGDCallback, HPGDReward, builders
 
     marks: list[float] = []
 
@@ -103,7 +103,10 @@ def plugin(config: Path, iterations: int, steps: int) -> list[float]:
         reward = HPGDReward(
             builders.bilevel_for(leader, setup), setup.components, context_column=col
         )
-        hpgd = HPGDCallback(reward, update_every=steps, lr=cfg.leader.lr, output_dir=tmp)
+        settings = HPGDArguments(
+            leader_update_every=steps, leader_lr=cfg.leader.lr, leader_output_dir=tmp
+        )
+        hpgd = HPGDCallback(reward, settings)
         follower = dataclasses.replace(builders.follower_trl_config(fc, task, "f"), kl_mode="loss")
         args = trl_config(
             "grpo",
