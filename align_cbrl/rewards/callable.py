@@ -1,6 +1,6 @@
 """Reward component wrapping any Python callable: the function itself, or its import path
 ``"module.sub:function"`` (the form a YAML config can hold; ``"__main__:fn"`` names a function
-of the running script).
+of the running script), resolved by :func:`align_cbrl.utils.imports.import_callable`.
 
 The callable is invoked TRL-style, ``fn(prompts=..., completions=..., **context_columns,
 **kwargs)``, so existing TRL reward functions plug in unchanged. It may return a list (with
@@ -9,13 +9,13 @@ The callable is invoked TRL-style, ``fn(prompts=..., completions=..., **context_
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor
 
 from align_cbrl.rewards.base import Contexts, RewardComponent
+from align_cbrl.utils.imports import import_callable
 
 __all__ = ["CallableReward", "InMemoryCallableError", "import_callable", "importable_reference"]
 
@@ -35,34 +35,6 @@ def importable_reference(fn: Callable[..., Any]) -> str | None:
     except (ImportError, AttributeError, TypeError, ValueError):
         return None
     return f"{module}:{qualname}" if found is fn else None
-
-
-def import_callable(target: str) -> Callable[..., Any]:
-    """Import ``"package.module:attr.sub"``; clear errors for malformed or missing targets."""
-    if not isinstance(target, str) or target.count(":") != 1:
-        raise ValueError(
-            f"callable target {target!r} must look like 'package.module:function' (one colon)"
-        )
-    mod_name, attr_path = target.split(":")
-    if not mod_name or not attr_path:
-        raise ValueError(f"callable target {target!r} must look like 'package.module:function'")
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except ImportError as err:
-        raise ImportError(
-            f"cannot import module {mod_name!r} of callable target {target!r}: {err}"
-        ) from err
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            raise AttributeError(
-                f"callable target {target!r}: {mod_name!r} has no attribute path {attr_path!r}"
-            )
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise TypeError(
-            f"callable target {target!r} resolved to a non-callable {type(obj).__name__}"
-        )
-    return obj
 
 
 class CallableReward(RewardComponent):
