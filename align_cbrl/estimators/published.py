@@ -53,7 +53,12 @@ from align_cbrl.estimators.episodes import (
 from align_cbrl.estimators.leader_values import LeaderValues, published_values
 from align_cbrl.estimators.trajectory import HPGDWeights
 
-__all__ = ["every_visit_weights", "finished_episodes", "published_hpgd_weights"]
+__all__ = [
+    "every_visit_weights",
+    "finished_episodes",
+    "published_hpgd_weights",
+    "start_visit_weights",
+]
 
 
 def finished_episodes(episode_start: torch.Tensor) -> torch.Tensor:
@@ -90,7 +95,7 @@ def every_visit_weights(
     return segmented_scan(c_sa - c_s, episode_start, gamma, reverse=False, max_len=max_len, tau=tau)
 
 
-def _start_weights(
+def start_visit_weights(
     states: torch.Tensor,
     episode_start: torch.Tensor,
     n_states: int,
@@ -99,7 +104,8 @@ def _start_weights(
     max_len: int,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """(P2) as weights on ``d rbar_x``: ``c'_t = m(s_t) / (n_starts n_s(s_t))`` scanned forward."""
+    """(P2) as weights on ``d rbar_x``: ``c'_t = m(s_t) / (n_starts n_s(s_t))`` scanned forward
+    (``m(s)`` episode starts in ``s``, ``n_s`` visits of ``s``, ``tau`` the time in episode)."""
     n_s = scatter_sum(torch.ones_like(states, dtype=dtype), states, n_states)
     n_starts = episode_start.sum(dim=1).to(dtype)
     m = scatter_sum(episode_start.to(dtype), states, n_states)
@@ -156,7 +162,7 @@ def published_hpgd_weights(
     follower = every_visit_weights(
         values, actions, n_actions, episode_start, gamma, gpow, tau, max_len
     ) / (beta_col * n_done[:, None])
-    leader = _start_weights(states, episode_start, n_states, gamma, tau, max_len, dtype)
+    leader = start_visit_weights(states, episode_start, n_states, gamma, tau, max_len, dtype)
     return HPGDWeights(
         follower=follower,
         leader=leader,

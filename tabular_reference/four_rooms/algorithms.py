@@ -44,22 +44,19 @@ from tqdm import tqdm
 
 from align_cbrl.estimators.vocabulary import ALGORITHM_ALIASES, canonical_algorithm
 from align_cbrl.estimators.zero_order import gaussian_smoothing_gradient, sample_directions
+from tabular_reference.common.estimator_api import resolve
 from tabular_reference.common.optim import sgd_ascent
 from tabular_reference.four_rooms import hpgd_kernels as HK
 from tabular_reference.four_rooms import kernels as K
 from tabular_reference.four_rooms.dynamics import Dynamics, resolve_dynamics
 from tabular_reference.four_rooms.env import FOUR_ROOMS, GOALS
-from tabular_reference.four_rooms.hypergradient import (
-    LeaderCritic,
-    exact_hypergradient,
-    hypergradient,
-    sample_buffers,
-)
+from tabular_reference.four_rooms.hypergradient import estimate, exact_hypergradient, sample_buffers
 from tabular_reference.four_rooms.leader import BUDGET_MODES
 from tabular_reference.four_rooms.solver import FollowerSolver
 
 ALGORITHMS = ("hpgd", "hpgd-cov", "hpgd-paper", "hpgd-published", "naive", "exact", "zero-order")
-# algorithm -> (estimator form, source of the leader values; see hypergradient.hypergradient)
+# algorithm -> (estimator form, source of the leader values; estimators.builtin_for); each is
+# also the name of its built-in in the estimator registry (tabular_reference.four_rooms.estimators)
 HPGD_ESTIMATORS = {
     "hpgd": ("mc", "crossfit"),
     "hpgd-cov": ("covariance", "table"),
@@ -79,7 +76,9 @@ PAPER_KEYS = {"lam": "beta", "beta": "budget_cost"}
 class RunConfig:
     """One batched job: every combination of ``lrs x cs x seeds`` is an independent run
     (``cs`` is used by ``zero-order`` only). ``beta``: follower temperature (> 0);
-    ``budget_cost``: the leader's cost per unit of penalty budget (>= 0)."""
+    ``budget_cost``: the leader's cost per unit of penalty budget (>= 0); ``estimator``: with
+    ``algo="hpgd"``, another estimator in HPGD's place (a registered name or
+    ``"module:function"``, ``docs/validate.md``)."""
 
     algo: str
     beta: float
@@ -104,6 +103,7 @@ class RunConfig:
     dynamics: str | dict = "paper"
     estimator_backend: str = "fused"
     follower_solve: str = "exact"
+    estimator: str | None = None
 
     def __post_init__(self) -> None:
         self.algo = ALGORITHM_ALIASES.get(self.algo, self.algo)
@@ -144,6 +144,13 @@ class RunConfig:
         if self.iters < 1:
             raise ValueError(f"iters must be >= 1, got {self.iters}")
         self._validate_sampling()
+        if self.estimator is not None:
+            if self.algo != "hpgd":
+                raise ValueError(
+                    f"estimator={self.estimator!r} replaces HPGD's estimator: use it with "
+                    f"algo 'hpgd', got {self.algo!r}"
+                )
+            resolve(self.estimator, "four-rooms")
         if self.algo == "zero-order" and (not self.cs or any(not c > 0 for c in self.cs)):
             raise ValueError(f"zero-order constants c must be > 0, got {self.cs}")
         if not self.goals:
@@ -180,6 +187,8 @@ class RunConfig:
         edge = {field_name: key for key, field_name in PAPER_KEYS.items()}
         d = {edge.get(k, k): v for k, v in asdict(self).items()}
         d["goals"] = [list(g) for g in self.goals]
+        if self.estimator is None:  # records of the built-in algorithms keep their keys
+            del d["estimator"]
         if isinstance(self.dynamics, dict):
             d["dynamics"] = {
                 k: list(v) if isinstance(v, tuple) else v for k, v in self.dynamics.items()
@@ -251,7 +260,11 @@ class _Gradients:
             # the library backend's stream is unchanged)
             seeds_x = np.random.default_rng([cfg.job_seed, 11]).integers(2**63, size=n_runs)
             self.xrng = np.stack([HK.seed_state(int(v)) for v in seeds_x])
-            self.critic = LeaderCritic(n_runs, self.n_ctx, env.n_cells, cfg.baseline_ema)
+            # the estimator (a built-in of the same name or cfg.estimator), its memory across
+            # iterations (critics) and its own generator
+            self.estimator = resolve(cfg.estimator or cfg.algo, "four-rooms")
+            self.memory: dict = {}
+            self.est_rng = np.random.default_rng([cfg.job_seed, 13])
 
     def exact(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact ascent: ``(g, F)`` averaged over all contexts."""
@@ -279,11 +292,9 @@ class _Gradients:
                 torch.from_numpy(u),
             ).numpy()
             return g, sol.F, ctx
-        form, leader_q = HPGD_ESTIMATORS[self.cfg.algo]
-        tables = self.critic.tables(ctx) if leader_q == "table" else None
-        g = hypergradient(sol, self.cfg, form, tables, self.buffers, leader_q, self.xrng)
-        if leader_q == "table":
-            self.critic.update(ctx, self.buffers)
+        g = estimate(
+            self.estimator, sol, self.cfg, self.buffers, self.xrng, self.memory, self.est_rng
+        )
         return g, sol.F, ctx
 
     def context_mean(self, x: np.ndarray, ctx: np.ndarray, F_ctx: np.ndarray) -> np.ndarray:

@@ -46,17 +46,15 @@ from align_cbrl.estimators.zero_order import (
     sample_directions,
     smoothing_radius,
 )
+from tabular_reference.common.estimator_api import Estimator, resolve
 from tabular_reference.common.optim import sgd_ascent
-from tabular_reference.tax_design.critic import MonteCarloCritic
 from tabular_reference.tax_design.economy import Economy
+from tabular_reference.tax_design.estimators import builtin_hpgd, estimate
 from tabular_reference.tax_design.hypergradient import (
     FOLLOWER_TRANSITION,
     FORMS,
     LEADER_Q,
     exact_hypergradient,
-    flat_batch,
-    hypergradient,
-    leader_rewards,
 )
 from tabular_reference.tax_design.rewards import asset_welfare, initial_theta, rates, welfare_action
 from tabular_reference.tax_design.sampling import (
@@ -97,7 +95,9 @@ class AlgoSettings:
     core estimator's options; ``critic``: the leader value table of ``leader_q="table"``
     (``"learned"``: :class:`critic.MonteCarloCritic` from past
     trajectories; ``"exact"``: the model's ``Vbar``); ``zo_c``: the
-    zero-order constant ``c`` of ``u_t = c / t``; ``tol``: household solver tolerance."""
+    zero-order constant ``c`` of ``u_t = c / t``; ``tol``: household solver tolerance;
+    ``estimator``: another estimator in HPGD's place (a registered name or
+    ``"module:function"``, ``docs/validate.md``; ``form`` / ``leader_q`` / ``critic`` then unused)."""
 
     lr: float = 0.01
     max_norm: float = 1.0
@@ -110,6 +110,7 @@ class AlgoSettings:
     follower_transition: str = "expected"
     zo_c: float = 50.0
     tol: float = 1e-11
+    estimator: str | None = None
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -143,6 +144,8 @@ class AlgoSettings:
             raise ValueError(f"zero-order constant c must be > 0, got {self.zo_c}")
         if not 0 < self.tol < 1e-3:
             raise ValueError(f"solver tolerance must lie in (0, 1e-3), got {self.tol}")
+        if self.estimator is not None:
+            resolve(self.estimator, "tax-design")
 
 
 @dataclass(frozen=True)
@@ -176,12 +179,13 @@ def episodes_from_steps(steps: int, episode_length: int, what: str, n_types: int
     return steps // episode_length
 
 
-def _critic_inputs(
-    econ: Economy, theta: Tensor, b: dict[str, Tensor]
-) -> tuple[Tensor, Tensor, Tensor]:
-    with torch.no_grad():
-        rewards = leader_rewards(econ, theta, b)
-    return b["joint_state"], rewards, b["episode_start"]
+def hpgd_estimator(algo: str, settings: AlgoSettings) -> Estimator:
+    """The estimator of ``hpgd`` / ``naive``: ``settings.estimator`` if given, else the
+    built-in of ``settings.form`` / ``leader_q`` / ``critic`` (``form="naive"`` for ``naive``)."""
+    if settings.estimator is not None and algo == "hpgd":
+        return resolve(settings.estimator, "tax-design")
+    form = "naive" if algo == "naive" else settings.form
+    return builtin_hpgd(form, settings.leader_q, settings.critic)
 
 
 def sampled_welfare(
@@ -228,8 +232,12 @@ class _Gradients:
         self.econ, self.algo, self.beta, self.settings, self.gen = econ, algo, beta, settings, gen
         self.contexts = balanced_contexts(econ, R, settings.episodes)
         self.zo_contexts = balanced_contexts(econ, R, settings.zo_episodes)
-        self.learned: MonteCarloCritic | None = None
         self.newton = 0  # Newton steps of the extra solves (perturbed / exact)
+        # the estimator of hpgd / naive (estimators.builtin_hpgd of the settings, or
+        # settings.estimator), its memory across iterations (the learned critic) and generator
+        self.estimator = hpgd_estimator(algo, settings)
+        self.memory: dict = {}
+        self.est_rng = np.random.default_rng([gen.initial_seed(), 13])
 
     def __call__(
         self, theta: Tensor, sol: FollowerSolution, Vbar: Tensor, F_ctx: Tensor, t: int
@@ -244,25 +252,13 @@ class _Gradients:
         return self._zero_order(theta, sol, F_ctx, t)
 
     def _hpgd(self, theta: Tensor, sol: FollowerSolution, Vbar: Tensor) -> Tensor:
-        econ, st = self.econ, self.settings
-        x = rates(theta)
-        traj = rollout(econ, sol, x[:, 0], self.contexts, econ.config.episode_length, self.gen)
-        batch = flat_batch(econ, traj)
-        form = "naive" if self.algo == "naive" else st.form
-        critic_v = Vbar
-        uses_critic = form != "naive" and st.leader_q != "crossfit"
-        if uses_critic and st.critic == "learned":
-            if self.learned is None:  # first iteration: bootstrap from this batch
-                self.learned = MonteCarloCritic(econ, theta.shape[0])
-                self.learned.update(*_critic_inputs(econ, theta, batch))
-            critic_v = self.learned.values()
-        grad, _ = hypergradient(
-            econ, theta, self.beta, sol, traj, form=form, leader_q=st.leader_q, critic=critic_v,
-            follower_transition=st.follower_transition, batch=batch,
+        econ = self.econ
+        traj = rollout(econ, sol, rates(theta)[:, 0], self.contexts, econ.config.episode_length, self.gen)  # fmt: skip
+        return estimate(
+            self.estimator, econ, theta, self.beta, sol, traj, memory=self.memory,
+            rng=self.est_rng, follower_transition=self.settings.follower_transition,
+            leader_values=Vbar if self.estimator.oracle else None,
         )  # fmt: skip
-        if self.learned is not None:
-            self.learned.update(*_critic_inputs(econ, theta, batch))
-        return grad
 
     def _zero_order(self, theta: Tensor, sol: FollowerSolution, F_ctx: Tensor, t: int) -> Tensor:
         econ, st, gen = self.econ, self.settings, self.gen

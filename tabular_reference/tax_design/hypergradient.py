@@ -66,6 +66,8 @@ __all__ = [
     "hypergradient",
     "leader_q_table",
     "leader_rewards",
+    "step_weights",
+    "surrogate_gradient",
 ]
 
 FORMS = ("mc", "covariance", "naive")
@@ -156,7 +158,8 @@ def hypergradient(
     follower_transition: str = "expected",
     batch: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, HPGDWeights]:
-    """HPGD estimate of ``dF/dtheta`` ``[R, 4]`` from ``traj`` (see module docstring).
+    """HPGD estimate of ``dF/dtheta`` ``[R, 4]`` from ``traj`` (see module docstring):
+    :func:`step_weights` contracted by :func:`surrogate_gradient`.
 
     ``form`` and ``leader_q`` are the core estimator's (``leader_q`` is ignored by
     ``"naive"``). ``critic[R, C, S]`` is a leader value table ``Vbar(type, bin)``: required by
@@ -175,16 +178,41 @@ def hypergradient(
             f"unknown follower_transition {follower_transition!r}; choose one of "
             f"{', '.join(FOLLOWER_TRANSITION)}"
         )
+    b = flat_batch(econ, traj) if batch is None else batch
+    with torch.no_grad():
+        rbar_obs = leader_rewards(econ, theta.detach(), b)
+    w = step_weights(
+        econ, theta, beta, follower, b["joint_state"], b["action"], b["episode_start"], rbar_obs,
+        form=form, leader_q=leader_q, critic=critic,
+    )  # fmt: skip
+    grad = surrogate_gradient(econ, theta, follower, b, w, follower_transition)
+    return grad, w
+
+
+def step_weights(
+    econ: Economy,
+    theta: Tensor,
+    beta: Tensor,
+    follower: FollowerSolution,
+    joint_state: Tensor,
+    actions: Tensor,
+    episode_start: Tensor,
+    rbar_obs: Tensor,
+    *,
+    form: str = "mc",
+    leader_q: str = "table",
+    critic: Tensor | None = None,
+) -> HPGDWeights:
+    """The core's per-step weights (:func:`hpgd_weights`) on the ``[R, N*T]`` layout of
+    :func:`flat_batch` (``joint_state`` = type x bin index, ``rbar_obs`` the observed welfare);
+    options as in :func:`hypergradient`."""
     if form not in FORMS:
         raise ValueError(f"unknown HPGD form {form!r}; choose one of {', '.join(FORMS)}")
     if leader_q not in LEADER_Q:
         raise ValueError(f"unknown leader_q {leader_q!r}; choose one of {', '.join(LEADER_Q)}")
-    b = flat_batch(econ, traj) if batch is None else batch
     R, C, S = theta.shape[0], econ.n_contexts, econ.n_states
     if critic is not None and critic.shape != (R, C, S):
         raise ValueError(f"critic must have shape {(R, C, S)}, got {tuple(critic.shape)}")
-    with torch.no_grad():
-        rbar_obs = leader_rewards(econ, theta.detach(), b)
     q_table = v_table = None
     if form != "naive" and leader_q == "table":
         if critic is None:
@@ -201,25 +229,23 @@ def hypergradient(
             if critic is not None
             else torch.zeros(R, C * S, dtype=torch.float64)
         )
-    w = hpgd_weights(
-        b["joint_state"],
+    return hpgd_weights(
+        joint_state,
         rbar_obs,
-        b["episode_start"],
+        episode_start,
         econ.gamma,
         beta,
         form=form,  # type: ignore[arg-type]
         n_states=C * S,
-        actions=b["action"],
+        actions=actions,
         n_actions=econ.n_actions,
         leader_q=leader_q,  # type: ignore[arg-type]
         q_table=q_table,
         v_table=v_table,
     )
-    grad = _surrogate_gradient(econ, theta, follower, b, w, follower_transition)
-    return grad, w
 
 
-def _surrogate_gradient(
+def surrogate_gradient(
     econ: Economy,
     theta: Tensor,
     follower: FollowerSolution,
@@ -292,7 +318,7 @@ def _aggregate(
     w_leader, w_follower, w_transition, state, flow, context, action, next_state, clipped, d_lo,
     score, gamma, V, expected, w_lead, w_cd, w_kv, w_d, w_z,
 ):  # fmt: skip
-    """Sum the step weights per table cell (:func:`_surrogate_gradient`); returns True if a
+    """Sum the step weights per table cell (:func:`surrogate_gradient`); returns True if a
     weighted, unclipped transition lies outside the band of offsets."""
     R, T = state.shape
     A = w_lead.shape[1]
