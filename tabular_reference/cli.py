@@ -1,5 +1,5 @@
 """Command-line entry point: ``python -m tabular_reference {four-rooms,table1,four-rooms-learning,
-tax-design} ...``.
+tax-design,validate} ...``.
 
 Each experiment package exposes ``register(subparsers)`` in its ``cli`` module; this module only
 assembles them, so experiments stay independent of each other.
@@ -16,6 +16,7 @@ EXPERIMENT_CLIS = (
     "tabular_reference.four_rooms.cli",
     "tabular_reference.four_rooms.learning_cli",
     "tabular_reference.tax_design.cli",
+    "tabular_reference.validate.cli",
 )
 
 

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from align_cbrl.estimators.episodes import time_in_episode
 from align_cbrl.estimators.trajectory import hpgd_weights
 
 
@@ -45,3 +47,22 @@ def one_argument(batch):
 
 
 not_callable = 3
+
+
+# --- the example of docs/validate.md, verbatim -------------------------------------------------
+def cov_crossfit(batch, model):
+    """Covariance form (1/beta) E[dQ* Abar] (docs/theory.md §2), leader values cross-fitted
+    from the other half of the episodes: per-step weights, contracted by the harness."""
+    return hpgd_weights(
+        batch.tensor("states"), batch.tensor("leader_rewards"), batch.tensor("episode_start"),
+        model.gamma, torch.from_numpy(model.beta), form="covariance", leader_q="crossfit",
+        actions=batch.tensor("actions"), n_actions=model.n_actions, n_states=model.n_states,
+    )  # fmt: skip
+
+
+def direct_only(batch, model):
+    """The naive estimate by hand, as the hypergradient itself [R, P]: the direct term
+    sum_t gamma^tau_t d rbar_t / n_episodes (Four-Rooms: x moves no transition)."""
+    tau = time_in_episode(batch.tensor("episode_start")).numpy()
+    n_episodes = batch.episode_start.sum(axis=1, keepdims=True)
+    return batch.leader_grad.contract(model.gamma**tau / n_episodes)

@@ -9,7 +9,9 @@ algorithm names of ``docs/theory.md`` §8:
 * ``naive`` -- the direct term only; fused path :data:`hpgd_kernels.FORM_NAIVE`;
 * ``hpgd-cov`` -- ``form="covariance"``, ``leader_q="table"`` with the :class:`LeaderCritic`
   tables it keeps in ``model.memory`` (EMA rate ``config.baseline_ema``);
-* ``hpgd-paper`` -- ``form="mc"``, ``leader_q="trajectory"`` (the same-trajectory product).
+* ``hpgd-paper`` -- ``form="mc"``, ``leader_q="trajectory"`` (the same-trajectory product);
+* ``hpgd-published-clip`` -- ``hpgd-published`` with the finished-episode count clipped at 1
+  (BC-HG's port of it), for budgets where a batch may finish no episode.
 
 Each returns per-step weights; the harness contracts them
 (:func:`batch.weights_to_state_sums`, then the softmax chain rule). With a fused path the
@@ -49,9 +51,7 @@ def form_weights(
     lr, es = batch.tensor("leader_rewards"), batch.tensor("episode_start")
     S, gamma, beta = model.n_states, model.gamma, float(model.beta[0])
     if form == "published":
-        goal = _goal_cells(batch, model)
-        tau = time_in_episode(es)
-        done = (st == goal[:, None]) | (tau == model.max_episode_steps - 1)
+        done = _finished(batch, model)
         return published_hpgd_weights(
             st, ac, lr, es, gamma, beta, n_states=S, n_actions=model.n_actions, done=done
         )
@@ -69,10 +69,25 @@ def form_weights(
     return hpgd_weights(st, lr, es, gamma, beta, form=form, n_states=S, **kw)  # type: ignore[arg-type]
 
 
-def _goal_cells(batch: Batch, model: Model) -> torch.Tensor:
-    """The goal cell of each row (from its context)."""
+def _finished(batch: Batch, model: Model) -> torch.Tensor:
+    """``done[R, T]``: the last step of every finished episode (goal reached or time limit)."""
     cells = np.array([FOUR_ROOMS.goal_index(tuple(g)) for g in model.handles["goals"]])
-    return torch.from_numpy(cells[batch.contexts[:, 0]])
+    goal = torch.from_numpy(cells[batch.contexts[:, 0]])
+    tau = time_in_episode(batch.tensor("episode_start"))
+    return (batch.tensor("states") == goal[:, None]) | (tau == model.max_episode_steps - 1)
+
+
+def hpgd_published_clip(batch: Batch, model: Model) -> HPGDWeights:
+    """``hpgd-published`` with the count of finished episodes clipped at 1, as BC-HG's port of
+    the published HPGD does (``train_four_rooms_hpgd.py`` of github.com/akimotolab/BC-HG): a
+    batch without a finished episode (small budgets) divides by 1 instead of being refused."""
+    done = _finished(batch, model)
+    done[:, -1] |= ~done.any(dim=1)  # n_done = 1 where none finished (done only counts)
+    return published_hpgd_weights(
+        batch.tensor("states"), batch.tensor("actions"), batch.tensor("leader_rewards"),
+        batch.tensor("episode_start"), model.gamma, float(model.beta[0]),
+        n_states=model.n_states, n_actions=model.n_actions, done=done,
+    )  # fmt: skip
 
 
 class LeaderCritic:
@@ -150,6 +165,7 @@ BUILTIN: dict[tuple[str, str | None], Estimator] = {
 }  # fmt: skip
 for _est in BUILTIN.values():
     register(ENV, _est)
+register(ENV, Estimator("hpgd-published-clip", hpgd_published_clip, doc="n_done clipped at 1"))
 
 
 def builtin_for(
