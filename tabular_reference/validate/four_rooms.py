@@ -11,7 +11,7 @@ gradients are far from zero, as in ``bench/four_rooms_estimator_bias.py``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from tabular_reference.four_rooms.env import FOUR_ROOMS, GOALS
 from tabular_reference.four_rooms.hypergradient import estimate, sample_buffers
 from tabular_reference.four_rooms.leader import logits_gradient
 from tabular_reference.four_rooms.solver import FollowerSolver
+from tabular_reference.validate.harness import Harness
 
 __all__ = ["PRESETS", "FourRoomsHarness", "FourRoomsSetting"]
 
@@ -57,28 +58,19 @@ PRESETS = {
 }  # fmt: skip
 
 
-class FourRoomsHarness:
+class FourRoomsHarness(Harness):
     """The validate harness of Four-Rooms (module docstring)."""
 
     env = "four-rooms"
+    PRESETS = PRESETS
 
     def __init__(self, setting: FourRoomsSetting, preset: str = "default") -> None:
-        self.s, self.preset = setting, preset
+        super().__init__(setting, preset)
         self.goal_cells = np.array([FOUR_ROOMS.goal_index(tuple(g)) for g in setting.goals])
         rng = np.random.default_rng(setting.x_seed)
         self.x0 = rng.normal(0.0, setting.x_std, FOUR_ROOMS.n_params)
         for steps in (setting.steps, *setting.steps_grid):
             self._config(1, steps).validate()  # one-line errors before any work
-
-    @classmethod
-    def from_preset(cls, preset: str, **overrides) -> FourRoomsHarness:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown four-rooms preset {preset!r}; choose one of {list(PRESETS)}")
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return cls(replace(PRESETS[preset], **given), preset)
-
-    def describe(self) -> dict:
-        return {"env": self.env, "preset": self.preset, **asdict(self.s)}
 
     @property
     def contexts(self) -> list[str]:

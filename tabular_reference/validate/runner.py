@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +40,23 @@ __all__ = ["ALPHA", "Sizes", "measure", "verdict_line"]
 ALPHA = 0.01  # family-wise level of the unbiasedness test (split over the contexts)
 
 
+@dataclass(frozen=True)
 class Sizes:
     """How much to measure: ``m`` estimates per (estimator, context, budget), ``warmup`` calls
-    of stateful estimators, outer-loop ``seeds`` and ``iters``, the base ``seed``."""
+    of stateful estimators, outer-loop ``seeds`` and ``iters`` (0: none), the base ``seed``."""
 
-    def __init__(self, m: int, warmup: int, seeds: int, iters: int, seed: int = 0) -> None:
-        if m < 3 or warmup < 0 or seeds < 1 or iters < 0:
+    m: int
+    warmup: int
+    seeds: int
+    iters: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.m < 3 or self.warmup < 0 or self.seeds < 1 or self.iters < 0:
             raise ValueError(
                 f"need --estimates >= 3, --warmup >= 0, --seeds >= 1 and --iters >= 0; got "
-                f"{m}, {warmup}, {seeds}, {iters}"
+                f"{self.m}, {self.warmup}, {self.seeds}, {self.iters}"
             )
-        self.m, self.warmup, self.seeds, self.iters, self.seed = m, warmup, seeds, iters, seed
 
 
 def _stats(est: np.ndarray, exact: np.ndarray, rng: np.random.Generator) -> dict:
@@ -136,7 +143,7 @@ def measure(
         "candidate": candidate,
         "references": names[1:],
         "harness": harness.describe(),
-        "sizes": vars(sizes),
+        "sizes": asdict(sizes),
         "contexts": harness.contexts,
         "exact": [{"F": F, "norm": float(np.linalg.norm(g))} for F, g in exact],
         "bias": bias,

@@ -8,7 +8,7 @@ Budgets are whole 200-step episodes, an equal number per type (``steps`` a multi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from tabular_reference.tax_design.hypergradient import exact_hypergradient
 from tabular_reference.tax_design.rewards import initial_theta, rates
 from tabular_reference.tax_design.sampling import balanced_contexts, rollout
 from tabular_reference.tax_design.solver import leader_values, soft_policy_iteration
+from tabular_reference.validate.harness import Harness
 
 __all__ = ["PRESETS", "TaxHarness", "TaxSetting"]
 
@@ -43,13 +44,14 @@ class TaxSetting:
 PRESETS = {"default": TaxSetting()}
 
 
-class TaxHarness:
+class TaxHarness(Harness):
     """The validate harness of the tax design (module docstring)."""
 
     env = "tax-design"
+    PRESETS = PRESETS
 
     def __init__(self, setting: TaxSetting, preset: str = "default") -> None:
-        self.s, self.preset = setting, preset
+        super().__init__(setting, preset)
         self.econ = Economy()
         if not setting.lam > 0:
             raise ValueError(f"household temperature --lam must be > 0, got {setting.lam}")
@@ -57,16 +59,6 @@ class TaxHarness:
         for steps in (setting.steps, *setting.steps_grid):
             episodes_from_steps(steps, L, "--steps")  # one-line errors before any work
         self._solutions: dict[int, tuple] = {}
-
-    @classmethod
-    def from_preset(cls, preset: str, **overrides) -> TaxHarness:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown tax-design preset {preset!r}; choose one of {list(PRESETS)}")
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return cls(replace(PRESETS[preset], **given), preset)
-
-    def describe(self) -> dict:
-        return {"env": self.env, "preset": self.preset, **asdict(self.s)}
 
     @property
     def contexts(self) -> list[str]:
