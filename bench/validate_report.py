@@ -19,7 +19,8 @@ from align_cbrl.utils.io import atomic_write_json
 
 HEADER = (
     "| setting | estimator | rel. bias ± s.e. | cosine | noise ratio (p) | spread, one estimate "
-    "| outer-loop F (mean ± s.e., seeds) | candidate minus this |\n|---|---|---|---|---|---|---|---|"
+    "| outer-loop F (mean ± s.e., seeds) | candidate minus this |\n"
+    "|---|---|---|---|---|---|---|---|"
 )
 
 

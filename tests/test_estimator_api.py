@@ -33,8 +33,10 @@ _FOUR_ROOMS_BEFORE = {
     "hpgd/library": ["0x1.0072dfeb9ecc8p-5", "0x1.421d3a590201dp+2", "0x1.6f86dc83e5c2ep-7"],
     "hpgd-cov/fused": ["0x1.0072dfeb9ecc0p-5", "0x1.e1b43e5440f8fp+1", "-0x1.157d758caf01dp-5"],
     "hpgd-paper/fused": ["0x1.0072dfeb9ed40p-5", "0x1.c164181de5c30p+4", "0x1.deab10eb0e31ep-4"],
-    "hpgd-published/fused": ["0x1.0072dfeb9eb00p-5", "0x1.4db5484a2b05cp+4", "0x1.63f8111a39984p-5"],
-    "hpgd-published/library": ["0x1.0072dfeb9ed40p-5", "0x1.54791d9023b15p+4", "0x1.b8bc72232f951p-5"],
+    "hpgd-published/fused":
+        ["0x1.0072dfeb9eb00p-5", "0x1.4db5484a2b05cp+4", "0x1.63f8111a39984p-5"],
+    "hpgd-published/library":
+        ["0x1.0072dfeb9ed40p-5", "0x1.54791d9023b15p+4", "0x1.b8bc72232f951p-5"],
     "naive/fused": ["0x1.0072dfeb9ecc9p-5", "0x1.c0fba6ac6f50ap-6", "0x1.f5af3fbcd1f74p-8"],
     "naive/library": ["0x1.0072dfeb9ecb8p-5", "0x1.c11672aae108ap-6", "0x1.f5a91be251bb0p-8"],
 }  # fmt: skip

@@ -157,11 +157,23 @@ class Model:
     n_contexts: int
     n_params: int
     max_episode_steps: int
-    policy: np.ndarray
+    policy_source: np.ndarray | Callable[[], np.ndarray] = field(repr=False)
     n_runs: int
     rng: np.random.Generator
     memory: dict[str, Any] = field(default_factory=dict)
     handles: Mapping[str, Any] = field(default_factory=dict)
+    _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def policy(self) -> np.ndarray:
+        """``pi(a|s)``, ``[R, n_states, n_actions]`` (built on first use when the harness gave a
+        function: the tax design's is 1,250 actions wide)."""
+        src = self.policy_source
+        if isinstance(src, np.ndarray):
+            return src
+        if "policy" not in self._cache:
+            self._cache["policy"] = src()
+        return self._cache["policy"]
 
 
 class EstimatorError(ValueError):

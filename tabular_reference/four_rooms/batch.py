@@ -1,5 +1,5 @@
-"""Four-Rooms samples as the estimator interface's :class:`~tabular_reference.common.estimator_api.Batch`
-and :class:`~tabular_reference.common.estimator_api.Model` (``docs/validate.md``).
+"""Four-Rooms samples as the estimator interface's ``Batch`` and ``Model``
+(:mod:`tabular_reference.common.estimator_api`, ``docs/validate.md``).
 
 The rewards are state-based (``docs/theory.md`` §5), so every per-step gradient is a row of a
 per-state table:
@@ -179,7 +179,7 @@ def make_model(
     return Model(
         env="four-rooms", gamma=GAMMA, beta=np.full(pi.shape[0], float(cfg.beta)),
         n_states=FOUR_ROOMS.n_cells, n_actions=N_ACTIONS, n_contexts=n_ctx,
-        n_params=FOUR_ROOMS.n_params, max_episode_steps=MAX_EPISODE_STEPS, policy=pi,
+        n_params=FOUR_ROOMS.n_params, max_episode_steps=MAX_EPISODE_STEPS, policy_source=pi,
         n_runs=n_runs, rng=rng, memory=memory,
         handles={"config": cfg, "goals": getattr(cfg, "goals", GOALS), "solution": sol},
     )  # fmt: skip

@@ -66,7 +66,7 @@ def form_weights(
             if tables is None:
                 raise ValueError("leader_q='table' needs tables=(q_table, v_table)")
             kw.update(q_table=torch.from_numpy(tables[0]), v_table=torch.from_numpy(tables[1]))
-    return hpgd_weights(st, lr, es, gamma, beta, form=form, n_states=S, **kw)  # type: ignore[arg-type]
+    return hpgd_weights(st, lr, es, gamma, beta, form=form, n_states=S, **kw)
 
 
 def _finished(batch: Batch, model: Model) -> torch.Tensor:

@@ -97,7 +97,8 @@ class AlgoSettings:
     trajectories; ``"exact"``: the model's ``Vbar``); ``zo_c``: the
     zero-order constant ``c`` of ``u_t = c / t``; ``tol``: household solver tolerance;
     ``estimator``: another estimator in HPGD's place (a registered name or
-    ``"module:function"``, ``docs/validate.md``; ``form`` / ``leader_q`` / ``critic`` then unused)."""
+    ``"module:function"``, ``docs/validate.md``; ``form`` / ``leader_q`` / ``critic`` are then
+    unused)."""
 
     lr: float = 0.01
     max_norm: float = 1.0
@@ -253,7 +254,8 @@ class _Gradients:
 
     def _hpgd(self, theta: Tensor, sol: FollowerSolution, Vbar: Tensor) -> Tensor:
         econ = self.econ
-        traj = rollout(econ, sol, rates(theta)[:, 0], self.contexts, econ.config.episode_length, self.gen)  # fmt: skip
+        L = econ.config.episode_length
+        traj = rollout(econ, sol, rates(theta)[:, 0], self.contexts, L, self.gen)
         return estimate(
             self.estimator, econ, theta, self.beta, sol, traj, memory=self.memory,
             rng=self.est_rng, follower_transition=self.settings.follower_transition,

@@ -1,6 +1,5 @@
-"""Household trajectories as the estimator interface's
-:class:`~tabular_reference.common.estimator_api.Batch` and
-:class:`~tabular_reference.common.estimator_api.Model` (``docs/validate.md``, ``docs/theory.md`` §4, §6).
+"""Household trajectories as the estimator interface's ``Batch`` and ``Model``
+(:mod:`tabular_reference.common.estimator_api`, ``docs/validate.md``, ``docs/theory.md`` §4, §6).
 
 States are the joint index ``type * n_bins + bin`` (``flat_batch``'s ``joint_state``), so the
 two household types never share a state. Every per-step gradient with respect to
@@ -183,7 +182,8 @@ def make_model(
         env="tax-design", gamma=float(econ.gamma), beta=beta.detach().numpy().astype(np.float64),
         n_states=econ.n_contexts * econ.n_states, n_actions=econ.n_actions,
         n_contexts=econ.n_contexts, n_params=N_PARAMS,
-        max_episode_steps=econ.config.episode_length, policy=policy_table(econ, sol), n_runs=R,
+        max_episode_steps=econ.config.episode_length,
+        policy_source=lambda: policy_table(econ, sol), n_runs=R,
         rng=rng, memory=memory,
         handles={"economy": econ, "theta": theta, "follower": sol,
                  "follower_transition": follower_transition, "leader_values": leader_values},

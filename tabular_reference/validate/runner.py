@@ -1,4 +1,5 @@
-"""``validate``: an estimator against the exact hypergradient and against HPGD (``docs/validate.md``).
+"""``validate``: an estimator against the exact hypergradient and against HPGD
+(``docs/validate.md``).
 
 Three measurements, each for the candidate and the reference estimators:
 
@@ -183,7 +184,8 @@ def _fmt_bias(rows: list[dict], contexts: list[str]) -> str:
             continue
         parts.append(
             f"{ctx}: noise ratio {r['noise_ratio']:.2f} (p = {r['p_value']:.2g}), rel. bias "
-            f"{r['rel_bias']:.3f} ± {r['rel_se']:.3f}, cosine {r['cosine']:.3f} ± {r['cosine_se']:.3f}"
+            f"{r['rel_bias']:.3f} ± {r['rel_se']:.3f}, "
+            f"cosine {r['cosine']:.3f} ± {r['cosine_se']:.3f}"
         )
     return "; ".join(parts)
 
