@@ -103,3 +103,37 @@ def test_replace_directory_swaps_whole_directories(tmp_path) -> None:
     assert sorted(p.name for p in final.iterdir()) == ["state.json"]  # nothing of v1 left
     assert (final / "state.json").read_text() == "v2"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temp or .old leftovers
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomic_outputs_honour_the_umask(tmp_path, umask) -> None:
+    """Files written atomically get 0666 and directories 0777 less the umask (0644 / 0755 under
+    022), like ``open`` / ``mkdir``: the leader, a checkpoint directory, JSON and the tabular
+    results; tempfile's own 0600 / 0700 must not leak through."""
+    from align_cbrl.leaders import WeightLeader
+    from align_cbrl.utils.io import atomic_directory, atomic_write_json, current_umask
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        atomic_write_json(tmp_path / "summary.json", {"a": 1})
+        WeightLeader(["n"], contexts=["q"]).save(tmp_path / "leader")
+        with atomic_directory(tmp_path / "hpgd_leader") as tmp:
+            save_safetensors(tmp / "optimizer.safetensors", {"x": torch.zeros(2)})
+        rd = ResultsDir(tmp_path / "tabular")
+        rd.write_csv("metrics.csv", ["iter"], [[0]])
+        rd.save_arrays("params", {"x": np.zeros(3)})
+    finally:
+        os.umask(old)
+    files = [
+        tmp_path / "summary.json",
+        *(tmp_path / "leader").iterdir(),
+        tmp_path / "hpgd_leader" / "optimizer.safetensors",
+        tmp_path / "tabular" / "metrics.csv",
+        tmp_path / "tabular" / "params.safetensors",
+    ]
+    assert len(files) == 6
+    for f in files:
+        assert oct(f.stat().st_mode & 0o777) == oct(0o666 & ~umask), f
+    for d in (tmp_path / "leader", tmp_path / "hpgd_leader"):
+        assert oct(d.stat().st_mode & 0o777) == oct(0o777 & ~umask), d

@@ -5,6 +5,11 @@ these helpers: data are written to a temporary file in the destination directory
 fsync'ed, then moved into place with :func:`os.replace`, so a crash or a kill never leaves a
 half-written file and never destroys the previous version. Tensors are stored as safetensors
 (no pickle); structured state as JSON.
+
+Permissions are those of an ordinary ``open`` / ``mkdir``: ``0666`` / ``0777`` less the process
+umask (``0644`` / ``0755`` under the usual ``022``), so teammates can read a run on a shared
+machine. (``tempfile`` creates its files ``0600`` and directories ``0700`` whatever the umask;
+the helpers widen them before the move.)
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "current_umask",
     "load_safetensors",
     "read_json",
     "remove_directory",
@@ -35,13 +41,29 @@ __all__ = [
 ]
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the system shows it (Linux
+    ``/proc/self/status``); elsewhere set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory + ``os.replace``)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same directory + ``os.replace``),
+    with the mode an ordinary ``open`` would give (``0666`` less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())  # mkstemp made it 0600
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -75,12 +97,13 @@ def replace_directory(tmp: str | os.PathLike[str], final: str | os.PathLike[str]
 @contextlib.contextmanager
 def atomic_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Build a directory atomically: yields an empty hidden sibling of ``final``
-    (``.<name>.<random>.tmp``) to write into; when the block ends normally it replaces ``final``
-    (:func:`replace_directory`), on an error (or a kill) it is deleted and ``final`` is left as
-    it was."""
+    (``.<name>.<random>.tmp``, mode ``0777`` less the umask) to write into; when the block ends
+    normally it replaces ``final`` (:func:`replace_directory`), on an error (or a kill) it is
+    deleted and ``final`` is left as it was."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it 0700
     try:
         yield tmp
         replace_directory(tmp, final)
