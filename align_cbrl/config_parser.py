@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import os
 import types
 import typing
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from align_cbrl.utils.suggest import did_you_mean
 
 __all__ = [
     "ConfigError",
@@ -49,9 +50,7 @@ class ConfigError(ValueError):
 
 
 def _suggest(key: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{hint}; valid keys: {', '.join(sorted(options))}"
+    return f"{did_you_mean(key, options)}; valid keys: {', '.join(sorted(options))}"
 
 
 def _type_name(tp: Any) -> str:

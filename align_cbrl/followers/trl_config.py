@@ -21,7 +21,6 @@ becomes ``beta * std``), so the follower would converge somewhere else than
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,6 +28,7 @@ from typing import Any, Literal
 import torch
 
 from align_cbrl.followers.base import validate_beta
+from align_cbrl.utils.suggest import did_you_mean
 
 __all__ = [
     "FOLLOWER_TRL_DEFAULTS",
@@ -101,8 +101,7 @@ def _check_keys(settings: Mapping[str, Any], kinds: tuple[str, ...]) -> None:
     known = trl_field_names(*kinds)
     for key in settings:
         if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, sorted(known))
             names = "/".join(trl_config_class(k).__name__ for k in kinds)
             raise ValueError(f"trl: {key!r} is not a {names} field{hint}")
         if key in _OURS:
