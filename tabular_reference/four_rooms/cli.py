@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from align_cbrl.estimators.vocabulary import canonical_algorithm
+from align_cbrl.utils.io import remove_directory
 from tabular_reference.common.config_files import read_mapping
 from tabular_reference.four_rooms.algorithms import ALGORITHMS, RunConfig
 from tabular_reference.four_rooms.dynamics import PRESETS, resolve_dynamics
@@ -89,6 +90,12 @@ def _add_four_rooms(subparsers: Any) -> None:
         "overrides the flags it sets",
     )
     p.add_argument("--out", type=Path, default=Path("results/four_rooms"), help="results dir")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --out directory that already holds files (refused otherwise, so an "
+        "old run's files never mix with the new ones)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=four_rooms_main)
 
@@ -177,6 +184,21 @@ def _base_settings(args: argparse.Namespace) -> dict[str, Any]:
     return base
 
 
+def _claim_out(out: Path, overwrite: bool) -> None:
+    """``--out`` must be new or empty, or be replaced whole with ``--overwrite``: the run's files
+    are not all the same for every ``--algo``, so writing into an old run would mix them."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; choose a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ValueError(
+            f"--out {out} already holds files (an earlier run?); the new results would mix with "
+            "them: pass --overwrite to replace the directory, or choose another --out"
+        )
+    remove_directory(out)
+
+
 def four_rooms_main(args: argparse.Namespace) -> int:
     from tabular_reference.four_rooms.runner import run_four_rooms
 
@@ -188,6 +210,7 @@ def four_rooms_main(args: argparse.Namespace) -> int:
     cfgs = [RunConfig.from_dict({"algo": a, **base}) for a in algos]
     for c in cfgs:
         c.validate()
+    _claim_out(args.out, args.overwrite)
     summary = run_four_rooms(cfgs, args.out, progress=not args.no_progress)
     for name, s in summary.items():
         print(

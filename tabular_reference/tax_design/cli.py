@@ -157,16 +157,35 @@ def _print_report(report: dict) -> None:
             continue
         print(
             f"lam={r['lam']:g} {r['algo']:>30}: reaches {r['reference']}'s final welfare "
-            f"{r['reference_final']:.3f} at iteration {r['iters_to_zo_sampled_final']} (mean "
-            f"over the {r['n_seeds_reaching']}/{r['n_seeds']} seeds that do; seed-mean curve: "
-            f"{r['mean_curve_reach']}); half gain at {r['half_gain_iteration']}"
+            f"{r['reference_final']:.3f} at iteration {_never(r['iters_to_zo_sampled_final'])} "
+            f"(mean over the {r['n_seeds_reaching']}/{r['n_seeds']} seeds that do; seed-mean "
+            f"curve: {_never(r['mean_curve_reach'])}); half gain at "
+            f"{_never(r['half_gain_iteration'])}"
         )
     for a in report["acceptance"]:
-        print(
-            f"lam={a['lam']:g}: {a['hpgd']} reach fraction {a['reach_fraction']} "
-            f"({a['n_seeds_reaching']} seeds); minus {a['naive']}: {a['hpgd_minus_naive']} "
-            f"= {a['hpgd_minus_naive_in_se']} s.e."
+        print(acceptance_line(a))
+
+
+def _never(iteration: int | float | None) -> str:
+    """An iteration at which a level is reached, or "never" (``None``)."""
+    return "never" if iteration is None else f"{iteration:g}"
+
+
+def acceptance_line(a: dict) -> str:
+    """One acceptance entry of a sweep report: when HPGD reaches the reference's final welfare
+    and how far it ends above the naive baseline; entries that do not apply say so."""
+    if a["reach_fraction"] is None:
+        reach = (
+            f"never reaches {a['reference']}'s final welfare" if a["reference"] else "no reference"
         )
+    else:
+        reach = f"reach fraction {a['reach_fraction']:.3f} ({a['n_seeds_reaching']} seeds)"
+    line = f"lam={a['lam']:g}: {a['hpgd']} {reach}"
+    if a["naive"] is not None:
+        diff, in_se = a["hpgd_minus_naive"], a["hpgd_minus_naive_in_se"]
+        se = "n/a" if in_se is None else f"{in_se:.2f}"
+        line += f"; minus {a['naive']}: {diff:.4f} = {se} s.e."
+    return line
 
 
 def _standalone(argv: list[str] | None = None) -> int:
