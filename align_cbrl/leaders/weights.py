@@ -101,9 +101,40 @@ class WeightLeader(Leader):
             raise TypeError("init_weights must be a number, a {component: weight} mapping or None")
         return w
 
-    def weight_table(self) -> Tensor:
-        """Current weights ``[C, K]`` (rows in the order of ``contexts``)."""
-        return self.param.weights(self.theta)
+    def weight_table(self, labelled: bool = False) -> Tensor | dict[Any, dict[str, float]]:
+        """Current weights ``[C, K]``: rows in the order of ``contexts`` (one row without
+        contexts), columns in the order of ``component_names``. ``labelled=True``: the same
+        numbers as ``{context: {component: weight}}`` (context ``"all"`` without contexts)."""
+        table = self.param.weights(self.theta)
+        if not labelled:
+            return table
+        rows = ["all"] if self.context_index is None else list(self.context_index.values)
+        values = table.detach().tolist()
+        return {
+            c: dict(zip(self.component_names, values[i], strict=True)) for i, c in enumerate(rows)
+        }
+
+    def extra_repr(self) -> str:
+        """``print(leader)``: its parametrisation, cost and current weight table (labelled)."""
+        p = self.param
+        bounds = f" in [{p.lo:g}, {p.hi:g}]" if p.mode == "sigmoid" else ""
+        head = (
+            f"components={self.component_names}, parametrization={p.mode}{bounds}, "
+            f"cost={self.cost_coef:g} * {self.cost_kind}"
+        )
+        table = self.weight_table(labelled=True)
+        assert isinstance(table, dict)
+        column = "" if self.context_index is None else self.context_index.column
+        width = max(len(column), *(len(str(c)) for c in table))
+        cols = [max(9, len(n)) for n in self.component_names]
+        lines = [
+            f"{column:<{width}}  "
+            + "  ".join(f"{n:>{w}}" for n, w in zip(self.component_names, cols, strict=True))
+        ]
+        for c, row in table.items():
+            cells = "  ".join(f"{v:>{w}.4f}" for v, w in zip(row.values(), cols, strict=True))
+            lines.append(f"{c!s:<{width}}  {cells}")
+        return head + "\nweights:\n" + "\n".join(lines)
 
     def rows(self, contexts: Sequence[Any] | Tensor | None, batch: int) -> Tensor:
         if self.context_index is None:
@@ -116,7 +147,8 @@ class WeightLeader(Leader):
         return self.context_index.encode(contexts, batch)
 
     def incentive(self, component_scores: Tensor, contexts: Any, features: Tensor | None) -> Tensor:
-        w = self.weight_table()[self.rows(contexts, component_scores.shape[0])]
+        table = self.param.weights(self.theta)
+        w = table[self.rows(contexts, component_scores.shape[0])]
         return (w * component_scores.to(w.dtype)).sum(-1)
 
     def config(self) -> dict[str, Any]:

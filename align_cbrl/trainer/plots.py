@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_comparison", "plot_run"]
+__all__ = ["plot_comparison", "plot_run", "run_figure"]
 
 
 def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -48,11 +49,22 @@ def plot_run(
     (integer ticks); ``title`` names the run (default "HPGD run"). ``optimum``: the exact
     leader objective at a (local) optimum, ``F(x*)``, drawn as a horizontal line in the
     objective panel (enumerable tasks). Returns the PNG path."""
-    from matplotlib.ticker import MaxNLocator
-
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig = run_figure(records, title, optimum)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_figure(
+    records: Sequence[Mapping[str, Any]], title: str = "", optimum: float | None = None
+) -> Any:
+    """The matplotlib figure of :func:`plot_run` (not saved)."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     ax = axes[0, 0]
     for key, label in (
@@ -89,11 +101,10 @@ def plot_run(
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         if a.get_legend_handles_labels()[0]:
             a.legend(fontsize=8)
-    fig.suptitle(title or "HPGD run")
+    # wrapped to the figure's width: a run with several followers has a long title
+    fig.suptitle(textwrap.fill(title or "HPGD run", width=100), fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_comparison(
