@@ -15,13 +15,15 @@
 ``--help`` works anywhere on the command line. The current directory is put first on
 ``sys.path`` (as ``python -m`` does) so a ``callable`` reward module next to the config imports.
 Configuration and input errors are printed as one ``error: ...`` line (exit status 2), without a
-traceback, before anything is written.
+traceback, before anything is written. Ctrl-C is one line too (exit status 130), saying that
+``--resume`` continues the run from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -172,6 +174,15 @@ def _cwd_on_path() -> None:
         sys.path.insert(0, cwd)
 
 
+def interrupted_line(command: str, rest: Sequence[str]) -> str:
+    """What Ctrl-C prints: for ``train``, the command that continues the run."""
+    if command != "train":
+        return f"interrupted (Ctrl-C); align-cbrl {command} did not finish"
+    again = [a for a in rest if a not in ("--resume", "--overwrite")]
+    line = shlex.join(["align-cbrl", "train", *again, "--resume"])
+    return f"interrupted (Ctrl-C); `{line}` continues the run from its last checkpoint"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``align-cbrl`` console script."""
     from align_cbrl.config_parser import ConfigError
@@ -205,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(interrupted_line(command, rest), file=sys.stderr)
+        return 130
     print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

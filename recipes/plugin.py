@@ -58,6 +58,7 @@ from align_cbrl import (  # noqa: E402
     load_prompts,
     load_reward_config,
 )
+from align_cbrl.trainer.validation import check_dataset_for_leader  # noqa: E402
 
 
 @dataclass
@@ -142,6 +143,7 @@ def main(argv: list[str]) -> None:
     reward = HPGDReward(
         BilevelRewards(leader, rewards.follower, rewards.leader), components, context_column=column
     )
+    check_dataset_for_leader(rows, reward.bilevel, column, "plugin.py")  # before the model loads
     hpgd = HPGDCallback(reward, hpgd_args)
     callbacks = [hpgd]
     if script.debug_sync:

@@ -46,6 +46,7 @@ __all__ = [
     "set_trl_step",
     "tied_weight_keys",
     "token_logprobs",
+    "trainer_reward_funcs",
     "trl_step",
 ]
 
@@ -285,6 +286,13 @@ def metric_store(log_metric: Any) -> dict[str, Any] | None:
     passes to reward functions; ``None`` when the hook has no such store."""
     metrics = getattr(getattr(log_metric, "__self__", None), "_metrics", None)
     return metrics if isinstance(metrics, dict) else None
+
+
+def trainer_reward_funcs(log_metric: Any) -> list[Any] | None:
+    """The trainer's ``reward_funcs`` behind the ``log_metric`` hook TRL passes to reward
+    functions (a bound method of the trainer); ``None`` when it has none."""
+    funcs = getattr(getattr(log_metric, "__self__", None), "reward_funcs", None)
+    return list(funcs) if isinstance(funcs, list | tuple) else None
 
 
 def scores_out_of_process(args: Any) -> str | None:

@@ -26,18 +26,30 @@ from align_cbrl.reference.tiny_language import TinyLanguageConfig, TinyLanguageT
 from align_cbrl.rewards.base import RewardComponent
 from align_cbrl.rewards.registry import build_components, load_reward_config
 from align_cbrl.trainer.config import FollowerConfig, HPGDConfig
+from align_cbrl.trainer.validation import (
+    check_context_names,
+    check_reward_scaling,
+    check_writable_directory,
+    follower_scaling_opt_in,
+    named_config_contexts,
+)
+from align_cbrl.utils.suggest import did_you_mean
 
 __all__ = [
     "FollowerBundle",
+    "FollowerRows",
     "RewardSetup",
     "bilevel_for",
     "build_follower",
     "build_leader_from_config",
     "build_reward_setup",
+    "check_config_contexts",
     "check_follower_contexts",
     "dataset_rows",
     "exact_log_ref",
+    "follower_rows",
     "follower_trl_config",
+    "load_follower_rows",
     "resolve_model",
     "resolve_task",
     "select_contexts",
@@ -79,11 +91,15 @@ class FollowerBundle:
 
 
 def validate_run_config(config: HPGDConfig) -> None:
-    """Checks that need no model or dataset, run before anything is built or written: the
-    followers' optimiser settings (which TRL would otherwise reject only at the first training
-    step, after metrics were written) and ``tensorboard: true`` without the package."""
+    """Checks that need no model or dataset, run before anything is built or written: a
+    writable ``output_dir``; the followers' optimiser settings (which TRL would otherwise reject
+    only at the first training step, after metrics were written); TRL settings that rescale
+    rewards (:func:`~align_cbrl.trainer.validation.check_reward_scaling`, the same check as
+    plugin mode's, unless ``followers.N.allow_reward_scaling``); ``tensorboard: true`` without
+    the package."""
     from align_cbrl.metrics import TENSORBOARD_MISSING, tensorboard_available
 
+    check_writable_directory(config.output_dir)
     for i, fc in enumerate(config.followers):
         who = f"followers.{i} ({fc.name!r})"
         if fc.trainer == "exact":
@@ -105,6 +121,8 @@ def validate_run_config(config: HPGDConfig) -> None:
             raise ValueError(
                 f"{who}: max_grad_norm must be >= 0 (0 disables clipping), got {clip!r}"
             )
+        if not fc.allow_reward_scaling:
+            check_reward_scaling(fc.trl, f"{who}.trl", follower_scaling_opt_in(i))
     if config.tensorboard is True and not tensorboard_available():
         raise ValueError(TENSORBOARD_MISSING)
 
@@ -281,8 +299,8 @@ def select_contexts(
     missing = [c for c in fc.contexts if c not in present]
     if missing:
         raise ValueError(
-            f"{who}: contexts {missing} match none of its prompts; their {column!r} values are "
-            f"{present}"
+            f"{who}: contexts {missing} match none of its prompts"
+            f"{did_you_mean(missing[0], present)}; their {column!r} values are {present}"
         )
     return [i for i, r in enumerate(rows) if r.get(column) in fc.contexts]
 
@@ -299,15 +317,21 @@ def _task_prompt_index(
     return keep
 
 
-def build_follower(
-    fc: FollowerConfig,
-    task: TinyLanguageTask | None,
-    setup: RewardSetup,
-    index: int,
-    exact_needed: bool,
-) -> FollowerBundle:
-    """Build one follower (TRL GRPO/RLOO or exact sampler) from its config section; its rows
-    are filtered to ``fc.contexts``."""
+@dataclass
+class FollowerRows:
+    """A follower's dataset rows (``all_rows``), the ones it trains on (``rows``, filtered to
+    its ``contexts``) and, on the task's prompts, the task prompt of each (``prompt_index``)."""
+
+    all_rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    prompt_index: list[int] | None
+
+
+def follower_rows(
+    fc: FollowerConfig, task: TinyLanguageTask | None, setup: RewardSetup, index: int
+) -> FollowerRows:
+    """Load and check follower ``index``'s rows (no model is built): every row has the
+    context column, ``fc.contexts`` occur."""
     who = f"followers.{index} ({fc.name!r})"
     rows = dataset_rows(fc, task, who)
     if setup.context_column is not None and any(setup.context_column not in r for r in rows):
@@ -316,12 +340,53 @@ def build_follower(
         )
     keep = select_contexts(rows, fc, setup.context_column, who)
     prompt_index = _task_prompt_index(fc, rows, keep, task)
-    rows = [rows[i] for i in keep]
     if task is not None and prompt_index is not None:
         try:
             restricted_prompt_probs(task, prompt_index)
         except ValueError as err:
             raise ValueError(f"{who}: {err}") from err
+    return FollowerRows(rows, [rows[i] for i in keep], prompt_index)
+
+
+def check_config_contexts(
+    config: HPGDConfig, setup: RewardSetup, selections: Sequence[FollowerRows]
+) -> None:
+    """Every context named by ``rewards.leader.by_context``, ``rewards.follower.by_context``
+    (or the task's mixes) and ``leader.spec.contexts`` occurs in some follower's dataset;
+    before any model is built (:func:`~align_cbrl.trainer.validation.check_context_names`)."""
+    column = setup.context_column
+    if column is None:
+        return
+    present = [r.get(column) for s in selections for r in s.all_rows]
+    named = named_config_contexts(setup.leader_mix, setup.follower_mix, config.leader.spec)
+    check_context_names(present, column, named)
+
+
+def load_follower_rows(
+    config: HPGDConfig, task: TinyLanguageTask | None, setup: RewardSetup
+) -> list[FollowerRows]:
+    """Every follower's rows (:func:`follower_rows`), with the contexts the config names
+    checked against them (:func:`check_config_contexts`); no model is built."""
+    selections = [follower_rows(fc, task, setup, i) for i, fc in enumerate(config.followers)]
+    check_config_contexts(config, setup, selections)
+    return selections
+
+
+def build_follower(
+    fc: FollowerConfig,
+    task: TinyLanguageTask | None,
+    setup: RewardSetup,
+    index: int,
+    exact_needed: bool,
+    selection: FollowerRows | None = None,
+) -> FollowerBundle:
+    """Build one follower (TRL GRPO/RLOO or exact sampler) from its config section; its rows
+    are filtered to ``fc.contexts`` (:func:`follower_rows`, or the ``selection`` made
+    already)."""
+    who = f"followers.{index} ({fc.name!r})"
+    if selection is None:
+        selection = follower_rows(fc, task, setup, index)
+    rows, prompt_index = selection.rows, selection.prompt_index
     model_dir = resolve_model(
         fc.model, fc.model_seed, task, who, gguf_file=fc.gguf_file, dtype=fc.model_dtype
     )

@@ -22,8 +22,13 @@ with the updated incentive. No extra generation.
 refused); ``scale_rewards != "none"``, ``multi_objective_aggregation="normalize_then_sum"``,
 RLOO's ``normalize_advantages=True`` and ``reward_clip_range`` change the follower's objective
 (refused unless ``leader_allow_reward_scaling=True``); trainers that score rewards in another
-process (TRL's ``AsyncGRPOTrainer``) are refused. A leader that has received no scored batch by its
-first update (the :class:`HPGDReward` is missing from ``reward_funcs``) raises.
+process (TRL's ``AsyncGRPOTrainer``) are refused; the training dataset must not be empty, must have the
+context column and only contexts the leader knows, and every context the mixes or the leader
+name must occur in it (:mod:`align_cbrl.trainer.validation`, shared with orchestrated runs); the
+output directories must be writable. A ``reward_index`` that does not point at the
+:class:`HPGDReward` in the trainer's ``reward_funcs`` raises at the first scored batch (before
+the first optimiser step), and a leader that has received no scored batch by its first update
+(the :class:`HPGDReward` is missing from ``reward_funcs``) raises.
 
 **Checkpoints and resume.** At every TRL checkpoint the callback writes
 ``checkpoint-<step>/hpgd_leader/`` (the leader as a ``save_pretrained`` folder, its optimiser,
@@ -50,7 +55,11 @@ from transformers import TrainerCallback
 from align_cbrl.checkpoint import optimizer_state_from_files, optimizer_state_to_files
 from align_cbrl.distributed import LeaderSync
 from align_cbrl.followers.base import validate_beta
-from align_cbrl.followers.trl_compat import metric_store, scores_out_of_process
+from align_cbrl.followers.trl_compat import (
+    metric_store,
+    scores_out_of_process,
+    trainer_reward_funcs,
+)
 from align_cbrl.leaders.base import STATE_FILE
 from align_cbrl.metrics import MetricsLogger
 from align_cbrl.trainer.arguments import PLUGIN_ESTIMATORS, HPGDArguments, PluginSettings
@@ -62,8 +71,13 @@ from align_cbrl.trainer.final_leader import (
 )
 from align_cbrl.trainer.groups import GroupBuffer, ScoredBatch
 from align_cbrl.trainer.reward_function import HPGDReward
-from align_cbrl.trainer.stats import UpdateResult
+from align_cbrl.trainer.stats import UpdateResult, leader_weight_metrics
 from align_cbrl.trainer.strategies import build_leader_update
+from align_cbrl.trainer.validation import (
+    check_dataset_for_leader,
+    check_reward_scaling,
+    check_writable_directory,
+)
 from align_cbrl.utils.io import (
     atomic_directory,
     atomic_write_json,
@@ -157,12 +171,31 @@ class HPGDCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ the reward's sink
     def _receive(self, batch: ScoredBatch) -> None:
+        if batch.logger is not None and self.batches_seen == 0:
+            self._check_reward_index(batch.logger)
         self.batches_seen += 1
         if batch.logger is not None:
             self._bind_trainer_metrics(batch.logger)
         # keep no reference to the trainer (its bound log_metric) in the buffer: the trainer
         # must stay out of reference cycles so that it is freed when the script drops it
         self.buffer.add(dataclasses.replace(batch, logger=None))
+
+    def _check_reward_index(self, log_metric: Any) -> None:
+        """``reward_index`` must name the HPGDReward's position in the trainer's
+        ``reward_funcs``: another position would weight the hypergradient with another
+        reward's weight."""
+        funcs = trainer_reward_funcs(log_metric) or []
+        mine = [i for i, f in enumerate(funcs) if f is self.reward]
+        i = self.reward_index
+        if i is None or not mine or i in mine:
+            return
+        other = funcs[i] if i < len(funcs) else None
+        name = getattr(other, "__name__", type(other).__name__)
+        raise ValueError(
+            f"HPGDCallback: reward_index={i} points at reward_funcs[{i}] ({name!r}), not at the "
+            f"HPGDReward {self.reward.__name__!r}, which is reward_funcs[{mine[0]}]; pass "
+            f"reward_index={mine[0]} (the hypergradient would use another reward's weight)"
+        )
 
     def _bind_trainer_metrics(self, log_metric: Any) -> None:
         metrics = metric_store(log_metric)
@@ -186,31 +219,7 @@ class HPGDCallback(TrainerCallback):
         )
         if not self.allow_reward_scaling:
             opt_in = "(or set HPGDArguments(leader_allow_reward_scaling=True) to accept the bias)"
-            scaling = getattr(args, "scale_rewards", "none")
-            if scaling not in ("none", False, None):
-                raise ValueError(
-                    f"HPGDCallback: scale_rewards={scaling!r} divides each group's rewards by "
-                    "their std, so the follower optimises another objective than E[r] - beta KL "
-                    f"and the hypergradient is biased; set scale_rewards='none' {opt_in}"
-                )
-            if getattr(args, "multi_objective_aggregation", None) == "normalize_then_sum":
-                raise ValueError(
-                    "HPGDCallback: multi_objective_aggregation='normalize_then_sum' standardises "
-                    "each reward per group, so the follower does not maximise E[sum w r] - beta "
-                    f"KL; use 'sum_then_normalize' with scale_rewards='none' {opt_in}"
-                )
-            if getattr(args, "normalize_advantages", False):
-                raise ValueError(
-                    "HPGDCallback: normalize_advantages=True divides RLOO's advantages by their "
-                    "batch std (the same bias as scale_rewards); set normalize_advantages=False "
-                    f"{opt_in}"
-                )
-            if getattr(args, "reward_clip_range", None) is not None:
-                raise ValueError(
-                    f"HPGDCallback: reward_clip_range={args.reward_clip_range!r} clips the "
-                    "rewards, so the follower does not maximise E[r] - beta KL; set "
-                    f"reward_clip_range=None {opt_in}"
-                )
+            check_reward_scaling(args, "HPGDCallback", opt_in)
         n = getattr(args, "num_generations", None)
         if not isinstance(n, int) or n < 2:
             raise ValueError(
@@ -248,11 +257,17 @@ class HPGDCallback(TrainerCallback):
     # ------------------------------------------------------------------ TRL events
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._validate(args)
+        loader = kwargs.get("train_dataloader")
+        check_dataset_for_leader(
+            getattr(loader, "dataset", None), self.reward.bilevel, self.reward.context_column
+        )
         if self._given_sync is None:
             self.sync = LeaderSync()  # the trainer has initialised the process group by now
         if self.sync.is_main_process:
             reward_spec_or_warn(self.reward)  # warns now, not after training
         out = self.output_dir if self.output_dir is not None else Path(args.output_dir)
+        for where in dict.fromkeys([out, Path(args.output_dir)]):
+            check_writable_directory(where, "HPGDCallback: output directory")
         self._out = out
         step = int(state.global_step)
         if step > 0:
@@ -334,7 +349,7 @@ class HPGDCallback(TrainerCallback):
             self.reward.context_column,
             sync=self.sync,
         )
-        record = result.to_metrics()
+        record = {**result.to_metrics(), **leader_weight_metrics(self.leader)}
         self.history.append({"step": float(step), **record})
         if self._trl_metrics is not None:
             store = self._trl_metrics.setdefault("train", {})
@@ -367,6 +382,7 @@ class HPGDCallback(TrainerCallback):
             est_tensors = {k: v for k, v in est.items() if isinstance(v, torch.Tensor)}
             save_safetensors(tmp / "estimator.safetensors", est_tensors)
             self._groups_files(tmp)
+            self.leader_update.tracking.save(tmp)
             atomic_write_json(
                 tmp / "state.json",
                 {
@@ -419,5 +435,6 @@ class HPGDCallback(TrainerCallback):
         self.buffer.load_state_dict(
             load_safetensors(groups / "groups.safetensors"), read_json(groups / "groups.json")
         )
+        self.leader_update.tracking.load(src)
         self.batches_seen = int(state["batches_seen"])
         self.history = [dict(r) for r in state["history"]]

@@ -81,6 +81,10 @@ class FollowerConfig:
         trl: ``GRPOConfig`` / ``RLOOConfig`` fields (``learning_rate``, ``num_generations``,
             ``max_completion_length``, ``temperature``, ``scale_rewards``, ...), over
             :data:`SECTION_TRL_DEFAULTS`. A task sets ``max_completion_length`` itself.
+        allow_reward_scaling: accept ``trl`` settings that rescale or clip the rewards
+            (``scale_rewards`` other than ``none``, ``normalize_then_sum``, RLOO's
+            ``normalize_advantages`` / ``reward_clip_range``), which bias the hypergradient;
+            refused otherwise, as in plugin mode (:mod:`align_cbrl.trainer.validation`).
         weight: this follower's share ``c_i >= 0`` of the leader's objective
             ``F = sum_i w_i F_i``, ``w_i = c_i / sum_j c_j`` (default 1: all followers equal;
             ``docs/theory.md §1``, :mod:`align_cbrl.estimators.combine`). The hypergradient is the
@@ -156,6 +160,13 @@ class FollowerConfig:
         default_factory=dict,
         metadata={
             "help": "GRPOConfig / RLOOConfig fields passed through to TRL (learning_rate, num_generations, max_completion_length, temperature, scale_rewards, ...); defaults learning_rate 0.01, num_generations 8"
+        },
+    )
+
+    allow_reward_scaling: bool = field(
+        default=False,
+        metadata={
+            "help": "accept trl settings that rescale or clip rewards (scale_rewards group/batch, normalize_then_sum, RLOO normalize_advantages / reward_clip_range); they bias the hypergradient"
         },
     )
 

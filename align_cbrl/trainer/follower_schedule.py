@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 
 from align_cbrl.estimators.multilevel import MultilevelSchedule, multilevel_estimate
-from align_cbrl.trainer.stats import UpdateResult
+from align_cbrl.trainer.stats import UpdateResult, leader_weight_metrics
 from align_cbrl.trainer.strategies import apply_leader_gradient
 from align_cbrl.utils.io import load_safetensors, save_safetensors
 
@@ -170,7 +170,7 @@ class MultilevelFollowerSchedule:
         rec["time/follower_train"] = run.seconds["train"]
         rec["time/sample"] = run.seconds["sample"]
         rec["time/leader"] = run.seconds["leader"] + time.perf_counter() - t0
-        rec.update(trainer._leader_weights())
+        rec.update(leader_weight_metrics(trainer.leader))
         return rec
 
 

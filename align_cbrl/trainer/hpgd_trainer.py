@@ -48,12 +48,18 @@ from align_cbrl.trainer.builders import (
     build_leader_from_config,
     build_reward_setup,
     check_follower_contexts,
+    load_follower_rows,
     resolve_task,
     validate_run_config,
 )
 from align_cbrl.trainer.config import HPGDConfig
 from align_cbrl.trainer.estimation import GroupedSamples, build_optimizer, leader_surrogate
-from align_cbrl.trainer.exact_reference import exact_followers, exact_local_optimum, exact_metrics
+from align_cbrl.trainer.exact_reference import (
+    exact_followers,
+    exact_local_optimum,
+    exact_metrics,
+    exact_tracking,
+)
 from align_cbrl.trainer.final_leader import save_run_leader
 from align_cbrl.trainer.follower_schedule import SCHEDULE_FILE, build_follower_schedule
 from align_cbrl.trainer.reward_function import HPGDReward
@@ -62,6 +68,12 @@ from align_cbrl.trainer.run_dir import (
     RunExistsError,
     plan_run_directory,
     resume_differences,
+)
+from align_cbrl.trainer.stats import (
+    ESTIMATOR_LABELS,
+    iteration_line,
+    leader_weight_metrics,
+    progress_fields,
 )
 from align_cbrl.trainer.strategies import ZeroOrder, build_leader_update
 from align_cbrl.utils.io import (
@@ -130,8 +142,9 @@ class HPGDTrainer:
         exact = self.task is not None
         with hf_progress_bars(config.progress):
             self.setup = build_reward_setup(config, self.task)
+            rows = load_follower_rows(config, self.task, self.setup)  # before any model
             self.bundles: list[FollowerBundle] = [
-                build_follower(fc, self.task, self.setup, i, exact)
+                build_follower(fc, self.task, self.setup, i, exact, rows[i])
                 for i, fc in enumerate(config.seeded_followers())
             ]
         contexts: list[Any] = []
@@ -216,6 +229,7 @@ class HPGDTrainer:
         self._prompt_gen.set_state(rng["prompt_gen"])
         self._zo_gen.set_state(rng["zo_gen"])
         self._zo_prev = state.get("zo_prev")
+        self.leader_update.tracking.load(ckpt / "tracking")
         if self.follower_schedule is not None:
             self.follower_schedule.load(ckpt)
         self.start_iteration = int(state["iteration"])
@@ -231,6 +245,7 @@ class HPGDTrainer:
             save_safetensors(path, {k: g.get_state() for k, g in gens.items()})
 
         writers: dict[str, Callable[[Path], None]] = {_TRAINER_RNG: write_rng}
+        writers["tracking"] = self.leader_update.tracking.save
         for b in self.bundles:
             writers[f"followers/{b.config.name}"] = b.follower.save
         if self.follower_schedule is not None:
@@ -300,6 +315,8 @@ class HPGDTrainer:
         rec: dict[str, Any] = self.train_followers(self.config.follower_steps)
         t1 = time.perf_counter()
         batches = self.sample_batches()
+        # exact gap to pi* of the reward the followers trained on (enumerable tasks)
+        rec.update(exact_tracking(self.task, self.bundles, reward.bilevel))
         t2 = time.perf_counter()
         rec.update(self._leader_update(batches))
         t3 = time.perf_counter()
@@ -307,7 +324,7 @@ class HPGDTrainer:
         rec["time/follower_train"] = t1 - t0
         rec["time/sample"] = t2 - t1
         rec["time/leader"] = t3 - t2
-        rec.update(self._leader_weights())
+        rec.update(leader_weight_metrics(self.leader))
         return rec
 
     def train_followers(self, steps: int) -> dict[str, float]:
@@ -341,22 +358,6 @@ class HPGDTrainer:
             for k, c in enumerate(self.setup.components):
                 rec[f"{b.follower}/components/{c.name}"] = float(b.scores[:, k].mean())
         return rec
-
-    def _leader_weights(self) -> dict[str, float]:
-        table = getattr(self.leader, "weight_table", None)
-        if table is None:
-            return {}
-        with torch.no_grad():
-            w = table().detach()
-        if w.numel() > 64:
-            return {}
-        idx = getattr(self.leader, "context_index", None)
-        rows = ["all"] if idx is None else [str(v) for v in idx.values]
-        return {
-            f"leader/w/{rows[i]}/{name}": float(w[i, k])
-            for i in range(w.shape[0])
-            for k, name in enumerate(self.leader.component_names)
-        }
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, samples: int | None = None) -> dict[str, float]:
@@ -446,13 +447,13 @@ class HPGDTrainer:
             exact = self.exact_objective()
             if exact is not None:
                 rec0.update(exact)
-            rec0.update(self._leader_weights())
+            rec0.update(leader_weight_metrics(self.leader))
             self.history.append(self.metrics.log(0, rec0))
         bar = tqdm(
             range(self.start_iteration + 1, cfg.iterations + 1),
             initial=self.start_iteration,
             total=cfg.iterations,
-            desc=f"HPGD ({cfg.leader.estimator})",
+            desc=ESTIMATOR_LABELS[cfg.leader.estimator],
             disable=not (cfg.progress and main),
             dynamic_ncols=True,
         )
@@ -460,13 +461,10 @@ class HPGDTrainer:
             for t in bar:
                 rec = self.step(t)
                 self.history.append(self.metrics.log(t, rec))
-                post = {
-                    "F_est": f"{rec['objective_estimate']:.3f}",
-                    "|g|": f"{rec['leader/grad_norm']:.2f}",
-                }
-                if "objective_exact" in rec:
-                    post["F"] = f"{rec['objective_exact']:.3f}"
-                bar.set_postfix(post)
+                bar.set_postfix(progress_fields(rec))
+                if main and not cfg.progress:  # one line per iteration instead (logging_steps)
+                    label = ESTIMATOR_LABELS[cfg.leader.estimator]
+                    print(iteration_line(label, t, cfg.iterations, rec), flush=True)
                 if main and ((cfg.save_every and t % cfg.save_every == 0) or t == cfg.iterations):
                     self._save(t)
         finally:

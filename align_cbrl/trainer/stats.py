@@ -18,6 +18,12 @@ key                                     meaning
 ``<f>/cost``                            mean incentive cost
 ``<f>/weight``                          follower ``f``'s normalised weight ``w_f`` (several
                                         followers only)
+``<f>/tracking``, ``<f>/tracking_se``   how far follower ``f`` keeps up with the leader's incentive
+                                        changes (1: as its best response; 0: not at all) and its
+                                        standard error (:mod:`align_cbrl.trainer.tracking`)
+``leader/w/<context>/<component>``      the leader's incentive weight table (weight leaders with
+                                        at most 64 entries; ``<context>`` is ``all`` without
+                                        contexts), after the update
 ======================================  =============================================================
 
 In plugin mode the follower name ``f`` is the callback's ``follower_name`` (default
@@ -27,15 +33,30 @@ In plugin mode the follower name ``f`` is the callback's ``follower_name`` (defa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+import torch
 
 __all__ = [
+    "ESTIMATOR_LABELS",
     "GRAD_NORM",
     "GROUPS",
     "OBJECTIVE_ESTIMATE",
     "FollowerStats",
     "LeaderStats",
     "UpdateResult",
+    "iteration_line",
+    "leader_weight_metrics",
+    "progress_fields",
 ]
+
+ESTIMATOR_LABELS = {
+    "hpgd": "HPGD leader",
+    "naive": "naive leader",
+    "zero_order": "zero-order leader",
+    "fixed": "fixed leader (no updates)",
+}
+"""How progress output names a run by its ``leader.estimator``."""
 
 OBJECTIVE_ESTIMATE = "objective_estimate"
 GRAD_NORM = "leader/grad_norm"
@@ -106,3 +127,44 @@ class UpdateResult:
         out.update(self.stats.to_metrics())
         out.update(self.extra)
         return out
+
+
+def leader_weight_metrics(leader: Any, max_entries: int = 64) -> dict[str, float]:
+    """``leader/w/<context>/<component>`` of a leader with a ``weight_table()`` (rows: its
+    contexts, or one row ``all``); ``{}`` for other leaders or tables over ``max_entries``."""
+    table = getattr(leader, "weight_table", None)
+    if table is None:
+        return {}
+    with torch.no_grad():
+        w = table().detach()
+    if w.numel() > max_entries:
+        return {}
+    idx = getattr(leader, "context_index", None)
+    rows = ["all"] if idx is None else [str(v) for v in idx.values]
+    return {
+        f"leader/w/{rows[i]}/{name}": float(w[i, k])
+        for i in range(w.shape[0])
+        for k, name in enumerate(leader.component_names)
+    }
+
+
+def progress_fields(record: dict[str, Any]) -> dict[str, str]:
+    """The progress bar's fields of one iteration: the objective estimate, the hypergradient
+    norm and, on an enumerable task, the exact objective."""
+    out = {
+        "F_est": f"{record['objective_estimate']:.3f}",
+        "|g|": f"{record['leader/grad_norm']:.2f}",
+    }
+    if "objective_exact" in record:
+        out["F"] = f"{record['objective_exact']:.3f}"
+    return out
+
+
+def iteration_line(label: str, t: int, total: int, record: dict[str, Any]) -> str:
+    """The line printed per iteration without a progress bar (``progress: false``), as TRL's
+    ``logging_steps`` does: :func:`progress_fields`, each follower's ``tracking`` and the
+    iteration's wall time."""
+    fields = [f"{k} {v}" for k, v in progress_fields(record).items()]
+    fields += [f"{k} {v:.2f}" for k, v in record.items() if k.endswith("/tracking")]
+    seconds = sum(v for k, v in record.items() if k.startswith("time/"))
+    return f"{label} iteration {t}/{total}: {', '.join(fields)} ({seconds:.1f} s)"

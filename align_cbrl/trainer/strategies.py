@@ -39,6 +39,7 @@ from align_cbrl.distributed import LeaderSync
 from align_cbrl.objective import BilevelRewards
 from align_cbrl.trainer.estimation import GroupedSamples, leader_surrogate
 from align_cbrl.trainer.stats import LeaderStats, UpdateResult
+from align_cbrl.trainer.tracking import FollowerTracking
 
 __all__ = [
     "ESTIMATORS",
@@ -79,6 +80,11 @@ class Estimator:
 
     def follower_bilevel(self, bilevel: BilevelRewards, iteration: int) -> BilevelRewards:
         """The reward pair the followers train on during ``iteration`` (default: the leader's)."""
+        return bilevel
+
+    def sampled_bilevel(self, bilevel: BilevelRewards) -> BilevelRewards:
+        """The reward pair the batches of this update were sampled under (default: the
+        leader's)."""
         return bilevel
 
     def estimate(
@@ -159,10 +165,14 @@ class ZeroOrder(Estimator):
         self._perturbed = perturbed
         return perturbed
 
+    def sampled_bilevel(self, bilevel: BilevelRewards) -> BilevelRewards:
+        return self._perturbed if self._perturbed is not None else bilevel
+
     def estimate(self, bilevel, batches, context_column):  # type: ignore[override]
-        used = self._perturbed if self._perturbed is not None else bilevel
         with torch.no_grad():
-            _, stats = leader_surrogate(used, batches, "naive", context_column)
+            _, stats = leader_surrogate(
+                self.sampled_bilevel(bilevel), batches, "naive", context_column
+            )
         F_t = stats.objective_estimate
         flat = None
         if self.prev is not None and self.z is not None:
@@ -271,6 +281,10 @@ def apply_leader_gradient(
 class LeaderUpdate:
     """``estimator -> AllReduce -> ClipByGlobalNorm -> optimiser`` for one leader.
 
+    Before the step, :attr:`tracking` (:class:`~align_cbrl.trainer.tracking.FollowerTracking`)
+    compares the batches with the previous update's: the ``<f>/tracking`` metrics in the
+    result's extras, and a warning when a follower does not keep up.
+
     Args:
         estimator: an :class:`Estimator`.
         optimizer: ``torch.optim`` optimiser over the leader's parameters.
@@ -283,6 +297,7 @@ class LeaderUpdate:
         self.estimator = estimator
         self.optimizer = optimizer
         self.clip = ClipByGlobalNorm(max_grad_norm)
+        self.tracking = FollowerTracking()
 
     def follower_bilevel(self, bilevel: BilevelRewards, iteration: int) -> BilevelRewards:
         return self.estimator.follower_bilevel(bilevel, iteration)
@@ -295,6 +310,8 @@ class LeaderUpdate:
         context_column: str | None,
         sync: LeaderSync | None = None,
     ) -> UpdateResult:
+        sampled_leader = self.estimator.sampled_bilevel(bilevel).leader
+        tracked = self.tracking.observe(sampled_leader, batches, context_column, sync)
         direction = self.estimator.estimate(bilevel, batches, context_column)
         norm, stepped = 0.0, False
         if direction.has_step:
@@ -308,7 +325,7 @@ class LeaderUpdate:
                 sync=sync,
             )
             stepped = True
-        return UpdateResult(direction.stats, norm, stepped, dict(direction.extra or {}))
+        return UpdateResult(direction.stats, norm, stepped, {**(direction.extra or {}), **tracked})
 
 
 def build_leader_update(
