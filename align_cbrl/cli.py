@@ -6,10 +6,14 @@
   (``--leader.lr 0.05``, ``--followers.0.beta 0.2``); booleans also as ``--progress`` /
   ``--no-progress``. ``align-cbrl train --help`` lists every config key with its default and
   help text (from the dataclass fields' ``metadata["help"]``).
+  ``--config`` also takes the name of a shipped example config (``--config tiny_language_grpo``;
+  :mod:`align_cbrl.examples`).
 * ``align-cbrl quickstart [--output-dir DIR] [--iterations T] [--progress | --no-progress]``:
   the README's main job (:mod:`align_cbrl.quickstart`).
 * ``align-cbrl export RUN_DIR OUT``: a run's leader as a ``save_pretrained`` folder
   (:mod:`align_cbrl.trainer.export`).
+* ``align-cbrl init [DIR]``: copy the example ``configs/`` and ``recipes/`` into ``DIR``
+  (default ``.``).
 * ``align-cbrl --version``.
 
 ``--help`` works anywhere on the command line. The current directory is put first on
@@ -29,7 +33,7 @@ from collections.abc import Sequence
 
 from align_cbrl.utils.env import quiet_libraries, set_cpu_defaults
 
-__all__ = ["main", "train_main"]
+__all__ = ["init_main", "main", "train_main"]
 
 USAGE = """usage: align-cbrl <command> [options]     (align-cbrl <command> --help for details)
 
@@ -41,6 +45,8 @@ commands:
   export RUN_DIR OUT
         the leader of a run (or of a TRL checkpoint with hpgd_leader/) as one
         save_pretrained folder: config.json, model.safetensors, README.md model card
+  init [DIR]
+        copy the example configs/ and recipes/ into DIR (default: the current directory)
 
 options:
   -h, --help     show this help and exit
@@ -90,7 +96,10 @@ def train_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--config", metavar="FILE.yaml", help="the run's YAML config (required; see configs/)"
+        "--config",
+        metavar="FILE.yaml",
+        help="the run's YAML config (required; see configs/), or the name of a shipped example "
+        "config such as tiny_language_grpo",
     )
     parser.add_argument(
         "--resume",
@@ -123,6 +132,7 @@ def train_main(argv: Sequence[str]) -> int:
     set_cpu_defaults()
     quiet_libraries()
     from align_cbrl.config_parser import load_config, parse_overrides, pop_flags
+    from align_cbrl.examples import resolve_config
     from align_cbrl.trainer import HPGDConfig, HPGDTrainer
 
     flags, argv = pop_flags(argv, switches=["--resume", "--overwrite"])
@@ -133,7 +143,7 @@ def train_main(argv: Sequence[str]) -> int:
         raise ValueError(
             "align-cbrl train needs --config FILE.yaml (see configs/; align-cbrl train --help)"
         )
-    config = load_config(HPGDConfig, config_path, overrides)
+    config = load_config(HPGDConfig, resolve_config(config_path), overrides)
     trainer = HPGDTrainer(config, resume=flags["resume"], overwrite=flags["overwrite"])
     try:
         summary = trainer.train()
@@ -162,6 +172,21 @@ def export_main(argv: Sequence[str]) -> int:
 
     out = export_leader(args.run_dir, args.out)
     print(f"leader written to {out}/ (config.json, model.safetensors, README.md)")
+    return 0
+
+
+def init_main(argv: Sequence[str]) -> int:
+    """``align-cbrl init [DIR]``: copy the example configs and recipes into ``DIR``."""
+    from align_cbrl.examples import copy_examples
+
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: align-cbrl init [DIR]\n\ncopy the example configs/ and recipes/ into DIR")
+        return 0
+    if len(argv) > 1 or any(a.startswith("-") for a in argv):
+        raise ValueError(f"usage: align-cbrl init [DIR] (one directory), got {list(argv)}")
+    copied = copy_examples(argv[0] if argv else ".")
+    print(f"copied {' and '.join(str(p) for p in copied)}; e.g.")
+    print(f"  cd {copied[0].parent} && align-cbrl train --config configs/tiny_language_grpo.yaml")
     return 0
 
 
@@ -206,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return quickstart_main(rest)
         if command == "export":
             return export_main(rest)
+        if command == "init":
+            return init_main(rest)
     except (
         ConfigError,
         ValueError,
