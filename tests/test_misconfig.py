@@ -187,25 +187,27 @@ def test_plugin_with_an_empty_dataset_fails_before_training_and_writes_nothing(t
 
 
 # --------------------------------------------------------------------------- item 7
-def test_plugin_missing_context_column_and_unknown_category_fail_at_setup(tmp_path):
-    rows = [{"prompt": "a b", "topic": "concise"}]
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            [{"prompt": "a b", "topic": "concise"}],
+            "HPGDCallback: the training dataset has no 'category' column (its columns: "
+            "['prompt', 'topic']); add it, or name the column",
+        ),
+        (
+            [{"prompt": "a b", "category": "concise"}, {"prompt": "b c", "category": "b_topik"}],
+            "HPGDCallback: the dataset's 'category' values ['b_topik'] have no row in the leader "
+            "(its contexts: ['concise', 'b_topic', 'no_d']) (did you mean 'b_topic'?)",
+        ),
+    ],
+)
+def test_plugin_missing_context_column_and_unknown_category_fail_at_setup(tmp_path, rows, message):
     trainer, _, calls = make_plugin_trainer(tmp_path, rows=rows)
     with pytest.raises(ValueError) as info:
         trainer.train()
-    assert str(info.value).startswith(
-        "HPGDCallback: the training dataset has no 'category' column (its columns: ['prompt', "
-        "'topic']); add it, or name the column"
-    )
-    assert calls == []
-    rows = [{"prompt": "a b", "category": "concise"}, {"prompt": "b c", "category": "b_topik"}]
-    trainer, _, calls = make_plugin_trainer(tmp_path, rows=rows)
-    with pytest.raises(ValueError) as info:
-        trainer.train()
-    assert str(info.value).startswith(
-        "HPGDCallback: the dataset's 'category' values ['b_topik'] have no row in the leader "
-        "(its contexts: ['concise', 'b_topic', 'no_d']) (did you mean 'b_topic'?)"
-    )
-    assert calls == []
+    assert str(info.value).startswith(message)
+    assert calls == []  # before the first generation
 
 
 def test_read_only_output_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
