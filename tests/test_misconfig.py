@@ -17,7 +17,7 @@ from trl_helpers import grpo_args  # noqa: E402
 
 from align_cbrl.cli import main  # noqa: E402
 from align_cbrl.models import build_tiny_lm  # noqa: E402
-from align_cbrl.trainer import HPGDCallback, HPGDReward  # noqa: E402
+from align_cbrl.trainer import HPGDArguments, HPGDCallback, HPGDReward  # noqa: E402
 from align_cbrl.trainer.builders import resolve_task  # noqa: E402
 
 # a general (task-free) run on the embedded quickstart prompts: contexts quick/polite/careful;
@@ -85,7 +85,8 @@ def make_plugin_trainer(tmp_path, *, rows=None, upper=None, reward_funcs=None, *
 
         bilevel = BilevelRewards(leader, task.config.follower, upper)
     reward = HPGDReward(bilevel, task.components)
-    cb = HPGDCallback(reward, update_every=2, output_dir=tmp_path / "out", **kw.pop("cb", {}))
+    settings = {"leader_update_every": 2, "leader_output_dir": str(tmp_path / "out")}
+    cb = HPGDCallback(reward, HPGDArguments(**settings, **kw.pop("cb", {})))
     calls: list = []
     reward.subscribe(calls.append)
     rows = rows if rows is not None else [dict(r) for r in task.dataset_rows()]
@@ -166,14 +167,15 @@ def test_reward_index_must_point_at_the_hpgd_reward(tmp_path):
         tmp_path,
         reward_funcs=lambda r: [r, n_a],
         reward_weights=[2.0, 0.5],
-        cb={"reward_index": 1},
+        cb={"leader_reward_index": 1},
     )
     with pytest.raises(ValueError) as info:
         trainer.train()
     assert str(info.value) == (
-        "HPGDCallback: reward_index=1 points at reward_funcs[1] ('n_a'), not at the HPGDReward "
-        "'hpgd_reward', which is reward_funcs[0]; pass reward_index=0 (the hypergradient would "
-        "use another reward's weight)"
+        "HPGDCallback: leader_reward_index=1 points at reward_funcs[1] ('n_a'), not at the "
+        "HPGDReward 'hpgd_reward', which is reward_funcs[0]; set "
+        "HPGDArguments(leader_reward_index=0) (the hypergradient would use another reward's "
+        "weight)"
     )
     assert trainer.state.global_step == 0 and cb.history == []
 

@@ -109,13 +109,13 @@ def plugin_run(tmp_path, lr, update_every, prompts_per_step, num_generations, up
 
     from align_cbrl.models import build_tiny_lm
     from align_cbrl.quickstart import QUICKSTART_CONFIG
-    from align_cbrl.trainer import HPGDCallback, HPGDReward
+    from align_cbrl.trainer import HPGDArguments, HPGDCallback, HPGDReward
     from align_cbrl.trainer.builders import resolve_task
 
     task = resolve_task("tiny_language")
     spec = {k: v for k, v in QUICKSTART_CONFIG["leader"]["spec"].items() if k != "type"}
     reward = HPGDReward(task.bilevel(task.make_leader(**spec)), task.components)
-    cb = HPGDCallback(reward, update_every=update_every, lr=0.2)
+    cb = HPGDCallback(reward, HPGDArguments(leader_update_every=update_every, leader_lr=0.2))
     rows = task.dataset_rows() * 4
     args = grpo_args(
         tmp_path,

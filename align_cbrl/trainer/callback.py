@@ -25,7 +25,7 @@ RLOO's ``normalize_advantages=True`` and ``reward_clip_range`` change the follow
 process (TRL's ``AsyncGRPOTrainer``) are refused; the training dataset must not be empty, must have the
 context column and only contexts the leader knows, and every context the mixes or the leader
 name must occur in it (:mod:`align_cbrl.trainer.validation`, shared with orchestrated runs); the
-output directories must be writable. A ``reward_index`` that does not point at the
+output directories must be writable. A ``leader_reward_index`` that does not point at the
 :class:`HPGDReward` in the trainer's ``reward_funcs`` raises at the first scored batch (before
 the first optimiser step), and a leader that has received no scored batch by its first update
 (the :class:`HPGDReward` is missing from ``reward_funcs``) raises.
@@ -181,7 +181,7 @@ class HPGDCallback(TrainerCallback):
         self.buffer.add(dataclasses.replace(batch, logger=None))
 
     def _check_reward_index(self, log_metric: Any) -> None:
-        """``reward_index`` must name the HPGDReward's position in the trainer's
+        """``leader_reward_index`` must name the HPGDReward's position in the trainer's
         ``reward_funcs``: another position would weight the hypergradient with another
         reward's weight."""
         funcs = trainer_reward_funcs(log_metric) or []
@@ -192,9 +192,10 @@ class HPGDCallback(TrainerCallback):
         other = funcs[i] if i < len(funcs) else None
         name = getattr(other, "__name__", type(other).__name__)
         raise ValueError(
-            f"HPGDCallback: reward_index={i} points at reward_funcs[{i}] ({name!r}), not at the "
-            f"HPGDReward {self.reward.__name__!r}, which is reward_funcs[{mine[0]}]; pass "
-            f"reward_index={mine[0]} (the hypergradient would use another reward's weight)"
+            f"HPGDCallback: leader_reward_index={i} points at reward_funcs[{i}] ({name!r}), not at "
+            f"the HPGDReward {self.reward.__name__!r}, which is reward_funcs[{mine[0]}]; set "
+            f"HPGDArguments(leader_reward_index={mine[0]}) (the hypergradient would use another "
+            "reward's weight)"
         )
 
     def _bind_trainer_metrics(self, log_metric: Any) -> None:

@@ -193,8 +193,8 @@ class FollowerTracking:
                     f"updates it moved {rho:.2f} (+- {se:.2f}) of the way its best response would "
                     f"({name}/tracking, warning below {self.threshold}). HPGD assumes a "
                     "near best-responding follower, so the leader's steps are unreliable: train "
-                    "the follower more steps per leader update (follower_steps / update_every), "
-                    "raise its learning_rate, or lower the leader's lr",
+                    "the follower more steps per leader update (follower_steps / "
+                    "leader_update_every), raise its learning_rate, or lower the leader's lr",
                     FollowerTrackingWarning,
                     stacklevel=2,
                 )
