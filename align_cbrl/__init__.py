@@ -59,6 +59,11 @@ _EXPORTS: dict[str, str] = {
     "FrozenShapedReward": "align_cbrl.trainer",
     # infrastructure
     "LeaderSync": "align_cbrl.distributed",
+    # multi-process runs that end and fail cleanly (docs/reliability.md)
+    "init_process_group": "align_cbrl.distributed",
+    "fault_context": "align_cbrl.trainer.faults",
+    "finish": "align_cbrl.trainer.faults",
+    "run_and_leave": "align_cbrl.trainer.faults",
     "CheckpointManager": "align_cbrl.checkpoint",
     "MetricsLogger": "align_cbrl.metrics",
     "load_config": "align_cbrl.config_parser",

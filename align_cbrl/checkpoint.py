@@ -11,6 +11,11 @@ A checkpoint is a directory ``<output_dir>/checkpoints/iter_<NNNNNN>/`` holding
 
 The directory is assembled under a temporary name and moved into place with ``os.replace``, so a
 kill at any moment leaves either the complete checkpoint or none, and never touches older ones.
+A write that fails (disk full, permissions: any ``OSError``) removes its partial directory and
+raises :class:`CheckpointWriteError`, one line naming the checkpoint, the cause and the
+previous checkpoint (intact: older ones are pruned only after a new one is complete), from
+which ``--resume`` continues. Partial directories left by a killed writer
+(``.iter_<N>.<random>.tmp``) are removed by the next save.
 """
 
 from __future__ import annotations
@@ -38,9 +43,18 @@ from align_cbrl.utils.rng import (
     save_rng_state,
 )
 
-__all__ = ["CheckpointManager", "optimizer_state_from_files", "optimizer_state_to_files"]
+__all__ = [
+    "CheckpointManager",
+    "CheckpointWriteError",
+    "optimizer_state_from_files",
+    "optimizer_state_to_files",
+]
 
 _ITER_RE = re.compile(r"^iter_(\d{6,})$")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous one is intact."""
 
 
 # --------------------------------------------------------------------------- optimiser state
@@ -109,18 +123,33 @@ class CheckpointManager:
         state: Mapping[str, Any] | None = None,
         extra_writers: Mapping[str, Callable[[Path], None]] | None = None,
     ) -> Path:
-        """Write checkpoint ``iteration`` atomically and prune old ones; return its path."""
+        """Write checkpoint ``iteration`` atomically and prune old ones; return its path.
+        Raises :class:`CheckpointWriteError` when the file system refuses (module docstring)."""
         final = self.path_for(iteration)
-        with atomic_directory(final) as tmp:
-            save_safetensors(tmp / "leader.safetensors", leader.state_dict())
-            if optimizer is not None:
-                tensors, skeleton = optimizer_state_to_files(optimizer.state_dict())
-                save_safetensors(tmp / "leader_optimizer.safetensors", tensors)
-                atomic_write_json(tmp / "leader_optimizer.json", skeleton)
-            save_rng_state(tmp, capture_rng_state())
-            for name, writer in (extra_writers or {}).items():
-                writer(tmp / name)
-            atomic_write_json(tmp / "state.json", {"iteration": iteration, **dict(state or {})})
+        previous = self.latest()
+        for stale in self.root.glob(".iter_*.tmp") if self.root.is_dir() else []:
+            shutil.rmtree(stale, ignore_errors=True)  # left by a writer that was killed
+        try:
+            with atomic_directory(final) as tmp:
+                save_safetensors(tmp / "leader.safetensors", leader.state_dict())
+                if optimizer is not None:
+                    tensors, skeleton = optimizer_state_to_files(optimizer.state_dict())
+                    save_safetensors(tmp / "leader_optimizer.safetensors", tensors)
+                    atomic_write_json(tmp / "leader_optimizer.json", skeleton)
+                save_rng_state(tmp, capture_rng_state())
+                for name, writer in (extra_writers or {}).items():
+                    writer(tmp / name)
+                atomic_write_json(tmp / "state.json", {"iteration": iteration, **dict(state or {})})
+        except OSError as err:
+            kept = (
+                f"the previous checkpoint {previous} is intact"
+                if previous
+                else "there is no earlier one"
+            )
+            raise CheckpointWriteError(
+                f"could not write checkpoint {final} ({err.strerror or err}); {kept}; free space "
+                "or fix the directory, then rerun with --resume"
+            ) from err
         self._prune()
         return final
 

@@ -20,7 +20,10 @@
 ``sys.path`` (as ``python -m`` does) so a ``callable`` reward module next to the config imports.
 Configuration and input errors are printed as one ``error: ...`` line (exit status 2), without a
 traceback, before anything is written. Ctrl-C is one line too (exit status 130), saying that
-``--resume`` continues the run from its last checkpoint.
+``--resume`` continues the run from its last checkpoint; so are the other failures a run can
+meet (a peer process gone, a checkpoint write refused, SIGINT / SIGTERM during training: the
+run stops after the current iteration with a checkpoint), with the statuses of
+:mod:`align_cbrl.trainer.faults` (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ def train_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue the run in output_dir from its latest checkpoint (only iterations, "
-        "save_every, keep_checkpoints, plots, progress, tensorboard may change; output_dir may "
+        "save_every, keep_checkpoints, collective_timeout, plots, progress, tensorboard may change; output_dir may "
         "be given another way or the directory moved); a run without a checkpoint starts again "
         "from iteration 0, and says so",
     )
@@ -134,6 +137,7 @@ def train_main(argv: Sequence[str]) -> int:
     from align_cbrl.config_parser import load_config, parse_overrides, pop_flags
     from align_cbrl.examples import resolve_config
     from align_cbrl.trainer import HPGDConfig, HPGDTrainer
+    from align_cbrl.trainer.faults import finish
 
     flags, argv = pop_flags(argv, switches=["--resume", "--overwrite"])
     if flags["resume"] and flags["overwrite"]:
@@ -153,6 +157,7 @@ def train_main(argv: Sequence[str]) -> int:
     for k in sorted(keys):
         print(f"{k}: {summary[k]:.4f}")
     print(f"outputs under {config.output_dir}/")
+    finish()  # several processes: barrier, then leave here, with the trainer still referenced
     return 0
 
 
@@ -210,9 +215,6 @@ def interrupted_line(command: str, rest: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``align-cbrl`` console script."""
-    from align_cbrl.config_parser import ConfigError
-    from align_cbrl.followers.base import RewardFunctionError
-
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
@@ -233,19 +235,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return export_main(rest)
         if command == "init":
             return init_main(rest)
-    except (
-        ConfigError,
-        ValueError,
-        FileNotFoundError,
-        FileExistsError,
-        NotADirectoryError,
-        RewardFunctionError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(interrupted_line(command, rest), file=sys.stderr)
-        return 130
+    except BaseException as err:
+        from align_cbrl.trainer.faults import leave, multi_process, report_failure
+        from align_cbrl.trainer.interrupt import TrainingInterrupted
+
+        if isinstance(err, KeyboardInterrupt) and not isinstance(err, TrainingInterrupted):
+            print(interrupted_line(command, rest), file=sys.stderr)
+            if multi_process():
+                leave(130)
+            return 130
+        code = report_failure(err)  # one line; several processes: leaves the process here
+        if code is None:
+            raise
+        return code
     print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -13,17 +13,106 @@ from the completion groups it generated. The leader is small, so it is replicate
 
 It works with any initialised ``torch.distributed`` process group (accelerate initialises one for
 multi-process launches) and degrades to a no-op in a single process.
+
+Failures (docs/reliability.md): :func:`init_process_group` joins the launcher's group with a
+finite collective timeout (``collective_timeout`` seconds), so a rank whose peer died or hangs
+raises instead of waiting forever; :func:`peer_gone` recognises that error (gloo's "Connection
+closed by peer" when the peer's process is gone, "Timed out waiting" when it stopped
+answering) and words it as one line (:class:`PeerGoneError`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["LeaderSync", "parameter_checksum"]
+__all__ = [
+    "DEFAULT_COLLECTIVE_TIMEOUT_S",
+    "LeaderSync",
+    "PeerGoneError",
+    "init_process_group",
+    "parameter_checksum",
+    "peer_gone",
+]
+
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
+"""Seconds a collective waits for the other ranks before it raises (``collective_timeout``).
+Finite, unlike waiting forever, and short next to torch's own defaults (30 min gloo, 10 min
+NCCL through accelerate); long enough for rank 0 to write a large checkpoint while the
+others wait at the next collective."""
+
+# What gloo / NCCL / the TCP store say when a peer's process is gone or stopped answering.
+_PEER_LOST = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "Timed out waiting",
+    "Socket Timeout",
+    "timed out",
+    "Watchdog caught collective operation timeout",
+    "NCCL communicator was aborted",
+)
+
+
+class PeerGoneError(RuntimeError):
+    """Another rank of a multi-process run died or stopped answering during a collective."""
+
+
+def init_process_group(timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> Any:
+    """Join the process group that ``accelerate launch`` / ``torchrun`` set up (their
+    ``WORLD_SIZE`` / ``RANK`` / ``MASTER_*`` variables), with every collective limited to
+    ``timeout_s`` seconds; returns accelerate's ``PartialState`` (a no-op state in a single
+    process).
+
+    Call it before anything else builds a ``TrainingArguments``: the first initialisation of
+    the process group sets its timeout (TRL's trainers would otherwise initialise it with
+    ``ddp_timeout``, 1800 s by default), and later ones reuse the group. A group that already
+    exists keeps its timeout."""
+    from accelerate import PartialState
+
+    if not (timeout_s > 0):
+        raise ValueError(f"collective_timeout must be > 0 seconds, got {timeout_s!r}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        return PartialState(timeout=timedelta(seconds=float(timeout_s)))
+    return PartialState()
+
+
+def _chain(err: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def peer_gone(err: BaseException, timeout_s: float | None = None) -> PeerGoneError | None:
+    """:class:`PeerGoneError` (one line: which rank, what the backend said, what to do) when
+    ``err`` (or an exception it was raised from) is a collective failing because another rank
+    died or stopped answering; ``None`` for any other error, and always outside a
+    multi-process run."""
+    if isinstance(err, PeerGoneError):
+        return err
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    for e in _chain(err):
+        text = str(e)
+        network = isinstance(e, dist.DistNetworkError | dist.DistStoreError)
+        if network or (isinstance(e, RuntimeError) and any(s in text for s in _PEER_LOST)):
+            said = " ".join(text.split())[:200]
+            limit = "" if timeout_s is None else f" (collective_timeout {timeout_s:g} s)"
+            return PeerGoneError(
+                f"a peer process is gone: rank {dist.get_rank()} of {dist.get_world_size()} lost "
+                f"contact with the other ranks in a collective{limit}: {said}; relaunch all "
+                "processes with --resume to continue from the last checkpoint"
+            )
+    return None
 
 
 def parameter_checksum(params: Iterable[torch.Tensor]) -> str:
@@ -102,6 +191,14 @@ class LeaderSync:
         if len(set(gathered)) != 1:
             raise RuntimeError(f"leader parameters diverged across ranks: checksums {gathered}")
         return digest
+
+    def all_reduce_max(self, value: int) -> int:
+        """The largest of every rank's ``value`` (``value`` itself in one process)."""
+        if not self._active():
+            return int(value)
+        t = torch.tensor([int(value)], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return int(t.item())
 
     def barrier(self) -> None:
         if self._active():

@@ -16,6 +16,10 @@ Arguments: ``grpo`` or ``rloo`` (every follower must use that trainer), ``--conf
 ``--followers.0.trl.learning_rate 0.02``), ``--overwrite``, ``--resume``,
 ``--debug_sync DIR`` (every rank checks the leader against the others after each iteration and
 writes ``DIR/rank<r>.json`` with its parameters' exact bits).
+
+Faults (docs/reliability.md): SIGINT / SIGTERM stop the run after the current iteration with a
+checkpoint (exit status 130 / 143; ``--resume`` continues); a rank whose peer died exits with
+status 1 within ``collective_timeout`` seconds; errors are one line.
 """
 
 from __future__ import annotations
@@ -24,8 +28,6 @@ import sys
 
 from recipe_utils import (
     check_identical_every_iteration,
-    exit_now,
-    finish,
     load_recipe_config,
     write_sync_report,
 )
@@ -34,10 +36,10 @@ from align_cbrl.utils.env import set_cpu_defaults
 
 set_cpu_defaults(threads=None)  # before torch is imported
 
-from accelerate import PartialState  # noqa: E402
-
 from align_cbrl.config_parser import ConfigError  # noqa: E402
+from align_cbrl.distributed import init_process_group  # noqa: E402
 from align_cbrl.trainer import HPGDTrainer  # noqa: E402
+from align_cbrl.trainer.faults import finish, run_and_leave  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
@@ -51,9 +53,9 @@ def main(argv: list[str]) -> None:
                 f"{follower_trainer!r} followers (use the matching recipe)"
             )
 
-    # Joins the process group `accelerate launch` set up (gloo on CPU, nccl on GPUs); a no-op
-    # for a plain `python recipes/...` run.
-    state = PartialState()
+    # Joins the process group `accelerate launch` set up (gloo on CPU, nccl on GPUs), every
+    # collective limited to collective_timeout seconds; a no-op for a plain `python recipes/...`.
+    state = init_process_group(config.collective_timeout)
     trainer = HPGDTrainer(config, resume=flags["resume"], overwrite=flags["overwrite"])
     digests = check_identical_every_iteration(trainer) if flags["debug_sync"] else []
     try:
@@ -73,9 +75,8 @@ def main(argv: list[str]) -> None:
         for key in sorted(k for k in summary if k.startswith("eval/") and k.count("/") == 1):
             print(f"{key}: {summary[key]:.4f}")
         print(f"outputs under {config.output_dir}/")
-    finish(state)  # barrier, then tear the process group down before Python exits
+    finish()  # several processes: barrier, then leave here, with the trainer still referenced
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    exit_now()  # skip interpreter finalisation (see recipe_utils.exit_now)
+    run_and_leave(main, sys.argv[1:])  # one-line errors, exit statuses (docs/reliability.md)

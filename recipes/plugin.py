@@ -19,23 +19,31 @@ Outputs under ``output_dir``: TRL's ``checkpoint-<step>/`` (each with ``hpgd_lea
 ``FrozenShapedReward.from_pretrained``). ``--resume`` continues from the latest checkpoint.
 Multi-process: the leader is broadcast at the start and its hypergradient all-reduced, so all
 ranks hold the same leader; ``--debug_sync DIR`` makes each rank write ``DIR/rank<r>.json``.
+
+Faults (docs/reliability.md): every collective waits at most ``ddp_timeout`` seconds (TRL's key;
+the process group is set up with it before anything else), so a rank whose peer died exits with
+status 1 and one line; a reward function that raises stops the run with one line naming it, the
+training step and the last checkpoint (status 2); Ctrl-C exits with 130; a finished
+multi-process run leaves through a barrier and ``os._exit``, never tearing the process group
+down (the exit hang of issue #25).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from recipe_utils import RECIPE_KINDS, exit_now, finish, make_sync_check_callback, write_sync_report
+from recipe_utils import RECIPE_KINDS, make_sync_check_callback, write_sync_report
 
 from align_cbrl import set_cpu_defaults
 
 set_cpu_defaults(threads=None)  # before torch is imported
 
 import torch  # noqa: E402
-from accelerate import PartialState  # noqa: E402
 from datasets import Dataset  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 from trl import (  # noqa: E402
     GRPOConfig,
     GRPOTrainer,
@@ -54,9 +62,13 @@ from align_cbrl import (  # noqa: E402
     build_components,
     build_leader,
     build_tiny_lm,
+    fault_context,
+    finish,
+    init_process_group,
     load_leader,
     load_prompts,
     load_reward_config,
+    run_and_leave,
 )
 from align_cbrl.trainer.validation import check_dataset_for_leader  # noqa: E402
 
@@ -127,7 +139,8 @@ def build_leader_for(hpgd_args: Any, names: list[str], contexts: list[Any], colu
 
 def main(argv: list[str]) -> None:
     kind, script, trl_args, model_args, hpgd_args = parse(argv)
-    state = PartialState()  # joins the process group `accelerate launch` set up
+    # joins the process group `accelerate launch` set up, collectives limited to ddp_timeout
+    state = init_process_group(trl_args.ddp_timeout)
 
     # 1. Prompts, reward components, mixes and the leader.
     rows = load_prompts(script.dataset)
@@ -167,7 +180,13 @@ def main(argv: list[str]) -> None:
         callbacks=callbacks,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=True if script.resume else None)
+
+    def last_checkpoint() -> str | None:
+        out = trainer.args.output_dir
+        return get_last_checkpoint(out) if os.path.isdir(out) else None
+
+    with fault_context(last_checkpoint, trl_args.ddp_timeout):  # one-line errors + what to do
+        trainer.train(resume_from_checkpoint=True if script.resume else None)
 
     if script.debug_sync:
         write_sync_report(script.debug_sync, hpgd.sync, leader, callbacks[-1].digests)
@@ -179,9 +198,8 @@ def main(argv: list[str]) -> None:
             f"estimate {last.get('objective_estimate', float('nan')):.4f}"
         )
         print(f"leader under {trl_args.output_dir}/leader, metrics in leader_metrics.jsonl")
-    finish(state)  # barrier, then tear the process group down before Python exits
+    finish()  # several processes: barrier, then leave here, with the trainer still referenced
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    exit_now()  # skip interpreter finalisation (see recipe_utils.exit_now)
+    run_and_leave(main, sys.argv[1:])  # one-line errors, exit statuses (docs/reliability.md)

@@ -6,7 +6,10 @@
 * :func:`pop_flags`: split the recipe's own switches off the ``--config`` / ``--key value`` list.
 * :func:`check_identical_every_iteration` / :class:`SyncCheckCallback`: compare the leader's
   parameters across ranks after every leader update (``--debug_sync``).
-* :func:`finish`: wait for every rank, then tear the process group down before Python exits.
+* ending the process: the recipes end a run with :func:`align_cbrl.trainer.faults.finish` and
+  run ``main`` through :func:`align_cbrl.trainer.faults.run_and_leave` (one-line errors and exit
+  statuses; a multi-process run leaves with ``os._exit`` while the trainer is still referenced,
+  which is what keeps it from hanging at exit: docs/reliability.md).
 * :func:`write_sync_report`: each rank writes ``rank<r>.json`` (checksum, exact hex of every
   parameter, per-update checksums) into the ``--debug_sync`` directory; meant for tests and
   debugging, the run's own outputs stay rank-0-only.
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -103,32 +105,3 @@ def write_sync_report(
         )
     )
     return path
-
-
-def exit_now(code: int = 0) -> None:
-    """Leave the process without interpreter finalisation, after :func:`finish`.
-
-    Called by the recipe scripts once ``main`` returned: every output is written and closed and
-    the process group is destroyed. Two-process CPU runs still sometimes hung in garbage
-    collection at interpreter exit after both ranks had finished (the two-process plugin test
-    timed out at 300 s in a clean-clone run); the distributed test worker exits the same way.
-    Standard streams are flushed first. An exception in ``main`` never reaches this call, so
-    errors still exit with their traceback and a non-zero status."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def finish(state: Any) -> None:
-    """Wait for every rank, then destroy the process group (an ``accelerate`` ``PartialState``).
-
-    Without the explicit teardown, gloo's worker thread can still be releasing the last
-    collective's work object (which holds tensors, hence Python references) while the interpreter
-    finalises; taking the GIL then ends the thread mid C++ frame and the rank aborts with
-    "terminate called without an active exception" (SIGABRT) after all its outputs are written
-    (seen in about 1 of 20 two-process CPU runs; backtrace: ``ProcessGroupGloo::runLoop`` ->
-    ``~AsyncBarrierWork`` -> ``decref`` -> ``take_gil`` -> ``pthread_exit``). Destroying the group
-    joins those threads while Python is still alive.
-    """
-    state.wait_for_everyone()
-    state.destroy_process_group()

@@ -2,18 +2,27 @@
 
 Each rank owns a different shard of prompt groups, computes a grouped covariance-form estimate
 for a small leader, all-reduces it with group-count weights, steps SGD, and reports its parameters.
+
+``python dist_worker.py OUT [hang]``: with ``hang``, rank 1 stops answering before the
+all-reduce (it sleeps) and rank 0 must fail within ``COLLECTIVE_TIMEOUT`` seconds (environment)
+with the library's one-line "a peer process is gone" error (exit status 1). Each rank ends like
+the recipes (:func:`align_cbrl.trainer.faults.run_and_leave` / ``finish``), the path that keeps a
+finished multi-process run from hanging at exit (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
 
-from align_cbrl.distributed import LeaderSync
+from align_cbrl.distributed import DEFAULT_COLLECTIVE_TIMEOUT_S, LeaderSync
+from align_cbrl.trainer.faults import fault_context, finish, run_and_leave
 
 
 def shard_data(rank: int, world: int, n_groups_total: int, seed: int = 0):
@@ -64,22 +73,26 @@ def run(rank: int, world: int, out_dir: str, steps: int = 5) -> dict:
     }
 
 
-def main() -> None:
-    out_dir = sys.argv[1]
+def main(argv: list[str]) -> None:
+    out_dir, hang = argv[0], argv[1:] == ["hang"]
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    timeout = float(os.environ.get("COLLECTIVE_TIMEOUT", DEFAULT_COLLECTIVE_TIMEOUT_S))
     torch.set_num_threads(1)
     if world > 1:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-    result = run(rank, world, out_dir)
+        limit = datetime.timedelta(seconds=timeout)
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=limit)
+    if hang and rank == 1:
+        dist.barrier()  # both ranks are up; from here rank 1 is alive but silent
+        print(f"rank 1 silent at {time.time()}", flush=True)
+        time.sleep(10 * timeout)  # rank 0's next collective must time out
+    elif hang:
+        dist.barrier()
+    with fault_context(lambda: None, timeout):
+        result = run(rank, world, out_dir)
     with open(os.path.join(out_dir, f"result_{rank}_of_{world}.json"), "w") as fh:
         json.dump(result, fh)
-    if world > 1:
-        dist.barrier()
-        # Join gloo's worker threads while Python is alive: otherwise the last collective's work
-        # object can be freed on a gloo thread during interpreter finalisation, which aborts the
-        # rank (SIGABRT, "terminate called without an active exception"); see recipes/recipe_utils.finish.
-        dist.destroy_process_group()
+    finish()  # several processes: barrier, then os._exit with the process group still referenced
 
 
 if __name__ == "__main__":
-    main()
+    run_and_leave(main, sys.argv[1:])

@@ -24,13 +24,13 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
-from accelerate import PartialState
 
-from align_cbrl.distributed import LeaderSync
+from align_cbrl.distributed import LeaderSync, init_process_group
 from align_cbrl.reference import tiny_language as tl
 from align_cbrl.reference.several_followers import ExactFollowerSpec
 from align_cbrl.trainer import GroupedSamples, build_optimizer
 from align_cbrl.trainer.builders import resolve_task
+from align_cbrl.trainer.faults import finish, run_and_leave
 from align_cbrl.trainer.strategies import build_leader_update
 
 LEADER = dict(
@@ -134,10 +134,10 @@ def trainer(sync: LeaderSync, out: Path) -> torch.nn.Module:
     return run.leader
 
 
-def main() -> None:
-    mode, out = sys.argv[1], Path(sys.argv[2])
+def main(argv: list[str]) -> None:
+    mode, out = argv[0], Path(argv[1])
     torch.set_num_threads(1)
-    state = PartialState()
+    init_process_group()  # the launcher's group, with the library's collective timeout
     sync = LeaderSync()
     leader = combine(sync) if mode == "combine" else trainer(sync, out)
     values = [v for p in leader.parameters() for v in p.detach().reshape(-1).tolist()]
@@ -152,12 +152,8 @@ def main() -> None:
             }
         )
     )
-    state.wait_for_everyone()
-    state.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip interpreter finalisation (recipes/recipe_utils.exit_now)
+    finish()  # several processes: barrier, then os._exit with the process group still referenced
 
 
 if __name__ == "__main__":
-    main()
+    run_and_leave(main, sys.argv[1:])  # as the recipes end (docs/reliability.md)

@@ -3,6 +3,7 @@
 from align_cbrl.rewards.base import (
     ComponentOutputError,
     RewardComponent,
+    RewardComponentError,
     score_components,
     validate_scores,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "LengthReward",
     "MixConfig",
     "RewardComponent",
+    "RewardComponentError",
     "RewardConfig",
     "SequenceClassifierReward",
     "build_component",

@@ -4,7 +4,9 @@
 A component scores a batch of (prompt, completion) pairs, optionally with per-sample context
 columns (the prompt's metadata, e.g. ``category``), and returns a float tensor ``[B]``. Every
 output is validated here so that a misbehaving component is named together with the offending
-sample index instead of silently poisoning a training run.
+sample index instead of silently poisoning a training run, and a component that raises is
+named together with the exception and the line it came from (:class:`RewardComponentError`,
+raised by ``callable`` components; the trainers add the step: :func:`add_context`).
 """
 
 from __future__ import annotations
@@ -12,19 +14,55 @@ from __future__ import annotations
 import copy
 import json
 import math
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["ComponentOutputError", "RewardComponent", "score_components", "validate_scores"]
+__all__ = [
+    "ComponentOutputError",
+    "RewardComponent",
+    "RewardComponentError",
+    "add_context",
+    "score_components",
+    "validate_scores",
+]
 
 Contexts = dict[str, list[Any]] | None
 
 
 class ComponentOutputError(ValueError):
     """A reward component returned an unusable output (wrong length, NaN/inf, None)."""
+
+
+class RewardComponentError(RuntimeError):
+    """A user's reward function (a ``callable`` component) raised while scoring (one line: the
+    component, its function, the exception and where it was raised; chained to the original
+    exception)."""
+
+    @classmethod
+    def wrap(cls, component: RewardComponent, err: Exception) -> RewardComponentError:
+        origin = getattr(component, "target", None)
+        frames = traceback.extract_tb(err.__traceback__)
+        where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+        said = " ".join(str(err).split())[:300]
+        return cls(
+            f"reward component {component.name!r}"
+            + (f" ({origin})" if origin else "")
+            + f" raised {type(err).__name__}"
+            + (f": {said}" if said else "")
+            + where
+        )
+
+
+def add_context(err: BaseException, where: str) -> None:
+    """Append ``where`` (a step, an outer iteration, what to do next) to the one-line message
+    of ``err`` in place, so the re-raised error keeps its traceback."""
+    if err.args and isinstance(err.args[0], str):
+        err.args = (f"{err.args[0]}, {where}", *err.args[1:])
 
 
 def validate_scores(

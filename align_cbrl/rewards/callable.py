@@ -4,7 +4,9 @@ of the running script), resolved by :func:`align_cbrl.utils.imports.import_calla
 
 The callable is invoked TRL-style, ``fn(prompts=..., completions=..., **context_columns,
 **kwargs)``, so existing TRL reward functions plug in unchanged. It may return a list (with
-``None`` for samples it does not apply to, if the spec sets ``none_value``) or a tensor.
+``None`` for samples it does not apply to, if the spec sets ``none_value``) or a tensor. An
+exception it raises becomes a one-line :class:`~align_cbrl.rewards.base.RewardComponentError`
+naming the component, the function and the line (the original is its ``__cause__``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from align_cbrl.rewards.base import Contexts, RewardComponent
+from align_cbrl.rewards.base import Contexts, RewardComponent, RewardComponentError
 from align_cbrl.utils.imports import import_callable
 
 __all__ = ["CallableReward", "InMemoryCallableError", "import_callable", "importable_reference"]
@@ -105,4 +107,7 @@ class CallableReward(RewardComponent):
             raise ValueError(
                 f"callable component {self.name!r}: context columns {sorted(clash)} clash with argument names"
             )
-        return self.fn(prompts=prompts, completions=completions, **cols, **self.kwargs)
+        try:
+            return self.fn(prompts=prompts, completions=completions, **cols, **self.kwargs)
+        except Exception as err:  # the user's function failed: name it, keep the cause
+            raise RewardComponentError.wrap(self, err) from err

@@ -335,6 +335,8 @@ class HPGDConfig:
         num_samples: N completions per prompt for the estimate (>= 2).
         save_every: checkpoint every M iterations (and at the end); 0 = only at the end.
         keep_checkpoints: how many checkpoints to keep.
+        collective_timeout: seconds a collective of a multi-process run waits for the other
+            ranks before it raises (:func:`~align_cbrl.distributed.init_process_group`).
         eval_samples: completions per prompt for the held-out evaluation at the end (every
             prompt of every dataset; 0 disables).
         tensorboard: ``"auto"`` (when installed), ``true`` or ``false``.
@@ -375,6 +377,12 @@ class HPGDConfig:
     )
     keep_checkpoints: int = field(
         default=2, metadata={"help": "how many checkpoints to keep (>= 1)"}
+    )
+    collective_timeout: float = field(
+        default=600.0,
+        metadata={
+            "help": "seconds a multi-process collective waits for the other ranks before this rank stops with 'a peer process is gone' (docs/reliability.md)"
+        },
     )
     eval_samples: int = field(
         default=32,
@@ -430,6 +438,14 @@ class HPGDConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 hint = " (HPGD needs >= 2 completions per prompt)" if key == "num_samples" else ""
                 raise ValueError(f"{key} must be an integer >= {low}{hint}, got {value!r}")
+        timeout = self.collective_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            timeout = math.nan
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(
+                f"collective_timeout must be a finite number of seconds > 0, "
+                f"got {self.collective_timeout!r}"
+            )
         if self.tensorboard not in (True, False, "auto"):
             raise ValueError(f"tensorboard must be true, false or 'auto', got {self.tensorboard!r}")
         if not self.followers:

@@ -24,7 +24,6 @@ plots, ``summary.json`` and ``leader/``, a ``save_pretrained`` folder with its m
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -36,8 +35,8 @@ from typing import Any
 import torch
 
 from align_cbrl.checkpoint import CheckpointManager
-from align_cbrl.config_parser import from_dict, to_dict
-from align_cbrl.distributed import LeaderSync
+from align_cbrl.config_parser import to_dict
+from align_cbrl.distributed import LeaderSync, init_process_group
 from align_cbrl.metrics import MetricsLogger, read_jsonl
 from align_cbrl.models.tiny import hf_progress_bars
 from align_cbrl.rewards.base import score_components
@@ -60,15 +59,12 @@ from align_cbrl.trainer.exact_reference import (
     exact_metrics,
     exact_tracking,
 )
+from align_cbrl.trainer.faults import fault_context
 from align_cbrl.trainer.final_leader import save_run_leader
 from align_cbrl.trainer.follower_schedule import SCHEDULE_FILE, build_follower_schedule
+from align_cbrl.trainer.interrupt import StopSignals, TrainingInterrupted
 from align_cbrl.trainer.reward_function import HPGDReward
-from align_cbrl.trainer.run_dir import (
-    RESUMABLE_CHANGES,
-    RunExistsError,
-    plan_run_directory,
-    resume_differences,
-)
+from align_cbrl.trainer.run_dir import RunExistsError, check_resumable, plan_run_directory
 from align_cbrl.trainer.stats import (
     ESTIMATOR_LABELS,
     iteration_line,
@@ -79,12 +75,11 @@ from align_cbrl.trainer.strategies import ZeroOrder, build_leader_update
 from align_cbrl.utils.io import (
     atomic_write_json,
     load_safetensors,
-    read_json,
     remove_directory,
     save_safetensors,
 )
 
-__all__ = ["HPGDTrainer", "RunExistsError"]
+__all__ = ["HPGDTrainer", "RunExistsError", "TrainingInterrupted"]
 
 _TRAINER_RNG = "trainer_rng.safetensors"
 
@@ -136,8 +131,10 @@ class HPGDTrainer:
             self.output_dir, self.checkpoints.latest(), resume=resume, overwrite=overwrite
         )
         if self._plan.resume_from is not None:
-            self._check_resumable(self._plan.resume_from)
+            check_resumable(self._plan.resume_from, config)
 
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before TRL sets up the group its way
+            init_process_group(config.collective_timeout)
         self.task = resolve_task(config.task)
         exact = self.task is not None
         with hf_progress_bars(config.progress):
@@ -210,17 +207,6 @@ class HPGDTrainer:
         return probs
 
     # ------------------------------------------------------------------ resume
-    def _check_resumable(self, ckpt: Path) -> None:
-        saved = read_json(ckpt / "state.json")
-        with contextlib.suppress(ValueError):  # fields added since then get their defaults
-            saved["config"] = to_dict(from_dict(HPGDConfig, saved.get("config", {})))
-        diffs = resume_differences(saved, to_dict(self.config))
-        if diffs:
-            raise ValueError(
-                f"--resume: the config differs from the checkpointed run in {diffs}; resume with "
-                f"the same config (only {sorted(RESUMABLE_CHANGES)} may change)"
-            )
-
     def _restore(self, ckpt: Path) -> None:
         state = self.checkpoints.load(ckpt, leader=self.leader, optimizer=self.optimizer)
         for b in self.bundles:
@@ -405,18 +391,37 @@ class HPGDTrainer:
         found = [F for F in found if F is not None]
         return max(found) if found else None
 
-    def _plot_title(self) -> str:
-        cfg = self.config
-        fols = ", ".join(f"{f.name} ({f.trainer}, beta {f.beta:g})" for f in cfg.followers)
-        return (
-            f"{self.output_dir.name}: leader estimator {cfg.leader.estimator}, "
-            f"{cfg.iterations} outer iterations x {cfg.follower_steps} follower steps; "
-            f"followers {fols}"
-        )
+    def _save_due(self, t: int) -> bool:
+        every = self.config.save_every
+        return bool(every and t % every == 0) or t == self.config.iterations
+
+    def _iteration(self, t: int, bar: Any) -> None:
+        """Outer iteration ``t``: step, log, show, checkpoint when due (rank 0)."""
+        cfg, main = self.config, self.sync.is_main_process
+        rec = self.step(t)
+        self.history.append(self.metrics.log(t, rec))
+        bar.set_postfix(progress_fields(rec))
+        if main and not cfg.progress:  # one line per iteration instead (logging_steps)
+            label = ESTIMATOR_LABELS[cfg.leader.estimator]
+            print(iteration_line(label, t, cfg.iterations, rec), flush=True)
+        if main and self._save_due(t):
+            self._save(t)
+
+    def _stop_after(self, t: int, signum: int) -> None:
+        """A stop signal reached some rank during iteration ``t``: checkpoint ``t`` (unless
+        just written), wait until it is complete on every rank, raise
+        :class:`TrainingInterrupted` (:mod:`align_cbrl.trainer.interrupt`)."""
+        if self.sync.is_main_process and not self._save_due(t):
+            self._save(t)
+        self.sync.barrier()
+        self.metrics.close()
+        raise TrainingInterrupted(signum, t, self.config.iterations, self.checkpoints.path_for(t))
 
     def train(self) -> dict[str, Any]:
         """Run (or continue) the T outer iterations; returns a summary (final metrics and
-        held-out evaluation), also written to ``<output_dir>/summary.json``."""
+        held-out evaluation), also written to ``<output_dir>/summary.json``. A SIGINT /
+        SIGTERM stops the run at the end of the current iteration with a checkpoint
+        (:class:`TrainingInterrupted`; :mod:`align_cbrl.trainer.interrupt`)."""
         with hf_progress_bars(self.config.progress):
             return self._train()
 
@@ -458,15 +463,14 @@ class HPGDTrainer:
             dynamic_ncols=True,
         )
         try:
-            for t in bar:
-                rec = self.step(t)
-                self.history.append(self.metrics.log(t, rec))
-                bar.set_postfix(progress_fields(rec))
-                if main and not cfg.progress:  # one line per iteration instead (logging_steps)
-                    label = ESTIMATOR_LABELS[cfg.leader.estimator]
-                    print(iteration_line(label, t, cfg.iterations, rec), flush=True)
-                if main and ((cfg.save_every and t % cfg.save_every == 0) or t == cfg.iterations):
-                    self._save(t)
+            with StopSignals() as stop:
+                for t in bar:
+                    where = f"in outer iteration {t} of {cfg.iterations}"
+                    with fault_context(self.checkpoints.latest, cfg.collective_timeout, where):
+                        self._iteration(t, bar)
+                        signum = self.sync.all_reduce_max(stop.signum or 0)  # ranks agree
+                        if signum:
+                            self._stop_after(t, signum)
         finally:
             bar.close()
         summary: dict[str, Any] = {"iterations": cfg.iterations, "seeds": cfg.seeds()}
@@ -478,13 +482,11 @@ class HPGDTrainer:
             save_run_leader(self, summary)  # leader/: save_pretrained folder with its card
             atomic_write_json(self.output_dir / "summary.json", summary)
             if cfg.plots:
-                from align_cbrl.trainer.plots import plot_run
+                from align_cbrl.trainer.plots import plot_run, run_title
 
+                title = run_title(cfg, self.output_dir.name)
                 plot_run(
-                    self.history,
-                    self.output_dir / "training.png",
-                    title=self._plot_title(),
-                    optimum=optimum,
+                    self.history, self.output_dir / "training.png", title=title, optimum=optimum
                 )
         self.metrics.close()
         return summary

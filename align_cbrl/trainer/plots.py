@@ -107,6 +107,17 @@ def run_figure(
     return fig
 
 
+def run_title(config: Any, name: str) -> str:
+    """The title of an orchestrated run's ``training.png``: the run directory's ``name``, the
+    estimator, iterations x follower steps and every follower (trainer, ``beta``)."""
+    fols = ", ".join(f"{f.name} ({f.trainer}, beta {f.beta:g})" for f in config.followers)
+    return (
+        f"{name}: leader estimator {config.leader.estimator}, "
+        f"{config.iterations} outer iterations x {config.follower_steps} follower steps; "
+        f"followers {fols}"
+    )
+
+
 def plot_comparison(
     runs: Mapping[str, Sequence[Mapping[str, Any]]],
     path: str | os.PathLike[str],

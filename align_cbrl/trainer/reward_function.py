@@ -18,6 +18,10 @@ generation batch, with ``num_generations`` consecutive completions per prompt
 (``RepeatSampler(mini_repeat_count=num_generations)``), which is the group layout the
 estimator needs.
 
+A reward component that raises or returns unusable scores stops training with a one-line error
+naming the component and, under TRL, the training step (``at training step N``: the optimiser
+step whose batch was being scored; docs/reliability.md).
+
 The function refuses to run in a process other than the one that built it (TRL's
 ``AsyncGRPOTrainer`` scores in a rollout worker process): the leader lives, and is updated, in
 the training process, so a copy elsewhere would shape rewards with a leader that never moves.
@@ -37,7 +41,13 @@ import torch
 
 from align_cbrl.followers.base import RewardFunctionError
 from align_cbrl.objective import BilevelRewards
-from align_cbrl.rewards.base import RewardComponent, score_components
+from align_cbrl.rewards.base import (
+    ComponentOutputError,
+    RewardComponent,
+    RewardComponentError,
+    add_context,
+    score_components,
+)
 from align_cbrl.rewards.spec import reward_spec
 from align_cbrl.trainer.groups import ScoredBatch
 
@@ -153,7 +163,13 @@ class ShapedReward:
             if self.context_column not in columns:
                 raise RewardFunctionError(self._missing_column(columns))
             contexts = columns[self.context_column]
-        scores = score_components(self.components, prompts_t, completions_t, columns)
+        try:
+            scores = score_components(self.components, prompts_t, completions_t, columns)
+        except (RewardComponentError, ComponentOutputError) as err:
+            state = kwargs.get("trainer_state")
+            if state is not None:  # TRL scores the batch of the step it is about to take
+                add_context(err, f"at training step {int(state.global_step) + 1}")
+            raise
         with torch.no_grad():
             out = self.bilevel(scores, contexts)
         r = out.r.tolist()

@@ -33,6 +33,7 @@ __all__ = [
     "RUN_FILES",
     "RunDirectoryPlan",
     "RunExistsError",
+    "check_resumable",
     "plan_run_directory",
     "resume_differences",
 ]
@@ -48,6 +49,7 @@ RESUMABLE_CHANGES = frozenset(
         "iterations",
         "save_every",
         "keep_checkpoints",
+        "collective_timeout",
         "plots",
         "progress",
         "tensorboard",
@@ -187,3 +189,23 @@ def resume_differences(
     return sorted(
         k for k in set(saved) | set(mine) if k not in allowed and saved.get(k) != mine.get(k)
     )
+
+
+def check_resumable(ckpt: Path, config: Any) -> None:
+    """Raise (one line) unless ``config`` (an :class:`~align_cbrl.trainer.HPGDConfig`) may
+    continue checkpoint ``ckpt``: only :data:`RESUMABLE_CHANGES` may differ
+    (:func:`resume_differences`; fields added since the checkpoint get their defaults)."""
+    import contextlib
+
+    from align_cbrl.config_parser import from_dict, to_dict
+    from align_cbrl.utils.io import read_json
+
+    saved = read_json(ckpt / "state.json")
+    with contextlib.suppress(ValueError):
+        saved["config"] = to_dict(from_dict(type(config), saved.get("config", {})))
+    diffs = resume_differences(saved, to_dict(config))
+    if diffs:
+        raise ValueError(
+            f"--resume: the config differs from the checkpointed run in {diffs}; resume with "
+            f"the same config (only {sorted(RESUMABLE_CHANGES)} may change)"
+        )
