@@ -76,23 +76,35 @@ def dump_stacks(pids: list[int]) -> str:
     return "".join(report)
 
 
-def wait_or_dump(procs: list[subprocess.Popen], logs: list[Path], timeout: float) -> list[str]:
-    """Wait for every process (all started together) at most ``timeout`` seconds in all; return
-    their outputs. Past the limit: dump the stacks of what is still alive, kill it and fail the
-    test with the stacks and the tail of every output."""
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int]:
+    """Wait for every process (all started together) at most ``timeout`` seconds in all;
+    return the pids of those still running then."""
     deadline = time.monotonic() + timeout
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         for p in procs:
             p.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        alive = [p.pid for p in procs if p.poll() is None]
+    return [p.pid for p in procs if p.poll() is None]
+
+
+def kill_all(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL every process that still runs and everything below it; reap them."""
+    for p in procs:
+        if p.poll() is None:
+            for child in _children(p.pid):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+            p.kill()
+        p.wait(timeout=30)
+
+
+def wait_or_dump(procs: list[subprocess.Popen], logs: list[Path], timeout: float) -> list[str]:
+    """:func:`wait_all`; return the processes' outputs. Past the limit: dump the stacks of what
+    is still alive (:func:`dump_stacks`), kill it and fail the test with the stacks and the tail
+    of every output."""
+    alive = wait_all(procs, timeout)
+    if alive:
         spy = dump_stacks(alive)
-        for p in procs:
-            if p.poll() is None:
-                with_children = [p.pid] + [c.pid for c in _children(p.pid)]
-                for pid in with_children:
-                    _kill(pid)
-                p.wait(timeout=30)
+        kill_all(procs)
         tails = "\n".join(f"=== output of {log.name}\n{log.read_text()[-6000:]}" for log in logs)
         pytest.fail(f"processes {alive} still running after {timeout:.0f} s\n{spy}\n{tails}")
     return [log.read_text() for log in logs]
@@ -103,11 +115,6 @@ def _children(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def _log_file(name: str) -> tuple[Path, object]:
@@ -123,18 +130,10 @@ def start(cmd: list[str], env: dict[str, str], name: str) -> tuple[subprocess.Po
     return proc, log
 
 
-def launch(
-    script: Path,
-    args: list[str],
-    processes: int,
-    *,
-    timeout: float = LAUNCH_TIMEOUT_S,
-    **env: str,
-) -> tuple[int, str]:
-    """``accelerate launch --config_file configs/accelerate/cpu.yaml --num_processes N script
-    args`` from the repository root (:func:`launch_env`; ``env`` adds variables), waited on with
-    :func:`wait_or_dump`; returns ``(exit status, combined output)``."""
-    cmd = [
+def launch_command(script: Path, args: list[str], processes: int) -> list[str]:
+    """``accelerate launch --config_file configs/accelerate/cpu.yaml --num_processes N
+    --main_process_port <free> script args``."""
+    return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
@@ -147,6 +146,19 @@ def launch(
         str(script),
         *args,
     ]
+
+
+def launch(
+    script: Path,
+    args: list[str],
+    processes: int,
+    *,
+    timeout: float = LAUNCH_TIMEOUT_S,
+    **env: str,
+) -> tuple[int, str]:
+    """:func:`launch_command` from the repository root (:func:`launch_env`; ``env`` adds
+    variables), waited on with :func:`wait_or_dump`; returns ``(exit status, output)``."""
+    cmd = launch_command(script, args, processes)
     proc, log = start(cmd, launch_env(**env), Path(script).stem)
     (output,) = wait_or_dump([proc], [log], timeout)
     log.unlink()
