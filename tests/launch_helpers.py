@@ -12,6 +12,7 @@ installed (on ``PATH`` or beside the interpreter; optional)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -172,6 +173,41 @@ def accelerate_launch(
     code, output = launch(script, args, processes, timeout=timeout, **env)
     assert code == 0, output[-4000:]
     return output
+
+
+def recipe_args(config: Path, out: Path, sync_dir: Path, *extra: str) -> list[str]:
+    """``grpo --config CONFIG --output_dir OUT --debug_sync SYNC_DIR EXTRA...``."""
+    return ["grpo", "--config", str(config), "--output_dir", str(out),
+            "--debug_sync", str(sync_dir), *extra]  # fmt: skip
+
+
+def tests_on_path() -> str:
+    """``PYTHONPATH`` for launched recipes that import a test module (tests/fault_rewards.py)."""
+    return os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+
+
+def sync_reports(sync_dir: Path) -> tuple[dict, dict]:
+    """Both ranks' ``--debug_sync`` reports (``rank0.json``, ``rank1.json``) of a 2-process run."""
+    assert sorted(p.name for p in sync_dir.iterdir()) == ["rank0.json", "rank1.json"]
+    r0, r1 = (json.loads((sync_dir / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert (r0["rank"], r1["rank"]) == (0, 1)
+    return r0, r1
+
+
+def launch_recipe(recipe: str, config: Path, tmp: Path, *extra: str) -> tuple[Path, dict, dict]:
+    """Launch ``recipes/<recipe>.py grpo`` on 2 processes with ``--debug_sync``: it succeeds
+    and the exact bits of every leader parameter agree across the ranks after every update.
+    Returns ``(run directory, rank 0 report, rank 1 report)``."""
+    out, sync_dir = tmp / "run", tmp / "sync"
+    args = recipe_args(config, out, sync_dir, *extra)
+    output = accelerate_launch(
+        ROOT / "recipes" / f"{recipe}.py", args, 2, PYTHONPATH=tests_on_path()
+    )
+    assert "on 2 process(es)" in output
+    r0, r1 = sync_reports(sync_dir)
+    assert r0["hex"] == r1["hex"] and r0["per_update"] == r1["per_update"]
+    return out, r0, r1
 
 
 def start_ranks(

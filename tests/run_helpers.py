@@ -1,7 +1,8 @@
 """Shared run helpers for the tests (not collected: no ``test_`` prefix): a small orchestrated
 run config file for the CLI tests (the enumerable tiny-language task with one exact follower, so
-nothing is trained), and the tiny-language run config, train-to-the-end and metrics helpers of
-the trainer tests."""
+nothing is trained), the tiny-language run config, train-to-the-end and metrics helpers of
+the trainer tests, and the recipes' tiny GRPO config with a user reward function for the fault
+tests."""
 
 from __future__ import annotations
 
@@ -104,3 +105,34 @@ def train_until_killed(trainer, iteration: int, monkeypatch) -> None:
     monkeypatch.setattr(trainer, "step", step)
     with pytest.raises(RuntimeError, match="simulated kill"):
         trainer.train()
+
+
+FLAKY = {"type": "callable", "name": "flaky", "target": "fault_rewards:flaky"}
+"""The user reward component of the fault tests (tests/fault_rewards.py)."""
+
+
+def task_with_flaky(repeat: int = 1) -> dict[str, Any]:
+    """The tiny-language task (``TinyLanguageConfig`` fields) with :data:`FLAKY` among its
+    components and every prompt listed ``repeat`` times."""
+    import dataclasses
+
+    from align_cbrl.trainer.builders import resolve_task
+
+    task = dataclasses.asdict(resolve_task("tiny_language").config)
+    task["components"] = [*task["components"], FLAKY]
+    task["prompts"] = [p for p in task["prompts"] for _ in range(repeat)]
+    return task
+
+
+def write_flaky_recipe_config(path: Path) -> Path:
+    """``configs/recipes/grpo_tiny.yaml`` with :func:`task_with_flaky` (16 prompt rows): the
+    plugin runs of the fault tests stay inside one epoch of TRL's sampler (6 steps of one prompt
+    per process on at most two processes), the only span over which TRL's own resume keeps the
+    prompt order (docs/trainer.md)."""
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    data = yaml.safe_load((root / "configs" / "recipes" / "grpo_tiny.yaml").read_text())
+    data["task"] = task_with_flaky(repeat=4)
+    path.write_text(yaml.safe_dump(data))
+    return path
