@@ -72,6 +72,7 @@ def test_a_silent_peer_fails_the_collective_within_its_timeout(tmp_path: Path) -
         procs[1].kill()
         procs[1].wait()
     silent = float(re.search(r"rank 1 silent at ([0-9.]+)", logs[1].read_text()).group(1))
+    print(f"rank 0 exited {ended - silent:.2f} s after rank 1 went silent (timeout 5 s)")
     assert procs[0].returncode == 1, outputs[0]
     lines = [line for line in outputs[0].splitlines() if "peer process is gone" in line]
     assert len(lines) == 1, outputs[0]
