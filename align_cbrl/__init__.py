@@ -62,7 +62,7 @@ _EXPORTS: dict[str, str] = {
     # multi-process runs that end and fail cleanly (docs/reliability.md)
     "init_process_group": "align_cbrl.distributed",
     "fault_context": "align_cbrl.trainer.faults",
-    "finish": "align_cbrl.trainer.faults",
+    "finish_run": "align_cbrl.trainer.faults",
     "run_and_leave": "align_cbrl.trainer.faults",
     "CheckpointManager": "align_cbrl.checkpoint",
     "MetricsLogger": "align_cbrl.metrics",

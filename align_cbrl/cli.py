@@ -137,7 +137,7 @@ def train_main(argv: Sequence[str]) -> int:
     from align_cbrl.config_parser import load_config, parse_overrides, pop_flags
     from align_cbrl.examples import resolve_config
     from align_cbrl.trainer import HPGDConfig, HPGDTrainer
-    from align_cbrl.trainer.faults import finish
+    from align_cbrl.trainer.faults import finish_run
 
     flags, argv = pop_flags(argv, switches=["--resume", "--overwrite"])
     if flags["resume"] and flags["overwrite"]:
@@ -157,7 +157,7 @@ def train_main(argv: Sequence[str]) -> int:
     for k in sorted(keys):
         print(f"{k}: {summary[k]:.4f}")
     print(f"outputs under {config.output_dir}/")
-    finish()  # several processes: barrier, then leave here, with the trainer still referenced
+    finish_run()  # several processes: barrier, then leave here, with the trainer still referenced
     return 0
 
 

@@ -5,9 +5,10 @@ processes (``accelerate launch --config_file configs/accelerate/cpu.yaml --num_p
 the multi-process tests' launch) N times in a row, alternating the recipes, while K CPU-bound
 load processes (pure-Python busy loops) run beside them. The exit hang this guards against
 happened after a run's last line, more often on a loaded machine, so the runs are the smallest
-the recipes allow (``configs/recipes/grpo_tiny.yaml`` with one outer iteration of one GRPO step:
-more exits per minute) and keep ``--debug_sync`` (its all-gathers are the collectives whose
-work objects the stuck rank was destroying).
+the recipes allow, more exits per minute (orchestrated: ``configs/recipes/grpo_tiny.yaml`` with
+one outer iteration of one GRPO step; plugin: ``configs/recipes/plugin_grpo_tiny.yaml`` with one
+step and one leader update), and keep ``--debug_sync`` (its all-gathers are the collectives
+whose work objects the stuck rank was destroying).
 
 Per launch it records the wall time, the exit status and whether the outputs are complete
 (every file of the run, a metrics row per iteration, both ranks' ``--debug_sync`` reports with
@@ -49,8 +50,14 @@ from launch_helpers import dump_stacks, kill_all, launch_command, launch_env, st
 from align_cbrl.utils.io import atomic_write_json  # noqa: E402
 
 RECIPES = ("orchestrated", "plugin")
-CONFIG = ROOT / "configs" / "recipes" / "grpo_tiny.yaml"
-SMALLEST = ["--iterations", "1", "--follower_steps", "1"]
+CONFIGS = {
+    "orchestrated": ROOT / "configs" / "recipes" / "grpo_tiny.yaml",
+    "plugin": ROOT / "configs" / "recipes" / "plugin_grpo_tiny.yaml",
+}
+SMALLEST = {  # one leader update after one GRPO step
+    "orchestrated": ["--iterations", "1", "--follower_steps", "1"],
+    "plugin": ["--max_steps", "1", "--leader_update_every", "1", "--save_steps", "1"],
+}
 _BUSY = "while True:\n    pass\n"
 
 
@@ -60,7 +67,7 @@ def outputs_complete(recipe: str, out: Path, sync: Path) -> tuple[bool, str]:
         files = ["checkpoints", "leader", "metrics.jsonl", "summary.json"]
         metrics, steps = out / "metrics.jsonl", [0, 1]
     else:
-        files = ["leader", "leader_metrics.jsonl", "trl"]
+        files = ["README.md", "checkpoint-1", "leader", "leader_metrics.jsonl"]
         metrics, steps = out / "leader_metrics.jsonl", [1]
     present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if present != files:
@@ -81,8 +88,9 @@ def run_launch(recipe: str, index: int, timeout: float, logs: Path) -> dict[str,
     """One two-process launch of ``recipe``; its record (module docstring)."""
     work = Path(tempfile.mkdtemp(prefix=f"stress_{recipe}_"))
     out, sync = work / "run", work / "sync"
-    args = ["grpo", "--config", str(CONFIG), "--output_dir", str(out), "--debug_sync", str(sync)]
-    cmd = launch_command(ROOT / "recipes" / f"{recipe}.py", [*args, *SMALLEST], 2)
+    args = ["grpo", "--config", str(CONFIGS[recipe]), "--output_dir", str(out),
+            "--debug_sync", str(sync), *SMALLEST[recipe]]  # fmt: skip
+    cmd = launch_command(ROOT / "recipes" / f"{recipe}.py", args, 2)
     t0 = time.monotonic()
     proc, log = start(cmd, launch_env(), f"{recipe}{index}")
     hung = bool(wait_all([proc], timeout))
@@ -138,9 +146,12 @@ def summarise(records: list[dict[str, Any]], load: int, per_recipe_target: int) 
         "processes_per_launch": 2,
         "per_recipe": {r: counts([x for x in records if x["recipe"] == r]) for r in RECIPES},
         "wall_s": total["wall_s"],
-        "launch": "accelerate launch --config_file configs/accelerate/cpu.yaml --num_processes 2 "
-        f"recipes/<recipe>.py grpo --config configs/recipes/grpo_tiny.yaml {' '.join(SMALLEST)} "
-        "--debug_sync DIR",
+        "launch": {
+            r: "accelerate launch --config_file configs/accelerate/cpu.yaml --num_processes 2 "
+            f"recipes/{r}.py grpo --config {CONFIGS[r].relative_to(ROOT)} "
+            f"{' '.join(SMALLEST[r])} --debug_sync DIR"
+            for r in RECIPES
+        },
         "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
 

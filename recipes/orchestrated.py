@@ -39,7 +39,7 @@ set_cpu_defaults(threads=None)  # before torch is imported
 from align_cbrl.config_parser import ConfigError  # noqa: E402
 from align_cbrl.distributed import init_process_group  # noqa: E402
 from align_cbrl.trainer import HPGDTrainer  # noqa: E402
-from align_cbrl.trainer.faults import finish, run_and_leave  # noqa: E402
+from align_cbrl.trainer.faults import finish_run, run_and_leave  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
         for key in sorted(k for k in summary if k.startswith("eval/") and k.count("/") == 1):
             print(f"{key}: {summary[key]:.4f}")
         print(f"outputs under {config.output_dir}/")
-    finish()  # several processes: barrier, then leave here, with the trainer still referenced
+    finish_run()  # several processes: barrier, then leave here, with the trainer still referenced
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ from align_cbrl import (  # noqa: E402
     build_leader,
     build_tiny_lm,
     fault_context,
-    finish,
+    finish_run,
     init_process_group,
     load_leader,
     load_prompts,
@@ -198,7 +198,7 @@ def main(argv: list[str]) -> None:
             f"estimate {last.get('objective_estimate', float('nan')):.4f}"
         )
         print(f"leader under {trl_args.output_dir}/leader, metrics in leader_metrics.jsonl")
-    finish()  # several processes: barrier, then leave here, with the trainer still referenced
+    finish_run()  # several processes: barrier, then leave here, with the trainer still referenced
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 * :func:`pop_flags`: split the recipe's own switches off the ``--config`` / ``--key value`` list.
 * :func:`check_identical_every_iteration` / :class:`SyncCheckCallback`: compare the leader's
   parameters across ranks after every leader update (``--debug_sync``).
-* ending the process: the recipes end a run with :func:`align_cbrl.trainer.faults.finish` and
+* ending the process: the recipes end a run with :func:`align_cbrl.trainer.faults.finish_run` and
   run ``main`` through :func:`align_cbrl.trainer.faults.run_and_leave` (one-line errors and exit
   statuses; a multi-process run leaves with ``os._exit`` while the trainer is still referenced,
   which is what keeps it from hanging at exit: docs/reliability.md).

@@ -20,10 +20,11 @@ def two_process_runs(tmp_path_factory):
     """Uninterrupted two-process GRPO runs of the recipes (tests/launch_helpers.launch_recipe),
     launched on first use and shared by the tests that compare with them (each launch costs
     tens of seconds): ``get(recipe)`` -> ``(run directory, rank 0 report, rank 1 report)``.
-    The orchestrated run uses ``configs/recipes/grpo_tiny.yaml``, the plugin run the same with
-    a user reward function and 16 prompt rows (tests/run_helpers.write_flaky_recipe_config)."""
+    The orchestrated run uses ``configs/recipes/grpo_tiny.yaml``, the plugin run
+    ``plugin_grpo_tiny.yaml`` with a user reward function and 16 prompt rows
+    (tests/run_helpers.write_flaky_plugin_config)."""
     from launch_helpers import ROOT, launch_recipe
-    from run_helpers import write_flaky_recipe_config
+    from run_helpers import write_flaky_plugin_config
 
     runs = {}
 
@@ -32,7 +33,7 @@ def two_process_runs(tmp_path_factory):
             tmp = tmp_path_factory.mktemp(f"{recipe}_two_processes")
             config = ROOT / "configs" / "recipes" / "grpo_tiny.yaml"
             if recipe == "plugin":
-                config = write_flaky_recipe_config(tmp / "grpo_flaky.yaml")
+                config = write_flaky_plugin_config(tmp)
             runs[recipe] = launch_recipe(recipe, config, tmp)
         return runs[recipe]
 

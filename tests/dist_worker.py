@@ -6,7 +6,7 @@ for a small leader, all-reduces it with group-count weights, steps SGD, and repo
 ``python dist_worker.py OUT [hang]``: with ``hang``, rank 1 stops answering before the
 all-reduce (it sleeps) and rank 0 must fail within ``COLLECTIVE_TIMEOUT`` seconds (environment)
 with the library's one-line "a peer process is gone" error (exit status 1). Each rank ends like
-the recipes (:func:`align_cbrl.trainer.faults.run_and_leave` / ``finish``), the path that keeps a
+the recipes (:func:`align_cbrl.trainer.faults.run_and_leave` / ``finish_run``), the path that keeps a
 finished multi-process run from hanging at exit (docs/reliability.md).
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from align_cbrl.distributed import DEFAULT_COLLECTIVE_TIMEOUT_S, LeaderSync
-from align_cbrl.trainer.faults import fault_context, finish, run_and_leave
+from align_cbrl.trainer.faults import fault_context, finish_run, run_and_leave
 
 
 def shard_data(rank: int, world: int, n_groups_total: int, seed: int = 0):
@@ -91,7 +91,7 @@ def main(argv: list[str]) -> None:
         result = run(rank, world, out_dir)
     with open(os.path.join(out_dir, f"result_{rank}_of_{world}.json"), "w") as fh:
         json.dump(result, fh)
-    finish()  # several processes: barrier, then os._exit with the process group still referenced
+    finish_run()  # several processes: barrier, then os._exit with the process group still referenced
 
 
 if __name__ == "__main__":

@@ -124,15 +124,29 @@ def task_with_flaky(repeat: int = 1) -> dict[str, Any]:
     return task
 
 
-def write_flaky_recipe_config(path: Path) -> Path:
-    """``configs/recipes/grpo_tiny.yaml`` with :func:`task_with_flaky` (16 prompt rows): the
-    plugin runs of the fault tests stay inside one epoch of TRL's sampler (6 steps of one prompt
-    per process on at most two processes), the only span over which TRL's own resume keeps the
-    prompt order (docs/trainer.md)."""
+def write_flaky_plugin_config(directory: Path) -> Path:
+    """``configs/recipes/plugin_grpo_tiny.yaml`` (recipes/plugin.py, TRL-style) with
+    :data:`FLAKY` added to the tiny task's reward config and the 4 prompts listed 4 times (16
+    rows): the fault tests' plugin runs (6 steps of one prompt per process on at most two
+    processes) stay inside one epoch of TRL's sampler, the only span over which TRL's own resume
+    keeps the prompt order (docs/trainer.md). Writes three files into ``directory``; returns the
+    recipe config's path."""
+    import json
+
     import yaml
 
+    from align_cbrl.data import load_prompts
+
     root = Path(__file__).resolve().parent.parent
-    data = yaml.safe_load((root / "configs" / "recipes" / "grpo_tiny.yaml").read_text())
-    data["task"] = task_with_flaky(repeat=4)
+    rows = [r for r in load_prompts("tiny_language") for _ in range(4)]
+    prompts = directory / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rewards = yaml.safe_load((root / "configs" / "rewards" / "tiny_language.yaml").read_text())
+    rewards["components"] = [*rewards["components"], FLAKY]
+    reward_config = directory / "rewards.yaml"
+    reward_config.write_text(yaml.safe_dump(rewards))
+    data = yaml.safe_load((root / "configs" / "recipes" / "plugin_grpo_tiny.yaml").read_text())
+    data.update(dataset=str(prompts), reward_config=str(reward_config))
+    path = directory / "plugin_flaky.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -30,7 +30,7 @@ from align_cbrl.reference import tiny_language as tl
 from align_cbrl.reference.several_followers import ExactFollowerSpec
 from align_cbrl.trainer import GroupedSamples, build_optimizer
 from align_cbrl.trainer.builders import resolve_task
-from align_cbrl.trainer.faults import finish, run_and_leave
+from align_cbrl.trainer.faults import finish_run, run_and_leave
 from align_cbrl.trainer.strategies import build_leader_update
 
 LEADER = dict(
@@ -152,7 +152,7 @@ def main(argv: list[str]) -> None:
             }
         )
     )
-    finish()  # several processes: barrier, then os._exit with the process group still referenced
+    finish_run()  # several processes: barrier, then os._exit with the process group still referenced
 
 
 if __name__ == "__main__":

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from run_helpers import strip_times, task_with_flaky, tiny_run_config, write_flaky_recipe_config
+from run_helpers import strip_times, task_with_flaky, tiny_run_config, write_flaky_plugin_config
 
 from align_cbrl.checkpoint import CheckpointManager
 from align_cbrl.cli import main
 from align_cbrl.config_parser import to_dict
-from align_cbrl.leaders.base import load_leader
+from align_cbrl.leaders import load_leader
+from align_cbrl.leaders.base import STATE_FILE
 from align_cbrl.metrics import read_jsonl
 from align_cbrl.rewards.base import RewardComponentError
 
@@ -64,8 +65,7 @@ def reference(config_file, tmp_path_factory) -> Path:
 
 def assert_same_run(out: Path, ref: Path) -> None:
     """Bit-identical leader, same metrics (wall times aside)."""
-    for name in ("leader.safetensors", "leader.json"):
-        assert (out / "leader" / name).read_bytes() == (ref / "leader" / name).read_bytes()
+    assert (out / "leader" / STATE_FILE).read_bytes() == (ref / "leader" / STATE_FILE).read_bytes()
     assert strip_times(read_jsonl(out / "metrics.jsonl")) == strip_times(
         read_jsonl(ref / "metrics.jsonl")
     )
@@ -220,14 +220,14 @@ def test_plugin_reward_error_names_the_step_and_resume_is_bit_identical(tmp_path
     import importlib
 
     plugin = importlib.import_module("plugin")
-    config = write_flaky_recipe_config(tmp_path / "grpo_flaky.yaml")
+    config = write_flaky_plugin_config(tmp_path)
 
     def run(out: Path, *extra: str) -> None:
         plugin.main(["grpo", "--config", str(config), "--output_dir", str(out), *extra])
 
     run(tmp_path / "ref")
     out = tmp_path / "run"
-    ckpt = out / "trl" / "checkpoint-4"
+    ckpt = out / "checkpoint-4"
     monkeypatch.setenv("FAULT_MODE", "raise")
     monkeypatch.setenv("FAULT_AFTER", str(ckpt / "hpgd_leader"))
     with pytest.raises(RewardComponentError) as info:
@@ -239,12 +239,12 @@ def test_plugin_reward_error_names_the_step_and_resume_is_bit_identical(tmp_path
         "from it",
         str(info.value),
     )
-    assert [p.name for p in (out / "trl").glob("checkpoint-*")] == ["checkpoint-4"]
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]
     saved = load_leader(ckpt / "hpgd_leader" / "leader")
     assert saved.flat_parameters().isfinite().all()
     monkeypatch.delenv("FAULT_MODE")
     run(out, "--resume")
-    ref = (tmp_path / "ref" / "leader" / "leader.safetensors").read_bytes()
-    assert (out / "leader" / "leader.safetensors").read_bytes() == ref
+    ref = (tmp_path / "ref" / "leader" / STATE_FILE).read_bytes()
+    assert (out / "leader" / STATE_FILE).read_bytes() == ref
     rows, ref_rows = (read_jsonl(d / "leader_metrics.jsonl") for d in (out, tmp_path / "ref"))
     assert strip_times(rows) == strip_times(ref_rows) and [r["step"] for r in rows] == [2, 4, 6]

@@ -29,7 +29,7 @@ from launch_helpers import (
     tests_on_path,
     wait_or_dump,
 )
-from run_helpers import strip_times, write_flaky_recipe_config
+from run_helpers import strip_times, write_flaky_plugin_config
 
 pytest.importorskip("trl")
 pytest.importorskip("accelerate")
@@ -97,9 +97,9 @@ def test_plugin_two_processes_resume_after_a_failed_step_bit_identically(
 ):
     ref, ref0, _ = two_process_runs("plugin")
     out, sync_dir = tmp_path / "run", tmp_path / "sync"
-    args = recipe_args(write_flaky_recipe_config(tmp_path / "grpo_flaky.yaml"), out, sync_dir)
+    args = recipe_args(write_flaky_plugin_config(tmp_path), out, sync_dir)
     script = ROOT / "recipes" / "plugin.py"
-    ckpt = out / "trl" / "checkpoint-4"
+    ckpt = out / "checkpoint-4"
     fault = {"FAULT_MODE": "raise", "FAULT_AFTER": str(ckpt / "hpgd_leader")}
     code, output = launch(script, args, 2, PYTHONPATH=tests_on_path(), **fault)
     assert code != 0
@@ -112,7 +112,7 @@ def test_plugin_two_processes_resume_after_a_failed_step_bit_identically(
         f", at training step 5, last checkpoint {ckpt}; fix the cause and rerun with --resume "
         "to continue from it"
     )
-    assert [p.name for p in (out / "trl").glob("checkpoint-*")] == ["checkpoint-4"]
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]
 
     code, output = launch(script, [*args, "--resume"], 2, PYTHONPATH=tests_on_path())
     assert code == 0, output[-3000:]

@@ -14,7 +14,7 @@ Exit statuses (the ``align-cbrl`` command and the recipes):
   :class:`~align_cbrl.trainer.interrupt.TrainingInterrupted`).
 
 **Why a multi-process run leaves with ``os._exit`` from inside the frame that holds the
-trainer** (:func:`finish`, :func:`report_failure`; the root cause of issue #25's hang, stacks
+trainer** (:func:`finish_run`, :func:`report_failure`; the root cause of issue #25's hang, stacks
 in docs/reliability.md): freeing the last reference to a gloo process group (a DDP
 ``c10d::Reducer`` holds one) runs ``~ProcessGroupGloo``, which joins gloo's worker thread
 while the freeing thread holds the GIL; if that worker thread is still destroying the last
@@ -48,7 +48,7 @@ from align_cbrl.trainer.interrupt import TrainingInterrupted
 __all__ = [
     "failure_status",
     "fault_context",
-    "finish",
+    "finish_run",
     "leave",
     "multi_process",
     "report_failure",
@@ -121,7 +121,7 @@ def report_failure(err: BaseException, timeout_s: float | None = None) -> int | 
     return code
 
 
-def finish() -> None:
+def finish_run() -> None:
     """The end of a successful run. In a multi-process run: wait for every rank at a barrier,
     then leave with status 0 from inside the caller's frame (never returns; module
     docstring); a rank that fails there reports it (:func:`report_failure`). In a single
@@ -137,7 +137,7 @@ def finish() -> None:
 
 def run_and_leave(main: Callable[[list[str]], Any], argv: list[str]) -> NoReturn:
     """Script entry point (the recipes): run ``main(argv)`` and end the process with its exit
-    status. ``main`` ends a multi-process run with :func:`finish`; a failure is reported by
+    status. ``main`` ends a multi-process run with :func:`finish_run`; a failure is reported by
     :func:`report_failure` (unknown ones with their traceback, status 1)."""
     try:
         main(argv)
