@@ -107,6 +107,10 @@ def report_failure(err: BaseException, timeout_s: float | None = None) -> int | 
     the process group."""
     known = failure_status(err, timeout_s)
     multi = multi_process()
+    if isinstance(err, SystemExit):  # --help, argparse: Python's own handling, or leave with it
+        if multi:
+            leave(_system_exit_status(err))
+        return None
     if known is None:
         if not multi:
             return None
@@ -119,6 +123,14 @@ def report_failure(err: BaseException, timeout_s: float | None = None) -> int | 
     if multi:
         leave(code)
     return code
+
+
+def _system_exit_status(err: SystemExit) -> int:
+    """The status ``sys.exit(code)`` ends with (a message is printed to stderr, status 1)."""
+    if err.code is None or isinstance(err.code, int):
+        return int(err.code or 0)
+    print(err.code, file=sys.stderr)
+    return 1
 
 
 def finish_run() -> None:
@@ -143,7 +155,9 @@ def run_and_leave(main: Callable[[list[str]], Any], argv: list[str]) -> NoReturn
         main(argv)
     except BaseException as err:  # its traceback keeps main's frame (and the group) alive
         code = report_failure(err)
-        if code is None:
+        if isinstance(err, SystemExit):
+            code = _system_exit_status(err)
+        elif code is None:
             traceback.print_exc()
             code = 1
         leave(code)
