@@ -248,3 +248,11 @@ def test_plugin_reward_error_names_the_step_and_resume_is_bit_identical(tmp_path
     assert (out / "leader" / STATE_FILE).read_bytes() == ref
     rows, ref_rows = (read_jsonl(d / "leader_metrics.jsonl") for d in (out, tmp_path / "ref"))
     assert strip_times(rows) == strip_times(ref_rows) and [r["step"] for r in rows] == [2, 4, 6]
+
+
+def test_collective_timeout_must_be_positive(config_file, tmp_path, capsys):
+    assert train(config_file, tmp_path / "run", "--collective_timeout", "0") == 2
+    assert one_line(capsys.readouterr().err).endswith(
+        "collective_timeout must be a number of seconds > 0, got 0"
+    )
+    assert not (tmp_path / "run").exists()

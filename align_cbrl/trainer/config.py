@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from align_cbrl.estimators.combine import follower_weights
 from align_cbrl.followers.base import validate_beta
+from align_cbrl.rewards.base import is_finite_number
 from align_cbrl.trainer.follower_schedule import FollowerScheduleConfig
 
 __all__ = [
@@ -438,14 +439,9 @@ class HPGDConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 hint = " (HPGD needs >= 2 completions per prompt)" if key == "num_samples" else ""
                 raise ValueError(f"{key} must be an integer >= {low}{hint}, got {value!r}")
-        timeout = self.collective_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            timeout = math.nan
-        if not (math.isfinite(timeout) and timeout > 0):
-            raise ValueError(
-                f"collective_timeout must be a finite number of seconds > 0, "
-                f"got {self.collective_timeout!r}"
-            )
+        t = self.collective_timeout
+        if not (is_finite_number(t) and t > 0):
+            raise ValueError(f"collective_timeout must be a number of seconds > 0, got {t!r}")
         if self.tensorboard not in (True, False, "auto"):
             raise ValueError(f"tensorboard must be true, false or 'auto', got {self.tensorboard!r}")
         if not self.followers:
