@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     done = {(r["recipe"], r["index"]) for r in read_log(args.log)}
     todo = [(r, i) for i in range(args.launches) for r in RECIPES if (r, i) not in done]
     load: list[subprocess.Popen] = []
+    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so the load processes are killed below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         if todo and not args.summary_only:
             load = [subprocess.Popen([sys.executable, "-c", _BUSY]) for _ in range(args.load)]
@@ -185,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                 fh.flush()
                 os.fsync(fh.fileno())
             state = "HANG" if record["hang"] else f"exit {record['exit_code']}"
-            print(f"{recipe} #{index}: {state}, {record['wall_s']:.1f} s, "
-                  f"complete={record['complete']}", flush=True)  # fmt: skip
+            line = f"{recipe} #{index}: {state}, {record['wall_s']:.1f} s"
+            print(f"{line}, complete={record['complete']}", flush=True)
     finally:
         for p in load:
             p.kill()
