@@ -37,12 +37,13 @@ from align_cbrl.estimators.episodes import discounted_returns, per_state_sum, ti
 from align_cbrl.estimators.published import published_hpgd_weights
 from align_cbrl.estimators.trajectory import hpgd_weights
 from tabular_reference import mdp
-from tabular_reference.four_rooms import kernels as K
+from tabular_reference.four_rooms import kernels
 from tabular_reference.four_rooms.algorithms import RunConfig
 from tabular_reference.four_rooms.dynamics import PRESETS, Dynamics, resolve_dynamics
 from tabular_reference.four_rooms.env import FOUR_ROOMS as E
 from tabular_reference.four_rooms.env import GAMMA, MAX_EPISODE_STEPS
 from tabular_reference.four_rooms.hypergradient import follower_advantage_gradient
+from tabular_reference.four_rooms.kernel_args import Followers, LibrarySamples, sampler_model
 from tabular_reference.four_rooms.solver import FollowerSolution, FollowerSolver
 
 STEPS = 10_000  # per estimate: 5 environments x 2,000 steps
@@ -53,10 +54,11 @@ def _sample(fs: FollowerSolution, model: Dynamics) -> tuple[np.ndarray, ...]:
     n = fs.pi.shape[0]
     st, ac = np.empty((n, STEPS), np.int64), np.empty((n, STEPS), np.int64)
     lr, es = np.empty((n, STEPS)), np.empty((n, STEPS), np.bool_)
-    K.sample_with_actions(
-        fs.pi, fs.goal, fs.vgoal, E.start, E.target, E.nbr, *model.sample.as_list(), 5,
-        STEPS // 5, MAX_EPISODE_STEPS, st, ac, lr, es,
-    )  # fmt: skip
+    kernels.sample_with_actions(
+        sampler_model(model.sample, 5, STEPS // 5),
+        Followers(fs.pi, fs.goal, fs.goal_value),
+        LibrarySamples(st, ac, lr, es),
+    )
     return st, ac, lr, es
 
 
@@ -85,7 +87,7 @@ def _estimates(
     vbar = mdp.policy_evaluation(
         torch.tensor(E.dense_transitions(model.plan)),
         torch.tensor(fs.pi[0]),
-        torch.tensor(np.where(cells == g, fs.vgoal[0], 1.0 * (cells == E.target))),
+        torch.tensor(np.where(cells == g, fs.goal_value[0], 1.0 * (cells == E.target))),
         GAMMA,
         torch.tensor(cells == g),
     ).numpy()
@@ -145,7 +147,7 @@ def main() -> None:
     )  # fmt: skip
     solver = FollowerSolver(n, np.array(E.goals), cfg)
     rows = []
-    K.seed_rng(5)
+    kernels.seed_rng(5)
     np.random.seed(5)
     print(
         f"dynamics {model.name} (plan {model.plan.as_list()}, sample {model.sample.as_list()}), "
@@ -155,7 +157,7 @@ def main() -> None:
     for k in range(2):
         fs = solver.solve(x, np.full(n, k), True)
         out = _estimates(fs, model, beta, _sample(fs, model))
-        rows += _compare(int(fs.goal[0]), fs.gpen[0].copy(), out)
+        rows += _compare(int(fs.goal[0]), fs.grad_penalty[0].copy(), out)
     if args.json:
         import json
         from pathlib import Path

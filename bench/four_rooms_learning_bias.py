@@ -37,7 +37,7 @@ import torch
 from align_cbrl.estimators.multilevel import MultilevelSchedule
 from align_cbrl.utils.io import atomic_write_text
 from tabular_reference.common.bias import bias_summary, point_bias
-from tabular_reference.four_rooms import hpgd_kernels as HK
+from tabular_reference.four_rooms import hpgd_kernels
 from tabular_reference.four_rooms.accelerated import multilevel_hypergradient
 from tabular_reference.four_rooms.algorithms import RunConfig
 from tabular_reference.four_rooms.coupled_sampling import coupled_hypergradient
@@ -87,10 +87,12 @@ def plain_estimates(cfg, x, V0, n, m, seed) -> tuple[np.ndarray, np.ndarray]:
         f.advance(x, np.array([k]), n)
         sols.append(f.solution(x, np.array([k]), want_grad=True))
     plug = sum(
-        logits_gradient(s.sigma, s.gpen, s.mug, cfg.budget_cost, s.goal, cfg.budget_mode)[0]
+        logits_gradient(
+            s.sigma, s.grad_penalty, s.grad_goal_value, cfg.budget_cost, s.goal, cfg.budget_mode
+        )[0]
         for s in sols
     )
-    state = HK.seed_state(seed)[None].copy()
+    state = hpgd_kernels.seed_state(seed)[None].copy()
     out = np.empty((m, E.n_params))
     for i in range(m):
         out[i] = (
@@ -101,7 +103,7 @@ def plain_estimates(cfg, x, V0, n, m, seed) -> tuple[np.ndarray, np.ndarray]:
 
 def multilevel_estimates(cfg, x, V0, sched, m, seed) -> tuple[np.ndarray, float]:
     """``m`` multilevel draws (both contexts, averaged) from the same start; mean sweeps/draw."""
-    state = HK.seed_state(seed)
+    state = hpgd_kernels.seed_state(seed)
     gen = torch.Generator().manual_seed(seed)
     out = np.empty((m, E.n_params))
     steps = 0
@@ -120,7 +122,7 @@ def level_differences(cfg, x, V0, base, max_level, m, seed, coupling: str) -> li
     """``sqrt(E||g_k - g_{k-1}||^2)`` for ``k = 1..max_level`` over ``m`` draws (both contexts
     averaged), levels from one continued follower run, coupled as ``multilevel_hypergradient``
     couples them (``episodes`` / ``stream`` / ``independent``)."""
-    state = HK.seed_state(seed)[None].copy()
+    state = hpgd_kernels.seed_state(seed)[None].copy()
     sq = np.zeros(max_level)
     for _ in range(m):
         d = np.zeros((max_level, E.n_params))
@@ -128,13 +130,13 @@ def level_differences(cfg, x, V0, base, max_level, m, seed, coupling: str) -> li
             f = _follower(cfg, V0)
             ctx = np.array([k])
             done, prev = 0, None
-            ep_seed = np.array([int(HK.uniforms(state[0], 1)[0] * 2.0**53)], np.uint64)
+            ep_seed = np.array([int(hpgd_kernels.uniforms(state[0], 1)[0] * 2.0**53)], np.uint64)
             for j in range(max_level + 1):
                 f.advance(x, ctx, base * 2**j - done)
                 done = base * 2**j
                 sol = f.solution(x, ctx)
                 if coupling == "episodes":
-                    g = coupled_hypergradient(sol, cfg, HK.FORM_CROSSFIT, ep_seed)[0]
+                    g = coupled_hypergradient(sol, cfg, hpgd_kernels.FORM_CROSSFIT, ep_seed)[0]
                 else:
                     st = state.copy()
                     g = hypergradient(sol, cfg, "mc", None, None, "crossfit", st)[0]

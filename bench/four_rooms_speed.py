@@ -21,19 +21,27 @@ import torch
 from numba import njit
 
 from tabular_reference.common.alias import vose
-from tabular_reference.four_rooms import hpgd_kernels as HK
-from tabular_reference.four_rooms import kernels as K
+from tabular_reference.four_rooms import banded, hpgd_kernels, kernels
 from tabular_reference.four_rooms.algorithms import RunConfig, run
 from tabular_reference.four_rooms.dynamics import PRESETS, resolve_dynamics
 from tabular_reference.four_rooms.env import FOUR_ROOMS as E
-from tabular_reference.four_rooms.env import GAMMA, MAX_EPISODE_STEPS
+from tabular_reference.four_rooms.env import GAMMA
+from tabular_reference.four_rooms.kernel_args import (
+    Newton,
+    NewtonWork,
+    Walk,
+    WarmStart,
+    follower_model,
+    sampler_model,
+)
 from tabular_reference.four_rooms.leader import penalties, softmax
 
 
 @njit(cache=True)
-def soft_vi(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, tol):
+def soft_vi(model, pen, goal, V, tol):
     """Plain soft value iteration V <- T(V) (Jacobi sweeps) until max|T(V) - V| <= tol."""
     n = V.shape[0]
+    beta = model.temperature
     TV = np.empty(n)
     q = np.empty(4)
     for it in range(10_000_000):
@@ -42,7 +50,7 @@ def soft_vi(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, tol):
             if s == goal:
                 TV[s] = 1.0
                 continue
-            m = K.soft_q(pen, s, V, nbr, gamma, p_oth, p_diff, q)
+            m = kernels.soft_q(model, pen, s, V, q)
             z = 0.0
             for a in range(4):
                 z += math.exp((q[a] - m) / beta)
@@ -70,10 +78,11 @@ def band_lu_previous(AB, n, b):
 
 
 @njit(cache=True)
-def build_alias_previous(pi_r, nbr, p_int, p_oth, thr, out1, out2):
+def build_alias_previous(pi_r, sampler, thr, out1, out2):
     """The alias tables before the integer-threshold records (2026-12-01): float thresholds and
     two separate outcome arrays."""
     S = pi_r.shape[0]
+    nbr, p_int, p_oth = sampler.neighbours, sampler.p_intended, sampler.p_other
     p = np.empty(16)
     small = np.empty(16, dtype=np.int64)
     large = np.empty(16, dtype=np.int64)
@@ -99,18 +108,21 @@ def _draw_code_previous(thr, out1, out2, s, u):
 
 
 @njit(cache=True)
-def sample_run_previous(thr, out1, out2, goal, start, n_envs, steps, max_len, rng, states,
-                        actions, taus):  # fmt: skip
-    """The fused sampler before 2026-12-01: float uniform, a branch between kept and alias."""
+def sample_run_previous(sampler, tables, walk, rng):
+    """The fused sampler before 2026-12-01: float uniform, a branch between kept and alias
+    (``tables = (thr, out1, out2)`` of :func:`build_alias_previous`)."""
+    thr, out1, out2 = tables
+    start, max_len, goal = sampler.start, sampler.max_len, walk.goal
+    states, actions, taus = walk.states, walk.actions, walk.time_in_episode
     t = 0
     n_ep = 0
     s0, s1, s2, s3 = rng[0], rng[1], rng[2], rng[3]
-    for _e in range(n_envs):
+    for _e in range(sampler.n_envs):
         s = start
         k = 0
         n_ep += 1
-        for _i in range(steps):
-            u, s0, s1, s2, s3 = HK._xoshiro_next(s0, s1, s2, s3)
+        for _i in range(sampler.steps):
+            u, s0, s1, s2, s3 = hpgd_kernels._xoshiro_next(s0, s1, s2, s3)
             code = _draw_code_previous(thr, out1, out2, s, u)
             states[t] = s
             actions[t] = code & 3
@@ -129,46 +141,54 @@ def sample_run_previous(thr, out1, out2, goal, start, n_envs, steps, max_len, rn
     return n_ep
 
 
+def _converged(model, pen: np.ndarray, goal: int) -> NewtonWork:
+    """A soft-optimal follower of ``model`` under the rewards ``pen`` (cold Newton solve)."""
+    S, b = E.n_cells, E.bandwidth
+    work = NewtonWork(np.empty((S, 4)), np.empty((S, 2 * b + 1)), np.empty(S), np.empty(S))
+    cold = WarmStart(work.factors, work.neg_entropy, False)
+    kernels.soft_newton(model, Newton(1e-10, 100), pen, goal, np.zeros(S), work, cold)
+    return work
+
+
 def bench_sampler(dynamics: str, reps: int = 7, n: int = 100) -> None:
     """The fused sampler, previous vs current, on converged followers at 5 random leader
     parameters: time per 10,000-step batch (best of ``reps``), old/new and a bit-for-bit check
     of states, actions, episode steps, episode count and generator state."""
     model = resolve_dynamics(dynamics)
-    S, b, T, n_envs = E.n_cells, E.bandwidth, 10_000, 5
-    print(f"\nfused sampler (dynamics {dynamics}, lam 0.003, {T:,} steps = {n_envs} envs), "
-          "previous vs current")  # fmt: skip
+    S, T, n_envs = E.n_cells, 10_000, 5
+    print(
+        f"\nfused sampler (dynamics {dynamics}, lam 0.003, {T:,} steps = {n_envs} envs), "
+        "previous vs current"
+    )
+    sampler = sampler_model(model.sample, n_envs, T // n_envs)
     for seed in range(5):
         x = np.random.default_rng(seed).normal(0, 1, (1, 105))
-        pen = np.ascontiguousarray(penalties(softmax(x)))
-        V, pi = np.zeros(S), np.empty((S, 4))
-        AB, rhs = np.empty((S, 2 * b + 1)), np.empty(S)
-        ent = np.empty(S)
-        K.soft_newton(pen[0], E.goals[0], V, E.nbr, GAMMA, 0.003, model.plan.p_other,
-                      model.plan.p_diff, 1e-10, 100, b, pi, AB, rhs, ent, AB, ent, False)  # fmt: skip
-        p_int, p_oth = model.sample.p_intended, model.sample.p_other
+        pen = np.ascontiguousarray(penalties(softmax(x)))[0]
+        pi = _converged(follower_model(0.003, model.plan), pen, E.goals[0]).policy
         thr, o1, o2 = np.empty(16 * S), np.empty(16 * S, np.int64), np.empty(16 * S, np.int64)
-        build_alias_previous(pi, E.nbr, p_int, p_oth, thr, o1, o2)
-        tab = HK.alias_buffers(S)
-        HK.build_alias(pi, E.nbr, p_int, p_oth, tab)
-        layout = (E.goals[0], E.start, n_envs, T // n_envs, MAX_EPISODE_STEPS)
+        build_alias_previous(pi, sampler, thr, o1, o2)
+        tab = hpgd_kernels.alias_buffers(S)
+        hpgd_kernels.build_alias(pi, sampler, tab)
         outs, times = [], []
-        for fn, tables in ((sample_run_previous, (thr, o1, o2)), (HK._sample_run, (tab,))):
-            bufs = [np.empty(T, np.int64) for _ in range(3)]
-            rng = HK.seed_state(seed)
-            n_ep = fn(*tables, *layout, rng, *bufs)
-            outs.append((n_ep, rng.copy(), *bufs))
+        for fn, tables in ((sample_run_previous, (thr, o1, o2)), (hpgd_kernels.sample_run, tab)):
+            walk = Walk(E.goals[0], *(np.empty(T, np.int64) for _ in range(3)))
+            rng = hpgd_kernels.seed_state(seed)
+            n_ep = fn(sampler, tables, walk, rng)
+            outs.append((n_ep, rng.copy(), walk.states, walk.actions, walk.time_in_episode))
             best = math.inf
             for _ in range(reps):
                 t0 = time.perf_counter()
                 for _ in range(n):
-                    fn(*tables, *layout, rng, *bufs)
+                    fn(sampler, tables, walk, rng)
                 best = min(best, (time.perf_counter() - t0) / n)
             times.append(best)
         same = outs[0][0] == outs[1][0] and all(
             np.array_equal(a, c) for a, c in zip(outs[0][1:], outs[1][1:], strict=True)
         )
-        print(f"  x seed {seed}: {times[0] * 1e6:7.1f} -> {times[1] * 1e6:6.1f} us / batch  "
-              f"old/new {times[0] / times[1]:.2f}x  identical: {same}")  # fmt: skip
+        print(
+            f"  x seed {seed}: {times[0] * 1e6:7.1f} -> {times[1] * 1e6:6.1f} us / batch  "
+            f"old/new {times[0] / times[1]:.2f}x  identical: {same}"
+        )
 
 
 @njit(cache=True)
@@ -192,11 +212,8 @@ def bench_kernels(dynamics: str) -> None:
     plan = model.plan
     S, b, goal = E.n_cells, E.bandwidth, E.goals[0]
     pen = np.ascontiguousarray(penalties(softmax(np.random.default_rng(0).normal(0, 1, (1, 105)))))
-    V, pi = np.zeros(S), np.empty((S, 4))
-    AB, rhs = np.empty((S, 2 * b + 1)), np.empty(S)
-    ent = np.empty(S)
-    K.soft_newton(pen[0], goal, V, E.nbr, GAMMA, 0.003, plan.p_other, plan.p_diff, 1e-10, 100, b,
-                  pi, AB, rhs, ent, AB, ent, False)  # fmt: skip
+    work = _converged(follower_model(0.003, plan), pen[0], goal)
+    pi, AB = work.policy, work.factors
     print(f"\nkernels (dynamics {dynamics}, lam 0.003, a converged follower), previous vs current")
     AB0 = np.zeros_like(AB)
     AB0[:, b] = 1.0
@@ -209,39 +226,37 @@ def bench_kernels(dynamics: str) -> None:
     t_old = t_new = math.inf
     for _ in range(7):
         t_old = min(t_old, _time(_repeat_lu, band_lu_previous, 2000, AB0, A_old, b, reps=1))
-        t_new = min(t_new, _time(_repeat_lu, K.band_lu, 2000, AB0, A_new, b, reps=1))
+        t_new = min(t_new, _time(_repeat_lu, banded.band_lu, 2000, AB0, A_new, b, reps=1))
     t_old, t_new = t_old / 2000, t_new / 2000
     # the multipliers now use the pivot's reciprocal: the factors agree to rounding, not bits
     rel = np.abs(A_old - A_new).max() / np.abs(A_old).max()
-    print(f"  banded LU   {t_old * 1e6:7.2f} -> {t_new * 1e6:7.2f} us  old/new {t_old / t_new:.2f}x"
-          f"  max |difference| / max |entry| {rel:.1e}")  # fmt: skip
+    print(
+        f"  banded LU   {t_old * 1e6:7.2f} -> {t_new * 1e6:7.2f} us  old/new {t_old / t_new:.2f}x"
+        f"  max |difference| / max |entry| {rel:.1e}"
+    )
 
 
 def bench_solver(tol: float, dynamics: str) -> None:
     plan = resolve_dynamics(dynamics).plan
-    po, pd = plan.p_other, plan.p_diff
     rng = np.random.default_rng(0)
     n = 50
     xs = rng.normal(0, 1.0, (n, 105))
     pen = np.ascontiguousarray(penalties(softmax(xs)))
     S = E.n_cells
     b = E.bandwidth
+    newton = Newton(tol, 100)
     print(f"\nfollower solve to max|T(V)-V| <= {tol:g} (goal {E.cells[E.goals[0]]}, {n} random x)")
     print(f"{'lam':>6} {'method':>26} {'iters':>8} {'us/solve':>10}")
     for beta in (0.001, 0.003, 0.005):
+        model = follower_model(beta, plan)
         # plain soft VI from zero
-        pi = np.empty((S, 4))
-        V = np.zeros(S)
-        soft_vi(pen[0], E.goals[0], V, E.nbr, GAMMA, beta, po, pd, tol)  # compile
+        soft_vi(model, pen[0], E.goals[0], np.zeros(S), tol)  # compile
         t = time.perf_counter()
-        its = [
-            soft_vi(pen[i], E.goals[0], np.zeros(S), E.nbr, GAMMA, beta, po, pd, tol)
-            for i in range(5)
-        ]
+        its = [soft_vi(model, pen[i], E.goals[0], np.zeros(S), tol) for i in range(5)]
         dt = (time.perf_counter() - t) / 5
         print(f"{beta:6g} {'soft VI (cold)':>26} {np.mean(its):8.0f} {dt * 1e6:10.0f}")
-        AB, AB0 = np.empty((S, 2 * b + 1)), np.empty((S, 2 * b + 1))
-        rhs, ent, ent0 = np.empty(S), np.empty(S), np.empty(S)
+        work = NewtonWork(np.empty((S, 4)), np.empty((S, 2 * b + 1)), np.empty(S), np.empty(S))
+        AB0, ent0 = np.empty((S, 2 * b + 1)), np.empty(S)
         modes = {
             "banded Newton (cold)": (False, False),
             "banded Newton (warm)": (True, False),
@@ -249,8 +264,9 @@ def bench_solver(tol: float, dynamics: str) -> None:
         }
         for label, (warm, cached) in modes.items():
             Vw = np.zeros(S)
-            K.soft_newton(pen[0], E.goals[0], Vw, E.nbr, GAMMA, beta, po, pd, tol, 100, b, pi, AB,
-                          rhs, ent, AB0, ent0, False)  # fmt: skip
+            kernels.soft_newton(
+                model, newton, pen[0], E.goals[0], Vw, work, WarmStart(AB0, ent0, False)
+            )
             its = []
             t = time.perf_counter()
             for i in range(n):
@@ -259,9 +275,10 @@ def bench_solver(tol: float, dynamics: str) -> None:
                 # warm: previous solution for a nearby x (x_i + small step), as in the outer loop;
                 # cached: its factorised M(pi) and entropies are kept (FollowerSolver's slots)
                 p = pen[i] if not warm else pen[0] * (1 + 1e-3 * (i % 7))
-                AB0[:], ent0[:] = AB, ent
-                it, _res = K.soft_newton(p, E.goals[0], Vw, E.nbr, GAMMA, beta, po, pd, tol, 100,
-                                         b, pi, AB, rhs, ent, AB0, ent0, cached)  # fmt: skip
+                AB0[:], ent0[:] = work.factors, work.neg_entropy
+                it, _res = kernels.soft_newton(
+                    model, newton, p, E.goals[0], Vw, work, WarmStart(AB0, ent0, cached)
+                )
                 its.append(it)
             dt = (time.perf_counter() - t) / n
             print(f"{beta:6g} {label:>26} {np.mean(its):8.2f} {dt * 1e6:10.1f}")

@@ -9,13 +9,18 @@ import pytest
 import torch
 
 from tabular_reference import mdp
-from tabular_reference.four_rooms import hpgd_kernels as HK
-from tabular_reference.four_rooms import kernels as K
+from tabular_reference.four_rooms import hpgd_kernels, kernels
 from tabular_reference.four_rooms.algorithms import RunConfig, run
 from tabular_reference.four_rooms.dynamics import PRESETS
 from tabular_reference.four_rooms.env import FOUR_ROOMS as E
 from tabular_reference.four_rooms.env import GAMMA, MAP
 from tabular_reference.four_rooms.hypergradient import follower_advantage_gradient, hypergradient
+from tabular_reference.four_rooms.kernel_args import (
+    Followers,
+    LibrarySamples,
+    follower_model,
+    sampler_model,
+)
 from tabular_reference.four_rooms.leader import budget, logits_gradient, penalties, softmax
 from tabular_reference.four_rooms.solver import FollowerSolver
 
@@ -87,7 +92,7 @@ def test_fast_solver_matches_dense_oracle(beta, preset):
     solver = FollowerSolver(1, np.array(E.goals), cfg)
     for k, goal in enumerate(E.goals):
         fs = solver.solve(x, np.array([k]), True)
-        F, gpen, mug, pi, sigma, g_idx, V = fs.F, fs.gpen, fs.mug, fs.pi, fs.sigma, fs.goal, fs.V
+        F, pi, sigma, g_idx, V = fs.F, fs.pi, fs.sigma, fs.goal, fs.V
         assert solver.newton_calls > 0
         xt, P, r, rb, mu0, term = _dense(x[0], goal, 3.0, preset)
         sol = mdp.soft_solve(P.detach(), r.detach(), GAMMA, beta, term, tol=1e-12)
@@ -103,7 +108,7 @@ def test_fast_solver_matches_dense_oracle(beta, preset):
         Fd = mdp.leader_value(P, pis, rb, GAMMA, mu0, term)
         (gd,) = torch.autograd.grad(Fd, xt)
         assert F[0] == pytest.approx(float(Fd.detach()), abs=1e-10)
-        g = logits_gradient(sigma, gpen, mug, 3.0, g_idx)[0]
+        g = logits_gradient(sigma, fs.grad_penalty, fs.grad_goal_value, 3.0, g_idx)[0]
         assert np.linalg.norm(g - gd.numpy()) <= 1e-7 * np.linalg.norm(gd.numpy())
 
 
@@ -121,15 +126,15 @@ def test_warm_solves_through_the_factor_cache_match_the_dense_oracle(preset):
     ctx = np.array([1])
     for a_solver in (a, b):
         a_solver.solve(x, ctx, False)
-    assert a._cache_ok[1] and b._cache_ok[1]
+    assert a._factors_valid[1] and b._factors_valid[1]
     for step in (1e-3, 0.03, 0.3):
         x = x + step * rng.normal(size=x.shape)
         probe = a.solve(x + 0.1 * rng.normal(size=x.shape), ctx, False, store=False)
         assert np.isfinite(probe.F).all()
         fa, fb = a.solve(x, ctx, True), b.solve(x, ctx, True)
-        for name in ("F", "V", "pi", "gpen"):
+        for name in ("F", "V", "pi", "grad_penalty"):
             assert np.array_equal(getattr(fa, name), getattr(fb, name)), name
-        assert np.array_equal(a._cache_AB[1], b._cache_AB[1]) and np.array_equal(a.V, b.V)
+        assert np.array_equal(a._factors[1], b._factors[1]) and np.array_equal(a.V, b.V)
         _xt, P, r, rb, mu0, term = _dense(x[0], E.goals[1], 3.0, preset)
         sol = mdp.soft_solve(P.detach(), r.detach(), GAMMA, beta, term, tol=1e-12)
         np.testing.assert_allclose(fa.V[0], sol.V.numpy(), atol=1e-10)
@@ -145,10 +150,10 @@ def test_soft_policy_does_not_depend_on_the_state_rewards():
     rng = np.random.default_rng(2)
     V = rng.normal(0, 0.3, E.n_cells)
     out = []
+    model = follower_model(0.003, PAPER)
     for pen in (np.zeros(E.n_cells), rng.normal(0, 0.05, E.n_cells)):
         pi, ent = np.empty((E.n_cells, 4)), np.empty(E.n_cells)
-        res = K.soft_q_policy(pen, E.goals[0], V, E.nbr, GAMMA, 0.003, PAPER.p_other,
-                              PAPER.p_diff, pi, ent)  # fmt: skip
+        res = kernels.soft_q_policy(model, pen, E.goals[0], V, pi, ent)
         out.append((pi, ent, res))
     assert np.array_equal(out[0][0], out[1][0]) and np.array_equal(out[0][1], out[1][1])
     assert out[0][2] != out[1][2]
@@ -170,7 +175,7 @@ def test_exact_hypergradient_vs_central_differences(beta, budget_cost, preset):
     solver = FollowerSolver(1, np.array(E.goals), cfg)
     for k in range(2):
         fs = solver.solve(x, np.array([k]), True)
-        g = logits_gradient(fs.sigma, fs.gpen, fs.mug, budget_cost, fs.goal)[0]
+        g = logits_gradient(fs.sigma, fs.grad_penalty, fs.grad_goal_value, budget_cost, fs.goal)[0]
         h = 1e-6
         fd = np.zeros(105)
         for j in range(105):
@@ -217,16 +222,17 @@ def test_sampler_statistics(preset):
     slip = PRESETS[preset].sample
     rng = np.random.default_rng(0)
     pi = rng.dirichlet(np.ones(4), size=(1, 104))
-    K.seed_rng(123)
+    kernels.seed_rng(123)
     T = 200_000
     st, ac = np.empty((1, T), dtype=np.int64), np.empty((1, T), dtype=np.int64)
     lr = np.empty((1, T))
     es = np.empty((1, T), dtype=np.bool_)
     goal = np.array([E.goals[0]])
-    K.sample_with_actions(
-        pi, goal, np.array([-0.5]), E.start, E.target, E.nbr, *slip.as_list(), 1, T, 200, st, ac,
-        lr, es,
-    )  # fmt: skip
+    kernels.sample_with_actions(
+        sampler_model(slip, 1, T),
+        Followers(pi, goal, np.array([-0.5])),
+        LibrarySamples(st, ac, lr, es),
+    )
     s0 = E.start
     nxt = st[0, 1:][(st[0, :-1] == s0) & ~es[0, 1:]]
     Ppi = np.einsum("a,at->t", pi[0, s0], E.dense_transitions(slip)[s0])
@@ -249,26 +255,15 @@ def test_sampler_with_actions_joint_statistics(preset):
     rng = np.random.default_rng(1)
     pi = rng.dirichlet(np.full(4, 0.5), size=(1, 104))
     pi[0, E.start] = [0.6, 0.05, 0.3, 0.05]
-    K.seed_rng(7)
+    kernels.seed_rng(7)
     T = 200_000
     st, ac = np.empty((1, T), np.int64), np.empty((1, T), np.int64)
     lr, es = np.empty((1, T)), np.empty((1, T), np.bool_)
     goal = np.array([E.goals[1]])
-    K.sample_with_actions(
-        pi,
-        goal,
-        np.array([-0.5]),
-        E.start,
-        E.target,
-        E.nbr,
-        *slip.as_list(),
-        1,
-        T,
-        200,
-        st,
-        ac,
-        lr,
-        es,
+    kernels.sample_with_actions(
+        sampler_model(slip, 1, T),
+        Followers(pi, goal, np.array([-0.5])),
+        LibrarySamples(st, ac, lr, es),
     )
     s0 = E.start
     m = (st[0, :-1] == s0) & ~es[0, 1:]
@@ -298,8 +293,10 @@ def test_hpgd_mean_estimate_matches_exact_gradient(preset):
     x = np.repeat(x0, n, axis=0)
     ctx = np.full(n, 1)
     fs = solver.solve(x, ctx, True)
-    exact = logits_gradient(fs.sigma[:1], fs.gpen[:1], fs.mug[:1], budget_cost, fs.goal[:1])[0]
-    xr = np.stack([HK.seed_state(i) for i in range(n)])
+    exact = logits_gradient(
+        fs.sigma[:1], fs.grad_penalty[:1], fs.grad_goal_value[:1], budget_cost, fs.goal[:1]
+    )[0]
+    xr = np.stack([hpgd_kernels.seed_state(i) for i in range(n)])
 
     def noise_ratio(est: np.ndarray) -> float:
         err2 = float(((est.mean(0) - exact) ** 2).sum())
@@ -387,7 +384,7 @@ def test_run_from_given_start_and_paper_estimator():
         g = np.zeros(105)
         for k in range(2):
             fs = solver.solve(x0[r : r + 1], np.array([k]), True)
-            g += logits_gradient(fs.sigma, fs.gpen, fs.mug, 1.0, fs.goal)[0] / 2
+            g += logits_gradient(fs.sigma, fs.grad_penalty, fs.grad_goal_value, 1.0, fs.goal)[0] / 2
         step = g * min(1.0, 1.0 / np.linalg.norm(g))
         assert np.allclose(res.final_x[r], x0[r] + 0.1 * step, atol=1e-9)
     with pytest.raises(ValueError, match="x0 must have shape"):
@@ -421,16 +418,18 @@ def test_policy_gradient_with_exact_follower_advantage_is_unbiased():
     cfg = _config("hpgd", beta, budget_cost, seeds=list(range(n)), dynamics="paper")
     solver = FollowerSolver(n, np.array(E.goals), cfg)
     fs = solver.solve(x, np.full(n, 1), True)
-    gpen, pi, goal, vgoal = fs.gpen, fs.pi, fs.goal, fs.vgoal
+    pi, goal = fs.pi, fs.goal
     g, S = int(goal[0]), E.n_cells
     dA = follower_advantage_gradient(pi[0], g, PAPER)
     st = np.empty((n, T), np.int64)
     ac = np.empty((n, T), np.int64)
     lr = np.empty((n, T))
     es = np.empty((n, T), np.bool_)
-    K.seed_rng(3)
-    K.sample_with_actions(
-        pi, goal, vgoal, E.start, E.target, E.nbr, *PAPER.as_list(), 5, T // 5, 200, st, ac, lr, es
+    kernels.seed_rng(3)
+    kernels.sample_with_actions(
+        sampler_model(PAPER, 5, T // 5),
+        Followers(pi, goal, fs.goal_value),
+        LibrarySamples(st, ac, lr, es),
     )
     G = discounted_returns(torch.from_numpy(lr), torch.from_numpy(es), GAMMA).numpy()
     gp = GAMMA ** time_in_episode(torch.from_numpy(es)).numpy()
@@ -441,6 +440,6 @@ def test_policy_gradient_with_exact_follower_advantage_is_unbiased():
         (gp * G / es.sum(1)[:, None]).ravel(),
     )
     est = np.einsum("rsa,saj->j", W, dA) / n / beta
-    exact = gpen[0]
+    exact = fs.grad_penalty[0]
     cos = est @ exact / np.linalg.norm(est) / np.linalg.norm(exact)
     assert cos > 0.99

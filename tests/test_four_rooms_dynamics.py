@@ -14,11 +14,19 @@ from align_cbrl.estimators.episodes import discounted_returns, per_state_sum
 from align_cbrl.estimators.published import finished_episodes, published_hpgd_weights
 from align_cbrl.estimators.trajectory import hpgd_weights
 from tabular_reference.common.alias import vose
-from tabular_reference.four_rooms import hpgd_kernels as HK
+from tabular_reference.four_rooms import hpgd_kernels
 from tabular_reference.four_rooms.algorithms import RunConfig, run
 from tabular_reference.four_rooms.dynamics import PRESETS, SlipModel, resolve_dynamics
 from tabular_reference.four_rooms.env import FOUR_ROOMS as E
 from tabular_reference.four_rooms.env import GAMMA, MAX_EPISODE_STEPS
+from tabular_reference.four_rooms.kernel_args import (
+    Followers,
+    Gradients,
+    Samples,
+    estimator_model,
+    follower_model,
+    sampler_model,
+)
 from tabular_reference.four_rooms.solver import FollowerSolver
 
 
@@ -97,11 +105,11 @@ def _python_xoshiro(state: list[int], n: int) -> list[float]:
 
 
 def test_xoshiro_matches_reference_and_is_uniform():
-    st = HK.seed_state(12345)
+    st = hpgd_kernels.seed_state(12345)
     ref = _python_xoshiro([int(v) for v in st], 1000)
-    got = HK.uniforms(st.copy(), 1000)
+    got = hpgd_kernels.uniforms(st.copy(), 1000)
     assert np.array_equal(got, np.array(ref))
-    u = HK.uniforms(HK.seed_state(7), 200_000)
+    u = hpgd_kernels.uniforms(hpgd_kernels.seed_state(7), 200_000)
     assert abs(u.mean() - 0.5) < 4 * np.sqrt(1 / 12 / u.size)
     assert abs(u.var() - 1 / 12) < 0.002
     assert u.min() >= 0.0 and u.max() < 1.0
@@ -116,10 +124,10 @@ def test_integer_alias_draw_equals_the_floating_point_rule(preset):
     _cfg, fs = _solve(preset, 1, 1)
     pi = fs.pi[0]
     slip = PRESETS[preset].sample
-    tab = HK.alias_buffers(E.n_cells)
-    HK.build_alias(pi, E.nbr, slip.p_intended, slip.p_other, tab)
+    tab = hpgd_kernels.alias_buffers(E.n_cells)
+    hpgd_kernels.build_alias(pi, sampler_model(slip, 1, 1), tab)
     rng = np.random.default_rng(0)
-    draw = njit(lambda tab, s, v: HK.draw_code(tab, s, v))
+    draw = njit(lambda tab, s, v: hpgd_kernels.draw_code(tab, s, v))
     checked = 0
     for s in rng.choice(E.n_cells, 12, replace=False):
         probs = np.array(
@@ -163,17 +171,19 @@ def test_alias_sampler_joint_statistics(preset):
     """Fused sampler: joint (action, next cell) frequencies from the start cell equal
     pi(a|s) P(s'|s,a) of the preset's *sampling* model (within 4 s.e.)."""
     _cfg, fs = _solve(preset, 1, 1)
-    pi, goal, vgoal = fs.pi.copy(), fs.goal, fs.vgoal
+    pi, goal = fs.pi.copy(), fs.goal
     pi[0, E.start] = [0.6, 0.05, 0.3, 0.05]
     T = 200_000
     st, ac, ta = (np.empty((1, T), np.int64) for _ in range(3))
-    gpen, mug = np.empty((1, E.n_cells)), np.empty(1)
     slip = PRESETS[preset].sample
-    HK.sample_and_estimate(
-        pi, goal, vgoal, E.start, E.target, E.nbr, slip.p_intended, slip.p_other, 1, T,
-        MAX_EPISODE_STEPS, GAMMA, 0.003, HK.FORM_NAIVE, HK.seed_state(3)[None], st, ac, ta, gpen,
-        mug,
-    )  # fmt: skip
+    hpgd_kernels.sample_and_estimate(
+        sampler_model(slip, 1, T),
+        estimator_model(hpgd_kernels.FORM_NAIVE, 0.003),
+        Followers(pi, goal, fs.goal_value),
+        hpgd_kernels.seed_state(3)[None],
+        Samples(st, ac, ta),
+        Gradients(np.empty((1, E.n_cells)), np.empty(1)),
+    )
     m = (st[0, :-1] == E.start) & (ta[0, 1:] != 0)
     joint = np.zeros((4, E.n_cells))
     np.add.at(joint, (ac[0, :-1][m], st[0, 1:][m]), 1.0)
@@ -194,22 +204,26 @@ def test_fused_estimator_equals_library_on_the_same_batch(form, preset):
     published_hpgd_weights + per_state_sum) on the very batch it sampled, to 1e-10."""
     n_runs, n_envs, steps, beta = 3, 5, 600, 0.003
     _cfg, fs = _solve(preset, n_runs, 0, beta=beta)
-    pi, goal, vgoal = fs.pi, fs.goal, fs.vgoal
+    pi, goal, goal_value = fs.pi, fs.goal, fs.goal_value
     T = n_envs * steps
     st, ac, ta = (np.empty((n_runs, T), np.int64) for _ in range(3))
-    gpen, mug = np.empty((n_runs, E.n_cells)), np.empty(n_runs)
+    out = Gradients(np.empty((n_runs, E.n_cells)), np.empty(n_runs))
     slip = PRESETS[preset].sample
-    rng = np.stack([HK.seed_state(10 + r) for r in range(n_runs)])
-    HK.sample_and_estimate(
-        pi, goal, vgoal, E.start, E.target, E.nbr, slip.p_intended, slip.p_other, n_envs, steps,
-        MAX_EPISODE_STEPS, GAMMA, beta, HK.FORMS[form], rng, st, ac, ta, gpen, mug,
-    )  # fmt: skip
+    rng = np.stack([hpgd_kernels.seed_state(10 + r) for r in range(n_runs)])
+    hpgd_kernels.sample_and_estimate(
+        sampler_model(slip, n_envs, steps),
+        estimator_model(hpgd_kernels.FORMS[form], beta),
+        Followers(pi, goal, goal_value),
+        rng,
+        Samples(st, ac, ta),
+        out,
+    )
     states, actions = torch.from_numpy(st), torch.from_numpy(ac)
     es = torch.from_numpy(ta == 0)
     lrew = torch.zeros(n_runs, T, dtype=torch.float64)
     lrew[states == torch.from_numpy(E.target * np.ones((n_runs, 1), np.int64))] = 1.0
     g_t = torch.from_numpy(goal)[:, None]
-    lrew = torch.where(states == g_t, torch.from_numpy(vgoal)[:, None], lrew)
+    lrew = torch.where(states == g_t, torch.from_numpy(goal_value)[:, None], lrew)
     if form == "published":
         done = (states == g_t) | (torch.from_numpy(ta) == MAX_EPISODE_STEPS - 1)
         w = published_hpgd_weights(
@@ -227,8 +241,8 @@ def test_fused_estimator_equals_library_on_the_same_batch(form, preset):
     rows = np.arange(n_runs)
     ref_f[rows, goal] = 0.0
     scale = np.abs(ref_f).max() + 1e-300
-    assert np.abs(gpen - ref_f).max() <= 1e-10 * scale
-    np.testing.assert_allclose(mug, ref_l[rows, goal], rtol=1e-10, atol=1e-300)
+    assert np.abs(out.grad_penalty - ref_f).max() <= 1e-10 * scale
+    np.testing.assert_allclose(out.grad_goal_value, ref_l[rows, goal], rtol=1e-10, atol=1e-300)
     if form != "naive":
         assert np.abs(ref_f).max() > 0
 
@@ -346,7 +360,7 @@ def test_published_follower_solve_converges_to_the_soft_optimum_with_goal_entrop
     what separates the published follower from the exact one of this model (goal worth 1) is
     the goal's beta log 4, not the truncation."""
     from tabular_reference import mdp
-    from tabular_reference.four_rooms import kernels as K
+    from tabular_reference.four_rooms import kernels
     from tabular_reference.four_rooms.leader import penalties, softmax
 
     beta = 0.005
@@ -357,9 +371,9 @@ def test_published_follower_solve_converges_to_the_soft_optimum_with_goal_entrop
     pi_conv = np.empty((E.n_cells, 4))
     pi_pub = np.empty((E.n_cells, 4))
     Q = np.empty((E.n_cells, 4))
-    args = (pen, goal, E.nbr, GAMMA, beta, plan.p_other, plan.p_diff)
-    K.published_q_iteration(*args, 4000, 5, pi_conv, Q)
-    K.published_q_iteration(*args, 100, 5, pi_pub, Q)
+    model = follower_model(beta, plan)
+    kernels.published_q_iteration(model, pen, goal, 4000, 5, pi_conv, Q)
+    kernels.published_q_iteration(model, pen, goal, 100, 5, pi_pub, Q)
     S = E.n_cells
     term = torch.zeros(S, dtype=torch.bool)
     term[goal] = True

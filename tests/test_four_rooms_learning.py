@@ -10,8 +10,7 @@ import torch
 
 from align_cbrl.estimators.multilevel import MultilevelSchedule
 from tabular_reference import mdp
-from tabular_reference.four_rooms import coupled_sampling as CS
-from tabular_reference.four_rooms import hpgd_kernels as HK
+from tabular_reference.four_rooms import coupled_sampling, hpgd_kernels
 from tabular_reference.four_rooms.accelerated import (
     LearningConfig,
     multilevel_hypergradient,
@@ -21,6 +20,7 @@ from tabular_reference.four_rooms.algorithms import RunConfig, run
 from tabular_reference.four_rooms.env import FOUR_ROOMS as E
 from tabular_reference.four_rooms.env import GAMMA
 from tabular_reference.four_rooms.hypergradient import hypergradient
+from tabular_reference.four_rooms.kernel_args import Walk, sampler_model
 from tabular_reference.four_rooms.leader import penalties, softmax
 from tabular_reference.four_rooms.learning import LearningFollower
 from tabular_reference.four_rooms.solver import FollowerSolver
@@ -84,7 +84,7 @@ def test_many_sweeps_reach_the_exact_solver(beta):
         np.testing.assert_allclose(sol.V[0], exact.V[0], rtol=0, atol=1e-10)
         np.testing.assert_allclose(sol.pi[0], exact.pi[0], rtol=0, atol=1e-8)
         assert sol.F[0] == pytest.approx(exact.F[0], abs=1e-10)
-        np.testing.assert_allclose(sol.gpen[0], exact.gpen[0], rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(sol.grad_penalty[0], exact.grad_penalty[0], rtol=1e-6, atol=1e-8)
         assert f.last_residual[0] <= 1e-12
 
 
@@ -122,7 +122,7 @@ def test_multilevel_levels_telescope_to_the_top_level(coupling):
     sched = MultilevelSchedule(2, 3, (0.5, 0.3, 0.2))
     x = np.random.default_rng(2).normal(0, 0.3, (1, 105))
     ctx = np.array([1])
-    state0 = HK.seed_state(17)
+    state0 = hpgd_kernels.seed_state(17)
     total, tops = np.zeros(105), []
     for J in (1, 2, 3):
         f = LearningFollower(1, GOALS, cfg)
@@ -148,19 +148,19 @@ def test_episode_synchronised_sampler_follows_the_fused_step_rule():
     f = LearningFollower(1, GOALS, cfg)
     f.advance(x, np.array([0]), 300)
     pi = f.solution(x, np.array([0])).pi[0]
-    P = cfg.model.sample
-    tab = HK.alias_buffers(E.n_cells)
-    HK.build_alias(pi, E.nbr, P.p_intended, P.p_other, tab)
     T = 400
+    sampler = sampler_model(cfg.model.sample, 1, T)
+    tab = hpgd_kernels.alias_buffers(E.n_cells)
+    hpgd_kernels.build_alias(pi, sampler, tab)
     out = [np.empty(T, np.int64) for _ in range(3)]
-    n_ep = CS._sample_run_coupled(tab, GOALS[0], E.start, 1, T, 200, np.uint64(99), *out)
+    n_ep = coupled_sampling.sample_run_coupled(sampler, tab, Walk(GOALS[0], *out), np.uint64(99))
     assert n_ep >= 2
     ends = np.flatnonzero(out[2] == 0)
     for e in (1, 2):
         st = np.empty(4, np.uint64)
-        CS._episode_state(np.uint64(99), e, st)
+        coupled_sampling._episode_state(np.uint64(99), e, st)
         ref = [np.empty(T, np.int64) for _ in range(3)]
-        HK._sample_run(tab, GOALS[0], E.start, 1, T, 200, st, *ref)
+        hpgd_kernels.sample_run(sampler, tab, Walk(GOALS[0], *ref), st)
         lo, hi = ends[e - 1], ends[e] if e < len(ends) else T
         for a, b in zip(out, ref, strict=True):
             np.testing.assert_array_equal(a[lo:hi], b[: hi - lo])

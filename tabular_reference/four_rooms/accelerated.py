@@ -38,7 +38,7 @@ from align_cbrl.estimators.multilevel import (
     multilevel_estimate,
 )
 from tabular_reference.common.optim import sgd_ascent
-from tabular_reference.four_rooms import hpgd_kernels as HK
+from tabular_reference.four_rooms import hpgd_kernels
 from tabular_reference.four_rooms.algorithms import HPGD_ESTIMATORS, RunConfig
 from tabular_reference.four_rooms.coupled_sampling import coupled_hypergradient
 from tabular_reference.four_rooms.env import FOUR_ROOMS
@@ -170,7 +170,7 @@ class _Leader:
         self.rng.integers(2**31 - 1)
         self.tgen = torch.Generator().manual_seed(int(self.rng.integers(2**62)))
         seeds_x = np.random.default_rng([cfg.job_seed, 11]).integers(2**63, size=n_runs)
-        self.xrng = np.stack([HK.seed_state(int(v)) for v in seeds_x])
+        self.xrng = np.stack([hpgd_kernels.seed_state(int(v)) for v in seeds_x])
         self.form, self.leader_q = HPGD_ESTIMATORS[cfg.algo]
         assert (self.form, None if self.form in ("naive", "published") else self.leader_q) in FUSED
         self.schedule = learn.schedule() if learn.multilevel else None
@@ -234,7 +234,7 @@ def multilevel_hypergradient(
     start = rng_state.copy()
     buffers = sample_buffers(1, cfg.steps_per_iter)
     state = rng_state[None].copy()
-    seed = np.array([int(HK.uniforms(state[0], 1)[0] * 2.0**53)], dtype=np.uint64)
+    seed = np.array([int(hpgd_kernels.uniforms(state[0], 1)[0] * 2.0**53)], dtype=np.uint64)
 
     def advance(steps: int) -> torch.Tensor:
         nonlocal state

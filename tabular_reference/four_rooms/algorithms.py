@@ -46,8 +46,7 @@ from align_cbrl.estimators.vocabulary import ALGORITHM_ALIASES, canonical_algori
 from align_cbrl.estimators.zero_order import gaussian_smoothing_gradient, sample_directions
 from tabular_reference.common.estimator_api import resolve
 from tabular_reference.common.optim import sgd_ascent
-from tabular_reference.four_rooms import hpgd_kernels as HK
-from tabular_reference.four_rooms import kernels as K
+from tabular_reference.four_rooms import hpgd_kernels, kernels
 from tabular_reference.four_rooms.dynamics import Dynamics, resolve_dynamics
 from tabular_reference.four_rooms.env import FOUR_ROOMS, GOALS
 from tabular_reference.four_rooms.hypergradient import estimate, exact_hypergradient, sample_buffers
@@ -252,14 +251,14 @@ class _Gradients:
         self.n_ctx = len(self.goals)
         self.solver = FollowerSolver(n_runs, self.goals, cfg)
         self.rng = np.random.default_rng([cfg.job_seed, 7])
-        K.seed_rng(int(self.rng.integers(2**31 - 1)))
+        kernels.seed_rng(int(self.rng.integers(2**31 - 1)))
         self.tgen = torch.Generator().manual_seed(int(self.rng.integers(2**62)))
         if cfg.algo in HPGD_ESTIMATORS:
             self.buffers = sample_buffers(n_runs, cfg.steps_per_iter)
             # the fused sampler's per-run xoshiro256+ streams (a separate seed sequence, so that
             # the library backend's stream is unchanged)
             seeds_x = np.random.default_rng([cfg.job_seed, 11]).integers(2**63, size=n_runs)
-            self.xrng = np.stack([HK.seed_state(int(v)) for v in seeds_x])
+            self.xrng = np.stack([hpgd_kernels.seed_state(int(v)) for v in seeds_x])
             # the estimator (a built-in of the same name or cfg.estimator), its memory across
             # iterations (critics) and its own generator
             self.estimator = resolve(cfg.estimator or cfg.algo, "four-rooms")

@@ -31,7 +31,7 @@ import torch
 from align_cbrl.estimators.episodes import per_state_sum
 from align_cbrl.estimators.trajectory import HPGDWeights
 from tabular_reference.common.estimator_api import Batch, Model, StepGradients
-from tabular_reference.four_rooms import kernels as K
+from tabular_reference.four_rooms import kernels
 from tabular_reference.four_rooms.env import (
     BUDGET,
     FOUR_ROOMS,
@@ -39,6 +39,12 @@ from tabular_reference.four_rooms.env import (
     GOALS,
     MAX_EPISODE_STEPS,
     N_ACTIONS,
+)
+from tabular_reference.four_rooms.kernel_args import (
+    Followers,
+    LibrarySamples,
+    SamplerModel,
+    sampler_model,
 )
 from tabular_reference.four_rooms.leader import logits_gradient, penalties
 from tabular_reference.four_rooms.solver import FollowerSolution, SolverSettings
@@ -87,22 +93,20 @@ def sample_buffers(n_runs: int, n_steps: int) -> Buffers:
     )
 
 
-def sampler_args(sol: FollowerSolution, cfg: EstimatorSettings) -> tuple:
-    """Arguments shared by both samplers: policy, context, layout and the sampling slip model."""
-    env, sample = FOUR_ROOMS, cfg.model.sample
+def sampler_args(sol: FollowerSolution, cfg: EstimatorSettings) -> tuple[SamplerModel, Followers]:
+    """Arguments shared by both samplers: the sampling model and layout, and the followers."""
     steps = cfg.steps_per_iter // cfg.n_envs
-    return (
-        sol.pi, sol.goal, sol.vgoal, env.start, env.target, env.nbr, sample.p_intended,
-        sample.p_other, cfg.n_envs, steps, MAX_EPISODE_STEPS,
-    )  # fmt: skip
+    sampler = sampler_model(cfg.model.sample, cfg.n_envs, steps)
+    return sampler, Followers(sol.pi, sol.goal, sol.goal_value)
 
 
 def sample_library(sol: FollowerSolution, cfg: EstimatorSettings, buffers: Buffers) -> None:
     """``cfg.steps_per_iter`` steps per run of ``sol.pi`` in the sampling model into ``buffers``
     (:func:`kernels.sample_with_actions`, numba's global generator: :func:`kernels.seed_rng`)."""
     b = buffers
-    K.sample_with_actions(
-        *sampler_args(sol, cfg), b.states, b.actions, b.leader_rewards, b.episode_start
+    kernels.sample_with_actions(
+        *sampler_args(sol, cfg),
+        LibrarySamples(b.states, b.actions, b.leader_rewards, b.episode_start),
     )
 
 

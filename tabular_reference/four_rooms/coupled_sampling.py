@@ -18,8 +18,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from tabular_reference.four_rooms import hpgd_kernels as HK
-from tabular_reference.four_rooms.env import FOUR_ROOMS, GAMMA, MAX_EPISODE_STEPS
+from tabular_reference.four_rooms import hpgd_kernels
+from tabular_reference.four_rooms.env import FOUR_ROOMS
+from tabular_reference.four_rooms.kernel_args import (
+    Followers,
+    Gradients,
+    Samples,
+    estimator_model,
+    sampler_model,
+)
 from tabular_reference.four_rooms.leader import logits_gradient
 from tabular_reference.four_rooms.solver import FollowerSolution
 
@@ -51,67 +58,71 @@ def _episode_state(seed, e, out):
 
 
 @njit(cache=True, nogil=True)
-def _sample_run_coupled(tab, goal, start, n_envs, steps, max_len, seed, states,
-                        actions, taus):  # fmt: skip
-    """As ``hpgd_kernels._sample_run`` with one uniform stream per episode."""
+def sample_run_coupled(sampler, table, walk, seed):
+    """As ``hpgd_kernels.sample_run`` with one uniform stream per episode (``seed``'s)."""
     t = 0
-    n_ep = 0
-    st = np.empty(4, dtype=np.uint64)
-    for _e in range(n_envs):
-        s = start
+    n_episodes = 0
+    state = np.empty(4, dtype=np.uint64)
+    for _e in range(sampler.n_envs):
+        s = sampler.start
         k = 0
-        n_ep += 1
-        _episode_state(seed, n_ep, st)
-        s0, s1, s2, s3 = st[0], st[1], st[2], st[3]
-        for _i in range(steps):
-            v, s0, s1, s2, s3 = HK._xoshiro_bits(s0, s1, s2, s3)
-            s, k, new = HK._step(tab, goal, start, max_len, s, k, v, t, states, actions, taus)
+        n_episodes += 1
+        _episode_state(seed, n_episodes, state)
+        s0, s1, s2, s3 = state[0], state[1], state[2], state[3]
+        for _i in range(sampler.steps):
+            bits, s0, s1, s2, s3 = hpgd_kernels.xoshiro_bits(s0, s1, s2, s3)
+            s, k, new = hpgd_kernels.step(sampler, table, walk, s, k, bits, t)
             t += 1
             if new:
-                n_ep += 1
-                _episode_state(seed, n_ep, st)
-                s0, s1, s2, s3 = st[0], st[1], st[2], st[3]
+                n_episodes += 1
+                _episode_state(seed, n_episodes, state)
+                s0, s1, s2, s3 = state[0], state[1], state[2], state[3]
         if k == 0:
-            n_ep -= 1
-    return n_ep
+            n_episodes -= 1
+    return n_episodes
 
 
 @njit(cache=True, nogil=True)
-def sample_and_estimate_coupled(
-    pi, goal, vgoal, start, target, nbr, p_int, p_oth, n_envs, steps, max_len, gamma, beta, form,
-    seeds, states, actions, taus, gpen, mug,
-):  # fmt: skip
+def sample_and_estimate_coupled(sampler, estimator, followers, seeds, samples, out):
     """``hpgd_kernels.sample_and_estimate`` with episode-synchronised uniforms: run ``r``'s
     batch is determined by ``seeds[r]`` (``uint64``) and its policy."""
-    R, S = pi.shape[0], pi.shape[1]
-    gpow = HK.gamma_powers(gamma, max_len)
-    tab = HK.alias_buffers(S)
+    policy = followers.policy
+    R, S = policy.shape[0], policy.shape[1]
+    discounts = hpgd_kernels.gamma_powers(estimator.gamma, estimator.max_len)
+    table = hpgd_kernels.alias_buffers(S)
     for r in range(R):
-        HK.build_alias(pi[r], nbr, p_int, p_oth, tab)
-        n_ep = _sample_run_coupled(
-            tab, goal[r], start, n_envs, steps, max_len, seeds[r], states[r],
-            actions[r], taus[r],
-        )  # fmt: skip
-        mug[r] = HK._estimate_run(
-            states[r], actions[r], taus[r], n_ep, goal[r], target, vgoal[r], gpow, gamma, beta,
-            max_len, S, form, gpen[r],
-        )  # fmt: skip
+        hpgd_kernels.build_alias(policy[r], sampler, table)
+        walk = hpgd_kernels.walk_of(followers, samples, r)
+        n_episodes = sample_run_coupled(sampler, table, walk, seeds[r])
+        out.grad_goal_value[r] = hpgd_kernels.estimate_run(
+            estimator, discounts, walk, n_episodes, followers.goal_value[r], out.grad_penalty[r]
+        )
 
 
 def coupled_hypergradient(sol: FollowerSolution, cfg, code: int, seeds: np.ndarray) -> np.ndarray:
     """The HPGD estimate ``dF_xi/dx[R, 105]`` of the fused estimator ``code``
     (``hpgd_kernels.FORM_*``) from episode-synchronised batches of ``cfg.steps_per_iter`` steps
     (``seeds[R]`` ``uint64``), in ``cfg``'s sampling slip model."""
-    env, sample = FOUR_ROOMS, cfg.model.sample
     R, T = sol.pi.shape[0], cfg.steps_per_iter
-    states, actions = np.empty((R, T), np.int64), np.empty((R, T), np.int64)
-    taus = np.empty((R, T), np.int64)
-    gpen, mug = np.empty((R, env.n_cells)), np.empty(R)
+    samples = Samples(
+        np.empty((R, T), np.int64), np.empty((R, T), np.int64), np.empty((R, T), np.int64)
+    )
+    out = Gradients(np.empty((R, FOUR_ROOMS.n_cells)), np.empty(R))
     sample_and_estimate_coupled(
-        sol.pi, sol.goal, sol.vgoal, env.start, env.target, env.nbr, sample.p_intended,
-        sample.p_other, cfg.n_envs, T // cfg.n_envs, MAX_EPISODE_STEPS, GAMMA, cfg.beta, code,
-        np.asarray(seeds, dtype=np.uint64), states, actions, taus, gpen, mug,
-    )  # fmt: skip
-    if np.isnan(mug).any():
+        sampler_model(cfg.model.sample, cfg.n_envs, T // cfg.n_envs),
+        estimator_model(code, cfg.beta),
+        Followers(sol.pi, sol.goal, sol.goal_value),
+        np.asarray(seeds, dtype=np.uint64),
+        samples,
+        out,
+    )
+    if np.isnan(out.grad_goal_value).any():
         raise RuntimeError("hpgd-published: a run had no finished episode; raise steps_per_iter")
-    return logits_gradient(sol.sigma, gpen, mug, cfg.budget_cost, sol.goal, cfg.budget_mode)
+    return logits_gradient(
+        sol.sigma,
+        out.grad_penalty,
+        out.grad_goal_value,
+        cfg.budget_cost,
+        sol.goal,
+        cfg.budget_mode,
+    )

@@ -21,7 +21,7 @@ import numpy as np
 
 from align_cbrl.estimators.trajectory import HPGDWeights
 from tabular_reference.common.estimator_api import Estimator, check_result, resolve
-from tabular_reference.four_rooms import hpgd_kernels as HK
+from tabular_reference.four_rooms import hpgd_kernels
 from tabular_reference.four_rooms.batch import (
     Buffers,
     EstimatorSettings,
@@ -35,6 +35,7 @@ from tabular_reference.four_rooms.batch import (
 from tabular_reference.four_rooms.dynamics import SlipModel
 from tabular_reference.four_rooms.env import FOUR_ROOMS, GAMMA
 from tabular_reference.four_rooms.estimators import builtin_for
+from tabular_reference.four_rooms.kernel_args import Gradients, Samples, estimator_model
 from tabular_reference.four_rooms.leader import logits_gradient
 from tabular_reference.four_rooms.solver import FollowerSolution, FollowerSolver
 
@@ -50,9 +51,9 @@ __all__ = [
 
 # estimators with a fused numba kernel: (form, leader_q) -> hpgd_kernels form code
 FUSED = {
-    ("mc", "crossfit"): HK.FORM_CROSSFIT,
-    ("published", None): HK.FORM_PUBLISHED,
-    ("naive", None): HK.FORM_NAIVE,
+    ("mc", "crossfit"): hpgd_kernels.FORM_CROSSFIT,
+    ("published", None): hpgd_kernels.FORM_PUBLISHED,
+    ("naive", None): hpgd_kernels.FORM_NAIVE,
 }
 _RUN_CHUNK = 8  # runs per estimator call in the library path
 
@@ -64,7 +65,7 @@ def exact_hypergradient(
     sol = solver.solve(x, ctx, True)
     cfg = solver.cfg
     return sol.F, logits_gradient(
-        sol.sigma, sol.gpen, sol.mug, cfg.budget_cost, sol.goal, cfg.budget_mode
+        sol.sigma, sol.grad_penalty, sol.grad_goal_value, cfg.budget_cost, sol.goal, cfg.budget_mode
     )
 
 
@@ -167,10 +168,15 @@ def _fused(
         )
     gpen = np.empty((R, FOUR_ROOMS.n_cells))
     mug = np.empty(R)
-    HK.sample_and_estimate(
-        *sampler_args(sol, cfg), GAMMA, cfg.beta, code, rng_state, buffers.states,
-        buffers.actions, buffers.taus, gpen, mug,
-    )  # fmt: skip
+    sampler, followers = sampler_args(sol, cfg)
+    hpgd_kernels.sample_and_estimate(
+        sampler,
+        estimator_model(code, cfg.beta),
+        followers,
+        rng_state,
+        Samples(buffers.states, buffers.actions, buffers.taus),
+        Gradients(gpen, mug),
+    )
     if np.isnan(mug).any():
         raise RuntimeError(
             "hpgd-published: a run had no finished episode in its batch; raise steps_per_iter"

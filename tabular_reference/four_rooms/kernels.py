@@ -7,9 +7,11 @@ follower collects ``pen(s)`` and the leader ``1[s == target]``; the goal is term
 follower value 1 and leader value ``vgoal`` (= ``-budget_cost * budget``). Let
 ``M = I - gamma P_pi`` over all 104 cells with the goal row replaced by the identity row.
 
-Dynamics are arguments, not constants: the planning model enters as ``p_oth`` and
-``p_diff = p_intended - p_oth`` (``P(d | a) = p_oth + p_diff [d == a]``), the sampling model of the
-samplers as ``p_int, p_oth`` (``tabular_reference.four_rooms.dynamics``).
+Dynamics are arguments, not constants: the planning model enters as ``p_other`` and
+``p_diff = p_intended - p_other`` (``P(d | a) = p_other + p_diff [d == a]``) of a
+:class:`~.kernel_args.FollowerModel`, the sampling model of the samplers as
+``p_intended, p_other`` of a :class:`~.kernel_args.SamplerModel`
+(``tabular_reference.four_rooms.dynamics``). The banded LU is :mod:`.banded`.
 
 * Follower (``docs/theory.md`` §1): ``Q(s,a) = pen(s) + gamma sum_d P(d|a) V(nbr(s,d))``,
   ``V(s) = beta logsumexp_a(Q(s,a)/beta)``, solved by Newton steps
@@ -29,343 +31,234 @@ import math
 import numpy as np
 from numba import njit
 
-from tabular_reference.four_rooms.env import FOUR_ROOMS
-
-# the map's bandwidth, a compile-time constant of the fast LU path (any other ``b`` takes the
-# generic loop)
-BAND = int(FOUR_ROOMS.bandwidth)
-
-
-@njit(cache=True, nogil=True)
-def band_lu(AB, n, b):
-    """In-place LU (no pivoting; ``M`` is strictly diagonally dominant) of the band matrix
-    stored as ``AB[i, j - i + b] = M[i, j]``; L's multipliers (column entry times the
-    pivot's reciprocal) overwrite the lower band.
-
-    For the map's own bandwidth (:data:`BAND`) the row updates run with a compile-time trip
-    count (unrolled and vectorised by LLVM) after the step's multipliers are computed together:
-    the same operations on the same operands in the same order per entry, so the factors are
-    bit-identical to the generic loop, ~25-40% faster (``bench/four_rooms_speed.py``)."""
-    if b == BAND:
-        _band_lu_fixed(AB, n)
-        return
-    for k in range(n):
-        inv = 1.0 / AB[k, b]
-        hi = min(n, k + b + 1)
-        for i in range(k + 1, hi):
-            l = AB[i, k - i + b] * inv
-            if l != 0.0:
-                AB[i, k - i + b] = l
-                for j in range(k + 1, hi):
-                    AB[i, j - i + b] -= l * AB[k, j - k + b]
-
-
-@njit(cache=True, nogil=True)
-def _band_lu_fixed(AB, n):
-    """:func:`band_lu` for ``b = BAND`` (a compile-time constant)."""
-    ls = np.empty(BAND)
-    for k in range(n):
-        rk = AB[k]
-        inv = 1.0 / rk[BAND]
-        nr = min(n, k + BAND + 1) - k - 1
-        for r in range(nr):
-            ls[r] = AB[k + 1 + r, BAND - 1 - r] * inv
-        if nr == BAND:
-            for r in range(BAND):
-                _row_update(AB[k + 1 + r], rk, ls[r], BAND - 1 - r, BAND)
-        else:
-            for r in range(nr):
-                _row_update(AB[k + 1 + r], rk, ls[r], BAND - 1 - r, nr)
+from tabular_reference.four_rooms.banded import band_lu, band_solve, band_solve_t
+from tabular_reference.four_rooms.kernel_args import FactorCache, NewtonWork, WarmStart
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _row_update(ri, rk, l, off, m):
-    """Row ``i`` of step ``k``: store the multiplier, subtract ``l`` x (U row ``k``)."""
-    if l != 0.0:
-        ri[off] = l
-        for j in range(1, m + 1):
-            ri[off + j] -= l * rk[BAND + j]
-
-
-@njit(cache=True, nogil=True)
-def band_solve(AB, n, b, x):
-    """Solve ``M x = rhs`` in place with the factors of :func:`band_lu` (for ``b = BAND`` the
-    interior rows run a compile-time trip count; same operations in the same order)."""
-    if b == BAND and n > 2 * BAND:
-        _band_solve_fixed(AB, n, x)
-        return
-    for i in range(n):
-        s = x[i]
-        for k in range(max(0, i - b), i):
-            s -= AB[i, k - i + b] * x[k]
-        x[i] = s
-    for i in range(n - 1, -1, -1):
-        s = x[i]
-        for j in range(i + 1, min(n, i + b + 1)):
-            s -= AB[i, j - i + b] * x[j]
-        x[i] = s / AB[i, b]
-
-
-@njit(cache=True, nogil=True)
-def _band_solve_fixed(AB, n, x):
-    """:func:`band_solve` for ``b = BAND``."""
-    for i in range(BAND):
-        s = x[i]
-        for k in range(i):
-            s -= AB[i, k - i + BAND] * x[k]
-        x[i] = s
-    for i in range(BAND, n):
-        s = x[i]
-        ri = AB[i]
-        for m in range(BAND):
-            s -= ri[m] * x[i - BAND + m]
-        x[i] = s
-    for i in range(n - 1, n - 1 - BAND, -1):
-        s = x[i]
-        for j in range(i + 1, n):
-            s -= AB[i, j - i + BAND] * x[j]
-        x[i] = s / AB[i, BAND]
-    for i in range(n - 1 - BAND, -1, -1):
-        s = x[i]
-        ri = AB[i]
-        for m in range(1, BAND + 1):
-            s -= ri[BAND + m] * x[i + m]
-        x[i] = s / ri[BAND]
-
-
-@njit(cache=True, nogil=True)
-def band_solve_t(AB, n, b, x):
-    """Solve ``M^T x = rhs`` in place with the factors of :func:`band_lu`."""
-    for i in range(n):  # U^T z = rhs
-        s = x[i]
-        for k in range(max(0, i - b), i):
-            s -= AB[k, i - k + b] * x[k]
-        x[i] = s / AB[i, b]
-    for i in range(n - 1, -1, -1):  # L^T w = z
-        s = x[i]
-        for k in range(i + 1, min(n, i + b + 1)):
-            s -= AB[k, i - k + b] * x[k]
-        x[i] = s
-
-
-@njit(cache=True, nogil=True, inline="always")
-def continuation(s, V, nbr, gamma, p_oth, p_diff, c):
+def continuation(model, s, V, c):
     """``c[a] = gamma sum_d P(d|a) V(nbr(s, d))`` for the four actions; returns the first
     ``argmax_a c[a]``."""
+    neighbours = model.neighbours
     tot = 0.0
     for d in range(4):
-        tot += V[nbr[s, d]]
+        tot += V[neighbours[s, d]]
     m = -1e300
-    am = 0
+    best = 0
     for a in range(4):
-        c[a] = gamma * (p_oth * tot + p_diff * V[nbr[s, a]])
+        c[a] = model.gamma * (model.p_other * tot + model.p_diff * V[neighbours[s, a]])
         if c[a] > m:
             m = c[a]
-            am = a
-    return am
+            best = a
+    return best
 
 
 @njit(cache=True, nogil=True, inline="always")
-def soft_q(pen, s, V, nbr, gamma, p_oth, p_diff, q):
+def soft_q(model, penalty, s, V, q):
     """``q[a] = Q(s, a) = pen(s) + gamma sum_d P(d|a) V(nbr(s, d))`` for the four actions;
     returns ``max_a q[a]``."""
-    continuation(s, V, nbr, gamma, p_oth, p_diff, q)
+    continuation(model, s, V, q)
     m = -1e300
     for a in range(4):
-        q[a] = pen[s] + q[a]
+        q[a] = penalty[s] + q[a]
         m = max(m, q[a])
     return m
 
 
 @njit(cache=True, nogil=True)
-def soft_q_policy(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, pi, ent):
-    """One soft Bellman application: fills ``pi`` and ``ent[s] = sum_a pi log pi`` and returns
-    ``max_s |T(V)(s) - V(s)|``.
+def soft_q_policy(model, penalty, goal, V, policy, neg_entropy):
+    """One soft Bellman application: fills ``policy`` and ``neg_entropy[s] = sum_a pi log pi``
+    and returns ``max_s |T(V)(s) - V(s)|``.
 
     ``pen(s)`` is common to the four actions of ``s`` and cancels in the softmax, so ``pi`` is
     formed from the continuation values ``c_a = gamma sum_d P(d|a) V(nbr(s, d))`` alone and
     depends on ``V`` only (not on the leader's rewards): ``pi_a = e^{y_a} / z`` with
     ``y_a = (c_a - max c) / beta``, ``T(V)(s) = pen(s) + max c + beta log z`` and
     ``sum_a pi log pi = sum_a pi y_a - log z`` (no logarithm per action)."""
-    n = V.shape[0]
+    beta = model.temperature
     res = 0.0
     c = np.empty(4)
-    for s in range(n):
+    for s in range(V.shape[0]):
         if s == goal:
-            pi[s, :] = 0.25
-            ent[s] = 0.0
+            policy[s, :] = 0.25
+            neg_entropy[s] = 0.0
             res = max(res, abs(1.0 - V[s]))
             continue
-        am = continuation(s, V, nbr, gamma, p_oth, p_diff, c)
-        m = c[am]
+        best = continuation(model, s, V, c)
+        m = c[best]
         z = 0.0
         w = 0.0
         for a in range(4):
-            if a == am:  # y = 0: e^0 = 1 exactly, and it adds nothing to w
-                pi[s, a] = 1.0
+            if a == best:  # y = 0: e^0 = 1 exactly, and it adds nothing to w
+                policy[s, a] = 1.0
                 z += 1.0
                 continue
             y = (c[a] - m) / beta
             e = math.exp(y)
-            pi[s, a] = e
+            policy[s, a] = e
             z += e
             w += e * y
         inv = 1.0 / z
         for a in range(4):
-            pi[s, a] *= inv
-        lz = math.log(z)
-        ent[s] = w * inv - lz
-        tv = pen[s] + m + beta * lz
-        res = max(res, abs(tv - V[s]))
+            policy[s, a] *= inv
+        log_z = math.log(z)
+        neg_entropy[s] = w * inv - log_z
+        backup = penalty[s] + m + beta * log_z
+        res = max(res, abs(backup - V[s]))
     return res
 
 
 @njit(cache=True, nogil=True)
-def build_m(pi, goal, nbr, gamma, p_oth, p_diff, b, AB):
-    """Band storage of ``M = I - gamma P_pi`` (identity row at the goal), factorised."""
-    n = pi.shape[0]
-    AB[:, :] = 0.0
+def build_m(model, policy, goal, factors):
+    """Band storage of ``M = I - gamma P_pi`` (identity row at the goal), factorised in place
+    into ``factors``."""
+    n = policy.shape[0]
+    b = model.bandwidth
+    factors[:, :] = 0.0
     for s in range(n):
-        AB[s, b] = 1.0
+        factors[s, b] = 1.0
         if s == goal:
             continue
         for d in range(4):
-            j = nbr[s, d]
-            AB[s, j - s + b] -= gamma * (p_oth + p_diff * pi[s, d])
-    band_lu(AB, n, b)
+            j = model.neighbours[s, d]
+            factors[s, j - s + b] -= model.gamma * (model.p_other + model.p_diff * policy[s, d])
+    band_lu(factors, n, b)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _newton_rhs(pen, goal, beta, ent, rhs):
+def _newton_rhs(penalty, goal, temperature, neg_entropy, rhs):
     """Right-hand side of a Newton step: ``pen - beta sum_a pi log pi`` (1 at the goal)."""
-    for s in range(pen.shape[0]):
-        rhs[s] = 1.0 if s == goal else pen[s] - beta * ent[s]
+    for s in range(penalty.shape[0]):
+        rhs[s] = 1.0 if s == goal else penalty[s] - temperature * neg_entropy[s]
 
 
 @njit(cache=True, nogil=True)
-def soft_newton(
-    pen, goal, V, nbr, gamma, beta, p_oth, p_diff, tol, max_iter, b, pi, AB, rhs, ent, AB0, ent0,
-    cached,
-):  # fmt: skip
+def soft_newton(model, newton, penalty, goal, V, work, warm):
     """Soft-optimal follower for one context, warm-started from ``V`` (updated in place).
 
-    Returns ``(iterations, residual)``; ``pi`` holds the soft-optimal policy of the returned
-    ``V``, ``ent`` its ``sum_a pi log pi`` and ``AB`` the factorised ``M(pi)``.
-    ``iterations = -1`` means not converged.
+    Returns ``(steps, residual)``; ``work.policy`` holds the soft-optimal policy of the
+    returned ``V``, ``work.neg_entropy`` its ``sum_a pi log pi`` and ``work.factors`` the
+    factorised ``M(pi)`` (:class:`~.kernel_args.NewtonWork`). ``steps = -1`` means not
+    converged within ``newton.max_steps``.
 
-    ``cached``: ``AB0`` / ``ent0`` are the factorised ``M(pi(V))`` and the entropies of the
-    policy of the warm start ``V`` itself (kept from the solve that produced it). The policy of
-    ``V`` does not depend on ``pen`` (:func:`soft_q_policy`), so the first Newton step at the
-    new ``pen`` is one solve with those factors: no Bellman pass and no factorisation."""
+    ``warm`` (:class:`~.kernel_args.WarmStart`): when ``warm.valid``, its factors and
+    entropies are those of the policy of the warm start ``V`` itself (kept from the solve that
+    produced it). The policy of ``V`` does not depend on ``pen`` (:func:`soft_q_policy`), so
+    the first Newton step at the new ``pen`` is one solve with those factors: no Bellman pass
+    and no factorisation."""
     n = V.shape[0]
-    it = 0
-    if cached and max_iter > 0:
-        _newton_rhs(pen, goal, beta, ent0, rhs)
-        band_solve(AB0, n, b, rhs)
-        V[:] = rhs
-        it = 1
+    steps = 0
+    if warm.valid and newton.max_steps > 0:
+        _newton_rhs(penalty, goal, model.temperature, warm.neg_entropy, work.rhs)
+        band_solve(warm.factors, n, model.bandwidth, work.rhs)
+        V[:] = work.rhs
+        steps = 1
     while True:
-        res = soft_q_policy(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, pi, ent)
-        if res <= tol:
+        res = soft_q_policy(model, penalty, goal, V, work.policy, work.neg_entropy)
+        if res <= newton.tol:
             break
-        if it >= max_iter:
-            it = -1
+        if steps >= newton.max_steps:
+            steps = -1
             break
-        build_m(pi, goal, nbr, gamma, p_oth, p_diff, b, AB)
-        _newton_rhs(pen, goal, beta, ent, rhs)
-        band_solve(AB, n, b, rhs)
-        V[:] = rhs
-        it += 1
-    build_m(pi, goal, nbr, gamma, p_oth, p_diff, b, AB)
-    return it, res
+        build_m(model, work.policy, goal, work.factors)
+        _newton_rhs(penalty, goal, model.temperature, work.neg_entropy, work.rhs)
+        band_solve(work.factors, n, model.bandwidth, work.rhs)
+        V[:] = work.rhs
+        steps += 1
+    build_m(model, work.policy, goal, work.factors)
+    return steps, res
 
 
 @njit(cache=True, nogil=True)
-def leader_and_grad(
-    pi, goal, vgoal, start, target, nbr, gamma, beta, p_diff, b, AB, want_grad, gpen
-):
-    """Exact leader value ``F_xi = Vbar(start)`` and (if ``want_grad``) ``gpen = dF/dpen`` in
-    place; returns ``(F, mu_goal)`` (``mu_goal = dF/dvgoal``). ``AB`` = factorised ``M(pi)``."""
-    n = pi.shape[0]
+def leader_and_grad(model, policy, goal, goal_value, factors, want_grad, grad_penalty):
+    """Exact leader value ``F_xi = Vbar(start)`` and (if ``want_grad``)
+    ``grad_penalty = dF/dpen`` in place; returns ``(F, mu(goal))`` (``mu(goal) = dF/dvgoal``).
+    ``factors`` = factorised ``M(pi)``."""
+    n = policy.shape[0]
+    b = model.bandwidth
+    neighbours = model.neighbours
     vbar = np.zeros(n)
-    vbar[target] = 1.0
-    vbar[goal] = vgoal
-    if target == goal:
-        vbar[goal] = vgoal
-    band_solve(AB, n, b, vbar)
-    F = vbar[start]
+    vbar[model.target] = 1.0
+    vbar[goal] = goal_value
+    band_solve(factors, n, b, vbar)
+    F = vbar[model.start]
     if not want_grad:
         return F, 0.0
     mu = np.zeros(n)
-    mu[start] = 1.0
-    band_solve_t(AB, n, b, mu)
-    mug = mu[goal]
+    mu[model.start] = 1.0
+    band_solve_t(factors, n, b, mu)
+    mu_goal = mu[goal]
     nu = np.zeros(n)
     for s in range(n):
         if s == goal:
             continue
         w = 0.0
         for a in range(4):
-            w += pi[s, a] * vbar[nbr[s, a]]
+            w += policy[s, a] * vbar[neighbours[s, a]]
         for a in range(4):
-            abar = gamma * p_diff * (vbar[nbr[s, a]] - w)
-            nu[nbr[s, a]] += mu[s] * p_diff * pi[s, a] * abar
+            abar = model.gamma * model.p_diff * (vbar[neighbours[s, a]] - w)
+            nu[neighbours[s, a]] += mu[s] * model.p_diff * policy[s, a] * abar
     nu[goal] = 0.0
-    band_solve_t(AB, n, b, nu)
+    band_solve_t(factors, n, b, nu)
     for s in range(n):
-        gpen[s] = 0.0 if s == goal else gamma / beta * nu[s]
-    return F, mug
+        grad_penalty[s] = 0.0 if s == goal else model.gamma / model.temperature * nu[s]
+    return F, mu_goal
 
 
 @njit(cache=True, nogil=True)
-def solve_batch(
-    pen, goal, vgoal, V, nbr, start, target, gamma, beta, p_oth, p_diff, tol, max_iter, b,
-    want_grad, F, mug, gpen, pi, iters, resid,
-):  # fmt: skip
-    """Batched follower solve + leader value (+ exact gradient) over runs ``r``:
-    ``pen[R, S]``, ``goal[R]`` (cell index), ``vgoal[R]``, warm starts ``V[R, S]`` (in/out).
-    Outputs ``F[R]``, ``mug[R]``, ``gpen[R, S]``, ``pi[R, S, 4]``, ``iters[R]``, ``resid[R]``.
-    (:func:`solve_batch_cached` with one never-valid slot that is only read: no factors kept.)"""
-    R, n = pen.shape
-    solve_batch_cached(
-        pen, goal, vgoal, V, nbr, start, target, gamma, beta, p_oth, p_diff, tol, max_iter, b,
-        want_grad, F, mug, gpen, pi, iters, resid, np.zeros(R, dtype=np.int64),
-        np.empty((1, n, 2 * b + 1)), np.empty((1, n)), np.zeros(1, dtype=np.bool_), False,
-    )  # fmt: skip
+def solve_batch(model, newton, contexts, V, want_grad, out):
+    """Batched follower solve + leader value (+ exact gradient) over runs ``r`` of
+    ``contexts`` (:class:`~.kernel_args.Contexts`), warm-started from ``V[R, S]`` (in/out);
+    fills ``out`` (:class:`~.kernel_args.SolveOutputs`). (:func:`solve_batch_cached` with one
+    never-valid slot that is only read: no factors kept.)"""
+    R, n = contexts.penalty.shape
+    unused = FactorCache(
+        np.zeros(R, dtype=np.int64),
+        np.empty((1, n, 2 * model.bandwidth + 1)),
+        np.empty((1, n)),
+        np.zeros(1, dtype=np.bool_),
+    )
+    solve_batch_cached(model, newton, contexts, V, want_grad, out, unused, False)
 
 
 @njit(cache=True, nogil=True)
-def solve_batch_cached(
-    pen, goal, vgoal, V, nbr, start, target, gamma, beta, p_oth, p_diff, tol, max_iter, b,
-    want_grad, F, mug, gpen, pi, iters, resid, slot, cache_AB, cache_ent, cache_ok, store,
-):  # fmt: skip
-    """:func:`solve_batch` with a factorisation cache per warm start: row ``r`` warm-starts
-    from ``V[r]``, the stored values of slot ``slot[r]``, whose factorised ``M(pi)``
-    ``cache_AB[slot]`` and entropies ``cache_ent[slot]`` are valid when ``cache_ok[slot]``
-    (:func:`soft_newton` ``cached``). With ``store`` the slot is refactored in place and holds
+def solve_batch_cached(model, newton, contexts, V, want_grad, out, cache, store):
+    """:func:`solve_batch` with a factorisation cache per warm start
+    (:class:`~.kernel_args.FactorCache`): row ``r`` warm-starts from ``V[r]``, the stored values
+    of slot ``cache.slot[r]``, whose factors are valid when ``cache.valid[slot]``
+    (:func:`soft_newton` ``warm``). With ``store`` the slot is refactored in place and holds
     the returned ``V[r]``'s factors afterwards (the caller stores ``V[r]``); without it the
     slot is only read (a solve from a stored warm start that must not replace it)."""
-    R, n = pen.shape
-    AB = np.empty((n, 2 * b + 1))
+    R, n = contexts.penalty.shape
+    factors = np.empty((n, 2 * model.bandwidth + 1))
     rhs = np.empty(n)
-    ent = np.empty(n)
+    neg_entropy = np.empty(n)
     for r in range(R):
-        k = slot[r]
-        ok = cache_ok[k]
-        ABr = cache_AB[k] if store else AB
-        entr = cache_ent[k] if store else ent
+        k = cache.slot[r]
         # with store, the cached factors are read by the first step before anything overwrites
         # them (the first factorisation comes after it)
-        iters[r], resid[r] = soft_newton(
-            pen[r], goal[r], V[r], nbr, gamma, beta, p_oth, p_diff, tol, max_iter, b, pi[r], ABr,
-            rhs, entr, cache_AB[k], cache_ent[k], ok,
-        )  # fmt: skip
+        work = NewtonWork(
+            out.policy[r],
+            cache.factors[k] if store else factors,
+            cache.neg_entropy[k] if store else neg_entropy,
+            rhs,
+        )
+        warm = WarmStart(cache.factors[k], cache.neg_entropy[k], cache.valid[k])
+        goal = contexts.goal[r]
+        out.newton_steps[r], out.residual[r] = soft_newton(
+            model, newton, contexts.penalty[r], goal, V[r], work, warm
+        )
         if store:
-            cache_ok[k] = iters[r] >= 0
-        F[r], mug[r] = leader_and_grad(
-            pi[r], goal[r], vgoal[r], start, target, nbr, gamma, beta, p_diff, b, ABr, want_grad,
-            gpen[r],
-        )  # fmt: skip
+            cache.valid[k] = out.newton_steps[r] >= 0
+        out.value[r], out.grad_goal_value[r] = leader_and_grad(
+            model,
+            work.policy,
+            goal,
+            contexts.goal_value[r],
+            work.factors,
+            want_grad,
+            out.grad_penalty[r],
+        )
 
 
 @njit(cache=True, nogil=True)
@@ -375,68 +268,72 @@ def seed_rng(seed):
 
 
 @njit(cache=True, nogil=True)
-def sample_with_actions(
-    pi, goal, vgoal, start, target, nbr, p_int, p_oth, n_envs, steps, max_len, states,
-    actions, lrew, ep_start,
-):  # fmt: skip
-    """Roll out ``n_envs`` environments for ``steps`` steps each per run (auto-reset at the
-    goal or after ``max_len`` steps), concatenated along time: ``states[R, n_envs*steps]``
-    (cell index; the goal appears as the last state of a successful episode), ``actions``,
-    ``lrew`` the leader reward of each state (1 at the target, ``vgoal`` at the goal) and
-    ``ep_start`` marking the first state of every episode (each env starts a new one). A step
-    draws the action ``a ~ pi(.|s)`` and then the slip (intended direction w.p. ``p_int``, each
-    other w.p. ``p_oth``).
+def sample_with_actions(sampler, followers, out):
+    """Roll out ``sampler.n_envs`` environments for ``sampler.steps`` steps each per run of
+    ``followers`` (auto-reset at the goal or after ``max_len`` steps), concatenated along time,
+    into ``out`` (:class:`~.kernel_args.LibrarySamples`): ``states[R, n_envs*steps]`` (cell
+    index; the goal appears as the last state of a successful episode), ``actions``,
+    ``leader_rewards`` of each state (1 at the target, ``goal_value`` at the goal) and
+    ``episode_start`` marking the first state of every episode (each env starts a new one). A
+    step draws the action ``a ~ pi(.|s)`` and then the slip (intended direction w.p.
+    ``p_intended``, each other w.p. ``p_other``).
 
     One uniform ``u`` per step serves both draws: ``a`` is the bin of ``u`` in the cumulative
     ``pi(.|s)`` and, given ``a``, ``(u - lo_a) / pi(a|s)`` is again uniform on [0, 1) and picks
     the slip (tested against the exact frequencies)."""
-    R = pi.shape[0]
-    for r in range(R):
+    policy = followers.policy
+    start, target, p_intended = sampler.start, sampler.target, sampler.p_intended
+    for r in range(policy.shape[0]):
         t = 0
-        g = goal[r]
-        vg = vgoal[r]
-        for _e in range(n_envs):
+        goal = followers.goal[r]
+        goal_value = followers.goal_value[r]
+        for _e in range(sampler.n_envs):
             s = start
             k = 0
-            for _i in range(steps):
-                states[r, t] = s
-                ep_start[r, t] = k == 0
-                lrew[r, t] = vg if s == g else (1.0 if s == target else 0.0)
+            for _i in range(sampler.steps):
+                out.states[r, t] = s
+                out.episode_start[r, t] = k == 0
+                out.leader_rewards[r, t] = (
+                    goal_value if s == goal else (1.0 if s == target else 0.0)
+                )
                 u = np.random.random()
                 lo = 0.0
                 a = 3
                 for b in range(3):
-                    p = pi[r, s, b]
+                    p = policy[r, s, b]
                     if u < lo + p:
                         a = b
                         break
                     lo += p
-                actions[r, t] = a
+                out.actions[r, t] = a
                 t += 1
                 k += 1
-                if s == g or k >= max_len:
+                if s == goal or k >= sampler.max_len:
                     s = start
                     k = 0
                     continue
-                p = pi[r, s, a]
+                p = policy[r, s, a]
                 v = (u - lo) / p if p > 0.0 else 0.0
-                if v < p_int:
+                if v < p_intended:
                     d = a
                 else:
-                    j = min(int((v - p_int) / p_oth), 2)  # the j-th of the other three
+                    j = min(int((v - p_intended) / sampler.p_other), 2)  # the j-th of the other 3
                     d = j if j < a else j + 1
-                s = nbr[s, d]
+                s = sampler.neighbours[s, d]
 
 
 @njit(cache=True, nogil=True)
-def published_q_iteration(pen, goal, nbr, gamma, beta, p_oth, p_diff, n_improve, n_sweeps, pi, Q):
+def published_q_iteration(model, penalty, goal, n_improve, n_sweeps, policy, Q):
     """The published code's follower solve: from ``Q = 0``, ``n_improve`` policy improvements
     ``pi = softmax(Q / beta)``, each followed by ``n_sweeps`` synchronous sweeps of
     ``Q(s,a) = pen(s) + beta H(pi(.|s)) + gamma sum_d P(d|a) sum_a' pi(a'|nbr(s,d)) Q(nbr(s,d),a')``;
     the goal is terminal, ``Q(goal, a) = 1 + beta H(pi(.|goal))``. Returns the final
-    ``pi = softmax(Q / beta)`` in ``pi``; not the exact soft-optimal policy (a residual of order
-    ``gamma^(n_improve n_sweeps)`` of the values, amplified by ``1 / beta`` in the softmax)."""
-    n = pen.shape[0]
+    ``pi = softmax(Q / beta)`` in ``policy``; not the exact soft-optimal policy (a residual of
+    order ``gamma^(n_improve n_sweeps)`` of the values, amplified by ``1 / beta`` in the
+    softmax)."""
+    n = penalty.shape[0]
+    beta, gamma, neighbours = model.temperature, model.gamma, model.neighbours
+    pi = policy
     Q[:, :] = 0.0
     H = np.empty(n)
     W = np.empty(n)
@@ -471,30 +368,34 @@ def published_q_iteration(pen, goal, nbr, gamma, beta, p_oth, p_diff, n_improve,
                     for a in range(4):
                         Qn[s, a] = 1.0 + beta * H[s]
                     continue
-                tot = W[nbr[s, 0]] + W[nbr[s, 1]] + W[nbr[s, 2]] + W[nbr[s, 3]]
-                base = pen[s] + beta * H[s] + gamma * p_oth * tot
+                nb = neighbours[s]
+                tot = W[nb[0]] + W[nb[1]] + W[nb[2]] + W[nb[3]]
+                base = penalty[s] + beta * H[s] + gamma * model.p_other * tot
                 for a in range(4):
-                    Qn[s, a] = base + gamma * p_diff * W[nbr[s, a]]
+                    Qn[s, a] = base + gamma * model.p_diff * W[nb[a]]
             Q[:, :] = Qn
 
 
 @njit(cache=True, nogil=True)
-def solve_batch_published(
-    pen, goal, vgoal, nbr, start, target, gamma, beta, p_oth, p_diff, n_improve, n_sweeps, b,
-    want_grad, F, mug, gpen, pi,
-):  # fmt: skip
+def solve_batch_published(model, contexts, n_improve, n_sweeps, want_grad, out):
     """Like :func:`solve_batch` with the published follower solve
     (:func:`published_q_iteration`) instead of the exact Newton solve; the leader value (and,
-    if ``want_grad``, the adjoint gradient formula) are then evaluated at that policy."""
-    R, n = pen.shape
-    AB = np.empty((n, 2 * b + 1))
+    if ``want_grad``, the adjoint gradient formula) are then evaluated at that policy
+    (``out.newton_steps`` and ``out.residual`` are not written)."""
+    R, n = contexts.penalty.shape
+    factors = np.empty((n, 2 * model.bandwidth + 1))
     Q = np.empty((n, 4))
     for r in range(R):
-        published_q_iteration(
-            pen[r], goal[r], nbr, gamma, beta, p_oth, p_diff, n_improve, n_sweeps, pi[r], Q
+        goal = contexts.goal[r]
+        policy = out.policy[r]
+        published_q_iteration(model, contexts.penalty[r], goal, n_improve, n_sweeps, policy, Q)
+        build_m(model, policy, goal, factors)
+        out.value[r], out.grad_goal_value[r] = leader_and_grad(
+            model,
+            policy,
+            goal,
+            contexts.goal_value[r],
+            factors,
+            want_grad,
+            out.grad_penalty[r],
         )
-        build_m(pi[r], goal[r], nbr, gamma, p_oth, p_diff, b, AB)
-        F[r], mug[r] = leader_and_grad(
-            pi[r], goal[r], vgoal[r], start, target, nbr, gamma, beta, p_diff, b, AB, want_grad,
-            gpen[r],
-        )  # fmt: skip

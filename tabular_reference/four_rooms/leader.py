@@ -42,21 +42,21 @@ def budget(sigma: np.ndarray, goal: np.ndarray, mode: str = "all") -> np.ndarray
 
 def logits_gradient(
     sigma: np.ndarray,
-    gpen: np.ndarray,
-    gvgoal: np.ndarray,
+    grad_penalty: np.ndarray,
+    grad_goal_value: np.ndarray,
     budget_cost: float,
     goal: np.ndarray,
     mode: str = "all",
 ) -> np.ndarray:
-    """Chain rule to the logits: given ``gpen[R, S] = dF/dpen`` and ``gvgoal[R] = dF/dvgoal``
-    with ``vgoal = -budget_cost * budget``, return ``dF/dx[R, S+1]``:
-    ``g_sigma = -0.2 gpen - budget_cost gvgoal dbudget/dsigma`` and
+    """Chain rule to the logits: given ``grad_penalty[R, S] = dF/dpen`` and
+    ``grad_goal_value[R] = dF/dvgoal`` with ``vgoal = -budget_cost * budget``, return
+    ``dF/dx[R, S+1]``: ``g_sigma = -0.2 dF/dpen - budget_cost dF/dvgoal dbudget/dsigma`` and
     ``dF/dx_j = sigma_j (g_sigma_j - sum_i sigma_i g_sigma_i)`` (softmax Jacobian)."""
     R, P = sigma.shape
     gs = np.zeros((R, P))
-    gs[:, :-1] = -BUDGET * gpen - budget_cost * BUDGET * gvgoal[:, None]
+    gs[:, :-1] = -BUDGET * grad_penalty - budget_cost * BUDGET * grad_goal_value[:, None]
     if mode == "collected":
-        gs[np.arange(R), goal] += budget_cost * BUDGET * gvgoal
+        gs[np.arange(R), goal] += budget_cost * BUDGET * grad_goal_value
     elif mode != "all":
         raise ValueError(f"unknown budget_mode {mode!r}; choose one of {BUDGET_MODES}")
     return sigma * (gs - (sigma * gs).sum(axis=-1, keepdims=True))

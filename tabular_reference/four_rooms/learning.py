@@ -29,8 +29,9 @@ import math
 import numpy as np
 from numba import njit
 
-from tabular_reference.four_rooms import kernels as K
-from tabular_reference.four_rooms.env import FOUR_ROOMS, GAMMA
+from tabular_reference.four_rooms import kernels
+from tabular_reference.four_rooms.env import FOUR_ROOMS
+from tabular_reference.four_rooms.kernel_args import Contexts, follower_model, solve_outputs
 from tabular_reference.four_rooms.leader import budget, penalties, softmax
 from tabular_reference.four_rooms.solver import FollowerSolution, SolverSettings
 
@@ -38,46 +39,53 @@ __all__ = ["LearningFollower", "soft_vi_sweeps"]
 
 
 @njit(cache=True, nogil=True)
-def soft_vi_sweeps(pen, goal, V, nbr, gamma, beta, p_oth, p_diff, n_sweeps, W):
+def soft_vi_sweeps(model, penalty, goal, V, n_sweeps, scratch):
     """``n_sweeps`` synchronous soft value-iteration sweeps of every run ``r``: ``V[r]`` (in
-    place) ``<- T(V[r])`` under ``pen[r]``, goal ``goal[r]`` terminal with value 1 (module
-    docstring); ``W[S]`` is scratch."""
+    place) ``<- T(V[r])`` under ``penalty[r]``, goal ``goal[r]`` terminal with value 1 (module
+    docstring); ``scratch[S]`` holds the new values of a sweep."""
     R, n = V.shape
+    beta = model.temperature
     q = np.empty(4)
     for r in range(R):
         for _k in range(n_sweeps):
             for s in range(n):
                 if s == goal[r]:
-                    W[s] = 1.0
+                    scratch[s] = 1.0
                     continue
-                m = K.soft_q(pen[r], s, V[r], nbr, gamma, p_oth, p_diff, q)
+                m = kernels.soft_q(model, penalty[r], s, V[r], q)
                 z = 0.0
                 for a in range(4):
                     z += math.exp((q[a] - m) / beta)
-                W[s] = m + beta * math.log(z)
-            V[r, :] = W
+                scratch[s] = m + beta * math.log(z)
+            V[r, :] = scratch
 
 
 @njit(cache=True, nogil=True)
-def policy_values(
-    pen, goal, vgoal, V, nbr, start, target, gamma, beta, p_oth, p_diff, b, want_grad, F, mug,
-    gpen, pi, resid,
-):  # fmt: skip
-    """For every run: the softmax policy ``pi[r]`` of the table ``V[r]``, the soft Bellman
-    residual ``resid[r] = max|T(V) - V|``, the exact leader value ``F[r]`` of that policy and,
-    with ``want_grad``, the (HG) formula evaluated at it (``gpen[r]``, ``mug[r]``)."""
+def policy_values(model, contexts, V, want_grad, out):
+    """For every run: the softmax policy ``out.policy[r]`` of the table ``V[r]``, the soft
+    Bellman residual ``out.residual[r] = max|T(V) - V|``, the exact leader value
+    ``out.value[r]`` of that policy and, with ``want_grad``, the (HG) formula evaluated at it
+    (``out.grad_penalty[r]``, ``out.grad_goal_value[r]``); ``out.newton_steps`` is not
+    written."""
     R, n = V.shape
-    AB = np.empty((n, 2 * b + 1))
-    ent = np.empty(n)
+    factors = np.empty((n, 2 * model.bandwidth + 1))
+    neg_entropy = np.empty(n)
     for r in range(R):
-        resid[r] = K.soft_q_policy(
-            pen[r], goal[r], V[r], nbr, gamma, beta, p_oth, p_diff, pi[r], ent
+        goal = contexts.goal[r]
+        policy = out.policy[r]
+        out.residual[r] = kernels.soft_q_policy(
+            model, contexts.penalty[r], goal, V[r], policy, neg_entropy
         )
-        K.build_m(pi[r], goal[r], nbr, gamma, p_oth, p_diff, b, AB)
-        F[r], mug[r] = K.leader_and_grad(
-            pi[r], goal[r], vgoal[r], start, target, nbr, gamma, beta, p_diff, b, AB, want_grad,
-            gpen[r],
-        )  # fmt: skip
+        kernels.build_m(model, policy, goal, factors)
+        out.value[r], out.grad_goal_value[r] = kernels.leader_and_grad(
+            model,
+            policy,
+            goal,
+            contexts.goal_value[r],
+            factors,
+            want_grad,
+            out.grad_penalty[r],
+        )
 
 
 class LearningFollower:
@@ -98,6 +106,7 @@ class LearningFollower:
         self.goals = np.asarray(goals, dtype=np.int64)
         self.cfg = cfg
         self.plan = cfg.model.plan
+        self.model = follower_model(cfg.beta, self.plan)
         self.warm_start = bool(warm_start)
         self.V = np.zeros((n_runs, len(self.goals), self.env.n_cells))
         self.updates = np.zeros(n_runs, dtype=np.int64)
@@ -119,11 +128,7 @@ class LearningFollower:
             raise ValueError(f"follower steps must be an integer >= 0, got {steps!r}")
         runs = np.arange(x.shape[0]) if runs is None else np.asarray(runs)
         V = self.V[runs, ctx] if self.warm_start else self.initial_table(len(runs))
-        pl = self.plan
-        soft_vi_sweeps(
-            self._pen(x), self.goals[ctx], V, self.env.nbr, GAMMA, self.cfg.beta, pl.p_other,
-            pl.p_diff, int(steps), self._scratch,
-        )  # fmt: skip
+        soft_vi_sweeps(self.model, self._pen(x), self.goals[ctx], V, int(steps), self._scratch)
         self.V[runs, ctx] = V
         np.add.at(self.updates, runs, int(steps))
 
@@ -138,22 +143,28 @@ class LearningFollower:
         the exact leader value ``F`` of that policy and (``want_grad``) the (HG) formula at it;
         ``V`` is the learned table. ``last_residual[R]`` keeps its ``max|T(V) - V|``."""
         runs = np.arange(x.shape[0]) if runs is None else np.asarray(runs)
-        cfg, env, pl = self.cfg, self.env, self.plan
-        R, S = x.shape[0], env.n_cells
+        cfg = self.cfg
+        R = x.shape[0]
         sigma = softmax(x)
         goal = self.goals[ctx]
-        vgoal = -cfg.budget_cost * budget(sigma, goal, cfg.budget_mode)
-        out = FollowerSolution(
-            F=np.empty(R), gpen=np.zeros((R, S)), mug=np.zeros(R), pi=np.empty((R, S, 4)),
-            sigma=sigma, goal=goal, vgoal=vgoal, V=np.ascontiguousarray(self.V[runs, ctx]),
-        )  # fmt: skip
-        self.last_residual = np.empty(R)
-        policy_values(
-            self._pen(x), goal, vgoal, out.V, env.nbr, env.start, env.target, GAMMA, cfg.beta,
-            pl.p_other, pl.p_diff, env.bandwidth, want_grad, out.F, out.mug, out.gpen, out.pi,
-            self.last_residual,
-        )  # fmt: skip
-        return out
+        goal_value = -cfg.budget_cost * budget(sigma, goal, cfg.budget_mode)
+        V = np.ascontiguousarray(self.V[runs, ctx])
+        out = solve_outputs(R)
+        out.grad_penalty[:] = 0.0
+        out.grad_goal_value[:] = 0.0
+        contexts = Contexts(self._pen(x), goal, goal_value)
+        policy_values(self.model, contexts, V, want_grad, out)
+        self.last_residual = out.residual
+        return FollowerSolution(
+            F=out.value,
+            grad_penalty=out.grad_penalty,
+            grad_goal_value=out.grad_goal_value,
+            pi=out.policy,
+            sigma=sigma,
+            goal=goal,
+            goal_value=goal_value,
+            V=V,
+        )
 
     def set_tables(self, ctx: np.ndarray, V: np.ndarray, runs: np.ndarray | None = None) -> None:
         """Replace the stored tables of ``(runs[i], ctx[i])`` by ``V[i]`` (e.g. an exact

@@ -9,9 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from tabular_reference.common.plots import pyplot, save_figure
-from tabular_reference.four_rooms import kernels as K
+from tabular_reference.four_rooms import kernels
 from tabular_reference.four_rooms.dynamics import SlipModel, resolve_dynamics
-from tabular_reference.four_rooms.env import FOUR_ROOMS, GAMMA, MAP, TARGET
+from tabular_reference.four_rooms.env import FOUR_ROOMS, MAP, TARGET
+from tabular_reference.four_rooms.kernel_args import (
+    Contexts,
+    Newton,
+    follower_model,
+    solve_outputs,
+)
 from tabular_reference.four_rooms.leader import penalties, softmax
 
 
@@ -20,36 +26,17 @@ def follower_policy(
 ) -> np.ndarray:
     """Soft-optimal follower ``pi[S, 4]`` for logits ``x[105]`` and goal cell index, planning
     in the slip model ``plan``."""
-    env = FOUR_ROOMS
-    S = env.n_cells
-    pen = np.ascontiguousarray(penalties(softmax(x[None]))).copy()
-    out = [
-        np.empty(1),
-        np.empty(1),
-        np.empty((1, S)),
-        np.empty((1, S, 4)),
-        np.empty(1, dtype=np.int64),
-        np.empty(1),
-    ]
-    K.solve_batch(
-        pen,
-        np.array([goal]),
-        np.array([0.0]),
-        np.zeros((1, S)),
-        env.nbr,
-        env.start,
-        env.target,
-        GAMMA,
-        beta,
-        plan.p_other,
-        plan.p_diff,
-        tol,
-        200,
-        env.bandwidth,
+    penalty = np.ascontiguousarray(penalties(softmax(x[None]))).copy()
+    out = solve_outputs(1)
+    kernels.solve_batch(
+        follower_model(beta, plan),
+        Newton(float(tol), 200),
+        Contexts(penalty, np.array([goal]), np.array([0.0])),
+        np.zeros((1, FOUR_ROOMS.n_cells)),
         False,
-        *out,
+        out,
     )
-    return out[3][0]
+    return out.policy[0]
 
 
 def most_likely_path(pi: np.ndarray, goal: int, plan: SlipModel, max_len: int = 200) -> list[int]:

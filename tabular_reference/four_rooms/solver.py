@@ -2,7 +2,7 @@
 
 :class:`FollowerSolver` solves, for every run ``r`` with leader logits ``x[r]`` and context (goal)
 ``ctx[r]``, the soft-optimal follower in the planning slip model (banded Newton,
-:func:`kernels.solve_batch`, warm-started per (run, context)) or, with
+:func:`kernels.solve_batch_cached`, warm-started per (run, context)) or, with
 ``follower_solve="published"``, the published code's truncated Q iteration; then the exact
 leader value ``F_xi(x)`` and, on request, its gradient with respect to the state rewards by the
 adjoint (:func:`kernels.leader_and_grad`). Results come back as a :class:`FollowerSolution`.
@@ -15,9 +15,16 @@ from typing import Protocol
 
 import numpy as np
 
-from tabular_reference.four_rooms import kernels as K
+from tabular_reference.four_rooms import kernels
 from tabular_reference.four_rooms.dynamics import Dynamics
-from tabular_reference.four_rooms.env import FOUR_ROOMS, GAMMA
+from tabular_reference.four_rooms.env import FOUR_ROOMS
+from tabular_reference.four_rooms.kernel_args import (
+    Contexts,
+    FactorCache,
+    Newton,
+    follower_model,
+    solve_outputs,
+)
 from tabular_reference.four_rooms.leader import budget, penalties, softmax
 
 __all__ = ["FollowerSolution", "FollowerSolver", "SolverSettings"]
@@ -43,19 +50,20 @@ class SolverSettings(Protocol):
 
 @dataclass(frozen=True)
 class FollowerSolution:
-    """One solve for ``R`` runs: leader value ``F[R]``, ``gpen[R, S] = dF/dpen`` and
-    ``mug[R] = dF/dvgoal`` (only when solved with ``want_grad``; otherwise unset), the follower's
-    policy ``pi[R, S, 4]``, ``sigma = softmax(x)`` ``[R, 105]``, the goal cell ``goal[R]``, the
-    leader's goal reward ``vgoal[R] = -budget_cost * budget`` and the follower values ``V[R, S]``
-    (a warm start for a nearby solve)."""
+    """One solve for ``R`` runs: leader value ``F[R]``, ``grad_penalty[R, S] = dF/dpen`` and
+    ``grad_goal_value[R] = dF/dvgoal`` (only when solved with ``want_grad``; otherwise unset),
+    the follower's policy ``pi[R, S, 4]``, ``sigma = softmax(x)`` ``[R, 105]``, the goal cell
+    ``goal[R]``, the leader's goal reward ``goal_value[R] = -budget_cost * budget`` (``vgoal``
+    in ``docs/theory.md`` §5) and the follower values ``V[R, S]`` (a warm start for a nearby
+    solve)."""
 
     F: np.ndarray
-    gpen: np.ndarray
-    mug: np.ndarray
+    grad_penalty: np.ndarray
+    grad_goal_value: np.ndarray
     pi: np.ndarray
     sigma: np.ndarray
     goal: np.ndarray
-    vgoal: np.ndarray
+    goal_value: np.ndarray
     V: np.ndarray
 
 
@@ -70,14 +78,15 @@ class FollowerSolver:
         self.goals = goals
         self.cfg = cfg
         self.plan = cfg.model.plan
+        self.model = follower_model(cfg.beta, self.plan)
         S, C = self.env.n_cells, len(goals)
         self.V = np.zeros((n_runs, C, S))
         if cfg.follower_solve != "published":
             # per (run, context) slot r * C + c: the factorised M(pi) and entropies of the
             # policy of the stored V[r, c] (kernels.solve_batch_cached), valid once solved
-            self._cache_AB = np.empty((n_runs * C, S, 2 * self.env.bandwidth + 1))
-            self._cache_ent = np.empty((n_runs * C, S))
-            self._cache_ok = np.zeros(n_runs * C, dtype=np.bool_)
+            self._factors = np.empty((n_runs * C, S, 2 * self.env.bandwidth + 1))
+            self._neg_entropy = np.empty((n_runs * C, S))
+            self._factors_valid = np.zeros(n_runs * C, dtype=np.bool_)
         self.newton_total = 0
         self.newton_calls = 0
 
@@ -95,44 +104,49 @@ class FollowerSolver:
         the stored solutions as they are (a solve at a nearby point, e.g. zero-order's
         perturbed one). ``runs[R]`` (optional) names the runs of the rows when ``x`` holds a
         subset of them; by default row ``r`` is run ``r``."""
-        cfg, env = self.cfg, self.env
-        R, S = x.shape[0], env.n_cells
+        cfg = self.cfg
+        R = x.shape[0]
         sigma = softmax(x)
-        pen = np.ascontiguousarray(penalties(sigma) + cfg.step_reward)
+        penalty = np.ascontiguousarray(penalties(sigma) + cfg.step_reward)
         goal = self.goals[ctx]
-        vgoal = -cfg.budget_cost * budget(sigma, goal, cfg.budget_mode)
+        goal_value = -cfg.budget_cost * budget(sigma, goal, cfg.budget_mode)
+        contexts = Contexts(penalty, goal, goal_value)
         rows = np.arange(R) if runs is None else np.asarray(runs)
         V = self.V[rows, ctx]  # a copy (fancy indexing)
-        out = FollowerSolution(
-            F=np.empty(R), gpen=np.empty((R, S)), mug=np.empty(R), pi=np.empty((R, S, 4)),
-            sigma=sigma, goal=goal, vgoal=vgoal, V=V,
-        )  # fmt: skip
-        common = (env.nbr, env.start, env.target, GAMMA, cfg.beta, self.plan.p_other)
+        out = solve_outputs(R)
+        sol = FollowerSolution(
+            F=out.value,
+            grad_penalty=out.grad_penalty,
+            grad_goal_value=out.grad_goal_value,
+            pi=out.policy,
+            sigma=sigma,
+            goal=goal,
+            goal_value=goal_value,
+            V=V,
+        )
         if cfg.follower_solve == "published":
-            K.solve_batch_published(
-                pen, goal, vgoal, *common, self.plan.p_diff, PUBLISHED_IMPROVEMENTS,
-                PUBLISHED_SWEEPS, env.bandwidth, want_grad, out.F, out.mug, out.gpen, out.pi,
-            )  # fmt: skip
+            kernels.solve_batch_published(
+                self.model, contexts, PUBLISHED_IMPROVEMENTS, PUBLISHED_SWEEPS, want_grad, out
+            )
             self.newton_calls += R
-            return out
-        iters = np.empty(R, dtype=np.int64)
-        res = np.empty(R)
-        K.solve_batch_cached(
-            pen, goal, vgoal, V, *common, self.plan.p_diff, cfg.tol, cfg.max_newton,
-            env.bandwidth, want_grad, out.F, out.mug, out.gpen, out.pi, iters, res,
-            rows * len(self.goals) + ctx, self._cache_AB, self._cache_ent, self._cache_ok, store,
-        )  # fmt: skip
-        if (iters < 0).any():
-            bad = int(np.argmax(iters < 0))
+            return sol
+        cache = FactorCache(
+            rows * len(self.goals) + ctx, self._factors, self._neg_entropy, self._factors_valid
+        )
+        newton = Newton(float(cfg.tol), int(cfg.max_newton))
+        kernels.solve_batch_cached(self.model, newton, contexts, V, want_grad, out, cache, store)
+        steps, res = out.newton_steps, out.residual
+        if (steps < 0).any():
+            bad = int(np.argmax(steps < 0))
             raise RuntimeError(
                 f"follower solve did not converge (run {bad}, residual {res[bad]:.2e} > tol "
                 f"{cfg.tol:.1e} after {cfg.max_newton} Newton steps); raise max_newton or tol"
             )
         if store:
             self.V[rows, ctx] = V
-        self.newton_total += int(iters.sum())
+        self.newton_total += int(steps.sum())
         self.newton_calls += R
-        return out
+        return sol
 
     def values(self, x: np.ndarray) -> np.ndarray:
         """Exact ``F_xi(x)`` per run and context, ``[R, C]``."""

@@ -91,7 +91,9 @@ class FourRoomsHarness(Harness):
         out = []
         for k in range(len(self.goal_cells)):
             sol = solver.solve(self.x0[None], np.array([k]), True)
-            g = logits_gradient(sol.sigma, sol.gpen, sol.mug, cfg.budget_cost, sol.goal)
+            g = logits_gradient(
+                sol.sigma, sol.grad_penalty, sol.grad_goal_value, cfg.budget_cost, sol.goal
+            )
             out.append((float(sol.F[0]), g[0]))
         return out
 
