@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from tabular_reference.four_rooms.amd_single_loop import (
+    AmdModel,
+    Recursions,
     SingleLoopConfig,
     run_single_loop,
     start_gradient,
@@ -20,21 +22,22 @@ from tabular_reference.four_rooms.env import GAMMA
 
 def _converged(pen, goal, lam, beta, n=3000):
     S = E.n_cells
-    Q, QL = np.zeros((1, S, 4)), np.zeros((1, S, 4))
-    dQ, Qt = np.zeros((1, S, 4, S)), np.zeros((1, S, 4, S))
+    rec = Recursions(
+        np.zeros((1, S, 4)), np.zeros((1, S, 4, S)), np.zeros((1, S, 4)), np.zeros((1, S, 4, S))
+    )
     plan = resolve_dynamics("paper").plan
     goals = np.array([goal])
-    args = (E.target, E.nbr, GAMMA, lam, beta, plan.p_other, plan.p_diff)
-    sweeps(Q, dQ, QL, Qt, pen, goals, *args, 500, True)
-    sweeps(Q, dQ, QL, Qt, pen, goals, *args, n, False)
-    return Q, QL, Qt
+    model = AmdModel(E.nbr, E.target, GAMMA, lam, beta, plan.p_other, plan.p_diff)
+    sweeps(rec, pen, goals, model, 500, True)
+    sweeps(rec, pen, goals, model, n, False)
+    return rec
 
 
-def _leader_value(Q, QL, lam):
-    q = Q[0, E.start] / lam
+def _leader_value(rec, lam):
+    q = rec.q[0, E.start] / lam
     p = np.exp(q - q.max())
     p /= p.sum()
-    return float(p @ QL[0, E.start])
+    return float(p @ rec.leader_q[0, E.start])
 
 
 @pytest.mark.parametrize("lam", [0.05, 0.01])
@@ -43,14 +46,14 @@ def test_fixed_point_gradient_matches_finite_differences(lam):
     beta = 2.0
     pen = np.ascontiguousarray(-0.2 * rng.dirichlet(np.ones(E.n_cells)) * 30)
     goal = E.goals[0]
-    Q, _, Qt = _converged(pen, goal, lam, beta)
+    rec = _converged(pen, goal, lam, beta)
     g = np.empty(E.n_cells)
-    start_gradient(Q, Qt, 0, E.start, lam, g)
+    start_gradient(rec, 0, E.start, lam, g)
     h = 1e-5
     for _ in range(2):
         v = rng.normal(size=E.n_cells)
-        fp = _leader_value(*_converged(pen + h * v, goal, lam, beta)[:2], lam)
-        fm = _leader_value(*_converged(pen - h * v, goal, lam, beta)[:2], lam)
+        fp = _leader_value(_converged(pen + h * v, goal, lam, beta), lam)
+        fm = _leader_value(_converged(pen - h * v, goal, lam, beta), lam)
         fd = (fp - fm) / (2 * h)
         assert g @ v == pytest.approx(fd, rel=1e-5, abs=1e-8)
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -48,6 +49,59 @@ from tabular_reference.four_rooms.dynamics import resolve_dynamics
 from tabular_reference.four_rooms.env import BUDGET, FOUR_ROOMS, GAMMA, GOALS
 from tabular_reference.four_rooms.leader import softmax
 from tabular_reference.four_rooms.solver import FollowerSolver
+
+
+class AmdModel(NamedTuple):
+    """What the recursions read: ``neighbours[S, 4]``, the leader's target cell, the discount,
+    the follower's temperature ``lam``, the leader's budget cost ``beta`` (paper notation) and
+    the planning slip model ``P(d | a) = p_other + p_diff [d == a]``."""
+
+    neighbours: np.ndarray
+    target: int
+    gamma: float
+    lam: float
+    beta: float
+    p_other: float
+    p_diff: float
+
+
+class Recursions(NamedTuple):
+    """The four tables (module docstring), for every context ``[G, ...]`` or for one:
+    the follower's soft ``q[S, 4]``, its reward gradient ``dq[S, 4, D]``, the leader's
+    ``leader_q[S, 4]`` and the hypergradient recursion ``hyper_q[S, 4, D]`` (``Q~``)."""
+
+    q: np.ndarray
+    dq: np.ndarray
+    leader_q: np.ndarray
+    hyper_q: np.ndarray
+
+
+class SweepContext(NamedTuple):
+    """One context's sweep inputs: the follower's rewards ``penalty[S]``, the goal cell,
+    whether the recursions evaluate the uniform policy (the published initialisation) and the
+    leader's reward at the goal ``budget_reward = beta sum_s pen(s)``."""
+
+    penalty: np.ndarray
+    goal: int
+    uniform: bool
+    budget_reward: float
+
+
+class SweepScratch(NamedTuple):
+    """A sweep's state values of the previous tables: the follower's softmax policy
+    ``policy[S, 4]``, the policy the other three recursions evaluate ``eval_policy[S, 4]``
+    (uniform in the initialisation), ``v[S] = sum_a pi q + lam H(pi)``,
+    ``v_leader[S]``, ``v_dq[S, D]``, ``v_hyper[S, D]`` and the neighbour sums ``sum_d[D]``,
+    ``sum_hyper[D]`` of one state."""
+
+    policy: np.ndarray
+    eval_policy: np.ndarray
+    v: np.ndarray
+    v_leader: np.ndarray
+    v_dq: np.ndarray
+    v_hyper: np.ndarray
+    sum_dq: np.ndarray
+    sum_hyper: np.ndarray
 
 
 @njit(cache=True, nogil=True)
@@ -64,39 +118,14 @@ def _policy(Q, lam, pi):
             pi[s, a] /= z
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def _sweep(
-    Q,
-    dQ,
-    QL,
-    Qt,
-    nQ,
-    nd,
-    nQL,
-    nt,
-    pen,
-    goal,
-    target,
-    nbr,
-    gamma,
-    lam,
-    beta,
-    p_oth,
-    p_diff,
-    uniform,
-    budget_reward,
-    pi,
-    pe,
-    V,
-    VL,
-    Vd,
-    Vt,
-    tot_d,
-    tot_t,
-):
-    """One Jacobi sweep of one context: reads ``Q, dQ, QL, Qt``, writes ``nQ, nd, nQL, nt``."""
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _state_values(src, lam, uniform, work):
+    """The state values of the tables ``src`` under the follower's softmax policy (``v``) and
+    under the evaluated policy (``v_leader``, ``v_dq``, ``v_hyper``) into ``work``."""
+    pi, pe = work.policy, work.eval_policy
+    Q, dQ, QL, Qt = src.q, src.dq, src.leader_q, src.hyper_q
+    V, VL, Vd, Vt = work.v, work.v_leader, work.v_dq, work.v_hyper
     S, D = dQ.shape[0], dQ.shape[2]
-    log4 = math.log(4.0)
     _policy(Q, lam, pi)
     for s in range(S):
         for a in range(4):
@@ -117,122 +146,125 @@ def _sweep(
         for k in range(D):
             Vd[s, k] = p0 * dQ[s, 0, k] + p1 * dQ[s, 1, k] + p2 * dQ[s, 2, k] + p3 * dQ[s, 3, k]
             Vt[s, k] = p0 * Qt[s, 0, k] + p1 * Qt[s, 1, k] + p2 * Qt[s, 2, k] + p3 * Qt[s, 3, k]
-    for s in range(S):
-        if s == goal:
-            for a in range(4):
-                nQ[s, a] = 1.0 + pen[s]
-                nQL[s, a] = budget_reward
-                for k in range(D):
-                    nd[s, a, k] = 0.0
-                    nt[s, a, k] = 0.0 if uniform else beta
-                nd[s, a, s] = 1.0
-                if uniform:
-                    nt[s, a, s] = 1.0
-            continue
-        n0, n1, n2, n3 = nbr[s, 0], nbr[s, 1], nbr[s, 2], nbr[s, 3]
-        tv = V[n0] + V[n1] + V[n2] + V[n3]
-        tl = VL[n0] + VL[n1] + VL[n2] + VL[n3]
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _goal_rows(dst, s, ctx, beta):
+    """The terminal goal ``s``: ``Q = 1 + pen(goal)``, ``Q_L`` the budget, ``dQ = e_s``,
+    ``Q~ = beta`` (``e_s`` in the initialisation)."""
+    D = dst.dq.shape[2]
+    for a in range(4):
+        dst.q[s, a] = 1.0 + ctx.penalty[s]
+        dst.leader_q[s, a] = ctx.budget_reward
         for k in range(D):
-            tot_d[k] = gamma * p_oth * (Vd[n0, k] + Vd[n1, k] + Vd[n2, k] + Vd[n3, k])
-            tot_t[k] = gamma * p_oth * (Vt[n0, k] + Vt[n1, k] + Vt[n2, k] + Vt[n3, k])
-        rl = 1.0 if s == target else 0.0
-        mq = 0.25 * (Q[s, 0] + Q[s, 1] + Q[s, 2] + Q[s, 3])
-        gd = gamma * p_diff
-        for a in range(4):
-            j = nbr[s, a]
-            nQ[s, a] = pen[s] + gamma * (p_oth * tv + p_diff * V[j])
-            nQL[s, a] = rl + gamma * (p_oth * tl + p_diff * VL[j])
-            # the published initial reward uses the follower's uniform-policy advantage
-            adv = (Q[s, a] - mq - lam * log4) / lam if uniform else (QL[s, a] - VL[s]) / lam
-            for k in range(D):
-                nd[s, a, k] = tot_d[k] + gd * Vd[j, k]
-                nt[s, a, k] = (dQ[s, a, k] - Vd[s, k]) * adv + tot_t[k] + gd * Vt[j, k]
-            nd[s, a, s] += 1.0
-            if uniform:
-                nt[s, a, s] += 1.0
+            dst.dq[s, a, k] = 0.0
+            dst.hyper_q[s, a, k] = 0.0 if ctx.uniform else beta
+        dst.dq[s, a, s] = 1.0
+        if ctx.uniform:
+            dst.hyper_q[s, a, s] = 1.0
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _backup_rows(src, dst, s, model, ctx, work):
+    """The four backups of a non-goal state ``s`` from the state values in ``work``."""
+    Q, dQ, QL = src.q, src.dq, src.leader_q
+    nQ, nd, nQL, nt = dst.q, dst.dq, dst.leader_q, dst.hyper_q
+    V, VL, Vd, Vt = work.v, work.v_leader, work.v_dq, work.v_hyper
+    tot_d, tot_t = work.sum_dq, work.sum_hyper
+    gamma, lam, p_oth, p_diff = model.gamma, model.lam, model.p_other, model.p_diff
+    uniform = ctx.uniform
+    D = dQ.shape[2]
+    log4 = math.log(4.0)
+    nbr = model.neighbours
+    n0, n1, n2, n3 = nbr[s, 0], nbr[s, 1], nbr[s, 2], nbr[s, 3]
+    tv = V[n0] + V[n1] + V[n2] + V[n3]
+    tl = VL[n0] + VL[n1] + VL[n2] + VL[n3]
+    for k in range(D):
+        tot_d[k] = gamma * p_oth * (Vd[n0, k] + Vd[n1, k] + Vd[n2, k] + Vd[n3, k])
+        tot_t[k] = gamma * p_oth * (Vt[n0, k] + Vt[n1, k] + Vt[n2, k] + Vt[n3, k])
+    rl = 1.0 if s == model.target else 0.0
+    mq = 0.25 * (Q[s, 0] + Q[s, 1] + Q[s, 2] + Q[s, 3])
+    gd = gamma * p_diff
+    for a in range(4):
+        j = nbr[s, a]
+        nQ[s, a] = ctx.penalty[s] + gamma * (p_oth * tv + p_diff * V[j])
+        nQL[s, a] = rl + gamma * (p_oth * tl + p_diff * VL[j])
+        # the published initial reward uses the follower's uniform-policy advantage
+        adv = (Q[s, a] - mq - lam * log4) / lam if uniform else (QL[s, a] - VL[s]) / lam
+        for k in range(D):
+            nd[s, a, k] = tot_d[k] + gd * Vd[j, k]
+            nt[s, a, k] = (dQ[s, a, k] - Vd[s, k]) * adv + tot_t[k] + gd * Vt[j, k]
+        nd[s, a, s] += 1.0
+        if uniform:
+            nt[s, a, s] += 1.0
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _sweep(src, dst, model, ctx, work):
+    """One Jacobi sweep of one context: reads the tables ``src``, writes ``dst``
+    (:class:`Recursions` of one context), ``work`` is :class:`SweepScratch`."""
+    _state_values(src, model.lam, ctx.uniform, work)
+    for s in range(src.dq.shape[0]):
+        if s == ctx.goal:
+            _goal_rows(dst, s, ctx, model.beta)
+        else:
+            _backup_rows(src, dst, s, model, ctx, work)
 
 
 @njit(cache=True, nogil=True)
-def sweeps(
-    Q, dQ, QL, Qt, pen, goals, target, nbr, gamma, lam, beta, p_oth, p_diff, n_sweeps, uniform
-):
+def sweeps(rec, penalty, goals, model, n_sweeps, uniform):
     """Advance the four recursions of every context ``g`` by ``n_sweeps`` Jacobi sweeps (module
-    docstring). ``Q[G, S, 4]``, ``dQ[G, S, 4, D]``, ``QL[G, S, 4]``, ``Qt[G, S, 4, D]`` in place.
+    docstring). ``rec``: :class:`Recursions` ``[G, ...]``, updated in place.
 
     ``uniform = True`` is the published initialisation: ``dQ``, ``QL`` and ``Qt`` are evaluated
     under the uniform policy and ``Qt``'s reward is ``e_s + A(s,a) dA(s,a) / lam`` with the
     follower's uniform-policy advantages; ``Q`` always follows its own softmax policy. The two
     large tables are double-buffered (no copy per sweep)."""
-    G, S = Q.shape[0], Q.shape[1]
-    D = dQ.shape[3]
-    pi = np.empty((S, 4))
-    pe = np.empty((S, 4))
-    V = np.empty(S)
-    VL = np.empty(S)
-    Vd = np.empty((S, D))
-    Vt = np.empty((S, D))
+    G, S = rec.q.shape[0], rec.q.shape[1]
+    D = rec.dq.shape[3]
+    work = SweepScratch(
+        np.empty((S, 4)),
+        np.empty((S, 4)),
+        np.empty(S),
+        np.empty(S),
+        np.empty((S, D)),
+        np.empty((S, D)),
+        np.empty(D),
+        np.empty(D),
+    )
     nQ = np.empty((S, 4))
     nQL = np.empty((S, 4))
     bd = np.empty((S, 4, D))
     bt = np.empty((S, 4, D))
-    tot_d = np.empty(D)
-    tot_t = np.empty(D)
     budget_reward = 0.0
     for s in range(S):
-        budget_reward += pen[s]
-    budget_reward *= beta  # -beta * budget = beta * sum_s pen(s)
+        budget_reward += penalty[s]
+    budget_reward *= model.beta  # -beta * budget = beta * sum_s pen(s)
     for g in range(G):
+        ctx = SweepContext(penalty, goals[g], uniform, budget_reward)
         for sw in range(n_sweeps):
             if sw % 2 == 0:
-                src_d, src_t, dst_d, dst_t = dQ[g], Qt[g], bd, bt
+                src_d, src_t, dst_d, dst_t = rec.dq[g], rec.hyper_q[g], bd, bt
             else:
-                src_d, src_t, dst_d, dst_t = bd, bt, dQ[g], Qt[g]
-            _sweep(
-                Q[g],
-                src_d,
-                QL[g],
-                src_t,
-                nQ,
-                dst_d,
-                nQL,
-                dst_t,
-                pen,
-                goals[g],
-                target,
-                nbr,
-                gamma,
-                lam,
-                beta,
-                p_oth,
-                p_diff,
-                uniform,
-                budget_reward,
-                pi,
-                pe,
-                V,
-                VL,
-                Vd,
-                Vt,
-                tot_d,
-                tot_t,
-            )
-            Q[g] = nQ
-            QL[g] = nQL
+                src_d, src_t, dst_d, dst_t = bd, bt, rec.dq[g], rec.hyper_q[g]
+            src = Recursions(rec.q[g], src_d, rec.leader_q[g], src_t)
+            _sweep(src, Recursions(nQ, dst_d, nQL, dst_t), model, ctx, work)
+            rec.q[g] = nQ
+            rec.leader_q[g] = nQL
         if n_sweeps % 2 == 1:
-            dQ[g] = bd
-            Qt[g] = bt
+            rec.dq[g] = bd
+            rec.hyper_q[g] = bt
 
 
 @njit(cache=True, nogil=True)
-def start_gradient(Q, Qt, g, start, lam, out):
+def start_gradient(rec, g, start, lam, out):
     """``out[D] = V~_g(start) = sum_a pi(a|start) Q~_g(start, a)``, ``pi = softmax(Q_g / lam)``."""
-    S = Q.shape[1]
-    pi = np.empty((S, 4))
-    _policy(Q[g], lam, pi)
+    pi = np.empty((rec.q.shape[1], 4))
+    _policy(rec.q[g], lam, pi)
     for k in range(out.shape[0]):
         out[k] = 0.0
         for a in range(4):
-            out[k] += pi[start, a] * Qt[g, start, a, k]
+            out[k] += pi[start, a] * rec.hyper_q[g, start, a, k]
 
 
 @dataclass
@@ -281,17 +313,18 @@ def run_single_loop(cfg: SingleLoopConfig, progress: bool = False) -> dict:
     G, S = len(goals), env.n_cells
     x = np.random.default_rng(cfg.seed).normal(0.0, cfg.init_std, (1, env.n_params))
     rng = np.random.default_rng([cfg.seed, 23])
-    Q = np.zeros((G, S, 4))
-    dQ = np.zeros((G, S, 4, S))
-    QL = np.zeros((G, S, 4))
-    Qt = np.zeros((G, S, 4, S))
+    rec = Recursions(
+        np.zeros((G, S, 4)), np.zeros((G, S, 4, S)), np.zeros((G, S, 4)), np.zeros((G, S, 4, S))
+    )
 
     def pen_of(x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(-BUDGET * softmax(x)[0, :-1])
 
-    args = (env.target, env.nbr, GAMMA, cfg.lam, cfg.beta, plan.p_other, plan.p_diff)
+    model = AmdModel(
+        env.nbr, env.target, GAMMA, float(cfg.lam), float(cfg.beta), plan.p_other, plan.p_diff
+    )
     # published initialisation: Q by its own soft backup, the rest under the uniform policy
-    sweeps(Q, dQ, QL, Qt, pen_of(x), goals, *args, cfg.init_sweeps, True)
+    sweeps(rec, pen_of(x), goals, model, cfg.init_sweeps, True)
     exact = {
         solve: FollowerSolver(
             1,
@@ -310,7 +343,7 @@ def run_single_loop(cfg: SingleLoopConfig, progress: bool = False) -> dict:
         for solve in ("exact", "published")
     }
     trace: dict[str, list] = {"iter": [], "F": [], "F_published_solve": []}
-    g_pen = np.empty(S)
+    grad_penalty = np.empty(S)
     bar = tqdm(range(cfg.iters + 1), disable=not progress, mininterval=5.0, leave=False)
     for t in bar:
         if t % cfg.eval_every == 0 or t > cfg.iters - cfg.eval_last:
@@ -319,12 +352,12 @@ def run_single_loop(cfg: SingleLoopConfig, progress: bool = False) -> dict:
             trace["F_published_solve"].append(float(exact["published"].objective(x)[0]))
         if t == cfg.iters:
             break
-        sweeps(Q, dQ, QL, Qt, pen_of(x), goals, *args, cfg.sweeps, False)
+        sweeps(rec, pen_of(x), goals, model, cfg.sweeps, False)
         xi = int(rng.integers(G))
-        start_gradient(Q, Qt, xi, env.start, cfg.lam, g_pen)
+        start_gradient(rec, xi, env.start, cfg.lam, grad_penalty)
         sigma = softmax(x)
         gs = np.zeros_like(sigma)
-        gs[0, :-1] = -BUDGET * g_pen  # d pen(s) / d sigma_s = -0.2
+        gs[0, :-1] = -BUDGET * grad_penalty  # d pen(s) / d sigma_s = -0.2
         grad = sigma * (gs - (sigma * gs).sum(axis=-1, keepdims=True))
         x = np.asarray(sgd_ascent(x, grad, np.array([cfg.lr]), cfg.max_norm))
     it = np.array(trace["iter"])
