@@ -7,8 +7,9 @@ asset bin ``s' ~ K_tau[s, f, :]`` of equation (K) in :mod:`kernel`. Initial bins
 ``mu0``.
 
 All draws are made by a numba kernel (:func:`_simulate`) from a SplitMix64 stream seeded from
-the caller's torch generator, with Walker's alias method (one uniform and one comparison per draw; tables built per
-call by :func:`_alias_rows`, Vose's construction). The next-bin law uses the kernel's shift
+the caller's torch generator, with Walker's alias method (one uniform and one comparison per
+draw; tables built per call by :func:`_alias_rows`, Vose's construction, packed in
+:class:`HouseholdLaws`). The next-bin law uses the kernel's shift
 structure: away from the clip, ``K[s, f, s + d] = D[f, d] / Z[s, f]`` over the band of offsets
 ``d``, i.e. the law ``D[f, :] / sum_d D[f, d]`` conditioned on ``s + d`` staying inside the grid
 (the in-grid mass is ``Z[s, f]``), so the draw samples an offset from ``D[f, :]`` and redraws
@@ -20,6 +21,7 @@ same stream of uniforms (*common random numbers*, :func:`sampled_returns`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -110,62 +112,114 @@ def _uniform(state):
     return float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
+class AliasLaw(NamedTuple):
+    """Walker alias tables of the rows of a law: ``prob[i, k]``, ``alias[i, k]``
+    (:func:`_alias_rows`)."""
+
+    prob: np.ndarray
+    alias: np.ndarray
+
+
+class HouseholdLaws(NamedTuple):
+    """What :func:`_simulate` draws from, for a batch of ``R`` runs: the flow group ``f`` in bin
+    ``s`` (``flow``, rows ``(r, c, s)``), the action inside the group (``in_group``, rows
+    ``(r, c, f)``, ``group_count[f]`` members, the ``g``-th being action ``group_index[f, g]``),
+    the initial bin (``initial``, row 0), the bin offset ``d - d_lo`` of an unclipped move
+    (``offset``, rows ``(r, f)``) and, for rows whose mean is clipped (``clip_hi`` /
+    ``clip_lo[R, S, F]``), the fixed laws at the range ends (``edge``, rows 0 = top,
+    1 = bottom)."""
+
+    flow: AliasLaw
+    in_group: AliasLaw
+    group_index: np.ndarray
+    group_count: np.ndarray
+    initial: AliasLaw
+    offset: AliasLaw
+    d_lo: int
+    clip_hi: np.ndarray
+    clip_lo: np.ndarray
+    edge: AliasLaw
+
+
+class Paths(NamedTuple):
+    """Stored trajectories: ``states[R, N, T+1]``, ``flows[R, N, T]``, ``actions[R, N, T]``."""
+
+    states: np.ndarray
+    flows: np.ndarray
+    actions: np.ndarray
+
+
+class Welfare(NamedTuple):
+    """Discounted welfare of unstored episodes: ``returns[r, n] = sum_t gamma^t
+    (w_state[s_t] + w_action[r, a_t])``."""
+
+    w_state: np.ndarray
+    w_action: np.ndarray
+    gamma: float
+    returns: np.ndarray
+
+
 @njit(cache=True, nogil=True)
-def _draw(state, prob, alias, row, K):
+def _draw(state, law, row, K):
+    """A draw from row ``row`` (``K`` entries) of the alias tables ``law``."""
     u = _uniform(state) * K
     k = int(u)
     if k >= K:
         k = K - 1
-    return k if u - k < prob[row, k] else alias[row, k]
+    return k if u - k < law.prob[row, k] else law.alias[row, k]
 
 
 @njit(cache=True, nogil=True)
-def _simulate(
-    seed, f_prob, f_alias, g_prob, g_alias, group_index, group_count, mu_prob, mu_alias,
-    d_prob, d_alias, d_lo, clip_hi, clip_lo, edge_prob, edge_alias, contexts, n_steps, store,
-    states, flows, actions, w_state, w_action, gamma, returns,
-):  # fmt: skip
-    """Simulate ``contexts.shape[1]`` episodes per run. ``store``: write ``states/flows/
-    actions``; otherwise only the discounted welfare ``returns[r, n] = sum_t gamma^t (w_state[s_t]
-    + w_action[r, a_t])``. Alias rows: flows ``(r, c, s)``, in-group actions ``(r, c, f)``,
-    offsets ``(r, f)``, clipped laws ``0`` (top) / ``1`` (bottom)."""
+def _next_bin(state, laws, r, s, f):
+    """The next asset bin after flow group ``f`` in bin ``s`` (run ``r``): the fixed edge law
+    when the mean is clipped, else an offset redrawn until it lands inside the grid."""
+    S = laws.initial.prob.shape[1]
+    if laws.clip_hi[r, s, f]:
+        return _draw(state, laws.edge, 0, S)
+    if laws.clip_lo[r, s, f]:
+        return _draw(state, laws.edge, 1, S)
+    F, L = laws.flow.prob.shape[1], laws.offset.prob.shape[1]
+    s_next = -1
+    while s_next < 0 or s_next >= S:
+        s_next = s + laws.d_lo + _draw(state, laws.offset, r * F + f, L)
+    return s_next
+
+
+@njit(cache=True, nogil=True)
+def _simulate(seed, laws, contexts, n_steps, store, paths, welfare):
+    """Simulate ``contexts.shape[1]`` episodes per run from the alias tables ``laws``
+    (:class:`HouseholdLaws`) and the SplitMix64 stream of ``seed``. ``store``: write
+    :class:`Paths`; otherwise only the discounted :class:`Welfare` ``returns``."""
     state = np.empty(1, dtype=np.uint64)
     state[0] = np.uint64(seed)
     R, N = contexts.shape
-    S = mu_prob.shape[1]
-    F = f_prob.shape[1]
-    L = d_prob.shape[1]
-    C = f_prob.shape[0] // (R * S)
+    S = laws.initial.prob.shape[1]
+    F = laws.flow.prob.shape[1]
+    C = laws.flow.prob.shape[0] // (R * S)
+    gamma, w_state, w_action = welfare.gamma, welfare.w_state, welfare.w_action
     for r in range(R):
         for n in range(N):
             c = contexts[r, n]
-            s = _draw(state, mu_prob, mu_alias, 0, S)
+            s = _draw(state, laws.initial, 0, S)
             if store:
-                states[r, n, 0] = s
+                paths.states[r, n, 0] = s
             disc = 1.0
             ret = 0.0
             for t in range(n_steps):
-                f = _draw(state, f_prob, f_alias, (r * C + c) * S + s, F)
-                g = _draw(state, g_prob, g_alias, (r * C + c) * F + f, group_count[f])
-                a = group_index[f, g]
-                if clip_hi[r, s, f]:
-                    s_next = _draw(state, edge_prob, edge_alias, 0, S)
-                elif clip_lo[r, s, f]:
-                    s_next = _draw(state, edge_prob, edge_alias, 1, S)
-                else:
-                    s_next = -1
-                    while s_next < 0 or s_next >= S:
-                        s_next = s + d_lo + _draw(state, d_prob, d_alias, r * F + f, L)
+                f = _draw(state, laws.flow, (r * C + c) * S + s, F)
+                g = _draw(state, laws.in_group, (r * C + c) * F + f, laws.group_count[f])
+                a = laws.group_index[f, g]
+                s_next = _next_bin(state, laws, r, s, f)
                 if store:
-                    flows[r, n, t] = f
-                    actions[r, n, t] = a
-                    states[r, n, t + 1] = s_next
+                    paths.flows[r, n, t] = f
+                    paths.actions[r, n, t] = a
+                    paths.states[r, n, t + 1] = s_next
                 else:
                     ret += disc * (w_state[s] + w_action[r, a])
                     disc *= gamma
                 s = s_next
             if not store:
-                returns[r, n] = ret
+                welfare.returns[r, n] = ret
 
 
 def _alias(p: np.ndarray, count: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -178,8 +232,9 @@ def _alias(p: np.ndarray, count: np.ndarray | None = None) -> tuple[np.ndarray, 
     return prob, alias
 
 
-def _tables(econ: Economy, follower: FollowerSolution, parts: KernelParts) -> tuple:
-    """Numpy inputs of :func:`_simulate` for the policy ``follower`` and the kernel ``parts``."""
+def _laws(econ: Economy, follower: FollowerSolution, parts: KernelParts) -> HouseholdLaws:
+    """The alias tables of :func:`_simulate` for the policy ``follower`` and the kernel
+    ``parts``."""
     R = follower.pi_f.shape[0]
     with torch.no_grad():
         pi_f = follower.pi_f.detach().numpy()  # [R, C, S, F]
@@ -187,16 +242,18 @@ def _tables(econ: Economy, follower: FollowerSolution, parts: KernelParts) -> tu
         count = econ.group_mask.sum(-1).numpy()  # [F]
         edges = torch.stack([parts.top, parts.bottom]).detach().numpy()
         D = parts.D.detach().numpy()
-    f_prob, f_alias = _alias(pi_f)
-    g_prob, g_alias = _alias(pa, np.tile(count, R * pa.shape[1]))
-    mu_prob, mu_alias = _alias(econ.mu0.numpy()[None])
-    d_prob, d_alias = _alias(D)
-    e_prob, e_alias = _alias(edges)
-    return (
-        f_prob, f_alias, g_prob, g_alias, econ.group_index.numpy(), count, mu_prob, mu_alias,
-        d_prob, d_alias, int(parts.d_lo), parts.clip_hi.contiguous().numpy(),
-        parts.clip_lo.contiguous().numpy(), e_prob, e_alias,
-    )  # fmt: skip
+    return HouseholdLaws(
+        flow=AliasLaw(*_alias(pi_f)),
+        in_group=AliasLaw(*_alias(pa, np.tile(count, R * pa.shape[1]))),
+        group_index=econ.group_index.numpy(),
+        group_count=count,
+        initial=AliasLaw(*_alias(econ.mu0.numpy()[None])),
+        offset=AliasLaw(*_alias(D)),
+        d_lo=int(parts.d_lo),
+        clip_hi=parts.clip_hi.contiguous().numpy(),
+        clip_lo=parts.clip_lo.contiguous().numpy(),
+        edge=AliasLaw(*_alias(edges)),
+    )
 
 
 def _check(follower: FollowerSolution, contexts: Tensor, n_steps: int, econ: Economy) -> None:
@@ -231,10 +288,10 @@ def rollout(
     actions = np.empty((R, N, n_steps), dtype=np.int64)
     ctx = contexts.to(torch.int64).contiguous().numpy()
     dummy = np.zeros((1, 1))
-    _simulate(
-        draw_seed(generator), *_tables(econ, follower, follower.parts), ctx, n_steps, True,
-        states, flows, actions, np.zeros(1), dummy, 0.0, dummy,
-    )  # fmt: skip
+    seed = draw_seed(generator)
+    laws = _laws(econ, follower, follower.parts)
+    paths = Paths(states, flows, actions)
+    _simulate(seed, laws, ctx, n_steps, True, paths, Welfare(np.zeros(1), dummy, 0.0, dummy))
     return Trajectories(
         states=torch.from_numpy(states),
         flows=torch.from_numpy(flows),
@@ -264,10 +321,19 @@ def sampled_returns(
         )
     out = np.zeros((R, N))
     empty = np.empty((1, 1, 1), dtype=np.int64)
-    _simulate(
-        int(seed), *_tables(econ, follower, follower.parts),
-        contexts.to(torch.int64).contiguous().numpy(), n_steps, False, empty, empty, empty,
+    welfare = Welfare(
         w_state.detach().to(torch.float64).contiguous().numpy(),
-        w_action.detach().to(torch.float64).contiguous().numpy(), float(econ.gamma), out,
-    )  # fmt: skip
+        w_action.detach().to(torch.float64).contiguous().numpy(),
+        float(econ.gamma),
+        out,
+    )
+    _simulate(
+        int(seed),
+        _laws(econ, follower, follower.parts),
+        contexts.to(torch.int64).contiguous().numpy(),
+        n_steps,
+        False,
+        Paths(empty, empty, empty),
+        welfare,
+    )
     return torch.from_numpy(out)
