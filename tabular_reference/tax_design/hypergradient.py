@@ -43,6 +43,13 @@ from numba import njit
 from torch import Tensor
 
 from align_cbrl.estimators.trajectory import HPGDWeights, hpgd_weights
+from tabular_reference.tax_design.aggregate import (
+    CellSums,
+    Steps,
+    StepWeights,
+    TransitionTerm,
+    aggregate,
+)
 from tabular_reference.tax_design.economy import Economy
 from tabular_reference.tax_design.kernel import expected_next, kernel_parts, mix_kernel
 from tabular_reference.tax_design.rewards import asset_welfare, rates, welfare_action
@@ -276,20 +283,22 @@ def surrogate_gradient(
     score = follower_transition == "score"
     with torch.no_grad():
         expected = expected_next(parts, follower.V) if score else follower.V[..., None]
-        tables = [np.zeros((R, n)) for n in (A, C * A, C * S * F, F * L, S * F)]
+        sums = CellSums(*(np.zeros((R, n)) for n in (A, C * A, C * S * F, F * L, S * F)))
 
         def arr(t: Tensor) -> np.ndarray:
             return t.detach().contiguous().numpy()
 
-        bad = _aggregate(
-            arr(w.leader), arr(w.follower), arr(w.transition),
-            arr(b["state"]), arr(b["flow"]), arr(b["context"]), arr(b["action"]),
-            arr(b["next_state"]), arr(parts.clip_hi | parts.clip_lo), int(parts.d_lo),
-            score, econ.gamma, arr(follower.V), arr(expected), *tables,
-        )  # fmt: skip
+        bad = aggregate(
+            StepWeights(arr(w.leader), arr(w.follower), arr(w.transition)),
+            Steps(*(arr(b[k]) for k in ("state", "flow", "context", "action", "next_state"))),
+            arr(parts.clip_hi | parts.clip_lo),
+            int(parts.d_lo),
+            TransitionTerm(score, econ.gamma, arr(follower.V), arr(expected)),
+            sums,
+        )
         if bad:
             raise ValueError("a sampled transition lies outside the kernel's band of offsets")
-        w_lead, w_cd, w_kv, w_d, w_z = (torch.from_numpy(t) for t in tables)
+        w_lead, w_cd, w_kv, w_d, w_z = (torch.from_numpy(t) for t in sums)
     with torch.enable_grad():
         th = theta.detach().requires_grad_(True)
         x = rates(th)
@@ -311,39 +320,6 @@ def surrogate_gradient(
             surrogate = surrogate + econ.gamma * (w_kv * kv).sum()
         (grad,) = torch.autograd.grad(surrogate, th)
     return grad
-
-
-@njit(cache=True, nogil=True)
-def _aggregate(
-    w_leader, w_follower, w_transition, state, flow, context, action, next_state, clipped, d_lo,
-    score, gamma, V, expected, w_lead, w_cd, w_kv, w_d, w_z,
-):  # fmt: skip
-    """Sum the step weights per table cell (:func:`surrogate_gradient`); returns True if a
-    weighted, unclipped transition lies outside the band of offsets."""
-    R, T = state.shape
-    A = w_lead.shape[1]
-    S, F = clipped.shape[1], clipped.shape[2]
-    L = w_d.shape[1] // F
-    bad = False
-    for r in range(R):
-        for t in range(T):
-            s, f, c, a, s2 = state[r, t], flow[r, t], context[r, t], action[r, t], next_state[r, t]
-            wf = w_follower[r, t]
-            w_lead[r, a] += w_leader[r, t]
-            w_cd[r, c * A + a] += wf
-            tw = w_transition[r, t]
-            if score:
-                tw += gamma * wf * (V[r, c, s2] - expected[r, c, s, f])
-            else:
-                w_kv[r, (c * S + s) * F + f] += wf
-            if tw != 0.0 and not clipped[r, s, f]:
-                k = s2 - s - d_lo
-                if k < 0 or k >= L:
-                    bad = True
-                else:
-                    w_d[r, f * L + k] += tw
-                    w_z[r, s * F + f] += tw
-    return bad
 
 
 def exact_hypergradient(

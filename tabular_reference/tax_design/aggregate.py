@@ -1,0 +1,87 @@
+"""The numba kernel of the tax-design surrogate gradient
+(:func:`tabular_reference.tax_design.hypergradient.hypergradient`): the per-step weights of the
+core estimator summed per cell of the small ``theta``-dependent tables each step's term reads, so
+that autograd runs over the tables only (the same sum, reordered)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+__all__ = ["CellSums", "StepWeights", "Steps", "TransitionTerm", "aggregate"]
+
+
+class Steps(NamedTuple):
+    """``[R, T]`` sampled steps: asset bin, flow group, household type, action, next bin."""
+
+    state: np.ndarray
+    flow: np.ndarray
+    context: np.ndarray
+    action: np.ndarray
+    next_state: np.ndarray
+
+
+class StepWeights(NamedTuple):
+    """``[R, T]`` per-step weights of the core estimator (``HPGDWeights``)."""
+
+    leader: np.ndarray
+    follower: np.ndarray
+    transition: np.ndarray
+
+
+class TransitionTerm(NamedTuple):
+    """How the follower's transition term enters: with ``score`` its weight
+    ``gamma follower_t (V*(s') - E[V*(s') | s, f])`` joins the transition weight (``V[R, C, S]``,
+    ``expected[R, C, S, F]``); otherwise the follower weight is summed per (type, bin, flow)."""
+
+    score: bool
+    gamma: float
+    V: np.ndarray
+    expected: np.ndarray
+
+
+class CellSums(NamedTuple):
+    """The weight sums per table cell, ``[R, n]``: the leader's per action, the follower's per
+    (type, action) (Cobb-Douglas term) and per (type, bin, flow) (``gamma (K V*)``), and the
+    transition weights per (flow, offset) (``log D``) and per (bin, flow) (``log Z``)."""
+
+    leader_action: np.ndarray
+    cobb_douglas: np.ndarray
+    expected_next: np.ndarray
+    log_offset: np.ndarray
+    log_normaliser: np.ndarray
+
+
+@njit(cache=True, nogil=True)
+def aggregate(weights, steps, clipped, d_lo, term, sums):
+    """Add the step ``weights`` of ``steps`` to their table cells in ``sums`` (module
+    docstring); ``clipped[R, S, F]`` marks the rows whose mean is clipped (no ``tau``
+    dependence), ``d_lo`` is the kernel's first offset. Returns True if a weighted, unclipped
+    transition lies outside the band of offsets."""
+    R, T = steps.state.shape
+    A = sums.leader_action.shape[1]
+    S, F = clipped.shape[1], clipped.shape[2]
+    L = sums.log_offset.shape[1] // F
+    bad = False
+    for r in range(R):
+        for t in range(T):
+            s, f, c = steps.state[r, t], steps.flow[r, t], steps.context[r, t]
+            a, s2 = steps.action[r, t], steps.next_state[r, t]
+            wf = weights.follower[r, t]
+            sums.leader_action[r, a] += weights.leader[r, t]
+            sums.cobb_douglas[r, c * A + a] += wf
+            tw = weights.transition[r, t]
+            if term.score:
+                tw += term.gamma * wf * (term.V[r, c, s2] - term.expected[r, c, s, f])
+            else:
+                sums.expected_next[r, (c * S + s) * F + f] += wf
+            if tw != 0.0 and not clipped[r, s, f]:
+                k = s2 - s - d_lo
+                if k < 0 or k >= L:
+                    bad = True
+                else:
+                    sums.log_offset[r, f * L + k] += tw
+                    sums.log_normaliser[r, s * F + f] += tw
+    return bad
