@@ -295,9 +295,15 @@ class Episodes:
         """The ``gamma``-discounted within-episode recurrence of :func:`segmented_scan`."""
         if self.use_cumsum:
             return _cumsum_scan(
-                values, self.episode_start, self.gamma, reverse, self.tau, self.max_len,
-                self.gpow, self.gdown,
-            )  # fmt: skip
+                values,
+                self.episode_start,
+                self.gamma,
+                reverse,
+                self.tau,
+                self.max_len,
+                self.gpow,
+                self.gdown,
+            )
         return segmented_scan(
             values,
             self.episode_start,

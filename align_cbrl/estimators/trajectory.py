@@ -238,9 +238,17 @@ def hpgd_weights(
         follower_w = torch.zeros_like(leader_rewards)
     else:
         values = _leader_values(
-            form, leader_q, g_hat, episode_start, states, actions, n_states, n_actions,
-            q_table, v_table,
-        )  # fmt: skip
+            form,
+            leader_q,
+            g_hat,
+            episode_start,
+            states,
+            actions,
+            n_states,
+            n_actions,
+            q_table,
+            v_table,
+        )
         follower_w = _FORM_WEIGHTS[form](ep, values) * ep.inv_episodes / beta_col
     return HPGDWeights(
         follower=follower_w, leader=leader_w, transition=transition_w, n_episodes=ep.n_episodes

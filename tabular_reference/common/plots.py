@@ -90,15 +90,27 @@ def plot_bias_vs_budget(
     for ax, res in zip(axes[0], results, strict=True):
         rows = [r for r in res["plain"] if r["n"] != "inf"]
         ns = np.array([max(r["n"], 0.5) for r in rows])  # n = 0 drawn at 1/2 on the log axis
-        ax.errorbar(ns, [r["rel_bias"] for r in rows], yerr=[2 * r["rel_se"] for r in rows],
-                    marker="o", label="HPGD, n sweeps (mean of M, ±2 s.e.)")  # fmt: skip
+        ax.errorbar(
+            ns,
+            [r["rel_bias"] for r in rows],
+            yerr=[2 * r["rel_se"] for r in rows],
+            marker="o",
+            label="HPGD, n sweeps (mean of M, ±2 s.e.)",
+        )
         ax.plot(ns, [r["plug_in"]["rel_bias"] for r in rows], "k:", label=plug_in)
         inf = res["plain"][-1]
         ax.axhline(inf["rel_bias"], color="grey", ls="--", label=f"HPGD, {exact} (n = inf)")
         for r in res["multilevel"]:
-            ax.errorbar([r["top"]], [r["rel_bias"]], yerr=[2 * r["rel_se"]], marker="s", ms=8,
-                        ls="none", label=f"multilevel n0={r['base_steps']} J={r['max_level']} "
-                        f"({r['sweeps']:.0f} sweeps/est.)")  # fmt: skip
+            ax.errorbar(
+                [r["top"]],
+                [r["rel_bias"]],
+                yerr=[2 * r["rel_se"]],
+                marker="s",
+                ms=8,
+                ls="none",
+                label=f"multilevel n0={r['base_steps']} J={r['max_level']} "
+                f"({r['sweeps']:.0f} sweeps/est.)",
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(f"{who} sweeps n (multilevel: its top level)")

@@ -199,9 +199,16 @@ class _Leader:
     def _multilevel(self, x: np.ndarray, ctx: np.ndarray, r: int) -> np.ndarray:
         """One §9.1 draw for run ``r``."""
         est = multilevel_hypergradient(
-            self.follower, x, ctx, r, self.cfg, self.schedule, self.xrng[r],
-            generator=self.tgen, coupling=self.learn.coupling,
-        )  # fmt: skip
+            self.follower,
+            x,
+            ctx,
+            r,
+            self.cfg,
+            self.schedule,
+            self.xrng[r],
+            generator=self.tgen,
+            coupling=self.learn.coupling,
+        )
         self.levels.append(est.level)
         return est.gradient.numpy()
 

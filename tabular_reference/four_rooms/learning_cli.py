@@ -69,10 +69,15 @@ def learning_main(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     cfg = RunConfig(
-        algo=args.algo, beta=args.lam, budget_cost=args.beta, lrs=list(args.lr),
-        seeds=list(range(args.seeds)), iters=args.iters, steps_per_iter=args.steps_per_iter,
+        algo=args.algo,
+        beta=args.lam,
+        budget_cost=args.beta,
+        lrs=list(args.lr),
+        seeds=list(range(args.seeds)),
+        iters=args.iters,
+        steps_per_iter=args.steps_per_iter,
         dynamics=args.dynamics,
-    )  # fmt: skip
+    )
     res = run_learning(cfg, learn)
     from tabular_reference.common.results import ResultsDir
 

@@ -351,12 +351,19 @@ def _collect(
                 row[algo] = {**best, **paper, "diff": best["mean"] - pm, "within": within}
                 cells.append(
                     {
-                        "lam": lam, "beta": beta, "algo": algo, "mean": best["mean"],
-                        "se": best["se"], "paper_mean": pm, "paper_se": pse,
-                        "within": bool(within), "lr": best["lr"], "c": best["c"],
+                        "lam": lam,
+                        "beta": beta,
+                        "algo": algo,
+                        "mean": best["mean"],
+                        "se": best["se"],
+                        "paper_mean": pm,
+                        "paper_se": pse,
+                        "within": bool(within),
+                        "lr": best["lr"],
+                        "c": best["c"],
                         "escaped_seeds": best["escaped_seeds"],
                     }
-                )  # fmt: skip
+                )
             rows.append(row)
     return rows, cells, selected
 
