@@ -29,8 +29,9 @@ from 0; ``dQ``, ``Q_L`` and ``Q~`` by 500 sweeps of policy evaluation under the 
 ``Q~`` with the published initial reward ``e_s + A(s,a) dA(s,a) / lam`` (the follower's
 advantage under the uniform policy, not the leader's).
 
-The leader's objective reported beside it is the exact ``F`` (``solver.FollowerSolver.objective``) of the
-current logits, so that the numbers compare with every other cell of ``table1``.
+The leader's objective reported beside it is the exact ``F``
+(``solver.FollowerSolver.objective``) of the current logits, so that the numbers compare with
+every other cell of ``table1``.
 """
 
 from __future__ import annotations
