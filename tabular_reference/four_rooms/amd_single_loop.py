@@ -119,7 +119,7 @@ def _policy(Q, lam, pi):
             pi[s, a] /= z
 
 
-@njit(cache=True, nogil=True, fastmath=True, inline="always")
+@njit(cache=True, nogil=True, fastmath=True)
 def _state_values(src, lam, uniform, work):
     """The state values of the tables ``src`` under the follower's softmax policy (``v``) and
     under the evaluated policy (``v_leader``, ``v_dq``, ``v_hyper``) into ``work``."""
@@ -149,67 +149,61 @@ def _state_values(src, lam, uniform, work):
             Vt[s, k] = p0 * Qt[s, 0, k] + p1 * Qt[s, 1, k] + p2 * Qt[s, 2, k] + p3 * Qt[s, 3, k]
 
 
-@njit(cache=True, nogil=True, fastmath=True, inline="always")
-def _goal_rows(dst, s, ctx, beta):
-    """The terminal goal ``s``: ``Q = 1 + pen(goal)``, ``Q_L`` the budget, ``dQ = e_s``,
-    ``Q~ = beta`` (``e_s`` in the initialisation)."""
-    D = dst.dq.shape[2]
-    for a in range(4):
-        dst.q[s, a] = 1.0 + ctx.penalty[s]
-        dst.leader_q[s, a] = ctx.budget_reward
-        for k in range(D):
-            dst.dq[s, a, k] = 0.0
-            dst.hyper_q[s, a, k] = 0.0 if ctx.uniform else beta
-        dst.dq[s, a, s] = 1.0
-        if ctx.uniform:
-            dst.hyper_q[s, a, s] = 1.0
-
-
-@njit(cache=True, nogil=True, fastmath=True, inline="always")
-def _backup_rows(src, dst, s, model, ctx, work):
-    """The four backups of a non-goal state ``s`` from the state values in ``work``."""
+@njit(cache=True, nogil=True, fastmath=True)
+def _backups(src, dst, model, ctx, work):
+    """Every state's backups into ``dst`` from the state values in ``work``: the terminal goal
+    (``Q = 1 + pen(goal)``, ``Q_L`` the budget, ``dQ = e_s``, ``Q~ = beta``, ``e_s`` in the
+    initialisation) and the four recursions' Bellman backups elsewhere."""
     Q, dQ, QL = src.q, src.dq, src.leader_q
     nQ, nd, nQL, nt = dst.q, dst.dq, dst.leader_q, dst.hyper_q
     V, VL, Vd, Vt = work.v, work.v_leader, work.v_dq, work.v_hyper
     tot_d, tot_t = work.sum_dq, work.sum_hyper
-    gamma, lam, p_oth, p_diff = model.gamma, model.lam, model.p_other, model.p_diff
-    uniform = ctx.uniform
-    D = dQ.shape[2]
+    nbr, gamma, lam, beta = model.neighbours, model.gamma, model.lam, model.beta
+    p_oth, p_diff = model.p_other, model.p_diff
+    pen, goal, uniform = ctx.penalty, ctx.goal, ctx.uniform
+    S, D = dQ.shape[0], dQ.shape[2]
     log4 = math.log(4.0)
-    nbr = model.neighbours
-    n0, n1, n2, n3 = nbr[s, 0], nbr[s, 1], nbr[s, 2], nbr[s, 3]
-    tv = V[n0] + V[n1] + V[n2] + V[n3]
-    tl = VL[n0] + VL[n1] + VL[n2] + VL[n3]
-    for k in range(D):
-        tot_d[k] = gamma * p_oth * (Vd[n0, k] + Vd[n1, k] + Vd[n2, k] + Vd[n3, k])
-        tot_t[k] = gamma * p_oth * (Vt[n0, k] + Vt[n1, k] + Vt[n2, k] + Vt[n3, k])
-    rl = 1.0 if s == model.target else 0.0
-    mq = 0.25 * (Q[s, 0] + Q[s, 1] + Q[s, 2] + Q[s, 3])
-    gd = gamma * p_diff
-    for a in range(4):
-        j = nbr[s, a]
-        nQ[s, a] = ctx.penalty[s] + gamma * (p_oth * tv + p_diff * V[j])
-        nQL[s, a] = rl + gamma * (p_oth * tl + p_diff * VL[j])
-        # the published initial reward uses the follower's uniform-policy advantage
-        adv = (Q[s, a] - mq - lam * log4) / lam if uniform else (QL[s, a] - VL[s]) / lam
+    for s in range(S):
+        if s == goal:
+            for a in range(4):
+                nQ[s, a] = 1.0 + pen[s]
+                nQL[s, a] = ctx.budget_reward
+                for k in range(D):
+                    nd[s, a, k] = 0.0
+                    nt[s, a, k] = 0.0 if uniform else beta
+                nd[s, a, s] = 1.0
+                if uniform:
+                    nt[s, a, s] = 1.0
+            continue
+        n0, n1, n2, n3 = nbr[s, 0], nbr[s, 1], nbr[s, 2], nbr[s, 3]
+        tv = V[n0] + V[n1] + V[n2] + V[n3]
+        tl = VL[n0] + VL[n1] + VL[n2] + VL[n3]
         for k in range(D):
-            nd[s, a, k] = tot_d[k] + gd * Vd[j, k]
-            nt[s, a, k] = (dQ[s, a, k] - Vd[s, k]) * adv + tot_t[k] + gd * Vt[j, k]
-        nd[s, a, s] += 1.0
-        if uniform:
-            nt[s, a, s] += 1.0
+            tot_d[k] = gamma * p_oth * (Vd[n0, k] + Vd[n1, k] + Vd[n2, k] + Vd[n3, k])
+            tot_t[k] = gamma * p_oth * (Vt[n0, k] + Vt[n1, k] + Vt[n2, k] + Vt[n3, k])
+        rl = 1.0 if s == model.target else 0.0
+        mq = 0.25 * (Q[s, 0] + Q[s, 1] + Q[s, 2] + Q[s, 3])
+        gd = gamma * p_diff
+        for a in range(4):
+            j = nbr[s, a]
+            nQ[s, a] = pen[s] + gamma * (p_oth * tv + p_diff * V[j])
+            nQL[s, a] = rl + gamma * (p_oth * tl + p_diff * VL[j])
+            # the published initial reward uses the follower's uniform-policy advantage
+            adv = (Q[s, a] - mq - lam * log4) / lam if uniform else (QL[s, a] - VL[s]) / lam
+            for k in range(D):
+                nd[s, a, k] = tot_d[k] + gd * Vd[j, k]
+                nt[s, a, k] = (dQ[s, a, k] - Vd[s, k]) * adv + tot_t[k] + gd * Vt[j, k]
+            nd[s, a, s] += 1.0
+            if uniform:
+                nt[s, a, s] += 1.0
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True)
 def _sweep(src, dst, model, ctx, work):
     """One Jacobi sweep of one context: reads the tables ``src``, writes ``dst``
     (:class:`Recursions` of one context), ``work`` is :class:`SweepScratch`."""
     _state_values(src, model.lam, ctx.uniform, work)
-    for s in range(src.dq.shape[0]):
-        if s == ctx.goal:
-            _goal_rows(dst, s, ctx, model.beta)
-        else:
-            _backup_rows(src, dst, s, model, ctx, work)
+    _backups(src, dst, model, ctx, work)
 
 
 @njit(cache=True, nogil=True)
