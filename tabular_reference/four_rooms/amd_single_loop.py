@@ -44,6 +44,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from tabular_reference.common.kernel_tuples import kernel_tuple
 from tabular_reference.common.optim import sgd_ascent
 from tabular_reference.four_rooms.algorithms import RunConfig
 from tabular_reference.four_rooms.dynamics import resolve_dynamics
@@ -52,6 +53,7 @@ from tabular_reference.four_rooms.leader import softmax
 from tabular_reference.four_rooms.solver import FollowerSolver
 
 
+@kernel_tuple
 class AmdModel(NamedTuple):
     """What the recursions read: ``neighbours[S, 4]``, the leader's target cell, the discount,
     the follower's temperature ``lam``, the leader's budget cost ``beta`` (paper notation) and
@@ -66,6 +68,7 @@ class AmdModel(NamedTuple):
     p_diff: float
 
 
+@kernel_tuple
 class Recursions(NamedTuple):
     """The four tables (module docstring), for every context ``[G, ...]`` or for one:
     the follower's soft ``q[S, 4]``, its reward gradient ``dq[S, 4, D]``, the leader's
@@ -77,6 +80,7 @@ class Recursions(NamedTuple):
     hyper_q: np.ndarray
 
 
+@kernel_tuple
 class SweepContext(NamedTuple):
     """One context's sweep inputs: the follower's rewards ``penalty[S]``, the goal cell,
     whether the recursions evaluate the uniform policy (the published initialisation) and the
@@ -88,6 +92,7 @@ class SweepContext(NamedTuple):
     budget_reward: float
 
 
+@kernel_tuple
 class SweepScratch(NamedTuple):
     """A sweep's state values of the previous tables: the follower's softmax policy
     ``policy[S, 4]``, the policy the other three recursions evaluate ``eval_policy[S, 4]``

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tabular_reference.common.kernel_tuples import kernel_tuple
 from tabular_reference.four_rooms.dynamics import SlipModel
 from tabular_reference.four_rooms.env import FOUR_ROOMS, GAMMA, MAX_EPISODE_STEPS
 
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 
+@kernel_tuple
 class FollowerModel(NamedTuple):
     """The follower's MDP as the solve kernels read it: ``neighbours[S, 4]`` (the cell reached
     by moving in direction ``d``; itself at a wall), the start and target cells, the bandwidth
@@ -55,6 +57,7 @@ class FollowerModel(NamedTuple):
     temperature: float
 
 
+@kernel_tuple
 class Newton(NamedTuple):
     """Stopping rule of the Newton solve: ``max|T(V) - V| <= tol`` within ``max_steps``."""
 
@@ -62,6 +65,7 @@ class Newton(NamedTuple):
     max_steps: int
 
 
+@kernel_tuple
 class Contexts(NamedTuple):
     """Per run ``r`` what a solve reads: the follower's state rewards ``penalty[r, S]`` (the
     leader's incentives plus the step reward; ``pen`` in ``docs/theory.md`` §5), the goal cell
@@ -73,6 +77,7 @@ class Contexts(NamedTuple):
     goal_value: np.ndarray
 
 
+@kernel_tuple
 class Followers(NamedTuple):
     """Per run ``r`` what a sampler reads: the follower's policy ``policy[r, S, 4]``, its goal
     cell ``goal[r]`` and the leader's reward there ``goal_value[r]``."""
@@ -82,6 +87,7 @@ class Followers(NamedTuple):
     goal_value: np.ndarray
 
 
+@kernel_tuple
 class NewtonWork(NamedTuple):
     """One context's Newton buffers: the policy ``[S, 4]`` and, of its last iterate, the
     factorised ``M(pi)`` (band storage), ``neg_entropy[s] = sum_a pi log pi`` and the
@@ -93,6 +99,7 @@ class NewtonWork(NamedTuple):
     rhs: np.ndarray
 
 
+@kernel_tuple
 class WarmStart(NamedTuple):
     """The factorised ``M(pi)`` and ``sum_a pi log pi`` of the policy of the warm-start values,
     used by the first Newton step when ``valid``."""
@@ -102,6 +109,7 @@ class WarmStart(NamedTuple):
     valid: bool
 
 
+@kernel_tuple
 class SolveOutputs(NamedTuple):
     """What a batched solve writes per run ``r``: the leader value ``value[r] = F_xi``, with
     ``want_grad`` ``grad_penalty[r, S] = dF/dpen`` and ``grad_goal_value[r] = dF/dvgoal``
@@ -116,6 +124,7 @@ class SolveOutputs(NamedTuple):
     residual: np.ndarray
 
 
+@kernel_tuple
 class FactorCache(NamedTuple):
     """Per slot ``k`` the factorised ``M(pi)`` (``factors[k]``, band storage) and
     ``neg_entropy[k] = sum_a pi log pi`` of the policy of the slot's stored values, valid when
@@ -127,6 +136,7 @@ class FactorCache(NamedTuple):
     valid: np.ndarray
 
 
+@kernel_tuple
 class SamplerModel(NamedTuple):
     """What the samplers read: the map (``neighbours``, start and target cells), the sampling
     slip model (``p_intended`` on the chosen direction, ``p_other`` on each other one) and the
@@ -143,6 +153,7 @@ class SamplerModel(NamedTuple):
     max_len: int
 
 
+@kernel_tuple
 class EstimatorModel(NamedTuple):
     """The fused estimator ``form`` (``hpgd_kernels.FORM_*``) and the constants it reads."""
 
@@ -153,6 +164,7 @@ class EstimatorModel(NamedTuple):
     max_len: int
 
 
+@kernel_tuple
 class Samples(NamedTuple):
     """``[R, T]`` sampled steps: the state, the action and the step's time in its episode."""
 
@@ -161,6 +173,7 @@ class Samples(NamedTuple):
     time_in_episode: np.ndarray
 
 
+@kernel_tuple
 class Walk(NamedTuple):
     """One run's sampled walk: its goal cell and its rows of :class:`Samples` (``[T]``)."""
 
@@ -170,6 +183,7 @@ class Walk(NamedTuple):
     time_in_episode: np.ndarray
 
 
+@kernel_tuple
 class LibrarySamples(NamedTuple):
     """``[R, T]`` sampled steps as the library estimators read them: state, action, the leader's
     reward and whether the step starts an episode."""
@@ -180,6 +194,7 @@ class LibrarySamples(NamedTuple):
     episode_start: np.ndarray
 
 
+@kernel_tuple
 class Gradients(NamedTuple):
     """Per run ``r`` the per-state sums of the follower weights ``grad_penalty[r, S]`` and the
     leader weights at the goal ``grad_goal_value[r]`` (what the logit chain rule reads)."""

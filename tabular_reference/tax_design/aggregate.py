@@ -10,9 +10,12 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from tabular_reference.common.kernel_tuples import kernel_tuple
+
 __all__ = ["CellSums", "StepWeights", "Steps", "TransitionTerm", "aggregate"]
 
 
+@kernel_tuple
 class Steps(NamedTuple):
     """``[R, T]`` sampled steps: asset bin, flow group, household type, action, next bin."""
 
@@ -23,6 +26,7 @@ class Steps(NamedTuple):
     next_state: np.ndarray
 
 
+@kernel_tuple
 class StepWeights(NamedTuple):
     """``[R, T]`` per-step weights of the core estimator (``HPGDWeights``)."""
 
@@ -31,6 +35,7 @@ class StepWeights(NamedTuple):
     transition: np.ndarray
 
 
+@kernel_tuple
 class TransitionTerm(NamedTuple):
     """How the follower's transition term enters: with ``score`` its weight
     ``gamma follower_t (V*(s') - E[V*(s') | s, f])`` joins the transition weight (``V[R, C, S]``,
@@ -42,6 +47,7 @@ class TransitionTerm(NamedTuple):
     expected: np.ndarray
 
 
+@kernel_tuple
 class CellSums(NamedTuple):
     """The weight sums per table cell, ``[R, n]``: the leader's per action, the follower's per
     (type, action) (Cobb-Douglas term) and per (type, bin, flow) (``gamma (K V*)``), and the

@@ -29,6 +29,7 @@ from numba import njit
 from torch import Tensor
 
 from tabular_reference.common.alias import vose
+from tabular_reference.common.kernel_tuples import kernel_tuple
 from tabular_reference.tax_design.economy import Economy
 from tabular_reference.tax_design.kernel import KernelParts
 from tabular_reference.tax_design.solver import FollowerSolution
@@ -112,6 +113,7 @@ def _uniform(state):
     return float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
+@kernel_tuple
 class AliasLaw(NamedTuple):
     """Walker alias tables of the rows of a law: ``prob[i, k]``, ``alias[i, k]``
     (:func:`_alias_rows`)."""
@@ -120,6 +122,7 @@ class AliasLaw(NamedTuple):
     alias: np.ndarray
 
 
+@kernel_tuple
 class HouseholdLaws(NamedTuple):
     """What :func:`_simulate` draws from, for a batch of ``R`` runs: the flow group ``f`` in bin
     ``s`` (``flow``, rows ``(r, c, s)``), the action inside the group (``in_group``, rows
@@ -141,6 +144,7 @@ class HouseholdLaws(NamedTuple):
     edge: AliasLaw
 
 
+@kernel_tuple
 class Paths(NamedTuple):
     """Stored trajectories: ``states[R, N, T+1]``, ``flows[R, N, T]``, ``actions[R, N, T]``."""
 
@@ -149,6 +153,7 @@ class Paths(NamedTuple):
     actions: np.ndarray
 
 
+@kernel_tuple
 class Welfare(NamedTuple):
     """Discounted welfare of unstored episodes: ``returns[r, n] = sum_t gamma^t
     (w_state[s_t] + w_action[r, a_t])``."""
