@@ -17,40 +17,40 @@ def _matrix(seed: int, goal: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     pi = rng.dirichlet(np.ones(4) * 0.3, size=E.n_cells)
     plan = resolve_dynamics("paper").plan
-    AB = np.zeros((E.n_cells, 2 * banded.BAND + 1))
-    AB[:, banded.BAND] = 1.0
+    band = np.zeros((E.n_cells, 2 * banded.BAND + 1))
+    band[:, banded.BAND] = 1.0
     for s in range(E.n_cells):
         if s == goal:
             continue
         for d in range(4):
             j = E.nbr[s, d]
-            AB[s, j - s + banded.BAND] -= GAMMA * (plan.p_other + plan.p_diff * pi[s, d])
-    return AB
+            band[s, j - s + banded.BAND] -= GAMMA * (plan.p_other + plan.p_diff * pi[s, d])
+    return band
 
 
-def _widen(AB: np.ndarray, extra: int) -> np.ndarray:
+def _widen(band: np.ndarray, extra: int) -> np.ndarray:
     """The same matrix stored with bandwidth ``BAND + extra`` (takes the generic loops)."""
-    n, b = AB.shape[0], banded.BAND
+    n, b = band.shape[0], banded.BAND
     W = np.zeros((n, 2 * (b + extra) + 1))
-    W[:, extra : extra + 2 * b + 1] = AB
+    W[:, extra : extra + 2 * b + 1] = band
     return W
 
 
-def _dense(AB: np.ndarray) -> np.ndarray:
-    n, b = AB.shape[0], banded.BAND
+def _dense(band: np.ndarray) -> np.ndarray:
+    n, b = band.shape[0], banded.BAND
     M = np.zeros((n, n))
     for i in range(n):
         for j in range(max(0, i - b), min(n, i + b + 1)):
-            M[i, j] = AB[i, j - i + b]
+            M[i, j] = band[i, j - i + b]
     return M
 
 
 @pytest.mark.parametrize(("seed", "goal"), [(0, E.goals[0]), (1, 0), (2, E.n_cells - 1)])
 def test_fixed_band_paths_equal_generic_loops_bit_for_bit(seed: int, goal: int) -> None:
     assert E.bandwidth == banded.BAND
-    AB = _matrix(seed, goal)
-    M = _dense(AB)
-    fast, generic = AB.copy(), _widen(AB, 1)
+    band = _matrix(seed, goal)
+    M = _dense(band)
+    fast, generic = band.copy(), _widen(band, 1)
     banded.band_lu(fast, E.n_cells, banded.BAND)
     banded.band_lu(generic, E.n_cells, banded.BAND + 1)
     assert np.array_equal(fast, generic[:, 1:-1])

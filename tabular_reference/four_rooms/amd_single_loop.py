@@ -164,7 +164,7 @@ def _backups(src, dst, model, ctx, work):
     V, VL, Vd, Vt = work.v, work.v_leader, work.v_dq, work.v_hyper
     tot_d, tot_t = work.sum_dq, work.sum_hyper
     nbr, gamma, lam, beta = model.neighbours, model.gamma, model.lam, model.beta
-    p_oth, p_diff = model.p_other, model.p_diff
+    p_other, p_diff = model.p_other, model.p_diff
     pen, goal, uniform = ctx.penalty, ctx.goal, ctx.uniform
     S, D = dQ.shape[0], dQ.shape[2]
     log4 = math.log(4.0)
@@ -184,15 +184,15 @@ def _backups(src, dst, model, ctx, work):
         tv = V[n0] + V[n1] + V[n2] + V[n3]
         tl = VL[n0] + VL[n1] + VL[n2] + VL[n3]
         for k in range(D):
-            tot_d[k] = gamma * p_oth * (Vd[n0, k] + Vd[n1, k] + Vd[n2, k] + Vd[n3, k])
-            tot_t[k] = gamma * p_oth * (Vt[n0, k] + Vt[n1, k] + Vt[n2, k] + Vt[n3, k])
+            tot_d[k] = gamma * p_other * (Vd[n0, k] + Vd[n1, k] + Vd[n2, k] + Vd[n3, k])
+            tot_t[k] = gamma * p_other * (Vt[n0, k] + Vt[n1, k] + Vt[n2, k] + Vt[n3, k])
         rl = 1.0 if s == model.target else 0.0
         mq = 0.25 * (Q[s, 0] + Q[s, 1] + Q[s, 2] + Q[s, 3])
         gd = gamma * p_diff
         for a in range(4):
             j = nbr[s, a]
-            nQ[s, a] = pen[s] + gamma * (p_oth * tv + p_diff * V[j])
-            nQL[s, a] = rl + gamma * (p_oth * tl + p_diff * VL[j])
+            nQ[s, a] = pen[s] + gamma * (p_other * tv + p_diff * V[j])
+            nQL[s, a] = rl + gamma * (p_other * tl + p_diff * VL[j])
             # the published initial reward uses the follower's uniform-policy advantage
             adv = (Q[s, a] - mq - lam * log4) / lam if uniform else (QL[s, a] - VL[s]) / lam
             for k in range(D):
