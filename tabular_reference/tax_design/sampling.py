@@ -165,29 +165,13 @@ class Welfare(NamedTuple):
 
 
 @njit(cache=True, nogil=True)
-def _draw(state, law, row, K):
-    """A draw from row ``row`` (``K`` entries) of the alias tables ``law``."""
+def _draw(state, prob, alias, row, K):
+    """A draw from row ``row`` (``K`` entries) of the alias tables ``prob``, ``alias``."""
     u = _uniform(state) * K
     k = int(u)
     if k >= K:
         k = K - 1
-    return k if u - k < law.prob[row, k] else law.alias[row, k]
-
-
-@njit(cache=True, nogil=True)
-def _next_bin(state, laws, r, s, f):
-    """The next asset bin after flow group ``f`` in bin ``s`` (run ``r``): the fixed edge law
-    when the mean is clipped, else an offset redrawn until it lands inside the grid."""
-    S = laws.initial.prob.shape[1]
-    if laws.clip_hi[r, s, f]:
-        return _draw(state, laws.edge, 0, S)
-    if laws.clip_lo[r, s, f]:
-        return _draw(state, laws.edge, 1, S)
-    F, L = laws.flow.prob.shape[1], laws.offset.prob.shape[1]
-    s_next = -1
-    while s_next < 0 or s_next >= S:
-        s_next = s + laws.d_lo + _draw(state, laws.offset, r * F + f, L)
-    return s_next
+    return k if u - k < prob[row, k] else alias[row, k]
 
 
 @njit(cache=True, nogil=True)
@@ -195,36 +179,51 @@ def _simulate(seed, laws, contexts, n_steps, store, paths, welfare):
     """Simulate ``contexts.shape[1]`` episodes per run from the alias tables ``laws``
     (:class:`HouseholdLaws`) and the SplitMix64 stream of ``seed``. ``store``: write
     :class:`Paths`; otherwise only the discounted :class:`Welfare` ``returns``."""
+    # the tables as locals: read out of the tuples once, not at every draw
+    f_prob, f_alias = laws.flow
+    g_prob, g_alias = laws.in_group
+    mu_prob, mu_alias = laws.initial
+    d_prob, d_alias = laws.offset
+    edge_prob, edge_alias = laws.edge
+    group_index, group_count, d_lo = laws.group_index, laws.group_count, laws.d_lo
+    clip_hi, clip_lo = laws.clip_hi, laws.clip_lo
+    states, flows, actions = paths
+    w_state, w_action, gamma, returns = welfare
     state = np.empty(1, dtype=np.uint64)
     state[0] = np.uint64(seed)
     R, N = contexts.shape
-    S = laws.initial.prob.shape[1]
-    F = laws.flow.prob.shape[1]
-    C = laws.flow.prob.shape[0] // (R * S)
-    gamma, w_state, w_action = welfare.gamma, welfare.w_state, welfare.w_action
+    S, F, L = mu_prob.shape[1], f_prob.shape[1], d_prob.shape[1]
+    C = f_prob.shape[0] // (R * S)
     for r in range(R):
         for n in range(N):
             c = contexts[r, n]
-            s = _draw(state, laws.initial, 0, S)
+            s = _draw(state, mu_prob, mu_alias, 0, S)
             if store:
-                paths.states[r, n, 0] = s
+                states[r, n, 0] = s
             disc = 1.0
             ret = 0.0
             for t in range(n_steps):
-                f = _draw(state, laws.flow, (r * C + c) * S + s, F)
-                g = _draw(state, laws.in_group, (r * C + c) * F + f, laws.group_count[f])
-                a = laws.group_index[f, g]
-                s_next = _next_bin(state, laws, r, s, f)
+                f = _draw(state, f_prob, f_alias, (r * C + c) * S + s, F)
+                g = _draw(state, g_prob, g_alias, (r * C + c) * F + f, group_count[f])
+                a = group_index[f, g]
+                if clip_hi[r, s, f]:
+                    s_next = _draw(state, edge_prob, edge_alias, 0, S)
+                elif clip_lo[r, s, f]:
+                    s_next = _draw(state, edge_prob, edge_alias, 1, S)
+                else:
+                    s_next = -1
+                    while s_next < 0 or s_next >= S:
+                        s_next = s + d_lo + _draw(state, d_prob, d_alias, r * F + f, L)
                 if store:
-                    paths.flows[r, n, t] = f
-                    paths.actions[r, n, t] = a
-                    paths.states[r, n, t + 1] = s_next
+                    flows[r, n, t] = f
+                    actions[r, n, t] = a
+                    states[r, n, t + 1] = s_next
                 else:
                     ret += disc * (w_state[s] + w_action[r, a])
                     disc *= gamma
                 s = s_next
             if not store:
-                welfare.returns[r, n] = ret
+                returns[r, n] = ret
 
 
 def _alias(p: np.ndarray, count: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
