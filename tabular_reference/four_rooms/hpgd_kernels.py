@@ -113,7 +113,7 @@ def build_alias(policy, sampler, table):
     for the within-bin fraction ``f = (16 u - j) 2^49`` (an integer, see :func:`draw_code`)
     ``f < ceil(thr 2^49)`` exactly when ``16 u - j < thr``, so the draws equal those of the
     floating-point rule bit for bit."""
-    neighbours = sampler.neighbours
+    neighbours, p_intended, p_other = sampler.neighbours, sampler.p_intended, sampler.p_other
     p = np.empty(16)
     small = np.empty(16, dtype=np.int64)
     large = np.empty(16, dtype=np.int64)
@@ -121,7 +121,7 @@ def build_alias(policy, sampler, table):
     for s in range(policy.shape[0]):
         for a in range(4):
             for d in range(4):
-                p_move = sampler.p_intended if d == a else sampler.p_other
+                p_move = p_intended if d == a else p_other
                 p[4 * a + d] = policy[s, a] * p_move * 16.0
         vose(p, 16, alias, small, large)
         for j in range(16):

@@ -39,14 +39,14 @@ from tabular_reference.four_rooms.kernel_args import FactorCache, NewtonWork, Wa
 def continuation(model, s, V, c):
     """``c[a] = gamma sum_d P(d|a) V(nbr(s, d))`` for the four actions; returns the first
     ``argmax_a c[a]``."""
-    neighbours = model.neighbours
+    n0, n1, n2, n3 = model.neighbours[s]
     tot = 0.0
-    for d in range(4):
-        tot += V[neighbours[s, d]]
+    for j in (n0, n1, n2, n3):
+        tot += V[j]
     m = -1e300
     best = 0
-    for a in range(4):
-        c[a] = model.gamma * (model.p_other * tot + model.p_diff * V[neighbours[s, a]])
+    for a, j in enumerate((n0, n1, n2, n3)):
+        c[a] = model.gamma * (model.p_other * tot + model.p_diff * V[j])
         if c[a] > m:
             m = c[a]
             best = a
@@ -113,15 +113,16 @@ def build_m(model, policy, goal, factors):
     """Band storage of ``M = I - gamma P_pi`` (identity row at the goal), factorised in place
     into ``factors``."""
     n = policy.shape[0]
-    b = model.bandwidth
+    b, neighbours = model.bandwidth, model.neighbours
+    gamma, p_other, p_diff = model.gamma, model.p_other, model.p_diff
     factors[:, :] = 0.0
     for s in range(n):
         factors[s, b] = 1.0
         if s == goal:
             continue
         for d in range(4):
-            j = model.neighbours[s, d]
-            factors[s, j - s + b] -= model.gamma * (model.p_other + model.p_diff * policy[s, d])
+            j = neighbours[s, d]
+            factors[s, j - s + b] -= gamma * (p_other + p_diff * policy[s, d])
     band_lu(factors, n, b)
 
 
@@ -281,21 +282,22 @@ def sample_with_actions(sampler, followers, out):
     One uniform ``u`` per step serves both draws: ``a`` is the bin of ``u`` in the cumulative
     ``pi(.|s)`` and, given ``a``, ``(u - lo_a) / pi(a|s)`` is again uniform on [0, 1) and picks
     the slip (tested against the exact frequencies)."""
-    policy = followers.policy
-    start, target, p_intended = sampler.start, sampler.target, sampler.p_intended
+    # read the arrays out of the tuples once, not at every step
+    policy, goals, goal_values = followers
+    states, actions, leader_rewards, episode_start = out
+    neighbours, start, target = sampler.neighbours, sampler.start, sampler.target
+    p_intended, p_other, max_len = sampler.p_intended, sampler.p_other, sampler.max_len
     for r in range(policy.shape[0]):
         t = 0
-        goal = followers.goal[r]
-        goal_value = followers.goal_value[r]
+        goal = goals[r]
+        goal_value = goal_values[r]
         for _e in range(sampler.n_envs):
             s = start
             k = 0
             for _i in range(sampler.steps):
-                out.states[r, t] = s
-                out.episode_start[r, t] = k == 0
-                out.leader_rewards[r, t] = (
-                    goal_value if s == goal else (1.0 if s == target else 0.0)
-                )
+                states[r, t] = s
+                episode_start[r, t] = k == 0
+                leader_rewards[r, t] = goal_value if s == goal else (1.0 if s == target else 0.0)
                 u = np.random.random()
                 lo = 0.0
                 a = 3
@@ -305,10 +307,10 @@ def sample_with_actions(sampler, followers, out):
                         a = b
                         break
                     lo += p
-                out.actions[r, t] = a
+                actions[r, t] = a
                 t += 1
                 k += 1
-                if s == goal or k >= sampler.max_len:
+                if s == goal or k >= max_len:
                     s = start
                     k = 0
                     continue
@@ -317,9 +319,9 @@ def sample_with_actions(sampler, followers, out):
                 if v < p_intended:
                     d = a
                 else:
-                    j = min(int((v - p_intended) / sampler.p_other), 2)  # the j-th of the other 3
+                    j = min(int((v - p_intended) / p_other), 2)  # the j-th of the other three
                     d = j if j < a else j + 1
-                s = sampler.neighbours[s, d]
+                s = neighbours[s, d]
 
 
 @njit(cache=True, nogil=True)
