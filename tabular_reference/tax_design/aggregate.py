@@ -66,28 +66,32 @@ def aggregate(weights, steps, clipped, d_lo, term, sums):
     docstring); ``clipped[R, S, F]`` marks the rows whose mean is clipped (no ``tau``
     dependence), ``d_lo`` is the kernel's first offset. Returns True if a weighted, unclipped
     transition lies outside the band of offsets."""
-    R, T = steps.state.shape
-    A = sums.leader_action.shape[1]
+    # read the arrays out of the tuples once, not at every step
+    state, flow, context, action, next_state = steps
+    w_leader, w_follower, w_transition = weights
+    score, gamma, V, expected = term
+    leader_action, cobb_douglas, expected_next, log_offset, log_normaliser = sums
+    R, T = state.shape
+    A = leader_action.shape[1]
     S, F = clipped.shape[1], clipped.shape[2]
-    L = sums.log_offset.shape[1] // F
+    L = log_offset.shape[1] // F
     bad = False
     for r in range(R):
         for t in range(T):
-            s, f, c = steps.state[r, t], steps.flow[r, t], steps.context[r, t]
-            a, s2 = steps.action[r, t], steps.next_state[r, t]
-            wf = weights.follower[r, t]
-            sums.leader_action[r, a] += weights.leader[r, t]
-            sums.cobb_douglas[r, c * A + a] += wf
-            tw = weights.transition[r, t]
-            if term.score:
-                tw += term.gamma * wf * (term.V[r, c, s2] - term.expected[r, c, s, f])
+            s, f, c, a, s2 = state[r, t], flow[r, t], context[r, t], action[r, t], next_state[r, t]
+            wf = w_follower[r, t]
+            leader_action[r, a] += w_leader[r, t]
+            cobb_douglas[r, c * A + a] += wf
+            tw = w_transition[r, t]
+            if score:
+                tw += gamma * wf * (V[r, c, s2] - expected[r, c, s, f])
             else:
-                sums.expected_next[r, (c * S + s) * F + f] += wf
+                expected_next[r, (c * S + s) * F + f] += wf
             if tw != 0.0 and not clipped[r, s, f]:
                 k = s2 - s - d_lo
                 if k < 0 or k >= L:
                     bad = True
                 else:
-                    sums.log_offset[r, f * L + k] += tw
-                    sums.log_normaliser[r, s * F + f] += tw
+                    log_offset[r, f * L + k] += tw
+                    log_normaliser[r, s * F + f] += tw
     return bad
