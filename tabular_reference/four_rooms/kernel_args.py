@@ -206,53 +206,27 @@ class Gradients(NamedTuple):
 def follower_model(temperature: float, plan: SlipModel) -> FollowerModel:
     """The Four-Rooms :class:`FollowerModel` at ``temperature`` in the slip model ``plan``."""
     env = FOUR_ROOMS
-    return FollowerModel(
-        neighbours=env.nbr,
-        start=env.start,
-        target=env.target,
-        bandwidth=env.bandwidth,
-        gamma=GAMMA,
-        p_other=plan.p_other,
-        p_diff=plan.p_diff,
-        temperature=float(temperature),
-    )
+    layout = (env.nbr, env.start, env.target, env.bandwidth)
+    return FollowerModel(*layout, GAMMA, plan.p_other, plan.p_diff, float(temperature))
 
 
 def sampler_model(sample: SlipModel, n_envs: int, steps: int) -> SamplerModel:
     """The Four-Rooms :class:`SamplerModel` of ``n_envs`` environments x ``steps`` steps."""
     env = FOUR_ROOMS
-    return SamplerModel(
-        neighbours=env.nbr,
-        start=env.start,
-        target=env.target,
-        p_intended=sample.p_intended,
-        p_other=sample.p_other,
-        n_envs=int(n_envs),
-        steps=int(steps),
-        max_len=MAX_EPISODE_STEPS,
-    )
+    batch = (int(n_envs), int(steps), MAX_EPISODE_STEPS)
+    return SamplerModel(env.nbr, env.start, env.target, sample.p_intended, sample.p_other, *batch)
 
 
 def estimator_model(form: int, temperature: float) -> EstimatorModel:
     """The Four-Rooms :class:`EstimatorModel` of the fused estimator ``form``."""
-    return EstimatorModel(
-        form=int(form),
-        target=FOUR_ROOMS.target,
-        gamma=GAMMA,
-        temperature=float(temperature),
-        max_len=MAX_EPISODE_STEPS,
-    )
+    target, max_len = FOUR_ROOMS.target, MAX_EPISODE_STEPS
+    return EstimatorModel(int(form), target, GAMMA, float(temperature), max_len)
 
 
 def solve_outputs(n_runs: int) -> SolveOutputs:
     """Empty :class:`SolveOutputs` for ``n_runs`` runs (``grad_*`` only written with
     ``want_grad``)."""
-    S = FOUR_ROOMS.n_cells
-    return SolveOutputs(
-        value=np.empty(n_runs),
-        grad_penalty=np.empty((n_runs, S)),
-        grad_goal_value=np.empty(n_runs),
-        policy=np.empty((n_runs, S, 4)),
-        newton_steps=np.empty(n_runs, dtype=np.int64),
-        residual=np.empty(n_runs),
-    )
+    R, S = n_runs, FOUR_ROOMS.n_cells
+    value, grad_penalty, grad_goal_value = np.empty(R), np.empty((R, S)), np.empty(R)
+    policy, newton_steps, residual = np.empty((R, S, 4)), np.empty(R, np.int64), np.empty(R)
+    return SolveOutputs(value, grad_penalty, grad_goal_value, policy, newton_steps, residual)

@@ -207,6 +207,22 @@ def leader_and_grad(model, policy, goal, goal_value, factors, want_grad, grad_pe
 
 
 @njit(cache=True, nogil=True)
+def write_leader_values(model, contexts, r, factors, want_grad, out):
+    """Run ``r``'s leader value ``out.value[r]`` and, with ``want_grad``, its gradients
+    ``out.grad_penalty[r]``, ``out.grad_goal_value[r]`` at its policy ``out.policy[r]``
+    (:func:`leader_and_grad`; ``factors`` = that policy's factorised ``M(pi)``)."""
+    out.value[r], out.grad_goal_value[r] = leader_and_grad(
+        model,
+        out.policy[r],
+        contexts.goal[r],
+        contexts.goal_value[r],
+        factors,
+        want_grad,
+        out.grad_penalty[r],
+    )
+
+
+@njit(cache=True, nogil=True)
 def solve_batch(model, newton, contexts, V, want_grad, out):
     """Batched follower solve + leader value (+ exact gradient) over runs ``r`` of
     ``contexts`` (:class:`~.kernel_args.Contexts`), warm-started from ``V[R, S]`` (in/out);
@@ -251,15 +267,7 @@ def solve_batch_cached(model, newton, contexts, V, want_grad, out, cache, store)
         )
         if store:
             cache.valid[k] = out.newton_steps[r] >= 0
-        out.value[r], out.grad_goal_value[r] = leader_and_grad(
-            model,
-            work.policy,
-            goal,
-            contexts.goal_value[r],
-            work.factors,
-            want_grad,
-            out.grad_penalty[r],
-        )
+        write_leader_values(model, contexts, r, work.factors, want_grad, out)
 
 
 @njit(cache=True, nogil=True)
@@ -392,12 +400,4 @@ def solve_batch_published(model, contexts, n_improve, n_sweeps, want_grad, out):
         policy = out.policy[r]
         published_q_iteration(model, contexts.penalty[r], goal, n_improve, n_sweeps, policy, Q)
         build_m(model, policy, goal, factors)
-        out.value[r], out.grad_goal_value[r] = leader_and_grad(
-            model,
-            policy,
-            goal,
-            contexts.goal_value[r],
-            factors,
-            want_grad,
-            out.grad_penalty[r],
-        )
+        write_leader_values(model, contexts, r, factors, want_grad, out)

@@ -77,15 +77,7 @@ def policy_values(model, contexts, V, want_grad, out):
             model, contexts.penalty[r], goal, V[r], policy, neg_entropy
         )
         kernels.build_m(model, policy, goal, factors)
-        out.value[r], out.grad_goal_value[r] = kernels.leader_and_grad(
-            model,
-            policy,
-            goal,
-            contexts.goal_value[r],
-            factors,
-            want_grad,
-            out.grad_penalty[r],
-        )
+        kernels.write_leader_values(model, contexts, r, factors, want_grad, out)
 
 
 class LearningFollower:
@@ -155,16 +147,7 @@ class LearningFollower:
         contexts = Contexts(self._pen(x), goal, goal_value)
         policy_values(self.model, contexts, V, want_grad, out)
         self.last_residual = out.residual
-        return FollowerSolution(
-            F=out.value,
-            grad_penalty=out.grad_penalty,
-            grad_goal_value=out.grad_goal_value,
-            pi=out.policy,
-            sigma=sigma,
-            goal=goal,
-            goal_value=goal_value,
-            V=V,
-        )
+        return FollowerSolution.from_outputs(out, sigma, contexts, V)
 
     def set_tables(self, ctx: np.ndarray, V: np.ndarray, runs: np.ndarray | None = None) -> None:
         """Replace the stored tables of ``(runs[i], ctx[i])`` by ``V[i]`` (e.g. an exact

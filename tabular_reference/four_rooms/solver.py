@@ -22,6 +22,7 @@ from tabular_reference.four_rooms.kernel_args import (
     Contexts,
     FactorCache,
     Newton,
+    SolveOutputs,
     follower_model,
     solve_outputs,
 )
@@ -65,6 +66,23 @@ class FollowerSolution:
     goal: np.ndarray
     goal_value: np.ndarray
     V: np.ndarray
+
+    @classmethod
+    def from_outputs(
+        cls, out: SolveOutputs, sigma: np.ndarray, contexts: Contexts, V: np.ndarray
+    ) -> FollowerSolution:
+        """The solution whose arrays are the buffers ``out`` of a batched solve of
+        ``contexts`` at ``sigma``, with follower values ``V``."""
+        return cls(
+            F=out.value,
+            grad_penalty=out.grad_penalty,
+            grad_goal_value=out.grad_goal_value,
+            pi=out.policy,
+            sigma=sigma,
+            goal=contexts.goal,
+            goal_value=contexts.goal_value,
+            V=V,
+        )
 
 
 class FollowerSolver:
@@ -114,16 +132,7 @@ class FollowerSolver:
         rows = np.arange(R) if runs is None else np.asarray(runs)
         V = self.V[rows, ctx]  # a copy (fancy indexing)
         out = solve_outputs(R)
-        sol = FollowerSolution(
-            F=out.value,
-            grad_penalty=out.grad_penalty,
-            grad_goal_value=out.grad_goal_value,
-            pi=out.policy,
-            sigma=sigma,
-            goal=goal,
-            goal_value=goal_value,
-            V=V,
-        )
+        sol = FollowerSolution.from_outputs(out, sigma, contexts, V)
         if cfg.follower_solve == "published":
             kernels.solve_batch_published(
                 self.model, contexts, PUBLISHED_IMPROVEMENTS, PUBLISHED_SWEEPS, want_grad, out
