@@ -68,15 +68,11 @@ def learning_main(args: argparse.Namespace) -> int:
     )
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    cfg = RunConfig(
-        algo=args.algo,
-        beta=args.lam,
-        budget_cost=args.beta,
-        lrs=list(args.lr),
-        seeds=list(range(args.seeds)),
-        iters=args.iters,
-        steps_per_iter=args.steps_per_iter,
-        dynamics=args.dynamics,
+    # the flags use the paper's notation (lam, beta), which from_dict translates
+    flags = {k: getattr(args, k) for k in ("algo", "lam", "beta", "iters", "steps_per_iter")}
+    seeds = list(range(args.seeds))
+    cfg = RunConfig.from_dict(
+        {**flags, "lrs": list(args.lr), "seeds": seeds, "dynamics": args.dynamics}
     )
     res = run_learning(cfg, learn)
     from tabular_reference.common.results import ResultsDir
