@@ -29,6 +29,12 @@ import numpy as np
 import torch
 
 Cases = Iterator[tuple[str, dict[str, np.ndarray]]]
+# the settings the Four-Rooms runs share (RunConfig's names: beta = follower temperature)
+RUN = {"beta": 0.005, "budget_cost": 1.0, "lrs": [0.5], "seeds": [0, 1], "eval_every": 10}
+TABLE1 = {**RUN, "cs": [0.5], "iters": 250, "eval_last": 50, "steps_per_iter": 10_000}
+TABLE1["job_seed"] = 3
+SINGLE_LOOP = {"lr": 0.5, "seed": 0, "iters": 60, "sweeps": 100, "init_sweeps": 500}
+SINGLE_LOOP.update(eval_last=20, eval_every=10)
 
 
 def table1_cases() -> Cases:
@@ -37,21 +43,7 @@ def table1_cases() -> Cases:
 
     for preset in ("paper", "published"):
         for algo in ("hpgd", "hpgd-published", "naive", "exact", "zero-order"):
-            cfg = RunConfig(
-                algo=algo,
-                beta=0.005,
-                budget_cost=1.0,
-                lrs=[0.5],
-                cs=[0.5],
-                seeds=[0, 1],
-                iters=250,
-                eval_every=10,
-                eval_last=50,
-                steps_per_iter=10_000,
-                job_seed=3,
-                dynamics=preset,
-            )
-            res = run(cfg, progress=False)
+            res = run(RunConfig(**TABLE1, algo=algo, dynamics=preset), progress=False)
             yield (
                 f"table1_{preset}_{algo}",
                 {
@@ -71,18 +63,8 @@ def extra_four_rooms_cases() -> Cases:
     from tabular_reference.four_rooms.env import FOUR_ROOMS
     from tabular_reference.four_rooms.plots import follower_policy
 
-    kw = dict(
-        beta=0.005,
-        budget_cost=1.0,
-        lrs=[0.5],
-        seeds=[0, 1],
-        iters=40,
-        eval_every=10,
-        eval_last=10,
-        steps_per_iter=5_000,
-        job_seed=5,
-        dynamics="published",
-    )
+    kw = {**RUN, "iters": 40, "eval_last": 10, "steps_per_iter": 5_000, "job_seed": 5}
+    kw["dynamics"] = "published"
     for name, extra in (
         ("hpgd_cov_library", dict(algo="hpgd-cov")),
         ("hpgd_library", dict(algo="hpgd", estimator_backend="library")),
@@ -124,19 +106,7 @@ def single_loop_cases() -> Cases:
     from tabular_reference.four_rooms.amd_single_loop import SingleLoopConfig, run_single_loop
 
     for lam, beta in ((0.005, 1.0), (0.005, 5.0)):
-        rec = run_single_loop(
-            SingleLoopConfig(
-                lam=lam,
-                beta=beta,
-                lr=0.5,
-                seed=0,
-                iters=60,
-                sweeps=100,
-                init_sweeps=500,
-                eval_last=20,
-                eval_every=10,
-            )
-        )
+        rec = run_single_loop(SingleLoopConfig(lam=lam, beta=beta, **SINGLE_LOOP))
         yield (
             f"single_loop_{beta:g}",
             {
