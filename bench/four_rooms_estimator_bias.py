@@ -142,9 +142,13 @@ def main() -> None:
     model = resolve_dynamics(args.dynamics)
     x = np.repeat(np.random.default_rng(11).normal(0, 0.3, (1, 105)), n, axis=0)
     cfg = RunConfig(
-        algo="hpgd", beta=beta, budget_cost=args.beta, lrs=[0.1], seeds=list(range(n)),
+        algo="hpgd",
+        beta=beta,
+        budget_cost=args.beta,
+        lrs=[0.1],
+        seeds=list(range(n)),
         dynamics=model.name,
-    )  # fmt: skip
+    )
     solver = FollowerSolver(n, np.array(E.goals), cfg)
     rows = []
     kernels.seed_rng(5)

@@ -189,8 +189,13 @@ def measure(cfg: RunConfig, args: argparse.Namespace, x, x_lag, kind: str, base:
         for name in ("episodes", "stream", "independent")
     }
     print(kind, "level differences / ||exact||", json.dumps(coupling))
-    return {"start": kind, "exact_norm": ne, "plain": rows, "multilevel": ml,
-            "level_difference_rms": coupling}  # fmt: skip
+    return {
+        "start": kind,
+        "exact_norm": ne,
+        "plain": rows,
+        "multilevel": ml,
+        "level_difference_rms": coupling,
+    }
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -225,8 +230,15 @@ def main() -> None:
     ap.add_argument("--json", default="results/accelerated/four_rooms_bias.json")
     ap.add_argument("--plot", default="docs/img/accelerated_bias.png")
     args = ap.parse_args()
-    cfg = RunConfig(algo="hpgd", beta=args.lam, budget_cost=args.beta, lrs=[args.x_lr],
-                    seeds=[0], steps_per_iter=args.steps, tol=1e-12)  # fmt: skip
+    cfg = RunConfig(
+        algo="hpgd",
+        beta=args.lam,
+        budget_cost=args.beta,
+        lrs=[args.x_lr],
+        seeds=[0],
+        steps_per_iter=args.steps,
+        tol=1e-12,
+    )
     xs = leader_iterates(cfg, args.x_iters, args.x_lr)
     x, x_lag = xs[-1], xs[max(0, args.x_iters - args.lag)]
     t0 = time.perf_counter()
@@ -235,8 +247,12 @@ def main() -> None:
     results = []
     for k, b in zip(starts, bases, strict=True):  # written after each start
         results.append(measure(cfg, args, x, x_lag, k, b))
-        out = {"args": vars(args), "config": cfg.to_dict(), "results": results,
-               "wall_s": time.perf_counter() - t0}  # fmt: skip
+        out = {
+            "args": vars(args),
+            "config": cfg.to_dict(),
+            "results": results,
+            "wall_s": time.perf_counter() - t0,
+        }
         atomic_write_text(args.json, json.dumps(out, indent=1))
     if args.plot:
         plot(results, Path(args.plot))

@@ -131,9 +131,12 @@ def test_integer_alias_draw_equals_the_floating_point_rule(preset):
     checked = 0
     for s in rng.choice(E.n_cells, 12, replace=False):
         probs = np.array(
-            [pi[s, a] * (slip.p_intended if d == a else slip.p_other) * 16.0
-             for a in range(4) for d in range(4)]
-        )  # fmt: skip
+            [
+                pi[s, a] * (slip.p_intended if d == a else slip.p_other) * 16.0
+                for a in range(4)
+                for d in range(4)
+            ]
+        )
         thr, alias = probs.copy(), np.empty(16, np.int64)
         vose(thr, 16, alias, np.empty(16, np.int64), np.empty(16, np.int64))
         vs = list(rng.integers(0, 2**53, 200))
@@ -231,9 +234,17 @@ def test_fused_estimator_equals_library_on_the_same_batch(form, preset):
         )
     elif form == "crossfit":
         w = hpgd_weights(
-            states, lrew, es, GAMMA, beta, form="mc", n_states=E.n_cells, actions=actions,
-            n_actions=4, leader_q="crossfit",
-        )  # fmt: skip
+            states,
+            lrew,
+            es,
+            GAMMA,
+            beta,
+            form="mc",
+            n_states=E.n_cells,
+            actions=actions,
+            n_actions=4,
+            leader_q="crossfit",
+        )
     else:
         w = hpgd_weights(states, lrew, es, GAMMA, beta, form="naive", n_states=E.n_cells)
     ref_f = per_state_sum(w.follower, states, E.n_cells).numpy()
@@ -296,9 +307,16 @@ def test_published_weights_equal_the_literal_every_visit_estimator():
         np.testing.assert_allclose(got_l[r], p2, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="no finished episode"):
         published_hpgd_weights(
-            states, actions, lrew, es, gamma, beta, n_states=S, n_actions=A,
+            states,
+            actions,
+            lrew,
+            es,
+            gamma,
+            beta,
+            n_states=S,
+            n_actions=A,
             done=torch.zeros_like(es),
-        )  # fmt: skip
+        )
 
 
 def test_runs_use_the_planning_model_and_the_library_backend_still_works():
@@ -339,12 +357,21 @@ def test_notes_preset_with_library_backend_reproduces_earlier_results():
     for algo, want in _BEFORE_DYNAMICS.items():
         res = run(
             RunConfig(
-                algo=algo, beta=0.003, budget_cost=1.0, lrs=[0.5], cs=[0.5], seeds=[0, 1], iters=40,
-                eval_last=10, steps_per_iter=2000, job_seed=7, dynamics="notes",
+                algo=algo,
+                beta=0.003,
+                budget_cost=1.0,
+                lrs=[0.5],
+                cs=[0.5],
+                seeds=[0, 1],
+                iters=40,
+                eval_last=10,
+                steps_per_iter=2000,
+                job_seed=7,
+                dynamics="notes",
                 estimator_backend="library",
             ),
             progress=False,
-        )  # fmt: skip
+        )
         got = np.array([*res.F_last, res.final_x.sum()])
         ref = np.array([float.fromhex(v) for v in want])
         rtol = 1e-10 if algo == "zo" else 1e-13
