@@ -33,6 +33,7 @@ design's income tax) the core's transition term (``docs/theory.md`` §4, the pla
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -42,16 +43,30 @@ from align_cbrl.estimators.episodes import Episodes, scatter_sum
 from align_cbrl.estimators.published import start_visit_weights
 from align_cbrl.estimators.trajectory import HPGDWeights, direct_weights
 from tabular_reference.common.estimator_api import ENVS, Batch, Estimator, Model, register
+from tabular_reference.common.kernel_tuples import kernel_tuple
 
 __all__ = ["ALPHA", "bchg", "with_alpha"]
 
 ALPHA = 0.5
 
 
+@kernel_tuple
+class Transitions(NamedTuple):
+    """``[R, T]`` sampled steps for :func:`_sarsa`: context, state, action, the leader's reward
+    and whether step ``t + 1`` continues the episode."""
+
+    contexts: np.ndarray
+    states: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    continues: np.ndarray
+
+
 @njit(cache=True, nogil=True)
-def _sarsa(q, ctx, s, a, rew, cont, order, alpha, gamma):
-    """SARSA(0) in place on ``q[r, c, s, a]``: each run's transitions in the order ``order[r]``;
-    ``cont[r, t]``: step ``t + 1`` continues the episode (bootstrap from it)."""
+def _sarsa(q, steps, order, alpha, gamma):
+    """SARSA(0) in place on ``q[r, c, s, a]``: each run's :class:`Transitions` ``steps`` in the
+    order ``order[r]``; bootstrap from step ``t + 1`` where it continues the episode."""
+    ctx, s, a, rew, cont = steps
     R, T = s.shape
     for r in range(R):
         for i in range(T):
@@ -74,7 +89,8 @@ def leader_advantage(batch: Batch, model: Model, alpha: float = ALPHA) -> np.nda
     cont[:, :-1] = ~batch.episode_start[:, 1:]
     order = np.argsort(model.rng.random((R, T)), axis=1)  # a random permutation per run
     ctx, s, a = batch.contexts, batch.states, batch.actions
-    _sarsa(q, ctx, s, a, batch.leader_rewards, cont, order, float(alpha), float(model.gamma))
+    steps = Transitions(ctx, s, a, batch.leader_rewards, cont)
+    _sarsa(q, steps, order, float(alpha), float(model.gamma))
     table[batch.runs] = q
     v = np.einsum("rsa,rcsa->rcs", model.policy, q)  # V(s) = sum_a pi(a|s) Q(s, a)
     rows = np.arange(R)[:, None]
