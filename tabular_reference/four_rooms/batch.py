@@ -162,11 +162,18 @@ def make_batch(
         return [(_leader_table(sigma, goal, cfg), st, None)]
 
     return Batch(
-        states=st, actions=b.actions[rows], episode_start=es, follower_rewards=r_follow,
-        leader_rewards=b.leader_rewards[rows], contexts=np.repeat(ctx[:, None], T, axis=1),
-        next_states=_next_states(st, es), follower_grad=StepGradients(follower, (R, T, P)),
-        leader_grad=StepGradients(leader, (R, T, P)), transition_grad=None, runs=runs,
-    )  # fmt: skip
+        states=st,
+        actions=b.actions[rows],
+        episode_start=es,
+        follower_rewards=r_follow,
+        leader_rewards=b.leader_rewards[rows],
+        contexts=np.repeat(ctx[:, None], T, axis=1),
+        next_states=_next_states(st, es),
+        follower_grad=StepGradients(follower, (R, T, P)),
+        leader_grad=StepGradients(leader, (R, T, P)),
+        transition_grad=None,
+        runs=runs,
+    )
 
 
 def make_model(
@@ -181,12 +188,20 @@ def make_model(
     pi = sol.pi[rows]
     _, n_ctx = context_index(sol.goal[:1], cfg)
     return Model(
-        env="four-rooms", gamma=GAMMA, beta=np.full(pi.shape[0], float(cfg.beta)),
-        n_states=FOUR_ROOMS.n_cells, n_actions=N_ACTIONS, n_contexts=n_ctx,
-        n_params=FOUR_ROOMS.n_params, max_episode_steps=MAX_EPISODE_STEPS, policy_source=pi,
-        n_runs=n_runs, rng=rng, memory=memory,
+        env="four-rooms",
+        gamma=GAMMA,
+        beta=np.full(pi.shape[0], float(cfg.beta)),
+        n_states=FOUR_ROOMS.n_cells,
+        n_actions=N_ACTIONS,
+        n_contexts=n_ctx,
+        n_params=FOUR_ROOMS.n_params,
+        max_episode_steps=MAX_EPISODE_STEPS,
+        policy_source=pi,
+        n_runs=n_runs,
+        rng=rng,
+        memory=memory,
         handles={"config": cfg, "goals": getattr(cfg, "goals", GOALS), "solution": sol},
-    )  # fmt: skip
+    )
 
 
 def weights_to_state_sums(

@@ -84,10 +84,16 @@ def hpgd_published_clip(batch: Batch, model: Model) -> HPGDWeights:
     done = _finished(batch, model)
     done[:, -1] |= ~done.any(dim=1)  # n_done = 1 where none finished (done only counts)
     return published_hpgd_weights(
-        batch.tensor("states"), batch.tensor("actions"), batch.tensor("leader_rewards"),
-        batch.tensor("episode_start"), model.gamma, float(model.beta[0]),
-        n_states=model.n_states, n_actions=model.n_actions, done=done,
-    )  # fmt: skip
+        batch.tensor("states"),
+        batch.tensor("actions"),
+        batch.tensor("leader_rewards"),
+        batch.tensor("episode_start"),
+        model.gamma,
+        float(model.beta[0]),
+        n_states=model.n_states,
+        n_actions=model.n_actions,
+        done=done,
+    )
 
 
 class LeaderCritic:
@@ -144,25 +150,32 @@ def hpgd_cov(batch: Batch, model: Model) -> HPGDWeights:
 
 BUILTIN: dict[tuple[str, str | None], Estimator] = {
     ("mc", "crossfit"): Estimator(
-        "hpgd", partial(form_weights, form="mc", leader_q="crossfit"), fused=HK.FORM_CROSSFIT,
+        "hpgd",
+        partial(form_weights, form="mc", leader_q="crossfit"),
+        fused=HK.FORM_CROSSFIT,
         doc="Monte-Carlo form, cross-fitted leader values (docs/theory.md §4)",
     ),
     ("published", None): Estimator(
-        "hpgd-published", partial(form_weights, form="published", leader_q=None),
-        fused=HK.FORM_PUBLISHED, doc="the published code's every-visit estimator (§7)",
+        "hpgd-published",
+        partial(form_weights, form="published", leader_q=None),
+        fused=HK.FORM_PUBLISHED,
+        doc="the published code's every-visit estimator (§7)",
     ),
     ("naive", None): Estimator(
-        "naive", partial(form_weights, form="naive", leader_q=None), fused=HK.FORM_NAIVE,
+        "naive",
+        partial(form_weights, form="naive", leader_q=None),
+        fused=HK.FORM_NAIVE,
         doc="direct term only: the follower's response ignored (§8)",
     ),
     ("covariance", "table"): Estimator(
         "hpgd-cov", hpgd_cov, doc="covariance form, EMA leader critic from past iterations (§4)"
     ),
     ("mc", "trajectory"): Estimator(
-        "hpgd-paper", partial(form_weights, form="mc", leader_q="trajectory"),
+        "hpgd-paper",
+        partial(form_weights, form="mc", leader_q="trajectory"),
         doc="same-trajectory product, biased (docs/four_rooms.md)",
     ),
-}  # fmt: skip
+}
 for _est in BUILTIN.values():
     register(ENV, _est)
 register(ENV, Estimator("hpgd-published-clip", hpgd_published_clip, doc="n_done clipped at 1"))

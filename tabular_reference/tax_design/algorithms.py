@@ -257,10 +257,17 @@ class _Gradients:
         L = econ.config.episode_length
         traj = rollout(econ, sol, rates(theta)[:, 0], self.contexts, L, self.gen)
         return estimate(
-            self.estimator, econ, theta, self.beta, sol, traj, memory=self.memory,
-            rng=self.est_rng, follower_transition=self.settings.follower_transition,
+            self.estimator,
+            econ,
+            theta,
+            self.beta,
+            sol,
+            traj,
+            memory=self.memory,
+            rng=self.est_rng,
+            follower_transition=self.settings.follower_transition,
             leader_values=Vbar if self.estimator.oracle else None,
-        )  # fmt: skip
+        )
 
     def _zero_order(self, theta: Tensor, sol: FollowerSolution, F_ctx: Tensor, t: int) -> Tensor:
         econ, st, gen = self.econ, self.settings, self.gen

@@ -79,8 +79,10 @@ def _jacobians(econ: Economy, theta: Tensor, V: Tensor, score: bool) -> dict[str
             for name, t in tabs.items():
                 d = fwad.unpack_dual(t).tangent
                 cols.setdefault(name, []).append(torch.zeros_like(t) if d is None else d)
-    return {n: np.nan_to_num(torch.stack(c, -1).numpy(), nan=0.0, posinf=0.0, neginf=0.0)
-            for n, c in cols.items()}  # fmt: skip
+    return {
+        n: np.nan_to_num(torch.stack(c, -1).numpy(), nan=0.0, posinf=0.0, neginf=0.0)
+        for n, c in cols.items()
+    }
 
 
 def _indices(econ: Economy, sol: FollowerSolution, b: dict[str, Tensor]) -> dict[str, np.ndarray]:
@@ -147,14 +149,18 @@ def make_batch(
     shape = (R, T, N_PARAMS)
     S = econ.n_states
     return Batch(
-        states=b["joint_state"].numpy(), actions=b["action"].numpy(),
-        episode_start=b["episode_start"].numpy(), follower_rewards=r_follow.numpy(),
-        leader_rewards=rbar.numpy(), contexts=b["context"].numpy(),
+        states=b["joint_state"].numpy(),
+        actions=b["action"].numpy(),
+        episode_start=b["episode_start"].numpy(),
+        follower_rewards=r_follow.numpy(),
+        leader_rewards=rbar.numpy(),
+        contexts=b["context"].numpy(),
         next_states=(b["context"] * S + b["next_state"]).numpy(),
         follower_grad=StepGradients(follower, shape),
         leader_grad=StepGradients(lambda: [(jac()["welfare"], idx["welfare"], None)], shape),
-        transition_grad=StepGradients(transition, shape), runs=np.arange(R),
-    )  # fmt: skip
+        transition_grad=StepGradients(transition, shape),
+        runs=np.arange(R),
+    )
 
 
 def policy_table(econ: Economy, sol: FollowerSolution) -> np.ndarray:
@@ -179,12 +185,23 @@ def make_model(
     """The constants and handles of one call on all runs (module docstring)."""
     R = theta.shape[0]
     return Model(
-        env="tax-design", gamma=float(econ.gamma), beta=beta.detach().numpy().astype(np.float64),
-        n_states=econ.n_contexts * econ.n_states, n_actions=econ.n_actions,
-        n_contexts=econ.n_contexts, n_params=N_PARAMS,
+        env="tax-design",
+        gamma=float(econ.gamma),
+        beta=beta.detach().numpy().astype(np.float64),
+        n_states=econ.n_contexts * econ.n_states,
+        n_actions=econ.n_actions,
+        n_contexts=econ.n_contexts,
+        n_params=N_PARAMS,
         max_episode_steps=econ.config.episode_length,
-        policy_source=lambda: policy_table(econ, sol), n_runs=R,
-        rng=rng, memory=memory,
-        handles={"economy": econ, "theta": theta, "follower": sol,
-                 "follower_transition": follower_transition, "leader_values": leader_values},
-    )  # fmt: skip
+        policy_source=lambda: policy_table(econ, sol),
+        n_runs=R,
+        rng=rng,
+        memory=memory,
+        handles={
+            "economy": econ,
+            "theta": theta,
+            "follower": sol,
+            "follower_transition": follower_transition,
+            "leader_values": leader_values,
+        },
+    )

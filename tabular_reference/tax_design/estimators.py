@@ -64,9 +64,18 @@ def hpgd_step(batch: Batch, model: Model, form: str, leader_q: str, critic: str)
                 model.memory["critic"] = learned
             values = learned.values()
     w = step_weights(
-        econ, theta, torch.from_numpy(model.beta), sol, joint, actions, starts, rbar, form=form,
-        leader_q=leader_q, critic=values,
-    )  # fmt: skip
+        econ,
+        theta,
+        torch.from_numpy(model.beta),
+        sol,
+        joint,
+        actions,
+        starts,
+        rbar,
+        form=form,
+        leader_q=leader_q,
+        critic=values,
+    )
     if learned is not None:
         learned.update(joint, rbar, starts)
     return w

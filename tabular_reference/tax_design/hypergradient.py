@@ -189,9 +189,18 @@ def hypergradient(
     with torch.no_grad():
         rbar_obs = leader_rewards(econ, theta.detach(), b)
     w = step_weights(
-        econ, theta, beta, follower, b["joint_state"], b["action"], b["episode_start"], rbar_obs,
-        form=form, leader_q=leader_q, critic=critic,
-    )  # fmt: skip
+        econ,
+        theta,
+        beta,
+        follower,
+        b["joint_state"],
+        b["action"],
+        b["episode_start"],
+        rbar_obs,
+        form=form,
+        leader_q=leader_q,
+        critic=critic,
+    )
     grad = surrogate_gradient(econ, theta, follower, b, w, follower_transition)
     return grad, w
 

@@ -51,11 +51,17 @@ class FourRoomsSetting:
 PRESETS = {
     "default": FourRoomsSetting(),
     "bchg": FourRoomsSetting(
-        lam=0.001, beta=5.0, goals=((1, 9),), n_envs=1, steps=100,
-        steps_grid=(100, 200, 400, 1_000), lr=0.1, iters=2_000,
+        lam=0.001,
+        beta=5.0,
+        goals=((1, 9),),
+        n_envs=1,
+        steps=100,
+        steps_grid=(100, 200, 400, 1_000),
+        lr=0.1,
+        iters=2_000,
         references=("hpgd", "hpgd-published-clip"),
     ),
-}  # fmt: skip
+}
 
 
 class FourRoomsHarness(Harness):
@@ -79,10 +85,17 @@ class FourRoomsHarness(Harness):
     def _config(self, m: int, steps: int, **kw) -> RunConfig:
         s = self.s
         return RunConfig(
-            algo=kw.pop("algo", "hpgd"), beta=s.lam, budget_cost=s.beta, lrs=[s.lr],
-            seeds=list(range(m)), steps_per_iter=steps, n_envs=s.n_envs,
-            goals=[tuple(g) for g in s.goals], dynamics=s.dynamics, **kw,
-        )  # fmt: skip
+            algo=kw.pop("algo", "hpgd"),
+            beta=s.lam,
+            budget_cost=s.beta,
+            lrs=[s.lr],
+            seeds=list(range(m)),
+            steps_per_iter=steps,
+            n_envs=s.n_envs,
+            goals=[tuple(g) for g in s.goals],
+            dynamics=s.dynamics,
+            **kw,
+        )
 
     def exact(self) -> list[tuple[float, np.ndarray]]:
         """``(F_xi(x0), dF_xi/dx(x0))`` per context, exactly (adjoint)."""
@@ -123,10 +136,14 @@ class FourRoomsHarness(Harness):
         iterations and its mean over the last 10%."""
         builtin = name in HPGD_ESTIMATORS and name in registered(self.env)
         cfg = self._config(
-            0, self.s.steps, algo=name if builtin else "hpgd",
-            estimator=None if builtin else name, iters=iters,
-            eval_every=max(1, iters // 100), eval_last=max(1, iters // 10),
-        )  # fmt: skip
+            0,
+            self.s.steps,
+            algo=name if builtin else "hpgd",
+            estimator=None if builtin else name,
+            iters=iters,
+            eval_every=max(1, iters // 100),
+            eval_last=max(1, iters // 10),
+        )
         cfg.seeds = list(seeds)
         res = run(cfg, progress=progress, desc=f"outer loop {name}")
         return {

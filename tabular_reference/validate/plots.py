@@ -40,8 +40,11 @@ def _spread_panel(ax, res: dict) -> None:
     styles = ["-", "--", ":", "-."]
     for i, (n, rows) in enumerate(res["variance"].items()):
         for k, ctx in enumerate(res["contexts"]):
-            pts = [(r["steps"], r["contexts"][k]["rel_spread"]) for r in rows
-                   if "rel_spread" in r["contexts"][k]]  # fmt: skip
+            pts = [
+                (r["steps"], r["contexts"][k]["rel_spread"])
+                for r in rows
+                if "rel_spread" in r["contexts"][k]
+            ]
             if pts:
                 x, y = zip(*pts, strict=True)
                 ax.plot(x, y, styles[k % 4], color=f"C{i}", marker="o", label=f"{n}, {ctx}")

@@ -98,9 +98,16 @@ class TaxHarness(Harness):
                 L = self.econ.config.episode_length
                 traj = rollout(self.econ, sol, rates(theta)[:, 0], contexts, L, gen)
                 g = estimate(
-                    est, self.econ, theta, beta, sol, traj, memory=memory, rng=rng,
+                    est,
+                    self.econ,
+                    theta,
+                    beta,
+                    sol,
+                    traj,
+                    memory=memory,
+                    rng=rng,
                     leader_values=vbar if est.oracle else None,
-                )  # fmt: skip
+                )
                 if not memory:
                     break
             out.append(g.numpy())
@@ -115,9 +122,15 @@ class TaxHarness(Harness):
         episodes = episodes_from_steps(self.s.steps, self.econ.config.episode_length, "--steps")
         settings = AlgoSettings(lr=self.s.lr, episodes=episodes, estimator=est)
         hist = run_batch(
-            self.econ, algo, [self.s.lam] * len(seeds), list(seeds), iters, settings,
-            progress=progress, desc=f"outer loop {name}",
-        )  # fmt: skip
+            self.econ,
+            algo,
+            [self.s.lam] * len(seeds),
+            list(seeds),
+            iters,
+            settings,
+            progress=progress,
+            desc=f"outer loop {name}",
+        )
         last = max(1, iters // 10)
         t = np.arange(iters + 1)
         return {
