@@ -29,7 +29,7 @@ from align_cbrl.estimators.episodes import discounted_returns, per_state_sum, ti
 from align_cbrl.estimators.published import published_hpgd_weights
 from align_cbrl.estimators.trajectory import HPGDWeights, hpgd_weights
 from tabular_reference.common.estimator_api import Batch, Estimator, Model, register
-from tabular_reference.four_rooms import hpgd_kernels as HK
+from tabular_reference.four_rooms import hpgd_kernels
 from tabular_reference.four_rooms.env import FOUR_ROOMS
 
 __all__ = ["BUILTIN", "LeaderCritic", "builtin_for", "form_weights"]
@@ -152,19 +152,19 @@ BUILTIN: dict[tuple[str, str | None], Estimator] = {
     ("mc", "crossfit"): Estimator(
         "hpgd",
         partial(form_weights, form="mc", leader_q="crossfit"),
-        fused=HK.FORM_CROSSFIT,
+        fused=hpgd_kernels.FORM_CROSSFIT,
         doc="Monte-Carlo form, cross-fitted leader values (docs/theory.md §4)",
     ),
     ("published", None): Estimator(
         "hpgd-published",
         partial(form_weights, form="published", leader_q=None),
-        fused=HK.FORM_PUBLISHED,
+        fused=hpgd_kernels.FORM_PUBLISHED,
         doc="the published code's every-visit estimator (§7)",
     ),
     ("naive", None): Estimator(
         "naive",
         partial(form_weights, form="naive", leader_q=None),
-        fused=HK.FORM_NAIVE,
+        fused=hpgd_kernels.FORM_NAIVE,
         doc="direct term only: the follower's response ignored (§8)",
     ),
     ("covariance", "table"): Estimator(

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tabular_reference.common.estimator_api import Estimator, registered
-from tabular_reference.four_rooms import hpgd_kernels as HK
-from tabular_reference.four_rooms import kernels as K
+from tabular_reference.four_rooms import hpgd_kernels, kernels
 from tabular_reference.four_rooms.algorithms import HPGD_ESTIMATORS, RunConfig, run
 from tabular_reference.four_rooms.env import FOUR_ROOMS, GOALS
 from tabular_reference.four_rooms.hypergradient import estimate, sample_buffers
@@ -119,8 +118,8 @@ class FourRoomsHarness(Harness):
         cfg = self._config(m, steps)
         solver = FollowerSolver(m, self.goal_cells, cfg)
         sol = solver.solve(np.repeat(self.x0[None], m, 0), np.full(m, k), False)
-        K.seed_rng(seed)
-        xr = np.stack([HK.seed_state(seed * 1_000_003 + i) for i in range(m)])
+        kernels.seed_rng(seed)
+        xr = np.stack([hpgd_kernels.seed_state(seed * 1_000_003 + i) for i in range(m)])
         memory: dict = {}
         rng = np.random.default_rng([seed, k])
         buffers = sample_buffers(m, steps)
