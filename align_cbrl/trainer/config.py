@@ -441,7 +441,8 @@ class HPGDConfig:
                 raise ValueError(f"{key} must be an integer >= {low}{hint}, got {value!r}")
         t = self.collective_timeout
         if not (is_finite_number(t) and t > 0):
-            raise ValueError(f"collective_timeout must be a number of seconds > 0, got {t!r}")
+            shown = f"{t:g}" if is_finite_number(t) else repr(t)  # the parser made 0 a float
+            raise ValueError(f"collective_timeout must be a number of seconds > 0, got {shown}")
         if self.tensorboard not in (True, False, "auto"):
             raise ValueError(f"tensorboard must be true, false or 'auto', got {self.tensorboard!r}")
         if not self.followers:

@@ -147,6 +147,10 @@ class FollowerTracking:
                     d_old = self._change(leader, *prev) * b.reward_weight
                     d_new = self._change(leader, b.scores, contexts) * b.reward_weight
                     o, p, n = response_ratio_terms(d_old, d_new, b.beta, prev[1], contexts)
+                    # only the main rank's batches count: its previous batch is the one a
+                    # checkpoint holds, so a resumed multi-process run measures the same terms
+                    if sync.rank != 0:
+                        o, p, n = 0.0, 0.0, 0
                     # every rank joins (the same number of updates everywhere); weighted by n
                     s = torch.tensor([o * n, p * n, float(n)], dtype=torch.float64)
                     s = sync.all_reduce_mean(s)
