@@ -181,7 +181,7 @@ def recipe_args(config: Path, out: Path, sync_dir: Path, *extra: str) -> list[st
             "--debug_sync", str(sync_dir), *extra]  # fmt: skip
 
 
-def tests_on_path() -> str:
+def pythonpath_with_tests() -> str:
     """``PYTHONPATH`` for launched recipes that import a test module (tests/fault_rewards.py)."""
     return os.pathsep.join([str(ROOT), str(ROOT / "tests")])
 
@@ -202,7 +202,7 @@ def launch_recipe(recipe: str, config: Path, tmp: Path, *extra: str) -> tuple[Pa
     out, sync_dir = tmp / "run", tmp / "sync"
     args = recipe_args(config, out, sync_dir, *extra)
     output = accelerate_launch(
-        ROOT / "recipes" / f"{recipe}.py", args, 2, PYTHONPATH=tests_on_path()
+        ROOT / "recipes" / f"{recipe}.py", args, 2, PYTHONPATH=pythonpath_with_tests()
     )
     assert "on 2 process(es)" in output
     r0, r1 = sync_reports(sync_dir)

@@ -26,7 +26,7 @@ from launch_helpers import (
     recipe_args,
     start_ranks,
     sync_reports,
-    tests_on_path,
+    pythonpath_with_tests,
     wait_or_dump,
 )
 from run_helpers import resumed_metrics, write_flaky_plugin_config
@@ -101,7 +101,7 @@ def test_plugin_two_processes_resume_after_a_failed_step_bit_identically(
     script = ROOT / "recipes" / "plugin.py"
     ckpt = out / "checkpoint-4"
     fault = {"FAULT_MODE": "raise", "FAULT_AFTER": str(ckpt / "hpgd_leader")}
-    code, output = launch(script, args, 2, PYTHONPATH=tests_on_path(), **fault)
+    code, output = launch(script, args, 2, PYTHONPATH=pythonpath_with_tests(), **fault)
     assert code != 0
     line = next(line for line in output.splitlines() if line.startswith("[rank 0] error:"))
     assert line.startswith(
@@ -114,7 +114,7 @@ def test_plugin_two_processes_resume_after_a_failed_step_bit_identically(
     )
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]
 
-    code, output = launch(script, [*args, "--resume"], 2, PYTHONPATH=tests_on_path())
+    code, output = launch(script, [*args, "--resume"], 2, PYTHONPATH=pythonpath_with_tests())
     assert code == 0, output[-3000:]
     r0, r1 = sync_reports(sync_dir)
     assert r0["hex"] == r1["hex"] == ref0["hex"]
