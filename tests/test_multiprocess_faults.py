@@ -23,10 +23,10 @@ import pytest
 from launch_helpers import (
     ROOT,
     launch,
+    pythonpath_with_tests,
     recipe_args,
     start_ranks,
     sync_reports,
-    pythonpath_with_tests,
     wait_or_dump,
 )
 from run_helpers import resumed_metrics, write_flaky_plugin_config
