@@ -90,17 +90,6 @@ def strip_times(records):
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
 
 
-def resumed_metrics(records):
-    """:func:`strip_times`, also without ``<f>/tracking`` and ``<f>/tracking_se``: on several
-    processes that diagnostic compares each rank's batches with its own previous ones, but a
-    checkpoint holds rank 0's only (``FollowerTracking.save``), so a resumed multi-process run
-    reports other values for it; the leader and every other metric are bit-identical."""
-    return [
-        {k: v for k, v in r.items() if not k.endswith(("/tracking", "/tracking_se"))}
-        for r in strip_times(records)
-    ]
-
-
 def train_until_killed(trainer, iteration: int, monkeypatch) -> None:
     """Run ``trainer.train()`` with a simulated kill when it starts ``iteration`` (its
     ``step`` raises), and check the kill surfaced."""
