@@ -5,8 +5,8 @@
 weights 1 : 2 and group counts 4 : 12 per step over all ranks) are sampled exactly from one
 shared generator; each rank keeps its slice of every follower's groups (as the orchestrated
 trainer does: the same number of groups per follower on every rank) and takes five leader
-steps with the library's :class:`LeaderUpdate` (weighted combination, all-reduce, clipping,
-SGD). One process with all the groups is the single-process combination.
+steps with the library's estimator and :func:`leader_update` (weighted combination,
+all-reduce, clipping, SGD). One process with all the groups is the single-process combination.
 
 ``trainer OUT``: an orchestrated :class:`HPGDTrainer` run with two exact followers; every rank
 checks the leader against the others after each iteration.
@@ -30,8 +30,10 @@ from align_cbrl.reference import tiny_language as tl
 from align_cbrl.reference.several_followers import ExactFollowerSpec
 from align_cbrl.trainer import GroupedSamples, build_optimizer
 from align_cbrl.trainer.builders import resolve_task
+from align_cbrl.trainer.config import LeaderConfig
+from align_cbrl.trainer.estimation import leader_update
 from align_cbrl.trainer.faults import finish_run, run_and_leave
-from align_cbrl.trainer.strategies import build_leader_update
+from align_cbrl.trainer.strategies import build_estimator
 
 LEADER = dict(
     parametrization="sigmoid", lo=-2.0, hi=2.0, init_weights=0.0, cost_coef=0.25, cost_kind="l2"
@@ -81,12 +83,14 @@ def combine(sync: LeaderSync) -> torch.nn.Module:
     leader = task.make_leader(**LEADER)
     bilevel = task.bilevel(leader)
     sync.broadcast(leader)
-    update = build_leader_update("hpgd", build_optimizer(leader.parameters(), "sgd", 0.5), 1.0)
+    optimizer = build_optimizer(leader.parameters(), "sgd", 0.5)
+    estimator = build_estimator(LeaderConfig(estimator="hpgd"))
     gen = torch.Generator().manual_seed(0)
     specs = followers(task)
     for _ in range(5):
         batches = [my_batch(task, s, bilevel, gen, sync.rank, sync.world_size) for s in specs]
-        result = update.step(leader, bilevel, batches, "category", sync=sync)
+        direction = estimator.estimate(bilevel, batches, "category")
+        result = leader_update(leader, optimizer, direction, 1.0, sync)
         assert result.stepped and result.stats.groups == 16 // sync.world_size
         sync.assert_identical(leader)
     return leader

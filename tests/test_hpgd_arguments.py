@@ -69,7 +69,7 @@ def test_trl_parser_reads_trl_and_leader_keys_from_one_yaml(tmp_path, config_cla
     # the callback is built from it
     task = resolve_task("tiny_language")
     cb = HPGDCallback(HPGDReward(task.bilevel(task.make_leader()), task.components), hpgd)
-    assert cb.update_every == 3 and cb.leader_update.estimator.name == "naive"
+    assert cb.update_every == 3 and cb.estimator.name == "naive"
     assert cb.optimizer.param_groups[0]["lr"] == 0.2
 
 

@@ -1,5 +1,5 @@
 """Plugin-mode API without a TRL run: reward weights (exact, by enumeration), the shared
-leader-update strategies, prompt probabilities in HPGDTrainer, contexts, callable components,
+leader estimators and update, prompt probabilities in HPGDTrainer, contexts, callable components,
 out-of-process reward calls."""
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ from align_cbrl.config_parser import from_dict
 from align_cbrl.followers.base import RewardFunctionError
 from align_cbrl.reference.tiny_language import exact_gradient
 from align_cbrl.rewards.registry import build_component, build_components
-from align_cbrl.trainer import GroupedSamples, HPGDReward, build_leader_update
+from align_cbrl.trainer import (
+    GroupedSamples,
+    HPGDReward,
+    LeaderConfig,
+    build_estimator,
+    leader_update,
+)
 from align_cbrl.trainer.builders import resolve_task
 
 
@@ -26,7 +32,7 @@ def test_reward_weight_estimate_is_the_exact_gradient_of_the_weighted_follower()
     """A follower maximising ``w r_x - beta KL`` has ``pi* ∝ pi_ref exp(w r_x / beta)``. With
     ``pi_ref ∝ exp(-w r_x0 / beta)`` its best response at ``x0`` is uniform, so the mean of the
     N=2 HPGD estimate over *all* ordered completion pairs of every prompt is its exact
-    expectation; one SGD step (lr 1, no clipping) through the shared LeaderUpdate must equal
+    expectation; one SGD step (lr 1, no clipping) through the shared leader_update must equal
     the exact gradient of ``F_w(x) = sum_p P(p) sum_y pi*_w(y|p) rbar_x(p, y)`` (autograd
     through the softmax, independent of the HPGD formula)."""
     task = resolve_task("tiny_language")
@@ -64,11 +70,11 @@ def test_reward_weight_estimate_is_the_exact_gradient_of_the_weighted_follower()
         with torch.no_grad():
             leader.theta.copy_(x0.reshape(leader.theta.shape))
         opt = torch.optim.SGD(leader.parameters(), lr=1.0)
-        update = build_leader_update("hpgd", opt, 0.0)
+        estimator = build_estimator(LeaderConfig(estimator="hpgd"))
         batch = GroupedSamples(
             "f", beta, 2, prompts, completions, {"category": ctx}, scores, reward_weight=weight
         )
-        result = update.step(leader, bilevel, [batch], "category")
+        result = leader_update(leader, opt, estimator.estimate(bilevel, [batch], "category"), 0.0)
         assert result.stepped and result.stats.groups == P * Y * Y
         return leader.flat_parameters() - x0
 
@@ -188,20 +194,16 @@ def test_zero_order_strategy_state_round_trips():
     task = resolve_task("tiny_language")
     leader = task.make_leader(init_weights=0.1)
     bilevel = task.bilevel(leader)
-    opt = torch.optim.SGD(leader.parameters(), lr=0.1)
-    upd = build_leader_update(
-        "zero_order", opt, 0.0, zero_order_u=0.5, generator=torch.Generator().manual_seed(3)
-    )
-    upd.follower_bilevel(bilevel, 1)
-    upd.estimator.prev = 0.25
-    state = upd.estimator.state_dict()
-    z_next = torch.randn(leader.flat_parameters().shape, generator=upd.estimator.generator)
-    other = build_leader_update(
-        "zero_order", opt, 0.0, zero_order_u=0.5, generator=torch.Generator().manual_seed(9)
-    )
-    other.estimator.load_state_dict(state)
-    assert other.estimator.prev == 0.25
-    z_other = torch.randn(leader.flat_parameters().shape, generator=other.estimator.generator)
+    zo = LeaderConfig(estimator="zero_order", zero_order_u=0.5)
+    est = build_estimator(zo, generator=torch.Generator().manual_seed(3))
+    est.follower_bilevel(bilevel, 1)
+    est.prev = 0.25
+    state = est.state_dict()
+    z_next = torch.randn(leader.flat_parameters().shape, generator=est.generator)
+    other = build_estimator(zo, generator=torch.Generator().manual_seed(9))
+    other.load_state_dict(state)
+    assert other.prev == 0.25
+    z_other = torch.randn(leader.flat_parameters().shape, generator=other.generator)
     assert torch.equal(z_next, z_other)
     with pytest.raises(ValueError, match="leader estimator must be one of"):
-        build_leader_update("zero_order", opt, 0.0, allowed=("hpgd", "naive", "fixed"))
+        build_estimator(zo, allowed=("hpgd", "naive", "fixed"))

@@ -101,7 +101,7 @@ def test_each_follower_samples_only_its_own_contexts(tmp_path):
     trainer = HPGDTrainer(make_config(tmp_path))
     batches = []
     for i, b in enumerate(trainer.bundles):
-        idx = trainer._draw_prompts(i, 50).tolist()
+        idx = trainer.sampler.draw_prompts(i, 50).tolist()
         batches.append({b.rows[j]["category"] for j in idx})
     assert batches == [{"concise", "b_topic"}, {"b_topic", "no_d"}]
     assert [b.prompt_index for b in trainer.bundles] == [[0, 1, 2], [2, 3]]

@@ -26,10 +26,12 @@ from align_cbrl.trainer import (
     HPGDReward,
     HPGDTrainer,
     RunExistsError,
-    apply_leader_gradient,
     leader_surrogate,
+    leader_update,
 )
 from align_cbrl.trainer.builders import resolve_task
+from align_cbrl.trainer.estimation import Direction
+from align_cbrl.trainer.stats import LeaderStats
 
 LEADER = dict(QUICKSTART_CONFIG["leader"]["spec"])  # bounded sigmoid weights, l2 cost 0.25
 
@@ -145,14 +147,12 @@ def test_leader_step_clips_and_reports_unclipped_norm():
         w.weight.zero_()
     opt = torch.optim.SGD(w.parameters(), lr=0.5)
     direction = torch.tensor([3.0, 0.0, 4.0], dtype=torch.float64)  # norm 5
-    norm = apply_leader_gradient(w, opt, flat_gradient=direction, n_groups=1, max_grad_norm=1.0)
+    norm = leader_update(w, opt, Direction(LeaderStats(), flat=direction), 1.0).grad_norm
     assert norm == pytest.approx(5.0)
     # ascent along the clipped direction: x = 0.5 * (3, 0, 4) / 5
     torch.testing.assert_close(w.weight.reshape(-1), 0.5 * direction / 5.0)
     with pytest.raises(FloatingPointError, match="not updated"):
-        apply_leader_gradient(
-            w, opt, flat_gradient=torch.full((3,), math.nan), n_groups=1, max_grad_norm=1.0
-        )
+        leader_update(w, opt, Direction(LeaderStats(), flat=torch.full((3,), math.nan)), 1.0)
     torch.testing.assert_close(w.weight.reshape(-1), 0.5 * direction / 5.0)
 
 

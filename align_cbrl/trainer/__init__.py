@@ -6,14 +6,22 @@ from typing import Any
 
 from align_cbrl.trainer.arguments import HPGDArguments
 from align_cbrl.trainer.config import FollowerConfig, HPGDConfig, LeaderConfig, RewardsConfig
-from align_cbrl.trainer.estimation import GroupedSamples, build_optimizer, leader_surrogate
+from align_cbrl.trainer.estimation import (
+    Direction,
+    GroupedSamples,
+    build_optimizer,
+    leader_surrogate,
+    leader_update,
+)
 from align_cbrl.trainer.frozen_reward import FrozenShapedReward
 from align_cbrl.trainer.groups import GroupBuffer, ScoredBatch
 from align_cbrl.trainer.reward_function import HPGDReward, ShapedReward
 from align_cbrl.trainer.stats import FollowerStats, LeaderStats, UpdateResult
-from align_cbrl.trainer.strategies import LeaderUpdate, apply_leader_gradient, build_leader_update
+from align_cbrl.trainer.strategies import Estimator, build_estimator
 
 __all__ = [
+    "Direction",
+    "Estimator",
     "FollowerConfig",
     "FollowerStats",
     "FrozenShapedReward",
@@ -26,16 +34,15 @@ __all__ = [
     "HPGDTrainer",
     "LeaderConfig",
     "LeaderStats",
-    "LeaderUpdate",
     "RewardsConfig",
     "RunExistsError",
     "ScoredBatch",
     "ShapedReward",
     "UpdateResult",
-    "apply_leader_gradient",
-    "build_leader_update",
+    "build_estimator",
     "build_optimizer",
     "leader_surrogate",
+    "leader_update",
 ]
 
 

@@ -13,10 +13,11 @@ moves the leader one step along the HPGD estimate (``docs/theory.md §3``)
 
     dF/dx ≈ mean_g [ mean_i d rbar_i + (1/beta) 1/(N-1) sum_i (w d r_i - mean w d r)(rbar_i - mean rbar) ]
 
-(gradient of ``hpgd_surrogate``, ``w`` = TRL's ``reward_weights`` entry of this reward),
-all-reduced over processes, clipped, one optimiser step
-(:class:`~align_cbrl.trainer.strategies.LeaderUpdate`). The next generation batch is rewarded
-with the updated incentive. No extra generation.
+(gradient of ``hpgd_surrogate``, ``w`` = TRL's ``reward_weights`` entry of this reward; the
+estimator objects of :mod:`align_cbrl.trainer.strategies`), all-reduced over processes,
+clipped, one optimiser step (:func:`~align_cbrl.trainer.estimation.leader_update`, as the
+orchestrated trainer's step). The next generation batch is rewarded with the updated
+incentive. No extra generation.
 
 **Checked before any generation** (``on_train_begin``): ``beta > 0`` (GRPO's default ``0.0`` is
 refused); ``scale_rewards != "none"``, ``multi_objective_aggregation="normalize_then_sum"``,
@@ -63,7 +64,7 @@ from align_cbrl.followers.trl_compat import (
 from align_cbrl.leaders.base import STATE_FILE
 from align_cbrl.metrics import MetricsLogger
 from align_cbrl.trainer.arguments import PLUGIN_ESTIMATORS, HPGDArguments, PluginSettings
-from align_cbrl.trainer.estimation import build_optimizer
+from align_cbrl.trainer.estimation import build_optimizer, leader_update
 from align_cbrl.trainer.final_leader import (
     plugin_training_summary,
     reward_spec_or_warn,
@@ -71,8 +72,9 @@ from align_cbrl.trainer.final_leader import (
 )
 from align_cbrl.trainer.groups import GroupBuffer, ScoredBatch
 from align_cbrl.trainer.reward_function import HPGDReward
-from align_cbrl.trainer.stats import UpdateResult, leader_weight_metrics
-from align_cbrl.trainer.strategies import build_leader_update
+from align_cbrl.trainer.stats import leader_weight_metrics
+from align_cbrl.trainer.strategies import build_estimator
+from align_cbrl.trainer.tracking import FollowerTracking
 from align_cbrl.trainer.validation import (
     check_dataset_for_leader,
     check_reward_scaling,
@@ -130,22 +132,16 @@ class HPGDCallback(TrainerCallback):
                 f"args must be HPGDArguments (the leader's settings), got {type(args).__name__}"
             )
         self.args = args
+        self.leader_config = args.leader_config()  # the settings orchestrated runs read
         self.reward = reward
         self.leader = reward.bilevel.leader
         self.update_every = args.leader_update_every
+        lc = self.leader_config
         self.optimizer = optimizer or build_optimizer(
-            self.leader.parameters(),
-            args.leader_optimizer,
-            args.leader_lr,
-            args.leader_momentum,
-            args.leader_adam_betas,
+            self.leader.parameters(), lc.optimizer, lc.lr, lc.momentum, lc.adam_betas
         )
-        self.leader_update = build_leader_update(
-            args.leader_estimator,
-            self.optimizer,
-            float(args.leader_max_grad_norm),
-            allowed=PLUGIN_ESTIMATORS,
-        )
+        self.estimator = build_estimator(lc, allowed=PLUGIN_ESTIMATORS)
+        self.tracking = FollowerTracking()
         beta = args.leader_follower_beta
         self.beta = None if beta is None else validate_beta(beta, "HPGDCallback")
         self._given_beta = self.beta
@@ -326,7 +322,7 @@ class HPGDCallback(TrainerCallback):
         """Estimator, updates, last objective estimate and, per context, the incentive paid
         and its cost on the last update's completions (the saved leader's model card)."""
         return plugin_training_summary(
-            self.leader_update.estimator.name,
+            self.estimator.name,
             self.history,
             self.update_every,
             self.reward.bilevel,
@@ -343,13 +339,12 @@ class HPGDCallback(TrainerCallback):
             self.group_size, self.beta, self.follower_name, self.reward_weight
         )
         self._last_groups = samples
-        result: UpdateResult = self.leader_update.step(
-            self.leader,
-            self.reward.bilevel,
-            [samples],
-            self.reward.context_column,
-            sync=self.sync,
-        )
+        # the orchestrated trainer's steps 3-4 (HPGDTrainer.step) on TRL's groups
+        bilevel, context = self.reward.bilevel, self.reward.context_column
+        tracked = self.tracking.observe(self.leader, [samples], context, self.sync)
+        direction = self.estimator.estimate(bilevel, [samples], context)
+        max_norm = self.leader_config.max_grad_norm
+        result = leader_update(self.leader, self.optimizer, direction, max_norm, self.sync, tracked)
         record = {**result.to_metrics(), **leader_weight_metrics(self.leader)}
         self.history.append({"step": float(step), **record})
         if self._trl_metrics is not None:
@@ -379,16 +374,16 @@ class HPGDCallback(TrainerCallback):
             tensors, skeleton = optimizer_state_to_files(self.optimizer.state_dict())
             save_safetensors(tmp / "optimizer.safetensors", tensors)
             atomic_write_json(tmp / "optimizer.json", skeleton)
-            est = self.leader_update.estimator.state_dict()
+            est = self.estimator.state_dict()
             est_tensors = {k: v for k, v in est.items() if isinstance(v, torch.Tensor)}
             save_safetensors(tmp / "estimator.safetensors", est_tensors)
             self._groups_files(tmp)
-            self.leader_update.tracking.save(tmp)
+            self.tracking.save(tmp)
             atomic_write_json(
                 tmp / "state.json",
                 {
                     "step": step,
-                    "estimator": self.leader_update.estimator.name,
+                    "estimator": self.estimator.name,
                     "estimator_state": {k: v for k, v in est.items() if k not in est_tensors},
                     "batches_seen": self.batches_seen,
                     "history": self.history,
@@ -410,10 +405,10 @@ class HPGDCallback(TrainerCallback):
             raise ValueError(
                 f"HPGDCallback: {src} is from step {state['step']}, TRL resumed at step {step}"
             )
-        if state["estimator"] != self.leader_update.estimator.name:
+        if state["estimator"] != self.estimator.name:
             raise ValueError(
                 f"HPGDCallback: {src} was written with estimator {state['estimator']!r}, this "
-                f"callback uses {self.leader_update.estimator.name!r}"
+                f"callback uses {self.estimator.name!r}"
             )
         if int(state.get("world_size", 1)) != self.sync.world_size:
             raise ValueError(
@@ -429,13 +424,13 @@ class HPGDCallback(TrainerCallback):
         )
         est_state = dict(state.get("estimator_state") or {})
         est_state.update(load_safetensors(src / "estimator.safetensors"))
-        self.leader_update.estimator.load_state_dict(est_state)
+        self.estimator.load_state_dict(est_state)
         groups = (
             src if self.sync.world_size == 1 else ckpt / f"{CHECKPOINT_DIR}_rank{self.sync.rank}"
         )
         self.buffer.load_state_dict(
             load_safetensors(groups / "groups.safetensors"), read_json(groups / "groups.json")
         )
-        self.leader_update.tracking.load(src)
+        self.tracking.load(src)
         self.batches_seen = int(state["batches_seen"])
         self.history = [dict(r) for r in state["history"]]

@@ -22,10 +22,16 @@ KL`` has the best response ``pi* ∝ pi_ref exp((v r_x + ...) / beta)``, so its 
 ``v d r_x`` (equivalently the temperature ``beta / v``); rewards the leader does not control
 drop out of ``d``.
 
-The update minimises ``-S``: backward, :meth:`LeaderSync.all_reduce_gradients` (group-count
-weighted mean over processes; it equals the single-process combination because every rank
-holds the same number of groups per follower), global-norm clipping, optimiser step
-(:mod:`align_cbrl.trainer.strategies` composes these steps).
+The leader's step is one plain function, :func:`leader_update`: ``.grad = -d`` for the
+estimator's ascent direction ``d`` (the gradient of ``S``, or a flat vector), then
+
+    all-reduce  (:meth:`LeaderSync.all_reduce_gradients`: the group-count weighted mean over
+                 processes; it equals the single-process combination because every rank holds
+                 the same number of groups per follower)
+    clip        (global norm ``||g|| <= max_grad_norm``; a non-finite ``g`` raises, no step)
+    step        (the ``torch.optim`` optimiser, which minimises ``-S``).
+
+The estimators that produce ``d`` are the strategy objects of :mod:`align_cbrl.trainer.strategies`.
 """
 
 from __future__ import annotations
@@ -38,12 +44,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from align_cbrl.distributed import LeaderSync
 from align_cbrl.estimators.combine import follower_weights
 from align_cbrl.estimators.grouped import hpgd_surrogate, naive_surrogate
 from align_cbrl.objective import BilevelRewards
-from align_cbrl.trainer.stats import FollowerStats, LeaderStats
+from align_cbrl.trainer.stats import FollowerStats, LeaderStats, UpdateResult
 
-__all__ = ["GroupedSamples", "build_optimizer", "leader_surrogate"]
+__all__ = [
+    "Direction",
+    "GroupedSamples",
+    "build_optimizer",
+    "leader_surrogate",
+    "leader_update",
+    "set_ascent_gradient",
+]
 
 
 @dataclass
@@ -157,6 +171,92 @@ def leader_surrogate(
         )
     assert total is not None
     return total, LeaderStats(per)
+
+
+@dataclass
+class Direction:
+    """An estimator's ascent direction for the leader's parameters: a differentiable surrogate
+    ``S(x)`` (the direction is its gradient) or a flat vector, or neither (no step: ``fixed``,
+    zero-order's first iteration), with the statistics it was estimated from and
+    estimator-specific metrics (``extra``)."""
+
+    stats: LeaderStats
+    surrogate: Tensor | None = None
+    flat: Tensor | None = None
+    extra: dict[str, float] | None = None
+
+    @property
+    def has_step(self) -> bool:
+        return self.surrogate is not None or self.flat is not None
+
+
+def set_ascent_gradient(
+    leader: torch.nn.Module, surrogate: Tensor | None = None, flat: Tensor | None = None
+) -> list[torch.nn.Parameter]:
+    """``.grad = -d`` for every trainable parameter (the optimiser minimises), ``d`` the gradient
+    of ``surrogate`` or the slice of ``flat`` in :meth:`~torch.nn.Module.parameters` order;
+    returns those parameters."""
+    if (surrogate is None) == (flat is None):
+        raise ValueError("give exactly one of surrogate / flat_gradient")
+    params = [p for p in leader.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = None
+    if surrogate is not None:
+        (-surrogate).backward()
+    else:
+        assert flat is not None
+        i = 0
+        for p in params:
+            n = p.numel()
+            p.grad = -flat[i : i + n].reshape(p.shape).to(p.dtype).clone()
+            i += n
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    return params
+
+
+def _global_norm(params: list[torch.nn.Parameter]) -> float:
+    """``||g||_2`` over all parameters' ``.grad``; refuses a non-finite one."""
+    norm = float(torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in params])))
+    if not math.isfinite(norm):
+        raise FloatingPointError(
+            "the leader's hypergradient is not finite (check the reward components and "
+            "beta); the leader was not updated"
+        )
+    return norm
+
+
+def leader_update(
+    leader: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    direction: Direction,
+    max_grad_norm: float,
+    sync: LeaderSync | None = None,
+    extra: dict[str, float] | None = None,
+) -> UpdateResult:
+    """One leader step along ``direction`` (module docstring): ``.grad = -d``; all-reduce
+    over processes, weighted by ``direction.stats.groups``; clip by global norm to
+    ``max_grad_norm`` (0 = no clipping); ``optimizer.step()``. A direction without a step
+    changes nothing (norm 0). Returns the :class:`UpdateResult`: the direction's statistics,
+    ``||g||`` before clipping, whether a step was taken, ``direction.extra`` and ``extra``.
+    A non-finite ``g`` raises ``FloatingPointError`` and leaves the parameters untouched."""
+    if not (math.isfinite(max_grad_norm) and max_grad_norm >= 0):
+        raise ValueError(f"max_grad_norm must be >= 0 (0 = no clipping), got {max_grad_norm!r}")
+    metrics = {**(direction.extra or {}), **(extra or {})}
+    if not direction.has_step:
+        return UpdateResult(direction.stats, 0.0, False, metrics)
+    params = set_ascent_gradient(leader, direction.surrogate, direction.flat)
+    (sync or LeaderSync()).all_reduce_gradients(leader, direction.stats.groups)
+    try:
+        norm = _global_norm(params)
+    except FloatingPointError:
+        optimizer.zero_grad(set_to_none=False)
+        raise
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, float(max_grad_norm))
+    optimizer.step()
+    return UpdateResult(direction.stats, norm, True, metrics)
 
 
 def build_optimizer(

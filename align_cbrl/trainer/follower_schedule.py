@@ -22,17 +22,19 @@ trainer is built, both before anything is trained or written.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from align_cbrl.estimators.multilevel import MultilevelSchedule, multilevel_estimate
-from align_cbrl.trainer.stats import UpdateResult, leader_weight_metrics
-from align_cbrl.trainer.strategies import apply_leader_gradient
+from align_cbrl.trainer.estimation import Direction, leader_update
+from align_cbrl.trainer.stats import Stopwatch
 from align_cbrl.utils.io import load_safetensors, save_safetensors
+
+if TYPE_CHECKING:
+    from align_cbrl.trainer.hpgd_trainer import HPGDTrainer
 
 __all__ = [
     "LEVEL",
@@ -132,27 +134,20 @@ class MultilevelFollowerSchedule:
     def load(self, checkpoint: Path) -> None:
         self.generator.set_state(load_safetensors(checkpoint / SCHEDULE_FILE)["level_gen"])
 
-    def step(self, trainer: Any, t: int) -> dict[str, Any]:
-        """Outer iteration ``t`` of ``trainer`` with the multilevel estimate; its metrics."""
-        reward = trainer._reward_for_followers(t)
-        for b in trainer.bundles:
-            b.follower.set_reward_function(reward)
+    def step(self, trainer: HPGDTrainer, t: int) -> dict[str, Any]:
+        """Outer iteration ``t`` of ``trainer`` with the multilevel estimate; its metrics. The
+        trainer's plain iteration (:meth:`~align_cbrl.trainer.hpgd_trainer.HPGDTrainer.step`)
+        with its steps 1-3 run at the levels ``0..J`` and ``g_0 + (g_J - g_{J-1}) / p_J`` as
+        the direction of step 4 (the same :func:`leader_update`)."""
+        trainer.reward_followers(t)
         run = _LevelRun(trainer, self.common)
         est = multilevel_estimate(run.advance, self.schedule, generator=self.generator)
-        t0 = time.perf_counter()
-        norm = apply_leader_gradient(
-            trainer.leader,
-            trainer.optimizer,
-            flat_gradient=est.gradient,
-            n_groups=run.direction.stats.groups,
-            max_grad_norm=trainer.leader_update.clip.max_norm,
-            sync=trainer.sync,
-        )
+        direction = Direction(run.direction.stats, flat=est.gradient)
+        max_norm = trainer.config.leader.max_grad_norm
+        result = leader_update(trainer.leader, trainer.optimizer, direction, max_norm, trainer.sync)
         rec: dict[str, Any] = dict(run.train_metrics)
-        rec.update(UpdateResult(run.direction.stats, norm, True).to_metrics())
-        for bt in run.batches:
-            for k, c in enumerate(trainer.setup.components):
-                rec[f"{bt.follower}/components/{c.name}"] = float(bt.scores[:, k].mean())
+        rec.update(result.to_metrics())
+        rec.update(trainer.component_metrics(run.batches))
         total = trainer.history[-1].get(STEPS_TOTAL, 0) if trainer.history else 0
         rec.update(
             {
@@ -164,14 +159,8 @@ class MultilevelFollowerSchedule:
                 "mlmc/base_grad_norm": run.base_norm,
             }
         )
-        exact = trainer.exact_objective()
-        if exact is not None:
-            rec.update(exact)
-        rec["time/follower_train"] = run.seconds["train"]
-        rec["time/sample"] = run.seconds["sample"]
-        rec["time/leader"] = run.seconds["leader"] + time.perf_counter() - t0
-        rec.update(leader_weight_metrics(trainer.leader))
-        return rec
+        run.clock.lap("time/leader")
+        return trainer.finish_metrics(rec, run.clock.laps)
 
 
 class _LevelRun:
@@ -179,51 +168,44 @@ class _LevelRun:
     steps, sample groups (replaying the first level's random numbers when ``common``) and
     return the leader estimator's flat ascent direction."""
 
-    def __init__(self, trainer: Any, common: bool) -> None:
+    def __init__(self, trainer: HPGDTrainer, common: bool) -> None:
         self.trainer = trainer
         self.common = common
-        self.rng: tuple[torch.Tensor, list[Any]] | None = None
+        self.rng: Any = None  # the first level's GroupSampler.state()
         self.train_metrics: dict[str, float] = {}
-        self.seconds = {"train": 0.0, "sample": 0.0, "leader": 0.0}
+        self.clock = Stopwatch()
         self.direction: Any = None
         self.batches: list[Any] = []
         self.base_norm: float | None = None
 
     def advance(self, steps: int) -> torch.Tensor:
         tr = self.trainer
-        t0 = time.perf_counter()
         self.train_metrics.update(tr.train_followers(steps))
-        t1 = time.perf_counter()
+        self.clock.lap("time/follower_train")
         self._replay()
         self.batches = tr.sample_batches()
-        t2 = time.perf_counter()
-        est = tr.leader_update.estimator
-        self.direction = est.estimate(tr.bilevel, self.batches, tr.setup.context_column)
+        self.clock.lap("time/sample")
+        self.direction = tr.estimator.estimate(tr.bilevel, self.batches, tr.setup.context_column)
         g = _flat_gradient(tr.leader, self.direction.surrogate)
         if self.base_norm is None:
             self.base_norm = float(torch.linalg.vector_norm(g))
-        self.seconds["train"] += t1 - t0
-        self.seconds["sample"] += t2 - t1
-        self.seconds["leader"] += time.perf_counter() - t2
+        self.clock.lap("time/leader")
         return g
 
     def _replay(self) -> None:
         """Capture the sampling random state at the first level, restore it at later ones."""
         if not self.common:
             return
-        tr = self.trainer
+        sampler = self.trainer.sampler
         if self.rng is None:
-            states = [b.follower.sampling_state() for b in tr.bundles]
-            self.rng = (tr._prompt_gen.get_state(), states)
-            return
-        tr._prompt_gen.set_state(self.rng[0])
-        for b, s in zip(tr.bundles, self.rng[1], strict=True):
-            b.follower.set_sampling_state(s)
+            self.rng = sampler.state()
+        else:
+            sampler.set_state(self.rng)
 
 
 def _flat_gradient(leader: torch.nn.Module, surrogate: torch.Tensor | None) -> torch.Tensor:
     """``d surrogate / dx`` over the leader's trainable parameters, flattened (the order of
-    :func:`~align_cbrl.trainer.strategies.set_ascent_gradient`)."""
+    :func:`~align_cbrl.trainer.estimation.set_ascent_gradient`)."""
     params = [p for p in leader.parameters() if p.requires_grad]
     if surrogate is None:
         raise ValueError(

@@ -8,13 +8,16 @@ Outer iteration ``t = 1..T`` (HPGD, ``docs/theory.md §2``, with the language-mo
    follower's dataset (with the task's ``prompt_probs`` restricted to the follower's prompts
    when it trains on an enumerable task's prompts, so the sampled objective is the logged exact
    one; uniformly otherwise) and ``N = num_samples`` completions sampled per prompt; the
-   components are scored once;
-3. the leader estimates ``dF/dx`` of ``F = sum_f w_f F_f`` (the followers' weighted mean,
-   ``docs/theory.md §1``; each follower's estimate is the mean over its own groups) and takes one
-   optimiser step with global-norm clipping (:class:`~align_cbrl.trainer.strategies.LeaderUpdate`,
-   shared with plugin mode: ``hpgd``, ``naive``, ``zero_order``, ``fixed``).
-   ``leader.follower_schedule`` kind ``mlmc``: steps 1-3 are the multilevel estimator of §9
-   (:mod:`align_cbrl.trainer.follower_schedule`).
+   components are scored once (:class:`~align_cbrl.trainer.sampling.GroupSampler`);
+3. the leader's estimator (``hpgd``, ``naive``, ``zero_order`` or ``fixed``,
+   :mod:`align_cbrl.trainer.strategies`, shared with plugin mode) estimates ``dF/dx`` of
+   ``F = sum_f w_f F_f`` (the followers' weighted mean, ``docs/theory.md §1``; each follower's
+   estimate is the mean over its own groups);
+4. :func:`~align_cbrl.trainer.estimation.leader_update`: all-reduce over processes, clip by
+   global norm, one optimiser step.
+
+All four are in :meth:`HPGDTrainer.step`. ``leader.follower_schedule`` kind ``mlmc``: steps 1-3
+are the multilevel estimator of §9 (:mod:`align_cbrl.trainer.follower_schedule`).
 
 Metrics per iteration (``metrics.jsonl``, TensorBoard, a tqdm bar) are listed in
 ``docs/trainer.md``. Checkpoints every ``save_every`` iterations (:class:`CheckpointManager`,
@@ -27,7 +30,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,6 @@ from align_cbrl.config_parser import to_dict
 from align_cbrl.distributed import LeaderSync, init_process_group
 from align_cbrl.metrics import MetricsLogger, read_jsonl
 from align_cbrl.models.tiny import hf_progress_bars
-from align_cbrl.rewards.base import score_components
 from align_cbrl.trainer.builders import (
     FollowerBundle,
     bilevel_for,
@@ -52,7 +53,12 @@ from align_cbrl.trainer.builders import (
     validate_run_config,
 )
 from align_cbrl.trainer.config import HPGDConfig
-from align_cbrl.trainer.estimation import GroupedSamples, build_optimizer, leader_surrogate
+from align_cbrl.trainer.estimation import (
+    GroupedSamples,
+    build_optimizer,
+    leader_surrogate,
+    leader_update,
+)
 from align_cbrl.trainer.exact_reference import (
     exact_followers,
     exact_local_optimum,
@@ -65,13 +71,16 @@ from align_cbrl.trainer.follower_schedule import SCHEDULE_FILE, build_follower_s
 from align_cbrl.trainer.interrupt import StopSignals, TrainingInterrupted
 from align_cbrl.trainer.reward_function import HPGDReward
 from align_cbrl.trainer.run_dir import RunExistsError, check_resumable, plan_run_directory
+from align_cbrl.trainer.sampling import GroupSampler
 from align_cbrl.trainer.stats import (
     ESTIMATOR_LABELS,
+    Stopwatch,
     iteration_line,
     leader_weight_metrics,
     progress_fields,
 )
-from align_cbrl.trainer.strategies import ZeroOrder, build_leader_update
+from align_cbrl.trainer.strategies import build_estimator
+from align_cbrl.trainer.tracking import FollowerTracking
 from align_cbrl.utils.io import (
     atomic_write_json,
     load_safetensors,
@@ -165,17 +174,10 @@ class HPGDTrainer:
         self.sync.broadcast(self.leader)
         self._x0 = self.leader.flat_parameters().detach().clone()
         self.exact_optimum_seconds = 0.0
-        self._prompt_gen = torch.Generator().manual_seed(config.seed)
+        self.sampler = GroupSampler(self.bundles, self.task, self.setup.components, config.seed)
         self._zo_gen = torch.Generator().manual_seed(config.seed + 1)
-        self.leader_update = build_leader_update(
-            config.leader.estimator,
-            self.optimizer,
-            config.leader.max_grad_norm,
-            zero_order_u=config.leader.zero_order_u,
-            zero_order_decay=config.leader.zero_order_decay,
-            generator=self._zo_gen,
-        )
-        self._prompt_probs = [self._prompt_probs_for(b) for b in self.bundles]
+        self.estimator = build_estimator(config.leader, generator=self._zo_gen)
+        self.tracking = FollowerTracking()
         self.follower_schedule = build_follower_schedule(config, [b.follower for b in self.bundles])
         self.start_iteration = 0
         self._resume_from = self._plan.resume_from
@@ -183,39 +185,17 @@ class HPGDTrainer:
         self.metrics: MetricsLogger | None = None
         self.eval_batches: list[GroupedSamples] = []
 
-    @property
-    def _zo_prev(self) -> float | None:
-        """Zero-order baseline ``F_{t-1}`` (checkpointed; ``None`` for other estimators)."""
-        est = self.leader_update.estimator
-        return est.prev if isinstance(est, ZeroOrder) else None
-
-    @_zo_prev.setter
-    def _zo_prev(self, value: float | None) -> None:
-        est = self.leader_update.estimator
-        if isinstance(est, ZeroOrder):
-            est.prev = value
-
-    def _prompt_probs_for(self, b: FollowerBundle) -> torch.Tensor | None:
-        """The task's prompt probabilities of follower ``b``'s rows if it trains on the task's
-        prompts (all of them or the subset of its ``contexts``) and they are not uniform
-        (``None``: draw rows uniformly)."""
-        if self.task is None or b.log_ref is None or b.prompt_index is None:
-            return None
-        probs = self.task.prompt_probs[b.prompt_index]
-        if bool((probs == probs[0]).all()):
-            return None
-        return probs
-
     # ------------------------------------------------------------------ resume
     def _restore(self, ckpt: Path) -> None:
         state = self.checkpoints.load(ckpt, leader=self.leader, optimizer=self.optimizer)
         for b in self.bundles:
             b.follower.load(ckpt / "followers" / b.config.name)
         rng = load_safetensors(ckpt / _TRAINER_RNG)
-        self._prompt_gen.set_state(rng["prompt_gen"])
+        self.sampler.generator.set_state(rng["prompt_gen"])
         self._zo_gen.set_state(rng["zo_gen"])
-        self._zo_prev = state.get("zo_prev")
-        self.leader_update.tracking.load(ckpt / "tracking")
+        # the estimator's state besides its generator (zero-order: the baseline F_{t-1})
+        self.estimator.load_state_dict({"prev": state.get("zo_prev")})
+        self.tracking.load(ckpt / "tracking")
         if self.follower_schedule is not None:
             self.follower_schedule.load(ckpt)
         self.start_iteration = int(state["iteration"])
@@ -227,11 +207,12 @@ class HPGDTrainer:
 
     def _save(self, iteration: int) -> Path:
         def write_rng(path: Path) -> None:
-            gens = {"prompt_gen": self._prompt_gen, "zo_gen": self._zo_gen}
+            gens = {"prompt_gen": self.sampler.generator, "zo_gen": self._zo_gen}
             save_safetensors(path, {k: g.get_state() for k, g in gens.items()})
 
         writers: dict[str, Callable[[Path], None]] = {_TRAINER_RNG: write_rng}
-        writers["tracking"] = self.leader_update.tracking.save
+        zo_prev = self.estimator.state_dict().get("prev")  # None but for zero-order
+        writers["tracking"] = self.tracking.save
         for b in self.bundles:
             writers[f"followers/{b.config.name}"] = b.follower.save
         if self.follower_schedule is not None:
@@ -240,7 +221,7 @@ class HPGDTrainer:
             iteration,
             leader=self.leader,
             optimizer=self.optimizer,
-            state={"config": to_dict(self.config), "zo_prev": self._zo_prev, "cwd": os.getcwd()},
+            state={"config": to_dict(self.config), "zo_prev": zo_prev, "cwd": os.getcwd()},
             extra_writers=writers,
         )
 
@@ -252,97 +233,88 @@ class HPGDTrainer:
         specs = exact_followers(self.task, self.bundles)
         return None if specs is None else exact_metrics(specs, self.bilevel, self.weights)
 
-    def _reward_for_followers(self, t: int) -> HPGDReward:
-        """The followers' reward: ``r_x`` at the current leader, or, for zero-order, at the
-        perturbed leader ``x + u_t z_t`` (a copy; :meth:`ZeroOrder.follower_bilevel`)."""
-        return HPGDReward(
-            self.leader_update.follower_bilevel(self.bilevel, t),
+    def reward_followers(self, t: int) -> HPGDReward:
+        """Give every follower its reward for iteration ``t`` and return it: ``r_x`` at the
+        current leader or, for zero-order, at the perturbed leader ``x + u_t z_t`` (a copy;
+        :meth:`~align_cbrl.trainer.strategies.ZeroOrder.follower_bilevel`)."""
+        reward = HPGDReward(
+            self.estimator.follower_bilevel(self.bilevel, t),
             self.setup.components,
             context_column=self.setup.context_column,
             name="hpgd_reward",
         )
-
-    def _draw_prompts(self, i: int, count: int) -> torch.Tensor:
-        """``count`` row indices of follower ``i``'s dataset from the shared generator: with
-        the task's prompt probabilities when set (:meth:`_prompt_probs_for`), else uniform."""
-        probs = self._prompt_probs[i]
-        if probs is None:
-            return torch.randint(len(self.bundles[i].rows), (count,), generator=self._prompt_gen)
-        return torch.multinomial(probs, count, replacement=True, generator=self._prompt_gen)
-
-    def _sample(self, b: FollowerBundle, prompt_idx: list[int], n: int) -> GroupedSamples:
-        rows = [b.rows[i] for i in prompt_idx]
-        groups = b.follower.sample([r["prompt"] for r in rows], n)
-        prompts = [r["prompt"] for r in rows for _ in range(n)]
-        completions = [c for g in groups for c in g]
-        keys = sorted({k for r in rows for k in r} - {"prompt"})
-        columns = {k: [r.get(k) for r in rows for _ in range(n)] for k in keys}
-        scores = score_components(self.setup.components, prompts, completions, columns)
-        return GroupedSamples(
-            b.config.name,
-            b.follower.beta,
-            n,
-            prompts,
-            completions,
-            columns,
-            scores,
-            objective_weight=b.config.weight,
-        )
+        for b in self.bundles:
+            b.follower.set_reward_function(reward)
+        return reward
 
     # ------------------------------------------------------------------ one iteration
     def step(self, t: int) -> dict[str, Any]:
-        """Outer iteration ``t`` (module docstring); returns its metrics."""
-        if self.follower_schedule is not None:  # leader.follower_schedule kind mlmc
+        """Outer iteration ``t`` of HPGD (``docs/theory.md §2``); returns its metrics.
+
+        1. the followers train ``K = follower_steps`` more steps on the shaped reward ``r_x``;
+        2. ``G_f`` prompts x ``N`` completions per follower are sampled and scored;
+        3. the estimator (``hpgd`` / ``naive`` / ``zero_order`` / ``fixed``) turns the groups
+           into an ascent direction ``d ≈ dF/dx``;
+        4. :func:`~align_cbrl.trainer.estimation.leader_update`: all-reduce ``d`` over
+           processes, clip it by global norm, one optimiser step of ``x``.
+
+        ``leader.follower_schedule`` kind ``mlmc`` runs 1-3 at several levels instead
+        (:meth:`~align_cbrl.trainer.follower_schedule.MultilevelFollowerSchedule.step`)."""
+        if self.follower_schedule is not None:
             return self.follower_schedule.step(self, t)
-        reward = self._reward_for_followers(t)
-        t0 = time.perf_counter()
-        for b in self.bundles:
-            b.follower.set_reward_function(reward)
-        rec: dict[str, Any] = self.train_followers(self.config.follower_steps)
-        t1 = time.perf_counter()
+        cfg, context, clock = self.config, self.setup.context_column, Stopwatch()
+        # 1. train the followers (zero-order: on the reward at x + u_t z_t)
+        reward = self.reward_followers(t)
+        rec: dict[str, Any] = self.train_followers(cfg.follower_steps)
+        clock.lap("time/follower_train")
+        # 2. sample G_f x N per follower (each rank its own share of the prompts)
         batches = self.sample_batches()
-        # exact gap to pi* of the reward the followers trained on (enumerable tasks)
-        rec.update(exact_tracking(self.task, self.bundles, reward.bilevel))
-        t2 = time.perf_counter()
-        rec.update(self._leader_update(batches))
-        t3 = time.perf_counter()
-        rec.update(self.exact_objective() or {})  # exact F on enumerable tasks
-        rec["time/follower_train"] = t1 - t0
-        rec["time/sample"] = t2 - t1
-        rec["time/leader"] = t3 - t2
-        rec.update(leader_weight_metrics(self.leader))
-        return rec
+        rec.update(exact_tracking(self.task, self.bundles, reward.bilevel))  # gap to pi*
+        clock.lap("time/sample")
+        # 3. estimate; <f>/tracking compares these groups with the previous update's
+        sampled_under = self.estimator.sampled_bilevel(self.bilevel).leader
+        tracked = self.tracking.observe(sampled_under, batches, context, self.sync)
+        direction = self.estimator.estimate(self.bilevel, batches, context)
+        # 4. all-reduce -> clip by global norm -> optimiser step
+        result = leader_update(
+            self.leader, self.optimizer, direction, cfg.leader.max_grad_norm, self.sync, tracked
+        )
+        rec.update(result.to_metrics())
+        rec.update(self.component_metrics(batches))
+        clock.lap("time/leader")
+        return self.finish_metrics(rec, clock.laps)
 
     def train_followers(self, steps: int) -> dict[str, float]:
-        """Train every follower ``steps`` more steps; their training metrics."""
+        """Train every follower ``steps`` more steps; the training metrics each reports as a
+        number, ``<f>/train_<reward|kl|loss|entropy>``."""
         rec: dict[str, float] = {}
         for b in self.bundles:
-            out, keys = b.follower.train(steps), ("reward", "kl", "loss", "entropy")
-            rec.update({f"{b.config.name}/train_{k}": float(out[k]) for k in keys
-                        if isinstance(out.get(k), int | float)})  # fmt: skip
+            out = b.follower.train(steps)
+            for k in ("reward", "kl", "loss", "entropy"):
+                if isinstance(out.get(k), int | float):
+                    rec[f"{b.config.name}/train_{k}"] = float(out[k])
         return rec
 
     def sample_batches(self) -> list[GroupedSamples]:
-        """Each follower's groups: one prompt draw for all ranks (rank-independent generator
-        state), each rank keeping its own slice of ``G_i`` (same groups per follower per rank)."""
-        cfg, world, rank = self.config, self.sync.world_size, self.sync.rank
-        batches = []
-        for i, b in enumerate(self.bundles):
-            G = cfg.groups_of(i)
-            idx = self._draw_prompts(i, G * world)[rank * G : (rank + 1) * G]
-            batches.append(self._sample(b, idx.tolist(), cfg.num_samples))
-        return batches
+        """Each follower's ``G_i`` groups of ``N = num_samples`` on this rank (the same count
+        per follower on every rank; :meth:`GroupSampler.sample_groups`)."""
+        groups = [self.config.groups_of(i) for i in range(len(self.bundles))]
+        return self.sampler.sample_groups(groups, self.config.num_samples, self.sync)
 
-    def _leader_update(self, batches: list[GroupedSamples]) -> dict[str, Any]:
-        """One :class:`LeaderUpdate` step; metrics in the namespace shared with plugin mode
-        (:mod:`align_cbrl.trainer.stats`) plus per-component means."""
-        result = self.leader_update.step(
-            self.leader, self.bilevel, batches, self.setup.context_column, sync=self.sync
-        )
-        rec: dict[str, Any] = result.to_metrics()
-        for b in batches:
-            for k, c in enumerate(self.setup.components):
-                rec[f"{b.follower}/components/{c.name}"] = float(b.scores[:, k].mean())
+    def component_metrics(self, batches: list[GroupedSamples]) -> dict[str, float]:
+        """``<f>/components/<c>``: every reward component's mean over follower ``f``'s samples."""
+        return {
+            f"{b.follower}/components/{c.name}": float(b.scores[:, k].mean())
+            for b in batches
+            for k, c in enumerate(self.setup.components)
+        }
+
+    def finish_metrics(self, rec: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
+        """An iteration's metrics ``rec`` completed after the leader's step: the exact ``F``
+        (enumerable tasks), the ``time/*`` seconds and the leader's weight table."""
+        rec.update(self.exact_objective() or {})
+        rec.update(seconds)
+        rec.update(leader_weight_metrics(self.leader))
         return rec
 
     # ------------------------------------------------------------------ evaluation
@@ -353,7 +325,7 @@ class HPGDTrainer:
         n = samples if samples is not None else self.config.eval_samples
         out: dict[str, float] = {}
         if n >= 2:
-            batches = [self._sample(b, list(range(len(b.rows))), n) for b in self.bundles]
+            batches = [self.sampler.sample(b, list(range(len(b.rows))), n) for b in self.bundles]
             with torch.no_grad():
                 _, stats = leader_surrogate(
                     self.bilevel, batches, "naive", self.setup.context_column

@@ -32,6 +32,7 @@ In plugin mode the follower name ``f`` is the callback's ``follower_name`` (defa
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "OBJECTIVE_ESTIMATE",
     "FollowerStats",
     "LeaderStats",
+    "Stopwatch",
     "UpdateResult",
     "iteration_line",
     "leader_weight_metrics",
@@ -127,6 +129,20 @@ class UpdateResult:
         out.update(self.stats.to_metrics())
         out.update(self.extra)
         return out
+
+
+class Stopwatch:
+    """Wall-clock seconds per named phase of an iteration (the ``time/*`` metrics): each
+    :meth:`lap` adds the seconds since the previous lap (or the start) to ``laps[name]``."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 def leader_weight_metrics(leader: Any, max_entries: int = 64) -> dict[str, float]:

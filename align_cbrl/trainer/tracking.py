@@ -109,7 +109,7 @@ def response_ratio_terms(
 
 
 class FollowerTracking:
-    """The ``<f>/tracking`` diagnostic (module docstring), fed by :class:`LeaderUpdate` with
+    """The ``<f>/tracking`` diagnostic (module docstring), fed by both modes' leader updates with
     the batches of every update before the leader steps.
 
     Args:
