@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # estimators (math core)
     "hpgd_surrogate": "align_cbrl.estimators",
-    "hpgd_gradient": "align_cbrl.estimators",
+    "grouped_hpgd_gradient": "align_cbrl.estimators",
     "naive_surrogate": "align_cbrl.estimators",
     "zero_order_gradient": "align_cbrl.estimators",
     "hpgd_weights": "align_cbrl.estimators",

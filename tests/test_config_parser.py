@@ -130,9 +130,9 @@ def test_boolean_flags_need_the_config_class_and_a_bool_field() -> None:
         parse_overrides(["--progress"])  # no class: every key takes a value
 
 
-def test_follower_sections_of_earlier_configs_load_into_the_trl_mapping(tmp_path) -> None:
-    """The flat TRL keys next to ``beta`` (and ``trl_kwargs``) of configs written before the
-    ``trl`` mapping existed give the same config as today's layout; so do flat overrides."""
+def test_follower_trl_settings_live_in_the_trl_mapping(tmp_path) -> None:
+    """TRL settings of a follower go under ``trl``; the flat keys and ``trl_kwargs`` of
+    pre-1.0 configs, and the old ``zero-order`` spelling, are the usual one-line errors."""
     from align_cbrl.trainer.config import HPGDConfig
 
     today = """
@@ -141,20 +141,20 @@ followers:
      trl: {learning_rate: 0.02, num_generations: 8, scale_rewards: none, warmup_steps: 1}}
   - {name: g, trainer: rloo, beta: 0.5, trl: {learning_rate: 0.01, num_generations: 4}}
 """
-    earlier = """
-followers:
-  - {name: f, trainer: grpo, beta: 0.5, learning_rate: 0.02, num_generations: 8,
-     prompts_per_step: 3, scale_rewards: none, loss_type: null, trl_kwargs: {warmup_steps: 1}}
-  - {name: g, trainer: rloo, beta: 0.5, learning_rate: 0.01, num_generations: 4,
-     scale_rewards: none}
-"""
     new = load_config(HPGDConfig, _write(tmp_path, today))
-    (tmp_path / "old").mkdir()
-    old = load_config(HPGDConfig, _write(tmp_path / "old", earlier))
-    assert to_dict(old.followers) == to_dict(new.followers)
     assert new.followers[1].trl == {"learning_rate": 0.01, "num_generations": 4}
-    moved = load_config(HPGDConfig, _write(tmp_path, today), {"followers.0.learning_rate": 0.05})
-    assert moved.followers[0].trl["learning_rate"] == 0.05
+    flat = "followers:\n  - {name: f, beta: 0.5, learning_rate: 0.02}\n"
+    keys = "; valid keys: allow_reward_scaling, beta, .*, trainer, trl, weight$"
+    with pytest.raises(
+        ConfigError, match=rf"^unknown config key 'followers\.0\.learning_rate'{keys}"
+    ):
+        load_config(HPGDConfig, _write(tmp_path, flat))
+    with pytest.raises(ConfigError, match=rf"^unknown config key 'followers\.0\.trl_kwargs'{keys}"):
+        load_config(HPGDConfig, _write(tmp_path, today), {"followers.0.trl_kwargs": {}})
+    with pytest.raises(ConfigError, match=r"unknown config key 'leader\.zero_order_radius' \(did"):
+        load_config(HPGDConfig, None, {"leader.zero_order_radius": 0.5})
+    with pytest.raises(ConfigError, match=r"'zero-order' is not one of .* \(did you mean 'zero_"):
+        load_config(HPGDConfig, None, {"leader.estimator": "zero-order"})
     dotted = load_config(HPGDConfig, _write(tmp_path, today), {"followers.0.trl.temperature": 0.7})
     assert dotted.followers[0].trl["temperature"] == 0.7
     # the section's defaults sit under what the YAML gives

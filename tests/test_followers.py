@@ -435,7 +435,7 @@ def test_kl_mode_settings_and_checkpoints(model_dir, dataset, tmp_path):
 
 # --------------------------------------------------------------------------- configuration
 def test_trl_settings_are_checked_against_trl_and_mapped_once():
-    from align_cbrl.followers.trl_config import migrate_follower_keys, trl_config
+    from align_cbrl.followers.trl_config import trl_config
 
     with pytest.raises(
         ValueError, match=r"'lerning_rate' is not a GRPOConfig/RLOOConfig field.*'learning_rate'"
@@ -455,21 +455,6 @@ def test_trl_settings_are_checked_against_trl_and_mapped_once():
     assert trl_config("grpo", cfg(kl_mode="loss")).beta == 0.5
     rloo = trl_config("rloo", cfg(), defaults={"max_steps": 7, "learning_rate": 1.0})
     assert (rloo.beta, rloo.max_steps, rloo.learning_rate) == (0.5, 7, 1e-2)
-    # the flat keys of earlier configs move into ``trl`` (and win over it, like an override)
-    old = {
-        "trainer": "rloo",
-        "beta": 0.5,
-        "learning_rate": 0.1,
-        "loss_type": None,
-        "scale_rewards": "none",
-        "trl_kwargs": {"warmup_steps": 2},
-        "trl": {"learning_rate": 1},
-    }
-    assert migrate_follower_keys(old) == {
-        "trainer": "rloo",
-        "beta": 0.5,
-        "trl": {"learning_rate": 0.1, "warmup_steps": 2},
-    }
 
 
 def test_trl_version_outside_the_supported_range_fails_clearly():

@@ -14,7 +14,7 @@ from transformers import TrainerControl, TrainerState  # noqa: E402
 from trl import GRPOTrainer, RLOOTrainer  # noqa: E402
 from trl_helpers import grpo_args, rloo_args  # noqa: E402
 
-from align_cbrl.estimators.grouped import hpgd_gradient  # noqa: E402
+from align_cbrl.estimators.grouped import grouped_hpgd_gradient  # noqa: E402
 from align_cbrl.models import build_tiny_lm  # noqa: E402
 from align_cbrl.trainer import HPGDArguments, HPGDCallback, HPGDReward  # noqa: E402
 from align_cbrl.trainer.builders import resolve_task  # noqa: E402
@@ -129,14 +129,14 @@ def test_callback_step_is_the_hpgd_estimate_of_trls_own_groups(tmp_path, task_an
 
         d_r, d_rbar = torch.autograd.functional.jacobian(f, x_before)
         _, rbar = f(x_before)
-        g = hpgd_gradient(
+        g = grouped_hpgd_gradient(
             w * d_r.reshape(4, 4, -1), d_rbar.reshape(4, 4, -1), rbar.reshape(4, 4), 0.5
         )
         x_after = seen[k + 1][0] if k + 1 < len(seen) else leader.flat_parameters()
         torch.testing.assert_close(x_after, x_before + lr * g, rtol=1e-10, atol=1e-12)
         assert cb.history[k]["leader/grad_norm"] == pytest.approx(float(g.norm()), rel=1e-10)
         if weight is not None:  # the unweighted formula would be a different step
-            g1 = hpgd_gradient(
+            g1 = grouped_hpgd_gradient(
                 d_r.reshape(4, 4, -1), d_rbar.reshape(4, 4, -1), rbar.reshape(4, 4), 0.5
             )
             assert float((g - g1).norm()) > 1e-3 * float(g.norm())

@@ -34,7 +34,7 @@ def steps(run: Path) -> list[int]:
 
 def test_negative_follower_learning_rate_fails_before_anything_is_written(tmp_path, capsys):
     cfg = write_config(tmp_path, tmp_path / "run")
-    args = ["--followers.0.trainer", "grpo", "--followers.0.learning_rate", "-0.001"]
+    args = ["--followers.0.trainer", "grpo", "--followers.0.trl.learning_rate", "-0.001"]
     assert main(["train", "--config", str(cfg), *args]) == 2
     err = capsys.readouterr().err
     assert err == "error: followers.0 ('exact'): learning_rate must be a number > 0, got -0.001\n"
@@ -192,7 +192,7 @@ def test_model_building_progress_bars_follow_the_progress_setting(tmp_path, monk
         seen = {}
         for progress in (False, True):
             over = {"output_dir": str(tmp_path / f"r{progress}"), "progress": progress}
-            over.update({"followers.0.trainer": "grpo", "followers.0.num_generations": 2})
+            over.update({"followers.0.trainer": "grpo", "followers.0.trl.num_generations": 2})
             config = load_config(HPGDConfig, write_config(tmp_path), over)
             capfd.readouterr()
             HPGDTrainer(config).close()

@@ -13,7 +13,7 @@ pytest.importorskip("trl")
 from run_helpers import run_trainer, strip_times, tiny_run_config, train_until_killed
 
 from align_cbrl.config_parser import ConfigError
-from align_cbrl.estimators.grouped import hpgd_gradient
+from align_cbrl.estimators.grouped import grouped_hpgd_gradient
 from align_cbrl.followers.base import RewardFunctionError
 from align_cbrl.metrics import read_jsonl
 from align_cbrl.quickstart import QUICKSTART_CONFIG
@@ -130,7 +130,7 @@ def test_surrogate_gradient_equals_covariance_formula_over_followers():
         _, rbar = f(x0)
         G = len(prompt_ids)
         # the followers' weighted mean (equal weights), each follower's mean over its groups
-        expected += 0.5 * hpgd_gradient(
+        expected += 0.5 * grouped_hpgd_gradient(
             d_r.reshape(G, N, -1), d_rbar.reshape(G, N, -1), rbar.reshape(G, N), beta
         )
     surrogate, stats = leader_surrogate(bilevel, batches, "hpgd", "category")
@@ -235,7 +235,11 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_resume_with_grpo_follower_is_bit_identical(tmp_path):
-    fol = {"trainer": "grpo", "learning_rate": 1e-2, "num_generations": 4, "prompts_per_step": 2}
+    fol = {
+        "trainer": "grpo",
+        "trl": {"learning_rate": 1e-2, "num_generations": 4},
+        "prompts_per_step": 2,
+    }
     kw = dict(follower=fol, iterations=3, follower_steps=2, num_samples=4, save_every=1)
     full, _ = run(make_config(tmp_path, "full", **kw))
     run(make_config(tmp_path, "part", **dict(kw, iterations=2)))

@@ -214,7 +214,7 @@ def test_unbiased_on_a_two_armed_bandit_with_exact_answer() -> None:
         form="covariance",
         n_states=1,
         leader_q="trajectory",
-        baseline=torch.tensor([2.0 * (1 - p) + 0.5 * p]),
+        v_table=torch.tensor([2.0 * (1 - p) + 0.5 * p]),
     )
     est_cov = (cov.follower * d_r).sum(1)
     assert abs(est_cov.mean().item() - exact) < 3 * est_cov.std().item() / math.sqrt(n_runs)

@@ -24,7 +24,6 @@ from align_cbrl.estimators.episodes import (
 from align_cbrl.estimators.grouped import (
     group_weights,
     grouped_hpgd_gradient,
-    hpgd_gradient,  # alias of grouped_hpgd_gradient (the name before issue #12)
     hpgd_surrogate,
     naive_gradient,
     naive_surrogate,
@@ -77,7 +76,6 @@ __all__ = [
     "gaussian_smoothing_gradient",
     "group_weights",
     "grouped_hpgd_gradient",
-    "hpgd_gradient",
     "hpgd_surrogate",
     "hpgd_weights",
     "mc_weights",

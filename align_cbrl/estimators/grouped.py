@@ -40,7 +40,6 @@ __all__ = [
     "check_beta",
     "group_weights",
     "grouped_hpgd_gradient",
-    "hpgd_gradient",
     "hpgd_surrogate",
     "naive_gradient",
     "naive_surrogate",
@@ -126,9 +125,6 @@ def grouped_hpgd_gradient(
     cov = (dr_c * rb_c[..., None]).sum(dim=1) / (N - 1)  # [G, D]
     per_group = d_rbar.mean(dim=1) + cov / b[:, None]
     return (w[:, None] * per_group).sum(dim=0)
-
-
-hpgd_gradient = grouped_hpgd_gradient  # alias: the name before issue #12, kept for old imports
 
 
 def naive_gradient(d_rbar: Tensor, weights: Tensor | Sequence[float] | None = None) -> Tensor:

@@ -183,7 +183,7 @@ def _leader_values(
 def _missing_baseline(leader_q: str) -> ValueError:
     return ValueError(
         f"form='covariance' with leader_q={leader_q!r} needs a leader baseline "
-        "v_table (alias baseline) of shape [S] or [R, S] (zeros for none)"
+        "v_table of shape [S] or [R, S] (zeros for none)"
     )
 
 
@@ -201,7 +201,6 @@ def hpgd_weights(
     leader_q: LeaderQ | None = None,
     q_table: torch.Tensor | None = None,
     v_table: torch.Tensor | None = None,
-    baseline: torch.Tensor | None = None,
 ) -> HPGDWeights:
     """Per-step weights (W) of the HPGD estimate of (HG) from sampled trajectories: the leader
     values of the source ``leader_q`` combined by the weight form ``form``.
@@ -220,15 +219,11 @@ def hpgd_weights(
             ``"crossfit"`` (default when ``actions`` are given), ``"table"`` or ``"trajectory"``.
         q_table: ``[S, A]`` or ``[R, S, A]`` leader Q estimates (``leader_q="table"``).
         v_table: ``[S]`` or ``[R, S]`` leader value estimates, the baseline of ``"covariance"``
-            with ``leader_q`` ``"table"`` or ``"trajectory"``. ``baseline`` is an alias.
+            with ``leader_q`` ``"table"`` or ``"trajectory"``.
     """
     if form not in FORMS:
         raise ValueError(f"unknown HPGD form {form!r}; choose one of {', '.join(FORMS)}")
     check_trajectories(episode_start, leader_rewards, gamma, states)
-    if baseline is not None:
-        if v_table is not None:
-            raise ValueError("pass either baseline or v_table (they are the same), not both")
-        v_table = baseline
     beta_col = as_run_column(beta, states.shape[0], leader_rewards)
     check_indices(states, n_states, "state")
     ep = Episodes.of(episode_start, gamma, leader_rewards.dtype)

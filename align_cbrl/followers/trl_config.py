@@ -8,8 +8,7 @@ key is a one-line error with the closest field name).
 
 :func:`trl_config` is the one function that turns it into TRL's config object; the followers,
 the orchestrated builders and the plugin recipe all call it, so the same YAML section means the
-same TRL settings everywhere. :func:`migrate_follower_keys` maps the flat keys of earlier
-configs (``learning_rate: 0.01`` next to ``beta``, ``trl_kwargs: {...}``) into ``trl``.
+same TRL settings everywhere.
 
 Why ``scale_rewards="none"`` (the GRPO default here): the leader's hypergradient assumes the
 follower maximises ``E[r] - beta * KL(pi || pi_ref)`` (``docs/theory.md §3``); dividing
@@ -35,7 +34,6 @@ __all__ = [
     "KL_MODES",
     "TRLFollowerConfig",
     "comparable_settings",
-    "migrate_follower_keys",
     "trl_config",
     "trl_config_class",
     "trl_field_names",
@@ -58,25 +56,6 @@ checkpointing (it only slows small models down). ``scale_rewards="none"`` is add
 
 _KIND_DEFAULTS: dict[str, dict[str, Any]] = {"grpo": {"scale_rewards": "none"}, "rloo": {}}
 _OURS = {"beta": "beta", "seed": "seed", "per_device_train_batch_size": "prompts_per_step"}
-
-_LEGACY_KEYS = (
-    "learning_rate",
-    "num_generations",
-    "max_completion_length",
-    "temperature",
-    "max_steps",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "max_grad_norm",
-    "weight_decay",
-    "scale_rewards",
-    "loss_type",
-    "disable_dropout",
-    "activation_checkpointing",
-    "output_dir",
-    "trust_remote_code",
-)
-"""TRL fields that earlier configs set next to ``beta`` (moved into ``trl`` on load)."""
 
 
 def trl_config_class(kind: str) -> type:
@@ -106,28 +85,6 @@ def _check_keys(settings: Mapping[str, Any], kinds: tuple[str, ...]) -> None:
             raise ValueError(f"trl: {key!r} is not a {names} field{hint}")
         if key in _OURS:
             raise ValueError(f"trl: {key!r} is set by the follower; set {_OURS[key]} instead")
-
-
-def migrate_follower_keys(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A follower section written before the ``trl`` mapping existed, in today's layout: the
-    TRL fields set next to ``beta`` (``learning_rate``, ``num_generations``, ...) and the
-    ``trl_kwargs`` mapping move into ``trl`` (``None`` values, TRL's default, are dropped, and
-    so is RLOO's no-op ``scale_rewards: none``). They win over ``trl``, so a command-line
-    override such as ``--followers.0.learning_rate 0.05`` still works on a config written in
-    today's layout."""
-    out = dict(data)
-    moved: dict[str, Any] = {}
-    for key in _LEGACY_KEYS:
-        if key in out:
-            value = out.pop(key)
-            if value is not None:
-                moved[key] = value
-    if out.get("trainer") == "rloo" and moved.get("scale_rewards") == "none":
-        del moved["scale_rewards"]
-    moved.update(out.pop("trl_kwargs", None) or {})
-    if moved:
-        out["trl"] = {**dict(out.get("trl") or {}), **moved}
-    return out
 
 
 @dataclass
@@ -246,9 +203,9 @@ def trl_config(
 def comparable_settings(kind: str, saved: Mapping[str, Any]) -> dict[str, Any]:
     """The settings a follower checkpoint must match to continue identically: our fields and
     every TRL field (TRL's default where neither ``trl`` nor :data:`FOLLOWER_TRL_DEFAULTS` sets
-    one), from an ``asdict(TRLFollowerConfig)`` of today or of an earlier, flat layout
-    (:func:`migrate_follower_keys`). ``output_dir`` (TRL's scratch directory) is left out."""
-    data = migrate_follower_keys(saved)
+    one), from an ``asdict(TRLFollowerConfig)``. ``output_dir`` (TRL's scratch directory) is
+    left out."""
+    data = dict(saved)
     trl_defaults = {
         f.name: f.default
         for f in dataclasses.fields(trl_config_class(kind))

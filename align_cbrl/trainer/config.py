@@ -23,7 +23,6 @@ Sections:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -95,10 +94,6 @@ class FollowerConfig:
             is then its rows' (on a task: the task's ``prompt_probs`` restricted to them).
         prompts_per_iteration: ``G`` for this follower (``None`` = the run's
             ``prompts_per_iteration``); more groups lower its estimate's variance, not its weight.
-
-    Configs written before the ``trl`` mapping existed still load: the TRL fields they set next
-    to ``beta`` and their ``trl_kwargs`` move into ``trl``
-    (:func:`~align_cbrl.followers.trl_config.migrate_follower_keys`, via :meth:`migrate_keys`).
     """
 
     name: str = field(
@@ -189,13 +184,6 @@ class FollowerConfig:
             "help": "G prompts drawn for this follower per iteration; null = the run's prompts_per_iteration"
         },
     )
-
-    @classmethod
-    def migrate_keys(cls, data: Mapping[str, Any]) -> dict[str, Any]:
-        """Earlier flat keys into ``trl`` (called by :func:`~align_cbrl.config_parser.from_dict`)."""
-        from align_cbrl.followers.trl_config import migrate_follower_keys
-
-        return migrate_follower_keys(data)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
