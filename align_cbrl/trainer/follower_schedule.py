@@ -22,12 +22,13 @@ trainer is built, both before anything is trained or written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from align_cbrl.config_parser import setting
 from align_cbrl.estimators.multilevel import MultilevelSchedule, multilevel_estimate
 from align_cbrl.trainer.estimation import Direction, leader_update
 from align_cbrl.trainer.stats import Stopwatch
@@ -63,23 +64,16 @@ class FollowerScheduleConfig:
             ``"independent"`` (fresh samples per level).
     """
 
-    kind: Literal["fixed", "mlmc"] = field(
-        default="fixed",
-        metadata={"help": "fixed (follower_steps per iteration) or mlmc (multilevel, §9)"},
+    kind: Literal["fixed", "mlmc"] = setting(
+        "fixed", "fixed (follower_steps per iteration) or mlmc (multilevel, §9)"
     )
-    base_steps: int | None = field(
-        default=None, metadata={"help": "mlmc: follower steps of level 0 (null: follower_steps)"}
+    base_steps: int | None = setting(None, "mlmc: follower steps of level 0 (null: follower_steps)")
+    max_level: int = setting(3, "mlmc: top level J_max >= 1 (base_steps * 2**J_max steps)")
+    probabilities: list[float] | None = setting(
+        None, "mlmc: p_1..p_Jmax summing to 1 (null: p_j proportional to 2^-j)"
     )
-    max_level: int = field(
-        default=3, metadata={"help": "mlmc: top level J_max >= 1 (base_steps * 2**J_max steps)"}
-    )
-    probabilities: list[float] | None = field(
-        default=None,
-        metadata={"help": "mlmc: p_1..p_Jmax summing to 1 (null: p_j proportional to 2^-j)"},
-    )
-    coupling: Literal["common", "independent"] = field(
-        default="common",
-        metadata={"help": "mlmc: common (same prompts / sampling RNG per level) or independent"},
+    coupling: Literal["common", "independent"] = setting(
+        "common", "mlmc: common (same prompts / sampling RNG per level) or independent"
     )
 
     def __post_init__(self) -> None:
