@@ -294,7 +294,7 @@ def bench_algorithms(iters: int, dynamics: str) -> dict[str, float]:
     # label -> (algorithm, estimator backend); "old" = the library path
     variants = {
         "amd": ("exact", "fused"),
-        "zo": ("zero-order", "fused"),
+        "zo": ("zero_order", "fused"),
         "hpgd": ("hpgd", "fused"),
         "hpgd old": ("hpgd", "library"),
         "hpgd-published": ("hpgd-published", "fused"),

@@ -42,7 +42,7 @@ def table1_cases() -> Cases:
     from tabular_reference.four_rooms.algorithms import RunConfig, run
 
     for preset in ("paper", "published"):
-        for algo in ("hpgd", "hpgd-published", "naive", "exact", "zero-order"):
+        for algo in ("hpgd", "hpgd-published", "naive", "exact", "zero_order"):
             res = run(RunConfig(**TABLE1, algo=algo, dynamics=preset), progress=False)
             yield (
                 f"table1_{preset}_{algo}",
@@ -69,7 +69,7 @@ def extra_four_rooms_cases() -> Cases:
         ("hpgd_cov_library", dict(algo="hpgd-cov")),
         ("hpgd_library", dict(algo="hpgd", estimator_backend="library")),
         ("exact_published_solve", dict(algo="exact", follower_solve="published")),
-        ("zo_published_solve", dict(algo="zero-order", follower_solve="published")),
+        ("zo_published_solve", dict(algo="zero_order", follower_solve="published")),
     ):
         res = run(RunConfig(**kw, **extra), progress=False)
         yield name, {"F": res.F, "final_x": res.final_x}
@@ -127,8 +127,8 @@ def tax_cases() -> Cases:
         ("hpgd", AlgoSettings(episodes=20)),
         ("hpgd", AlgoSettings(episodes=20, follower_transition="score", critic="exact")),
         ("naive", AlgoSettings(episodes=20)),
-        ("zero-order-sampled", AlgoSettings(zo_episodes=20)),
-        ("zero-order-sampled", AlgoSettings(zo_episodes=20, zo_crn=True)),
+        ("zero_order_sampled", AlgoSettings(zo_episodes=20)),
+        ("zero_order_sampled", AlgoSettings(zo_episodes=20, zo_crn=True)),
     ):
         h = run_batch(econ, algo, [0.2, 0.5], [0, 1], 6, st, progress=False)
         key = f"tax_{algo}_{st.follower_transition}_{st.zo_crn}"

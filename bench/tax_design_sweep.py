@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--algos",
         nargs="+",
-        default=["hpgd", "zero-order-sampled", "naive", "zero-order", "exact"],
+        default=["hpgd", "zero_order_sampled", "naive", "zero_order", "exact"],
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(

@@ -88,7 +88,7 @@ def _dense(x: np.ndarray, goal: int, budget_cost: float, preset: str):
 def test_fast_solver_matches_dense_oracle(beta, preset):
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1.0, (1, 105))
-    cfg = _config("amd", beta, 3.0, tol=1e-11, dynamics=preset)
+    cfg = _config("exact", beta, 3.0, tol=1e-11, dynamics=preset)
     solver = FollowerSolver(1, np.array(E.goals), cfg)
     for k, goal in enumerate(E.goals):
         fs = solver.solve(x, np.array([k]), True)
@@ -119,7 +119,7 @@ def test_warm_solves_through_the_factor_cache_match_the_dense_oracle(preset):
     optimum and leader value; a solve with store=False leaves the stored values and factors
     exactly as they were (the next stored solve is bit-identical to one without it)."""
     beta = 0.003
-    cfg = _config("amd", beta, 3.0, tol=1e-11, dynamics=preset)
+    cfg = _config("exact", beta, 3.0, tol=1e-11, dynamics=preset)
     rng = np.random.default_rng(5)
     x = rng.normal(0, 1.0, (1, 105))
     a, b = FollowerSolver(1, np.array(E.goals), cfg), FollowerSolver(1, np.array(E.goals), cfg)
@@ -171,7 +171,7 @@ def test_exact_hypergradient_vs_central_differences(beta, budget_cost, preset):
     """Both contexts, random x: relative error of the exact gradient < 1e-4."""
     rng = np.random.default_rng(7)
     x = rng.normal(0, 0.5, (1, 105))
-    cfg = _config("amd", beta, budget_cost, tol=1e-12, dynamics=preset)
+    cfg = _config("exact", beta, budget_cost, tol=1e-12, dynamics=preset)
     solver = FollowerSolver(1, np.array(E.goals), cfg)
     for k in range(2):
         fs = solver.solve(x, np.array([k]), True)
@@ -366,7 +366,7 @@ def test_cli_errors_and_small_run(tmp_path, capsys):
         "learning_curves.png",
         "penalties_hpgd.png",
         "final_params_exact.safetensors",
-        "curves_zero-order.safetensors",
+        "curves_zero_order.safetensors",
     ]:
         assert (out / name).is_file(), name
 
@@ -377,7 +377,7 @@ def test_run_from_given_start_and_paper_estimator():
     (the same-trajectory product) runs and differs from the cross-fitted ``hpgd``."""
     rng = np.random.default_rng(5)
     x0 = rng.normal(0, 0.3, (2, 105))
-    cfg = RunConfig(algo="amd", beta=0.003, budget_cost=1.0, lrs=[0.1], seeds=[0, 1], iters=1)
+    cfg = RunConfig(algo="exact", beta=0.003, budget_cost=1.0, lrs=[0.1], seeds=[0, 1], iters=1)
     res = run(cfg, progress=False, x0=x0)
     solver = FollowerSolver(1, np.array(E.goals), cfg)
     for r in range(2):
@@ -398,7 +398,7 @@ def test_run_from_given_start_and_paper_estimator():
 def test_amd_run_is_deterministic_ascent():
     """AMD with a small step increases the exact objective monotonically at the start."""
     res = run(
-        _config("amd", 0.003, 1.0, lrs=[0.05], iters=50, eval_every=1, eval_last=1),
+        _config("exact", 0.003, 1.0, lrs=[0.05], iters=50, eval_every=1, eval_last=1),
         progress=False,
     )
     F = res.F[0]

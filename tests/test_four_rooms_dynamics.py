@@ -326,7 +326,7 @@ def test_runs_use_the_planning_model_and_the_library_backend_still_works():
     kw = dict(
         beta=0.003, budget_cost=1.0, lrs=[0.5], seeds=[0], iters=5, eval_last=2, steps_per_iter=1000
     )
-    a = {d: run(RunConfig(algo="amd", dynamics=d, **kw), progress=False) for d in PRESETS}
+    a = {d: run(RunConfig(algo="exact", dynamics=d, **kw), progress=False) for d in PRESETS}
     assert np.array_equal(a["paper"].F, a["published"].F)
     assert not np.allclose(a["paper"].F, a["notes"].F)
     h = {d: run(RunConfig(algo="hpgd", dynamics=d, **kw), progress=False) for d in PRESETS}
@@ -339,8 +339,8 @@ def test_runs_use_the_planning_model_and_the_library_backend_still_works():
 # F_last per seed and sum(final_x), as float.hex, computed by the code before the dynamics became
 # configurable (commit d214e73, where 0.67/0.11 was hard-coded) for the configuration below.
 _BEFORE_DYNAMICS = {
-    "amd": ["0x1.aa7280135b33ep-3", "0x1.acd46600e4316p-3", "0x1.3b4b4707443e1p-5"],
-    "zo": ["0x1.5f375b031e848p-3", "0x1.865f8c0f44276p-3", "-0x1.8dbda9e7fbd5bp-1"],
+    "exact": ["0x1.aa7280135b33ep-3", "0x1.acd46600e4316p-3", "0x1.3b4b4707443e1p-5"],
+    "zero_order": ["0x1.5f375b031e848p-3", "0x1.865f8c0f44276p-3", "-0x1.8dbda9e7fbd5bp-1"],
     "hpgd": ["0x1.a7636d1736e20p-3", "0x1.88e2dbaf1e05fp-3", "0x1.3b4b4707443c6p-5"],
     "hpgd-cov": ["0x1.9f957fe05d5bap-3", "0x1.95ac42aaa9cf2p-3", "0x1.3b4b4707443bep-5"],
     "naive": ["0x1.33d22fad8c6d5p-3", "0x1.36116cbf142c6p-3", "0x1.3b4b4707443dcp-5"],
@@ -374,7 +374,7 @@ def test_notes_preset_with_library_backend_reproduces_earlier_results():
         )
         got = np.array([*res.F_last, res.final_x.sum()])
         ref = np.array([float.fromhex(v) for v in want])
-        rtol = 1e-10 if algo == "zo" else 1e-13
+        rtol = 1e-10 if algo == "zero_order" else 1e-13
         np.testing.assert_allclose(got, ref, rtol=rtol, atol=0, err_msg=algo)
 
 
@@ -412,6 +412,6 @@ def test_published_follower_solve_converges_to_the_soft_optimum_with_goal_entrop
     ref[goal] = 0.25
     assert np.abs(pi_conv - ref).max() < 1e-8
     assert np.abs(pi_pub - ref).max() < 1e-9
-    cfg = RunConfig(algo="amd", beta=beta, budget_cost=1, lrs=[0.1], seeds=[0], dynamics="paper")
+    cfg = RunConfig(algo="exact", beta=beta, budget_cost=1, lrs=[0.1], seeds=[0], dynamics="paper")
     exact_pi = FollowerSolver(1, np.array(E.goals), cfg).solve(x, np.array([1]), False).pi[0]
     assert np.abs(exact_pi - ref).max() > 1e-3

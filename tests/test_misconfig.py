@@ -362,7 +362,7 @@ def test_tax_design_report_says_never_instead_of_none():
     entry = {
         "lam": 0.1,
         "hpgd": "hpgd",
-        "reference": "zero-order-sampled",
+        "reference": "zero_order_sampled",
         "n_seeds_reaching": 0,
         "reach_fraction": None,
         "naive": "naive",
@@ -370,7 +370,7 @@ def test_tax_design_report_says_never_instead_of_none():
         "hpgd_minus_naive_in_se": None,
     }
     assert acceptance_line(entry) == (
-        "lam=0.1: hpgd never reaches zero-order-sampled's final welfare; minus naive: 0.0123 "
+        "lam=0.1: hpgd never reaches zero_order_sampled's final welfare; minus naive: 0.0123 "
         "= n/a s.e."
     )
     entry.update(reach_fraction=0.25, n_seeds_reaching=3, hpgd_minus_naive_in_se=2.5)

@@ -30,7 +30,7 @@ def test_end_to_end_small(tmp_path) -> None:
     assert _run(argv) == 0
     assert keep.read_text() == "do not lose me"
     labels = ("hpgd_s400", "hpgd_s800", "naive_s400", "naive_s800")
-    labels += ("zero-order_c0.5", "zero-order-sampled_c0.5_s400")
+    labels += ("zero_order_c0.5", "zero_order_sampled_c0.5_s400")
     for label in labels:
         d = out / "lam0.2" / label
         config = json.loads((d / "config.json").read_text())
@@ -49,7 +49,7 @@ def test_end_to_end_small(tmp_path) -> None:
     assert {c["zero_order"] for c in summary["comparisons"]} == set(labels[4:])
     rows = {r["algo"]: r for r in summary["rows"]}
     assert set(rows) == set(labels)
-    assert all(r["reference"] == "zero-order-sampled_c0.5_s400" for r in rows.values())
+    assert all(r["reference"] == "zero_order_sampled_c0.5_s400" for r in rows.values())
     # per-seed reach iterations agree with the metrics file
     with open(out / "lam0.2" / "hpgd_s800" / "metrics.csv") as fh:
         metrics = list(csv.DictReader(fh))

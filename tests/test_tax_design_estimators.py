@@ -162,7 +162,7 @@ def test_exact_ascent_increases_welfare(econ: Economy) -> None:
     assert hist.rates.shape == (6, 2, 4)
 
 
-@pytest.mark.parametrize("algo", ["hpgd", "naive", "zero-order", "zero-order-sampled"])
+@pytest.mark.parametrize("algo", ["hpgd", "naive", "zero_order", "zero_order_sampled"])
 def test_sampling_algorithms_run(econ: Economy, algo: str) -> None:
     hist = run_batch(econ, algo, [0.1, 0.3], [0, 1], 3, AlgoSettings(episodes=4), progress=False)
     assert hist.welfare.shape == (4, 2) and (hist.grad_norm > 0).all()

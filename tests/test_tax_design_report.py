@@ -17,9 +17,9 @@ def _data() -> dict:
         "lam": 0.1, "algo": "hpgd_s60000", "final_mean": 37.5, "final_se": 0.25,
         "iters_to_zo_sampled_final": 12.5, "n_seeds_reaching": 2, "n_seeds": 2,
         "half_gain_iteration": 40, "rates": [0.6, 0.2, 0.1, 0.3],
-        "reference": "zero-order-sampled_c50_s60000",
+        "reference": "zero_order_sampled_c50_s60000",
     }  # fmt: skip
-    ref = {**row, "algo": "zero-order-sampled_c50_s60000", "final_mean": 30.0, "final_se": 0.5}
+    ref = {**row, "algo": "zero_order_sampled_c50_s60000", "final_mean": 30.0, "final_se": 0.5}
     exact = {**row, "algo": "exact", "final_se": 0.0, "n_seeds": 1, "n_seeds_reaching": 0}
     extra = {**row, "algo": "hpgd_s10000", "n_seeds_reaching": 1}
     return {"wall_s": 1.0, "rows": [exact, ref, row], "extra": [{"rows": [extra]}]}
@@ -28,10 +28,10 @@ def _data() -> dict:
 def test_describe() -> None:
     assert describe("hpgd_s60000") == "HPGD, 60,000 steps"
     assert describe("naive_s10000") == "naive, 10,000 steps"
-    assert describe("zero-order-sampled_c50_s60000_crn") == (
+    assert describe("zero_order_sampled_c50_s60000_crn") == (
         "zero-order, sampled values, c = 50, 2 x 60,000 steps, CRN"
     )
-    assert describe("zero-order_c0.5") == "zero-order, exact values (oracle), c = 0.5"
+    assert describe("zero_order_c0.5") == "zero-order, exact values (oracle), c = 0.5"
     assert describe("exact") == "exact gradient (ceiling)"
 
 

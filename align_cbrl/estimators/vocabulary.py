@@ -1,43 +1,38 @@
 """One algorithm vocabulary for the outer loops (``docs/theory.md`` §8).
 
-The leader's update rules, by canonical name:
+The leader's update rules, by name (one spelling each, in code, configs, command lines and
+outputs alike):
 
 ``hpgd``        the HPGD estimate from the followers' samples (variants add a suffix, e.g.
                 ``hpgd-published``);
 ``naive``       the direct terms only (the followers' response ignored);
-``zero-order``  Gaussian smoothing of the objective (``zero-order-sampled``: with sampled values);
+``zero_order``  Gaussian smoothing of the objective (``zero_order_sampled``: with sampled
+                values);
 ``exact``       ascent along the exact hypergradient (the paper's AMD baseline in Four-Rooms);
 ``fixed``       no update (the leader stays at its initial parameters).
 
-Older spellings are accepted where users type them (CLI flags, YAML files) and mapped to the
-canonical name, which is what every output records; results layouts fixed elsewhere (the
-columns of ``docs/table1.json``: ``hpgd`` / ``amd`` / ``zo``) keep their own labels.
+Results layouts fixed elsewhere (the columns of ``docs/table1.json``: ``hpgd`` / ``amd`` /
+``zo``) keep their own labels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["ALGORITHM_ALIASES", "CANONICAL_ALGORITHMS", "canonical_algorithm"]
+from align_cbrl.utils.suggest import did_you_mean
 
-CANONICAL_ALGORITHMS: tuple[str, ...] = ("hpgd", "naive", "zero-order", "exact", "fixed")
-ALGORITHM_ALIASES: dict[str, str] = {
-    "zo": "zero-order",
-    "zero_order": "zero-order",
-    "zero_order_sampled": "zero-order-sampled",
-    "amd": "exact",
-}
+__all__ = ["ALGORITHMS", "check_algorithm"]
+
+ALGORITHMS: tuple[str, ...] = ("hpgd", "naive", "zero_order", "exact", "fixed")
 
 
-def canonical_algorithm(name: str, allowed: Iterable[str]) -> str:
-    """The canonical spelling of ``name`` (an alias or itself), which must be one of ``allowed``;
-    raises ``ValueError`` listing the choices otherwise."""
+def check_algorithm(name: str, allowed: Iterable[str]) -> str:
+    """``name`` if it is one of ``allowed``; else a one-line ``ValueError`` that lists the
+    choices and the closest one."""
     allowed = tuple(allowed)
-    canonical = ALGORITHM_ALIASES.get(name, name)
-    if canonical not in allowed:
-        aliases = sorted(a for a, c in ALGORITHM_ALIASES.items() if c in allowed)
+    if name not in allowed:
         raise ValueError(
-            f"unknown algorithm {name!r}; choose one of {', '.join(allowed)}"
-            + (f" (aliases: {', '.join(aliases)})" if aliases else "")
+            f"unknown algorithm {name!r}{did_you_mean(name, allowed)}; choose one of "
+            + ", ".join(allowed)
         )
-    return canonical
+    return name

@@ -12,9 +12,9 @@
   (docs/four_rooms.md); kept to compare with the paper. ``hpgd-published`` is the estimator of
   the published code (:func:`align_cbrl.estimators.published.published_hpgd_weights`, §7).
 * ``exact``    -- ascent along the exact deterministic hypergradient, full expectation over the
-  contexts (the paper's AMD column; alias ``amd``; §8).
-* ``zero-order`` -- Gaussian smoothing ``g = (F_xi(x + u_t z) - F_xi(x)) z / u_t``, ``u_t = c / t``,
-  one sampled context, exact values (alias ``zo``; §8).
+  contexts (the paper's AMD column; §8).
+* ``zero_order`` -- Gaussian smoothing ``g = (F_xi(x + u_t z) - F_xi(x)) z / u_t``, ``u_t = c / t``,
+  one sampled context, exact values (§8).
 
 The follower plans (and exact ascent, zero-order and the metric are computed) in the ``plan``
 slip model of ``RunConfig.dynamics``; HPGD's trajectories are sampled from its ``sample`` model
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from align_cbrl.estimators.vocabulary import ALGORITHM_ALIASES, canonical_algorithm
+from align_cbrl.estimators.vocabulary import check_algorithm
 from align_cbrl.estimators.zero_order import gaussian_smoothing_gradient, sample_directions
 from tabular_reference.common.estimator_api import resolve
 from tabular_reference.common.optim import sgd_ascent
@@ -53,7 +53,7 @@ from tabular_reference.four_rooms.hypergradient import estimate, exact_hypergrad
 from tabular_reference.four_rooms.leader import BUDGET_MODES
 from tabular_reference.four_rooms.solver import FollowerSolver
 
-ALGORITHMS = ("hpgd", "hpgd-cov", "hpgd-paper", "hpgd-published", "naive", "exact", "zero-order")
+ALGORITHMS = ("hpgd", "hpgd-cov", "hpgd-paper", "hpgd-published", "naive", "exact", "zero_order")
 # algorithm -> (estimator form, source of the leader values; estimators.builtin_for); each is
 # also the name of its built-in in the estimator registry (tabular_reference.four_rooms.estimators)
 HPGD_ESTIMATORS = {
@@ -74,7 +74,7 @@ PAPER_KEYS = {"lam": "beta", "beta": "budget_cost"}
 @dataclass
 class RunConfig:
     """One batched job: every combination of ``lrs x cs x seeds`` is an independent run
-    (``cs`` is used by ``zero-order`` only). ``beta``: follower temperature (> 0);
+    (``cs`` is used by ``zero_order`` only). ``beta``: follower temperature (> 0);
     ``budget_cost``: the leader's cost per unit of penalty budget (>= 0); ``estimator``: with
     ``algo="hpgd"``, another estimator in HPGD's place (a registered name or
     ``"module:function"``, ``docs/validate.md``)."""
@@ -105,7 +105,6 @@ class RunConfig:
     estimator: str | None = None
 
     def __post_init__(self) -> None:
-        self.algo = ALGORITHM_ALIASES.get(self.algo, self.algo)
         self.goals = [tuple(g) for g in self.goals]  # (row, col); JSON / YAML give lists
 
     @classmethod
@@ -129,7 +128,7 @@ class RunConfig:
         return resolve_dynamics(self.dynamics)
 
     def validate(self) -> None:
-        canonical_algorithm(self.algo, ALGORITHMS)
+        check_algorithm(self.algo, ALGORITHMS)
         if not self.beta > 0:
             raise ValueError(f"follower temperature beta (--lam) must be > 0, got {self.beta}")
         if not self.budget_cost >= 0:
@@ -150,7 +149,7 @@ class RunConfig:
                     f"algo 'hpgd', got {self.algo!r}"
                 )
             resolve(self.estimator, "four-rooms")
-        if self.algo == "zero-order" and (not self.cs or any(not c > 0 for c in self.cs)):
+        if self.algo == "zero_order" and (not self.cs or any(not c > 0 for c in self.cs)):
             raise ValueError(f"zero-order constants c must be > 0, got {self.cs}")
         if not self.goals:
             raise ValueError("at least one goal (context) is needed")
@@ -223,7 +222,7 @@ def _initial_runs(
     cfg: RunConfig, x0: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(lr[R], c[R], seed[R], x[R, 105])`` of the runs ``lrs x cs x seeds``."""
-    cs = cfg.cs if cfg.algo == "zero-order" else [float("nan")]
+    cs = cfg.cs if cfg.algo == "zero_order" else [float("nan")]
     grid = [(lr, c, s) for lr in cfg.lrs for c in cs for s in cfg.seeds]
     lr, cvec, seeds = (np.array([g[i] for g in grid]) for i in range(3))
     n_params = FOUR_ROOMS.n_params
@@ -280,7 +279,7 @@ class _Gradients:
         """HPGD / zero-order at one sampled context per run: ``(g, F_ctx, ctx)``."""
         ctx = self.rng.integers(self.n_ctx, size=x.shape[0])
         sol = self.solver.solve(x, ctx, False)
-        if self.cfg.algo == "zero-order":
+        if self.cfg.algo == "zero_order":
             z = sample_directions(self.tgen, x.shape).numpy()
             u = self.cvec / (t + 1)
             F_plus = self.solver.solve(x + u[:, None] * z, ctx, False, store=False).F

@@ -1,9 +1,8 @@
 """CLI registration: ``python -m tabular_reference four-rooms ...`` and ``... table1 ...``.
 
 The flags use the paper's notation: ``--lam`` is the follower temperature (``beta`` in the code)
-and ``--beta`` the leader's budget cost (``budget_cost`` in the code); ``--algo`` accepts the
-canonical algorithm names and the older spellings ``amd`` (= ``exact``) and ``zo``
-(= ``zero-order``) (:mod:`align_cbrl.estimators.vocabulary`).
+and ``--beta`` the leader's budget cost (``budget_cost`` in the code); ``--algo`` takes the
+algorithm names of :mod:`align_cbrl.estimators.vocabulary`.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from align_cbrl.estimators.vocabulary import canonical_algorithm
+from align_cbrl.estimators.vocabulary import check_algorithm
 from align_cbrl.utils.io import remove_directory
 from tabular_reference.common.config_files import read_mapping
 from tabular_reference.four_rooms.algorithms import ALGORITHMS, RunConfig
@@ -21,7 +20,7 @@ from tabular_reference.four_rooms.dynamics import PRESETS, resolve_dynamics
 __all__ = ["load_config_file", "register"]
 
 ALGO_CHOICES = (*ALGORITHMS, "all")
-ALL_ALGOS = ("hpgd", "exact", "zero-order")
+ALL_ALGOS = ("hpgd", "exact", "zero_order")
 _DYNAMICS_HELP = f"slip model preset: {' | '.join(PRESETS)}"
 _SOLVE_HELP = "exact (soft-optimal, default) | published (the published code's Q iteration)"
 _BACKEND_HELP = "fused (numba, default) | library (torch estimators, the earlier random stream)"
@@ -129,7 +128,7 @@ def _add_table1(subparsers: Any) -> None:
         "--algos",
         default="hpgd,amd,zo",
         help="comma-separated subset of the grid's columns to run: hpgd, amd (= exact), "
-        "zo (= zero-order)",
+        "zo (= zero_order)",
     )
     t.add_argument(
         "--lams", type=_floats, default=None, help="subset of lambda in {0.001, 0.003, 0.005}"
@@ -202,7 +201,7 @@ def _claim_out(out: Path, overwrite: bool) -> None:
 def four_rooms_main(args: argparse.Namespace) -> int:
     from tabular_reference.four_rooms.runner import run_four_rooms
 
-    algo = canonical_algorithm(args.algo, ALGO_CHOICES)
+    algo = check_algorithm(args.algo, ALGO_CHOICES)
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     base = _base_settings(args)

@@ -19,7 +19,7 @@ LABELS = {
     "hpgd-published": "HPGD (published estimator)",
     "naive": "naive",
     "exact": "exact ascent (AMD)",
-    "zero-order": "Zero-order",
+    "zero_order": "Zero-order",
 }
 
 

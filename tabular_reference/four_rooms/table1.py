@@ -37,7 +37,7 @@ CS = (0.01, 0.1, 0.5, 1.0)
 ALGOS = ("hpgd", "amd", "zo")  # the table's columns (labels of docs/table1.json)
 NAMES = {"hpgd": "HPGD", "amd": "AMD", "zo": "Zero-Order"}
 # column -> algorithm run for it (the HPGD column runs ``hpgd_algo``)
-COLUMN_ALGOS = {"amd": "exact", "zo": "zero-order"}
+COLUMN_ALGOS = {"amd": "exact", "zo": "zero_order"}
 # Paper Table 1 (mean, s.e.), docs/theory.md §5.
 PAPER: dict[tuple[float, float], dict[str, tuple[float, float]]] = {
     (0.001, 1.0): {"hpgd": (0.91, 0.088), "amd": (0.58, 0.000), "zo": (0.59, 0.059)},

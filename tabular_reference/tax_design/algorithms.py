@@ -12,20 +12,20 @@ exact welfare ``F(theta_t)`` is recorded, and the gradient comes from
                 transition term (``follower_transition="expected"``);
 ``naive``       the same trajectories, direct terms only (``d rbar`` and the planner's own
                 ``d log P`` term), i.e. the follower's response ignored (``form="naive"``);
-``zero-order``  Gaussian smoothing ``(F_xi(theta + u_t z) - F_xi(theta)) z / u_t`` with exact
+``zero_order``  Gaussian smoothing ``(F_xi(theta + u_t z) - F_xi(theta)) z / u_t`` with exact
                 values, one sampled household type per iteration, ``u_t = c / t`` (an oracle
-                baseline: it reads values HPGD has to estimate; alias ``zo``);
-``zero-order-sampled``  the published baseline (``docs/theory.md`` §7): the same smoothing with
+                baseline: it reads values HPGD has to estimate);
+``zero_order_sampled``  the published baseline (``docs/theory.md`` §7): the same smoothing with
                 Monte-Carlo welfare (:func:`sampled_welfare`) from ``zo_episodes`` sampled
                 200-step episodes at ``theta + u_t z`` and as many at ``theta`` (default 300 +
                 300, i.e. 60,000 steps per value), both household types in equal shares,
                 ``u_t = 50 / t``; the two estimates share their uniforms when ``zo_crn``
                 (common random numbers);
 ``exact``       the exact hypergradient (:func:`hypergradient.exact_hypergradient`; the AMD-like
-                reference, alias ``amd``).
+                reference).
 
-Algorithm names are canonicalised with :func:`align_cbrl.estimators.vocabulary.canonical_algorithm`
-(``zo``, ``zero_order``, ``amd`` accepted); the household temperature is ``beta`` in the code
+Algorithm names are checked by :func:`align_cbrl.estimators.vocabulary.check_algorithm`; the
+household temperature is ``beta`` in the code
 (``--lam`` on the command line and ``"lam"`` in results files, the paper's notation).
 """
 
@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from align_cbrl.estimators.vocabulary import canonical_algorithm
+from align_cbrl.estimators.vocabulary import check_algorithm
 from align_cbrl.estimators.zero_order import (
     gaussian_smoothing_gradient,
     sample_directions,
@@ -80,7 +80,7 @@ __all__ = [
     "sampled_welfare",
 ]
 
-ALGORITHMS: tuple[str, ...] = ("hpgd", "zero-order", "zero-order-sampled", "naive", "exact")
+ALGORITHMS: tuple[str, ...] = ("hpgd", "zero_order", "zero_order_sampled", "naive", "exact")
 ZO_CONSTANTS: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0)
 CRITICS: tuple[str, ...] = ("learned", "exact")
 
@@ -90,7 +90,7 @@ class AlgoSettings:
     """Hyper-parameters of the outer loop. ``episodes``: sampled 200-step episodes per outer
     iteration and run for HPGD and naive (split equally between the two household types; 300 =
     the published 60,000 steps, 50 = the earlier 10,000); ``zo_episodes``: episodes per value
-    estimate of ``zero-order-sampled`` (at ``theta + u_t z`` and again at ``theta``);
+    estimate of ``zero_order_sampled`` (at ``theta + u_t z`` and again at ``theta``);
     ``zo_crn``: common random numbers for those two estimates; ``form``/``leader_q``: the
     core estimator's options; ``critic``: the leader value table of ``leader_q="table"``
     (``"learned"``: :class:`critic.MonteCarloCritic` from past
@@ -274,12 +274,12 @@ class _Gradients:
         R = theta.shape[0]
         z = sample_directions(gen, (R, 4))
         u = smoothing_radius(st.zo_c, t + 1)
-        if self.algo == "zero-order":
+        if self.algo == "zero_order":
             ctx = torch.multinomial(econ.context_probs, R, replacement=True, generator=gen)
         theta_p = theta + u * z
         sol_p = soft_policy_iteration(econ, theta_p, self.beta, V0=sol.V, tol=st.tol)
         self.newton += sol_p.iters
-        if self.algo == "zero-order":
+        if self.algo == "zero_order":
             xp = rates(theta_p)
             Vbar_p = leader_values(econ, sol_p.P, sol_p.pi_f, sol_p.log_pa, xp[:, 0], xp[:, 1:])
             rows = torch.arange(R)
@@ -305,8 +305,8 @@ def run_batch(
     position: int | None = None,
 ) -> History:
     """Train ``len(seeds)`` planners (run ``r`` with household temperature ``betas[r]``) for
-    ``iters`` outer iterations with algorithm ``algo`` (an alias is accepted)."""
-    algo = canonical_algorithm(algo, ALGORITHMS)
+    ``iters`` outer iterations with algorithm ``algo``."""
+    algo = check_algorithm(algo, ALGORITHMS)
     if len(betas) != len(seeds) or not seeds:
         raise ValueError(f"need one temperature per seed, got {len(betas)} and {len(seeds)}")
     if not isinstance(iters, int) or iters < 1:

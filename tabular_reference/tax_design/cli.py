@@ -1,11 +1,10 @@
 """``python -m tabular_reference tax-design``: train tax-design planners and plot the results.
 
 Example: ``python -m tabular_reference tax-design --algo all --lam 0.1 0.2 0.3 --seeds 10
---iters 1000 --out runs/tax_design`` (``--algo all`` = hpgd, zero-order, zero-order-sampled, naive).
+--iters 1000 --out runs/tax_design`` (``--algo all`` = hpgd, zero_order, zero_order_sampled, naive).
 Defaults are the published configuration: ``--steps 60000`` per iteration for HPGD / naive,
-``--zo-steps 60000`` per welfare estimate and ``--zo-c 50`` for zero-order-sampled. ``--lam`` is
-the household temperature (the paper's lambda; ``beta`` in the code); ``--algo`` also accepts
-the older spellings ``zo`` / ``zero_order`` and ``amd`` (= ``exact``).
+``--zo-steps 60000`` per welfare estimate and ``--zo-c 50`` for zero_order_sampled. ``--lam`` is
+the household temperature (the paper's lambda; ``beta`` in the code).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from tabular_reference.tax_design.hypergradient import FOLLOWER_TRANSITION, FORM
 
 __all__ = ["main", "register"]
 
-DEFAULT_ALGOS = ("hpgd", "zero-order", "zero-order-sampled", "naive")
+DEFAULT_ALGOS = ("hpgd", "zero_order", "zero_order_sampled", "naive")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -79,12 +78,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--zo-steps",
         type=int,
         default=60_000,
-        help="zero-order-sampled: environment steps per welfare estimate (at x and at x + u z)",
+        help="zero_order_sampled: environment steps per welfare estimate (at x and at x + u z)",
     )
     p.add_argument(
         "--zo-crn",
         action="store_true",
-        help="zero-order-sampled: common random numbers for the two welfare estimates",
+        help="zero_order_sampled: common random numbers for the two welfare estimates",
     )
     p.add_argument("--bins", type=int, default=101, help="asset bins (odd, >= 11)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (1 thread each)")

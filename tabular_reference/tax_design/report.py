@@ -17,20 +17,20 @@ __all__ = ["BEGIN", "END", "describe", "render_table", "update_file"]
 
 BEGIN = "<!-- tax_design_table:begin (rendered from docs/tax_design.json) -->"
 END = "<!-- tax_design_table:end -->"
-_ORDER = ("hpgd", "zero-order-sampled", "naive", "zero-order", "exact")
+_ORDER = ("hpgd", "zero_order_sampled", "naive", "zero_order", "exact")
 
 
 def describe(label: str) -> str:
-    """Readable name of a sweep label (``hpgd_s60000``, ``zero-order-sampled_c50_s60000``, ...)."""
+    """Readable name of a sweep label (``hpgd_s60000``, ``zero_order_sampled_c50_s60000``, ...)."""
     m = re.fullmatch(r"(hpgd|naive)_s(\d+)", label)
     if m:
         name = "HPGD" if m.group(1) == "hpgd" else "naive"
         return f"{name}, {int(m.group(2)):,} steps"
-    m = re.fullmatch(r"zero-order-sampled_c([\d.e+-]+)_s(\d+)(_crn)?", label)
+    m = re.fullmatch(r"zero_order_sampled_c([\d.e+-]+)_s(\d+)(_crn)?", label)
     if m:
         crn = ", CRN" if m.group(3) else ""
         return f"zero-order, sampled values, c = {m.group(1)}, 2 x {int(m.group(2)):,} steps{crn}"
-    m = re.fullmatch(r"zero-order_c([\d.e+-]+)", label)
+    m = re.fullmatch(r"zero_order_c([\d.e+-]+)", label)
     if m:
         return f"zero-order, exact values (oracle), c = {m.group(1)}"
     if label == "exact":
@@ -40,7 +40,9 @@ def describe(label: str) -> str:
 
 def _sort_key(row: dict[str, Any]) -> tuple:
     label = row["algo"]
-    kind = next((i for i, k in enumerate(_ORDER) if label.split("_")[0] == k), len(_ORDER))
+    # the label's algorithm: the longest name it starts with (zero_order_sampled, not zero_order)
+    algo = max((k for k in _ORDER if label == k or label.startswith(f"{k}_")), key=len, default="")
+    kind = _ORDER.index(algo) if algo else len(_ORDER)
     steps = re.search(r"_s(\d+)", label)
     return (row["lam"], kind, -(int(steps.group(1)) if steps else 0), label)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from align_cbrl.estimators.vocabulary import canonical_algorithm
+from align_cbrl.estimators.vocabulary import check_algorithm
 from tabular_reference.common.plots import mean_se, plot_learning_curves
 from tabular_reference.common.results import ResultsDir
 from tabular_reference.tax_design.algorithms import ALGORITHMS, AlgoSettings, History, run_batch
@@ -51,14 +51,14 @@ class Job:
     @property
     def label(self) -> str:
         """Directory / legend name: the algorithm with its budget (environment steps per
-        iteration, or per value estimate for ``zero-order-sampled``) and zero-order constant."""
+        iteration, or per value estimate for ``zero_order_sampled``) and zero-order constant."""
         T = EconomyConfig().episode_length
         st = self.settings
-        if self.algo == "zero-order":
-            return f"zero-order_c{st.zo_c:g}"
-        if self.algo == "zero-order-sampled":
+        if self.algo == "zero_order":
+            return f"zero_order_c{st.zo_c:g}"
+        if self.algo == "zero_order_sampled":
             crn = "_crn" if st.zo_crn else ""
-            return f"zero-order-sampled_c{st.zo_c:g}_s{st.zo_episodes * T}{crn}"
+            return f"zero_order_sampled_c{st.zo_c:g}_s{st.zo_episodes * T}{crn}"
         if self.algo in ("hpgd", "naive"):
             return f"{self.algo}_s{st.episodes * T}"
         return self.algo
@@ -179,7 +179,7 @@ def _load_curves(job: Job, out: Path) -> dict[str, np.ndarray]:
 def _reference(beta_jobs: Sequence[Job]) -> Job | None:
     """The zero-order-sampled job the others are compared with: without common random numbers
     if there is one, then the largest budget."""
-    zs = [j for j in beta_jobs if j.algo == "zero-order-sampled"]
+    zs = [j for j in beta_jobs if j.algo == "zero_order_sampled"]
     if not zs:
         return None
     return sorted(zs, key=lambda j: (j.settings.zo_crn, -j.settings.zo_episodes, j.label))[0]
@@ -276,11 +276,11 @@ def _comparisons(beta: float, curves: dict, iters: int) -> list[dict[str, Any]]:
     """Every non-zero-order job against every zero-order job's final welfare."""
     out = []
     for zo_label, zo in curves.items():
-        if not zo_label.startswith("zero-order"):
+        if not zo_label.startswith("zero_order"):
             continue
         zo_target = float(zo["welfare"][-1].mean())
         for label, v in curves.items():
-            if label.startswith("zero-order"):
+            if label.startswith("zero_order"):
                 continue
             reach = reach_iteration(v["welfare"], zo_target)
             hits = [k for k in seed_reach(v["welfare"], zo_target) if k is not None]
@@ -334,7 +334,7 @@ def _acceptance(
 def summarise(jobs: Sequence[Job], summaries: Sequence[dict], out: Path) -> dict[str, Any]:
     """Cross-job summary and plots. ``rows``: one per job (final welfare mean ± s.e., final rates,
     half-gain iteration, seeds whose welfare rose, seeds with the VAT ordered by preference
-    ``v2 < v1 < v3``, and the iterations to reach the ``zero-order-sampled`` reference's final
+    ``v2 < v1 < v3``, and the iterations to reach the ``zero_order_sampled`` reference's final
     welfare: per seed, their mean over the seeds that reach it, how many do, and the iteration of
     the seed-mean curve). ``comparisons``: every algorithm vs every zero-order job's final
     welfare. ``acceptance``: per lambda, HPGD vs the reference and vs naive (same budget)."""
@@ -375,7 +375,7 @@ def discover(out: str | os.PathLike[str]) -> tuple[list[Job], list[dict]]:
         if config["algo"] != "hpgd":  # options only HPGD reads: keep the defaults
             for k in ("form", "leader_q", "critic", "follower_transition"):
                 raw.pop(k, None)
-        if config["algo"] != "zero-order-sampled":
+        if config["algo"] != "zero_order_sampled":
             for k in ("zo_episodes", "zo_crn"):
                 raw.pop(k, None)
         settings = AlgoSettings(**raw)
@@ -408,7 +408,7 @@ def make_jobs(
     """One job per (algorithm, temperature), per ``c`` for the zero-order methods and per HPGD / naive
     budget (``budgets``: episodes per iteration, default ``[settings.episodes]``); validates the
     inputs."""
-    algos = [canonical_algorithm(a, ALGORITHMS) for a in algos]
+    algos = [check_algorithm(a, ALGORITHMS) for a in algos]
     for beta in betas:
         if not beta > 0:
             raise ValueError(f"household temperature lam must be > 0, got {beta}")
@@ -424,7 +424,7 @@ def make_jobs(
     jobs = []
     for beta in betas:
         for a in algos:
-            if a.startswith("zero-order"):
+            if a.startswith("zero_order"):
                 variants = [{"zo_c": c} for c in zo_cs]
             elif a in ("hpgd", "naive"):
                 variants = [{"episodes": e} for e in budgets]
@@ -445,8 +445,8 @@ def _cost(job: Job) -> float:
     return {
         "hpgd": 80 + 0.45 * st.episodes,
         "naive": 60 + 0.35 * st.episodes,
-        "zero-order-sampled": 110 + 0.2 * st.zo_episodes,
-        "zero-order": 110.0,
+        "zero_order_sampled": 110 + 0.2 * st.zo_episodes,
+        "zero_order": 110.0,
         "exact": 60.0,
     }[job.algo]
 
