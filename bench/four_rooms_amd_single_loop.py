@@ -96,8 +96,8 @@ def main() -> None:
     a = p.parse_args()
     cfgs = [
         SingleLoopConfig(
-            lam=float(lam),
-            beta=float(b),
+            beta=float(lam),  # the flags' paper notation: lam temperature, beta budget cost
+            budget_cost=float(b),
             lr=float(lr),
             seed=s,
             iters=a.iters,

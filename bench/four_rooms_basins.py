@@ -27,9 +27,11 @@ from safetensors.numpy import load_file
 
 from align_cbrl.utils.io import atomic_write_bytes
 from tabular_reference.four_rooms.algorithms import RunConfig, run
-from tabular_reference.four_rooms.table1 import BETAS, LAMS, PAPER
+from tabular_reference.four_rooms.table1 import BUDGET_COSTS, PAPER, TEMPERATURES
 
-CELLS = [(lam, beta) for lam in LAMS for beta in BETAS]  # the paper's notation (docs/theory.md §5)
+CELLS = [
+    (lam, beta) for lam in TEMPERATURES for beta in BUDGET_COSTS
+]  # the paper's notation (docs/theory.md §5)
 
 
 def plot(rows: list[dict], path: Path) -> Path:

@@ -106,7 +106,7 @@ def single_loop_cases() -> Cases:
     from tabular_reference.four_rooms.amd_single_loop import SingleLoopConfig, run_single_loop
 
     for lam, beta in ((0.005, 1.0), (0.005, 5.0)):
-        rec = run_single_loop(SingleLoopConfig(lam=lam, beta=beta, **SINGLE_LOOP))
+        rec = run_single_loop(SingleLoopConfig(beta=lam, budget_cost=beta, **SINGLE_LOOP))
         yield (
             f"single_loop_{beta:g}",
             {

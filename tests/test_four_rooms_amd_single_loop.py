@@ -61,12 +61,22 @@ def test_fixed_point_gradient_matches_finite_differences(lam):
 def test_short_run_and_bad_input():
     rec = run_single_loop(
         SingleLoopConfig(
-            lam=0.005, beta=1.0, lr=0.5, seed=0, iters=3, sweeps=5, init_sweeps=5, eval_last=2
+            beta=0.005,
+            budget_cost=1.0,
+            lr=0.5,
+            seed=0,
+            iters=3,
+            sweeps=5,
+            init_sweeps=5,
+            eval_last=2,
         )
     )
     assert rec["trace"]["iter"] == [0, 2, 3]
     assert np.isfinite(rec["F_last"]) and np.isfinite(rec["F_last_published_solve"])
-    with pytest.raises(ValueError, match="lam"):
-        run_single_loop(SingleLoopConfig(lam=0.0, beta=1.0, lr=0.5, seed=0))
+    assert (rec["config"]["lam"], rec["config"]["beta"]) == (0.005, 1.0)  # the paper's notation
+    with pytest.raises(ValueError, match="follower temperature beta"):
+        run_single_loop(SingleLoopConfig(beta=0.0, budget_cost=1.0, lr=0.5, seed=0))
     with pytest.raises(ValueError, match="preset"):
-        run_single_loop(SingleLoopConfig(lam=0.005, beta=1.0, lr=0.5, seed=0, dynamics="nope"))
+        run_single_loop(
+            SingleLoopConfig(beta=0.005, budget_cost=1.0, lr=0.5, seed=0, dynamics="nope")
+        )

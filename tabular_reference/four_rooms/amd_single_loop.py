@@ -7,13 +7,13 @@ outer iteration to the next and advances each by ``sweeps`` (100) synchronous sw
 iteration, warm-started:
 
 * the follower's soft ``Q``: ``Q(s,a) = r(s) + gamma sum_d P(d|a) V(nbr(s,d))`` with
-  ``V = sum_a pi Q + lam H(pi)``, ``pi = softmax(Q / lam)``; the goal is terminal with
+  ``V = sum_a pi Q + beta H(pi)``, ``pi = softmax(Q / beta)``; the goal is terminal with
   ``Q(goal, a) = r(goal) = 1 + pen(goal)`` (the environment's reward, incentive included);
 * ``dQ`` (the derivative of the follower's return w.r.t. the incentives, under the current
   policy): reward ``e_s`` (one-hot), the same backup with ``V_dQ = sum_a pi dQ``;
-* the leader's ``Q_L``: reward ``1[s = target]``, ``-beta * budget`` at the goal
-  (``= beta * sum_s pen(s)``), ``V_L = sum_a pi Q_L``;
-* the hypergradient recursion ``Q~ = d rbar + (dQ - V_dQ) (Q_L - V_L) / lam + gamma P V~``,
+* the leader's ``Q_L``: reward ``1[s = target]``, ``-budget_cost * budget`` at the goal
+  (``= budget_cost * sum_s pen(s)``), ``V_L = sum_a pi Q_L``;
+* the hypergradient recursion ``Q~ = d rbar + (dQ - V_dQ) (Q_L - V_L) / beta + gamma P V~``,
   ``V~ = sum_a pi Q~`` (the advantage form of the hypergradient, notes §2).
 
 After the sweeps, one context ``xi`` is drawn uniformly and the step is
@@ -21,12 +21,12 @@ After the sweeps, one context ``xi`` is drawn uniformly and the step is
 Jacobian of the incentives ``pen = -0.2 softmax(x)[:104]`` w.r.t. the logits. Every right-hand
 side reads the previous sweep's tables (Jacobi), as the published ``jax.lax.scan`` does. The
 recursions are carried in incentive space (104 coordinates: ``e_s`` rewards, and the budget's
-derivative ``beta`` per coordinate at the goal); the linear map to the logits is applied once per
+derivative ``budget_cost`` per coordinate at the goal); the linear map to the logits is applied once per
 outer iteration, which equals carrying them in logit space up to rounding.
 
 Initialisation (as published, up to its sweep schedule): ``Q`` by 500 sweeps of the soft backup
 from 0; ``dQ``, ``Q_L`` and ``Q~`` by 500 sweeps of policy evaluation under the *uniform* policy,
-``Q~`` with the published initial reward ``e_s + A(s,a) dA(s,a) / lam`` (the follower's
+``Q~`` with the published initial reward ``e_s + A(s,a) dA(s,a) / beta`` (the follower's
 advantage under the uniform policy, not the leader's).
 
 The leader's objective reported beside it is the exact ``F``
@@ -46,7 +46,7 @@ from numba import njit
 
 from tabular_reference.common.kernel_tuples import kernel_tuple
 from tabular_reference.common.optim import sgd_ascent
-from tabular_reference.four_rooms.algorithms import RunConfig
+from tabular_reference.four_rooms.algorithms import PAPER_KEYS, RunConfig
 from tabular_reference.four_rooms.dynamics import resolve_dynamics
 from tabular_reference.four_rooms.env import BUDGET, FOUR_ROOMS, GAMMA, GOALS
 from tabular_reference.four_rooms.leader import softmax
@@ -56,14 +56,15 @@ from tabular_reference.four_rooms.solver import FollowerSolver
 @kernel_tuple
 class AmdModel(NamedTuple):
     """What the recursions read: ``neighbours[S, 4]``, the leader's target cell, the discount,
-    the follower's temperature ``lam``, the leader's budget cost ``beta`` (paper notation) and
+    the follower's temperature ``beta``, the leader's budget cost ``budget_cost`` (the paper's
+    lambda and beta) and
     the planning slip model ``P(d | a) = p_other + p_diff [d == a]``."""
 
     neighbours: np.ndarray
     target: int
     gamma: float
-    lam: float
     beta: float
+    budget_cost: float
     p_other: float
     p_diff: float
 
@@ -84,7 +85,7 @@ class Recursions(NamedTuple):
 class SweepContext(NamedTuple):
     """One context's sweep inputs: the follower's rewards ``penalty[S]``, the goal cell,
     whether the recursions evaluate the uniform policy (the published initialisation) and the
-    leader's reward at the goal ``budget_reward = beta sum_s pen(s)``."""
+    leader's reward at the goal ``budget_reward = budget_cost sum_s pen(s)``."""
 
     penalty: np.ndarray
     goal: int
@@ -96,7 +97,7 @@ class SweepContext(NamedTuple):
 class SweepScratch(NamedTuple):
     """A sweep's state values of the previous tables: the follower's softmax policy
     ``policy[S, 4]``, the policy the other three recursions evaluate ``eval_policy[S, 4]``
-    (uniform in the initialisation), ``v[S] = sum_a pi q + lam H(pi)``,
+    (uniform in the initialisation), ``v[S] = sum_a pi q + beta H(pi)``,
     ``v_leader[S]``, ``v_dq[S, D]``, ``v_hyper[S, D]`` and the neighbour sums ``sum_d[D]``,
     ``sum_hyper[D]`` of one state."""
 
@@ -111,13 +112,13 @@ class SweepScratch(NamedTuple):
 
 
 @njit(cache=True, nogil=True)
-def _policy(Q, lam, pi):
-    """``pi = softmax(Q / lam)`` row-wise; returns nothing (fills ``pi[S, 4]``)."""
+def _policy(Q, beta, pi):
+    """``pi = softmax(Q / beta)`` row-wise; returns nothing (fills ``pi[S, 4]``)."""
     for s in range(Q.shape[0]):
         m = max(max(Q[s, 0], Q[s, 1]), max(Q[s, 2], Q[s, 3]))
         z = 0.0
         for a in range(4):
-            e = math.exp((Q[s, a] - m) / lam)
+            e = math.exp((Q[s, a] - m) / beta)
             pi[s, a] = e
             z += e
         for a in range(4):
@@ -125,14 +126,14 @@ def _policy(Q, lam, pi):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _state_values(src, lam, uniform, work):
+def _state_values(src, beta, uniform, work):
     """The state values of the tables ``src`` under the follower's softmax policy (``v``) and
     under the evaluated policy (``v_leader``, ``v_dq``, ``v_hyper``) into ``work``."""
     pi, pe = work.policy, work.eval_policy
     Q, dQ, QL, Qt = src.q, src.dq, src.leader_q, src.hyper_q
     V, VL, Vd, Vt = work.v, work.v_leader, work.v_dq, work.v_hyper
     S, D = dQ.shape[0], dQ.shape[2]
-    _policy(Q, lam, pi)
+    _policy(Q, beta, pi)
     for s in range(S):
         for a in range(4):
             pe[s, a] = 0.25 if uniform else pi[s, a]
@@ -146,7 +147,7 @@ def _state_values(src, lam, uniform, work):
             if p > 0.0:
                 h -= p * math.log(p)
             vl += pe[s, a] * QL[s, a]
-        V[s] = v + lam * h
+        V[s] = v + beta * h
         VL[s] = vl
         p0, p1, p2, p3 = pe[s, 0], pe[s, 1], pe[s, 2], pe[s, 3]
         for k in range(D):
@@ -157,13 +158,13 @@ def _state_values(src, lam, uniform, work):
 @njit(cache=True, nogil=True, fastmath=True)
 def _backups(src, dst, model, ctx, work):
     """Every state's backups into ``dst`` from the state values in ``work``: the terminal goal
-    (``Q = 1 + pen(goal)``, ``Q_L`` the budget, ``dQ = e_s``, ``Q~ = beta``, ``e_s`` in the
+    (``Q = 1 + pen(goal)``, ``Q_L`` the budget, ``dQ = e_s``, ``Q~ = budget_cost``, ``e_s`` in the
     initialisation) and the four recursions' Bellman backups elsewhere."""
     Q, dQ, QL = src.q, src.dq, src.leader_q
     nQ, nd, nQL, nt = dst.q, dst.dq, dst.leader_q, dst.hyper_q
     V, VL, Vd, Vt = work.v, work.v_leader, work.v_dq, work.v_hyper
     tot_d, tot_t = work.sum_dq, work.sum_hyper
-    nbr, gamma, lam, beta = model.neighbours, model.gamma, model.lam, model.beta
+    nbr, gamma, beta, budget_cost = model.neighbours, model.gamma, model.beta, model.budget_cost
     p_other, p_diff = model.p_other, model.p_diff
     pen, goal, uniform = ctx.penalty, ctx.goal, ctx.uniform
     S, D = dQ.shape[0], dQ.shape[2]
@@ -175,7 +176,7 @@ def _backups(src, dst, model, ctx, work):
                 nQL[s, a] = ctx.budget_reward
                 for k in range(D):
                     nd[s, a, k] = 0.0
-                    nt[s, a, k] = 0.0 if uniform else beta
+                    nt[s, a, k] = 0.0 if uniform else budget_cost
                 nd[s, a, s] = 1.0
                 if uniform:
                     nt[s, a, s] = 1.0
@@ -194,7 +195,7 @@ def _backups(src, dst, model, ctx, work):
             nQ[s, a] = pen[s] + gamma * (p_other * tv + p_diff * V[j])
             nQL[s, a] = rl + gamma * (p_other * tl + p_diff * VL[j])
             # the published initial reward uses the follower's uniform-policy advantage
-            adv = (Q[s, a] - mq - lam * log4) / lam if uniform else (QL[s, a] - VL[s]) / lam
+            adv = (Q[s, a] - mq - beta * log4) / beta if uniform else (QL[s, a] - VL[s]) / beta
             for k in range(D):
                 nd[s, a, k] = tot_d[k] + gd * Vd[j, k]
                 nt[s, a, k] = (dQ[s, a, k] - Vd[s, k]) * adv + tot_t[k] + gd * Vt[j, k]
@@ -207,7 +208,7 @@ def _backups(src, dst, model, ctx, work):
 def _sweep(src, dst, model, ctx, work):
     """One Jacobi sweep of one context: reads the tables ``src``, writes ``dst``
     (:class:`Recursions` of one context), ``work`` is :class:`SweepScratch`."""
-    _state_values(src, model.lam, ctx.uniform, work)
+    _state_values(src, model.beta, ctx.uniform, work)
     _backups(src, dst, model, ctx, work)
 
 
@@ -217,7 +218,7 @@ def sweeps(rec, penalty, goals, model, n_sweeps, uniform):
     docstring). ``rec``: :class:`Recursions` ``[G, ...]``, updated in place.
 
     ``uniform = True`` is the published initialisation: ``dQ``, ``QL`` and ``Qt`` are evaluated
-    under the uniform policy and ``Qt``'s reward is ``e_s + A(s,a) dA(s,a) / lam`` with the
+    under the uniform policy and ``Qt``'s reward is ``e_s + A(s,a) dA(s,a) / beta`` with the
     follower's uniform-policy advantages; ``Q`` always follows its own softmax policy. The two
     large tables are double-buffered (no copy per sweep)."""
     G, S = rec.q.shape[0], rec.q.shape[1]
@@ -239,7 +240,7 @@ def sweeps(rec, penalty, goals, model, n_sweeps, uniform):
     budget_reward = 0.0
     for s in range(S):
         budget_reward += penalty[s]
-    budget_reward *= model.beta  # -beta * budget = beta * sum_s pen(s)
+    budget_reward *= model.budget_cost  # -budget_cost * budget = budget_cost * sum_s pen(s)
     for g in range(G):
         ctx = SweepContext(penalty, goals[g], uniform, budget_reward)
         for sw in range(n_sweeps):
@@ -257,10 +258,10 @@ def sweeps(rec, penalty, goals, model, n_sweeps, uniform):
 
 
 @njit(cache=True, nogil=True)
-def start_gradient(rec, g, start, lam, out):
-    """``out[D] = V~_g(start) = sum_a pi(a|start) Q~_g(start, a)``, ``pi = softmax(Q_g / lam)``."""
+def start_gradient(rec, g, start, beta, out):
+    """``out[D] = V~_g(start) = sum_a pi(a|start) Q~_g(start, a)``, ``pi = softmax(Q_g / beta)``."""
     pi = np.empty((rec.q.shape[1], 4))
-    _policy(rec.q[g], lam, pi)
+    _policy(rec.q[g], beta, pi)
     for k in range(out.shape[0]):
         out[k] = 0.0
         for a in range(4):
@@ -269,11 +270,13 @@ def start_gradient(rec, g, start, lam, out):
 
 @dataclass
 class SingleLoopConfig:
-    """One single-loop AMD run (module docstring). In the paper's Table 1 notation, as the
-    ``table1`` results: ``lam`` = follower temperature, ``beta`` = budget cost."""
+    """One single-loop AMD run (module docstring): ``beta`` the follower temperature,
+    ``budget_cost`` the leader's budget cost. Its record (:meth:`to_dict`) is in the paper's
+    notation, as the ``table1`` results: ``lam`` = follower temperature, ``beta`` = budget
+    cost."""
 
-    lam: float
     beta: float
+    budget_cost: float
     lr: float
     seed: int
     iters: int = 10_000
@@ -287,15 +290,20 @@ class SingleLoopConfig:
     goals: list[tuple[int, int]] = field(default_factory=lambda: [tuple(g) for g in GOALS])
 
     def validate(self) -> None:
-        if not self.lam > 0:
-            raise ValueError(f"lam (follower temperature) must be > 0, got {self.lam}")
-        if not self.beta >= 0:
-            raise ValueError(f"beta (budget cost) must be >= 0, got {self.beta}")
+        if not self.beta > 0:
+            raise ValueError(f"follower temperature beta must be > 0, got {self.beta}")
+        if not self.budget_cost >= 0:
+            raise ValueError(f"budget_cost must be >= 0, got {self.budget_cost}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.iters < 1 or self.sweeps < 1 or self.init_sweeps < 0:
             raise ValueError("iters and sweeps must be >= 1 and init_sweeps >= 0")
         resolve_dynamics(self.dynamics)
+
+    def to_dict(self) -> dict:
+        """The record of the run's config, in the paper's notation (``lam``, ``beta``)."""
+        edge = {field_name: key for key, field_name in PAPER_KEYS.items()}
+        return {edge.get(k, k): v for k, v in asdict(self).items()}
 
 
 def run_single_loop(cfg: SingleLoopConfig, progress: bool = False) -> dict:
@@ -321,7 +329,13 @@ def run_single_loop(cfg: SingleLoopConfig, progress: bool = False) -> dict:
         return np.ascontiguousarray(-BUDGET * softmax(x)[0, :-1])
 
     model = AmdModel(
-        env.nbr, env.target, GAMMA, float(cfg.lam), float(cfg.beta), plan.p_other, plan.p_diff
+        env.nbr,
+        env.target,
+        GAMMA,
+        float(cfg.beta),
+        float(cfg.budget_cost),
+        plan.p_other,
+        plan.p_diff,
     )
     # published initialisation: Q by its own soft backup, the rest under the uniform policy
     sweeps(rec, pen_of(x), goals, model, cfg.init_sweeps, True)
@@ -331,8 +345,8 @@ def run_single_loop(cfg: SingleLoopConfig, progress: bool = False) -> dict:
             goals,
             RunConfig(
                 algo="exact",
-                beta=cfg.lam,
-                budget_cost=cfg.beta,
+                beta=cfg.beta,
+                budget_cost=cfg.budget_cost,
                 lrs=[cfg.lr],
                 seeds=[cfg.seed],
                 dynamics=cfg.dynamics,
@@ -354,7 +368,7 @@ def run_single_loop(cfg: SingleLoopConfig, progress: bool = False) -> dict:
             break
         sweeps(rec, pen_of(x), goals, model, cfg.sweeps, False)
         xi = int(rng.integers(G))
-        start_gradient(rec, xi, env.start, cfg.lam, grad_penalty)
+        start_gradient(rec, xi, env.start, cfg.beta, grad_penalty)
         sigma = softmax(x)
         gs = np.zeros_like(sigma)
         gs[0, :-1] = -BUDGET * grad_penalty  # d pen(s) / d sigma_s = -0.2
@@ -363,7 +377,7 @@ def run_single_loop(cfg: SingleLoopConfig, progress: bool = False) -> dict:
     it = np.array(trace["iter"])
     last = it > cfg.iters - cfg.eval_last
     return {
-        "config": asdict(cfg),
+        "config": cfg.to_dict(),
         "trace": trace,
         "F_last": float(np.mean(np.array(trace["F"])[last])),
         "F_last_published_solve": float(np.mean(np.array(trace["F_published_solve"])[last])),

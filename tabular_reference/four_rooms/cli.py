@@ -229,7 +229,7 @@ def table1_main(args: argparse.Namespace) -> int:
     same_name = ("quick", "selected_only", "settings", "workers", "seeds", "iters", "dynamics")
     options = {k: getattr(args, k) for k in (*same_name, "hpgd_algo", "follower_solve")}
     if args.lams is not None:
-        options["lams"] = args.lams
+        options["temperatures"] = args.lams
     run_table1(
         args.out,
         progress=not args.no_progress,

@@ -30,8 +30,10 @@ from tabular_reference.common.config_files import read_mapping
 from tabular_reference.common.plots import mean_se
 from tabular_reference.common.results import ResultsDir
 
-LAMS = (0.001, 0.003, 0.005)
-BETAS = (1.0, 3.0, 5.0)
+# the grid: follower temperatures (the paper's lambda, --lams) and budget costs (its beta); jobs,
+# their directories (job_key) and the results JSON are in the paper's notation (lam, beta)
+TEMPERATURES = (0.001, 0.003, 0.005)
+BUDGET_COSTS = (1.0, 3.0, 5.0)
 LRS = (0.5, 0.1, 0.05, 0.01)
 CS = (0.01, 0.1, 0.5, 1.0)
 ALGOS = ("hpgd", "amd", "zo")  # the table's columns (labels of docs/table1.json)
@@ -64,8 +66,8 @@ def _job_order(job: dict[str, Any]) -> tuple:
     return (1, _COST[job["algo"]], job["lam"], job["beta"])
 
 
-def job_key(lam: float, beta: float, algo: str) -> str:
-    return f"lam{lam:g}_beta{beta:g}_{algo}"
+def job_key(temperature: float, budget_cost: float, algo: str) -> str:
+    return f"lam{temperature:g}_beta{budget_cost:g}_{algo}"
 
 
 def _worker_init() -> None:
@@ -163,21 +165,21 @@ def build_jobs(
     dynamics: str | dict = "paper",
     hpgd_algo: str = "hpgd",
     algos: tuple[str, ...] | list[str] = ALGOS,
-    lams: tuple[float, ...] | list[float] = LAMS,
+    temperatures: tuple[float, ...] | list[float] = TEMPERATURES,
     follower_solve: str = "exact",
 ) -> list[dict[str, Any]]:
     """One job per (lambda, beta, column); the HPGD column runs ``hpgd_algo``."""
     jobs = []
-    for lam in lams:
-        for beta in BETAS:
+    for temperature in temperatures:
+        for budget_cost in BUDGET_COSTS:
             for algo in algos:
-                key = job_key(lam, beta, algo)
+                key = job_key(temperature, budget_cost, algo)
                 cfg: dict[str, Any] = dict(
                     algo=hpgd_algo if algo == "hpgd" else COLUMN_ALGOS[algo],
                     dynamics=dynamics,
                     follower_solve=follower_solve,
-                    lam=lam,
-                    beta=beta,
+                    lam=temperature,
+                    beta=budget_cost,
                     lrs=list(LRS),
                     cs=list(CS),
                     seeds=list(range(seeds)),
@@ -200,7 +202,15 @@ def build_jobs(
                         eval_last=50,
                         steps_per_iter=2000,
                     )
-                jobs.append({"key": key, "lam": lam, "beta": beta, "algo": algo, "config": cfg})
+                jobs.append(
+                    {
+                        "key": key,
+                        "lam": temperature,
+                        "beta": budget_cost,
+                        "algo": algo,
+                        "config": cfg,
+                    }
+                )
     jobs.sort(key=_job_order)
     return jobs
 
@@ -208,7 +218,7 @@ def build_jobs(
 def _check_grid(
     hpgd_algo: str,
     algos: tuple[str, ...],
-    lams: tuple[float, ...],
+    temperatures: tuple[float, ...],
     follower_solve: str,
     workers: int,
     seeds: int,
@@ -222,8 +232,8 @@ def _check_grid(
         )
     if not algos or any(a not in ALGOS for a in algos):
         raise ValueError(f"--algos must be a non-empty subset of {', '.join(ALGOS)}, got {algos}")
-    if not lams or any(v not in LAMS for v in lams):
-        raise ValueError(f"--lams must be a non-empty subset of {LAMS}, got {lams}")
+    if not temperatures or any(v not in TEMPERATURES for v in temperatures):
+        raise ValueError(f"--lams must be a non-empty subset of {TEMPERATURES}, got {temperatures}")
     if follower_solve not in FOLLOWER_SOLVES:
         raise ValueError(
             f"--follower-solve must be one of {FOLLOWER_SOLVES}, got {follower_solve!r}"
@@ -258,7 +268,7 @@ def run_table1(
     dynamics: str | dict = "paper",
     hpgd_algo: str = "hpgd",
     algos: tuple[str, ...] | list[str] = ALGOS,
-    lams: tuple[float, ...] | list[float] = LAMS,
+    temperatures: tuple[float, ...] | list[float] = TEMPERATURES,
     follower_solve: str = "exact",
 ) -> dict[str, Any]:
     """Run (or resume) the grid or the selected settings; write ``table1.md``/``table1.json``."""
@@ -269,8 +279,8 @@ def run_table1(
     from tabular_reference.four_rooms.dynamics import resolve_dynamics
 
     model = resolve_dynamics(dynamics)
-    algos, lams = tuple(algos), tuple(float(v) for v in lams)
-    _check_grid(hpgd_algo, algos, lams, follower_solve, workers, seeds)
+    algos, temperatures = tuple(algos), tuple(float(v) for v in temperatures)
+    _check_grid(hpgd_algo, algos, temperatures, follower_solve, workers, seeds)
     out = Path(out)
     sel_settings = None
     if selected_only or settings is not None:
@@ -278,7 +288,7 @@ def run_table1(
         out = out / "selected" if settings is None else out
     rd = ResultsDir(out)
     jobs = build_jobs(
-        quick, seeds, iters, sel_settings, dynamics, hpgd_algo, algos, lams, follower_solve
+        quick, seeds, iters, sel_settings, dynamics, hpgd_algo, algos, temperatures, follower_solve
     )
     rd.write_config(
         {
@@ -334,12 +344,12 @@ def _collect(
     selected: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     cells: list[dict[str, Any]] = []
-    for lam in sorted({j["lam"] for j in jobs}):
-        for beta in BETAS:
-            row: dict[str, Any] = {"lam": lam, "beta": beta}
+    for temperature in sorted({j["lam"] for j in jobs}):
+        for budget_cost in BUDGET_COSTS:
+            row: dict[str, Any] = {"lam": temperature, "beta": budget_cost}
             for algo in ALGOS:
-                key = job_key(lam, beta, algo)
-                pm, pse = PAPER[(lam, beta)][algo]
+                key = job_key(temperature, budget_cost, algo)
+                pm, pse = PAPER[(temperature, budget_cost)][algo]
                 tol = max(2 * pse, 0.05)
                 paper = {"paper_mean": pm, "paper_se": pse, "tolerance": tol}
                 if key not in records:
@@ -351,8 +361,8 @@ def _collect(
                 row[algo] = {**best, **paper, "diff": best["mean"] - pm, "within": within}
                 cells.append(
                     {
-                        "lam": lam,
-                        "beta": beta,
+                        "lam": temperature,
+                        "beta": budget_cost,
                         "algo": algo,
                         "mean": best["mean"],
                         "se": best["se"],
@@ -398,8 +408,8 @@ def _wins(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """The paper's two HPGD wins (lambda 0.001 / beta 1, lambda 0.003 / beta 3), checked:
     HPGD at least 0.15 above AMD and more than 2 s.e. above zero-order."""
     wins, lines = [], []
-    for lam, beta in ((0.001, 1.0), (0.003, 3.0)):
-        row = next((r for r in rows if r["lam"] == lam and r["beta"] == beta), None)
+    for temperature, budget_cost in ((0.001, 1.0), (0.003, 3.0)):
+        row = next((r for r in rows if r["lam"] == temperature and r["beta"] == budget_cost), None)
         if row is None or any(row[a].get("pending") for a in ALGOS):
             continue
         h, a, z = row["hpgd"], row["amd"], row["zo"]
@@ -409,8 +419,8 @@ def _wins(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
         holds = margin_amd >= 0.15 and diff_zo > 2 * se_diff
         wins.append(
             {
-                "lam": lam,
-                "beta": beta,
+                "lam": temperature,
+                "beta": budget_cost,
                 "margin_over_amd": margin_amd,
                 "diff_over_zo": diff_zo,
                 "se_diff_zo": se_diff,
@@ -419,7 +429,7 @@ def _wins(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
         )
         lines.append("")
         lines.append(
-            f"HPGD win at lam={lam:g}, beta={beta:g}: {margin_amd:+.3f} over AMD (need >= 0.15), "
+            f"HPGD win at lam={temperature:g}, beta={budget_cost:g}: {margin_amd:+.3f} over AMD (need >= 0.15), "
             f"{diff_zo:+.3f} over zero-order (need > 2 x s.e. of the difference = "
             f"{2 * se_diff:.3f}): {'holds' if holds else 'does NOT hold'}"
         )

@@ -61,10 +61,16 @@ def register(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    overrides = {"steps": args.steps, "steps_grid": args.steps_grid, "lam": args.lam, "lr": args.lr}
+    # the flags' paper notation (--lam temperature, --beta budget cost) -> the settings' names
+    overrides = {
+        "steps": args.steps,
+        "steps_grid": args.steps_grid,
+        "beta": args.lam,
+        "lr": args.lr,
+    }
     if args.env == "four-rooms":
         overrides.update(
-            beta=args.beta, goals=args.goal, dynamics=args.dynamics, n_envs=args.n_envs
+            budget_cost=args.beta, goals=args.goal, dynamics=args.dynamics, n_envs=args.n_envs
         )
     elif any(v is not None for v in (args.beta, args.goal, args.dynamics, args.n_envs)):
         raise ValueError("--beta, --goal, --dynamics and --n-envs apply to --env four-rooms only")

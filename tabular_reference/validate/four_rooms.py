@@ -12,6 +12,7 @@ gradients are far from zero, as in ``bench/four_rooms_estimator_bias.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -29,12 +30,12 @@ __all__ = ["PRESETS", "FourRoomsHarness", "FourRoomsSetting"]
 
 @dataclass(frozen=True)
 class FourRoomsSetting:
-    """The model (``lam`` follower temperature, ``beta`` budget cost, ``goals``, ``dynamics``),
+    """The model (``beta`` follower temperature, ``budget_cost``, ``goals``, ``dynamics``),
     the sampling layout (``n_envs`` environments per estimate), the budgets (``steps`` for the
     bias test, ``steps_grid`` for the variance curve) and the outer loop (``lr``, ``iters``)."""
 
-    lam: float = 0.005
-    beta: float = 1.0
+    beta: float = 0.005
+    budget_cost: float = 1.0
     goals: tuple[tuple[int, int], ...] = GOALS
     dynamics: str = "paper"
     n_envs: int = 5
@@ -50,8 +51,8 @@ class FourRoomsSetting:
 PRESETS = {
     "default": FourRoomsSetting(),
     "bchg": FourRoomsSetting(
-        lam=0.001,
-        beta=5.0,
+        beta=0.001,
+        budget_cost=5.0,
         goals=((1, 9),),
         n_envs=1,
         steps=100,
@@ -68,6 +69,7 @@ class FourRoomsHarness(Harness):
 
     env = "four-rooms"
     PRESETS = PRESETS
+    PAPER_KEYS: ClassVar[dict[str, str]] = {"beta": "lam", "budget_cost": "beta"}
 
     def __init__(self, setting: FourRoomsSetting, preset: str = "default") -> None:
         super().__init__(setting, preset)
@@ -85,8 +87,8 @@ class FourRoomsHarness(Harness):
         s = self.s
         return RunConfig(
             algo=kw.pop("algo", "hpgd"),
-            beta=s.lam,
-            budget_cost=s.beta,
+            beta=s.beta,
+            budget_cost=s.budget_cost,
             lrs=[s.lr],
             seeds=list(range(m)),
             steps_per_iter=steps,

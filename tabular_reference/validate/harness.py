@@ -20,6 +20,8 @@ class Harness:
 
     env: ClassVar[str]
     PRESETS: ClassVar[dict[str, Any]]
+    PAPER_KEYS: ClassVar[dict[str, str]] = {}
+    """Setting field -> its name in the paper's notation, used in results files (``lam``)."""
 
     def __init__(self, setting: Any, preset: str = "default") -> None:
         self.s, self.preset = setting, preset
@@ -35,7 +37,9 @@ class Harness:
         return cls(replace(cls.PRESETS[preset], **given), preset)
 
     def describe(self) -> dict:
-        return {"env": self.env, "preset": self.preset, **asdict(self.s)}
+        """The harness as ``validate.json`` records it (the setting in the paper's notation)."""
+        setting = {self.PAPER_KEYS.get(k, k): v for k, v in asdict(self.s).items()}
+        return {"env": self.env, "preset": self.preset, **setting}
 
     @property
     def contexts(self) -> list[str]:

@@ -9,6 +9,7 @@ Budgets are whole 200-step episodes, an equal number per type (``steps`` a multi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -30,10 +31,10 @@ _CHUNK = 10  # runs per call: the policy table is [runs, 202, 1250]
 
 @dataclass(frozen=True)
 class TaxSetting:
-    """Household temperature ``lam``, budgets (``steps`` for the bias test, ``steps_grid`` for
+    """Household temperature ``beta``, budgets (``steps`` for the bias test, ``steps_grid`` for
     the variance curve; 200-step episodes), the outer loop's ``lr`` and ``iters``."""
 
-    lam: float = 0.1
+    beta: float = 0.1
     steps: int = 10_000
     steps_grid: tuple[int, ...] = (2_000, 10_000, 60_000)
     lr: float = 0.01
@@ -49,12 +50,13 @@ class TaxHarness(Harness):
 
     env = "tax-design"
     PRESETS = PRESETS
+    PAPER_KEYS: ClassVar[dict[str, str]] = {"beta": "lam"}
 
     def __init__(self, setting: TaxSetting, preset: str = "default") -> None:
         super().__init__(setting, preset)
         self.econ = Economy()
-        if not setting.lam > 0:
-            raise ValueError(f"household temperature --lam must be > 0, got {setting.lam}")
+        if not setting.beta > 0:
+            raise ValueError(f"household temperature --lam must be > 0, got {setting.beta}")
         L = self.econ.config.episode_length
         for steps in (setting.steps, *setting.steps_grid):
             episodes_from_steps(steps, L, "--steps")  # one-line errors before any work
@@ -65,14 +67,14 @@ class TaxHarness(Harness):
         return ["both household types"]
 
     def exact(self) -> list[tuple[float, np.ndarray]]:
-        F, g, _ = exact_hypergradient(self.econ, initial_theta(1), self.s.lam)
+        F, g, _ = exact_hypergradient(self.econ, initial_theta(1), self.s.beta)
         return [(float(F[0]), g[0].numpy())]
 
     def _solution(self, n: int) -> tuple:
         """``(theta, beta, households, Vbar)`` for ``n`` runs at the initial rates (cached)."""
         if n not in self._solutions:
             theta = initial_theta(n)
-            beta = torch.full((n,), self.s.lam, dtype=torch.float64)
+            beta = torch.full((n,), self.s.beta, dtype=torch.float64)
             sol = soft_policy_iteration(self.econ, theta, beta, tol=1e-12)
             x = rates(theta)
             vbar = leader_values(self.econ, sol.P, sol.pi_f, sol.log_pa, x[:, 0], x[:, 1:])
@@ -124,7 +126,7 @@ class TaxHarness(Harness):
         hist = run_batch(
             self.econ,
             algo,
-            [self.s.lam] * len(seeds),
+            [self.s.beta] * len(seeds),
             list(seeds),
             iters,
             settings,
