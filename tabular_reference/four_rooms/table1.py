@@ -202,15 +202,8 @@ def build_jobs(
                         eval_last=50,
                         steps_per_iter=2000,
                     )
-                jobs.append(
-                    {
-                        "key": key,
-                        "lam": temperature,
-                        "beta": budget_cost,
-                        "algo": algo,
-                        "config": cfg,
-                    }
-                )
+                cell = {"lam": temperature, "beta": budget_cost}  # the results' notation
+                jobs.append({"key": key, **cell, "algo": algo, "config": cfg})
     jobs.sort(key=_job_order)
     return jobs
 
