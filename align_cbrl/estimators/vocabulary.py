@@ -17,9 +17,8 @@ Results layouts fixed elsewhere (the columns of ``docs/table1.json``: ``hpgd`` /
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
-
-from align_cbrl.utils.suggest import did_you_mean
 
 __all__ = ["ALGORITHMS", "check_algorithm"]
 
@@ -31,8 +30,8 @@ def check_algorithm(name: str, allowed: Iterable[str]) -> str:
     choices and the closest one."""
     allowed = tuple(allowed)
     if name not in allowed:
-        raise ValueError(
-            f"unknown algorithm {name!r}{did_you_mean(name, allowed)}; choose one of "
-            + ", ".join(allowed)
-        )
+        # difflib here, not utils.suggest: the math core imports no other align_cbrl layer
+        close = difflib.get_close_matches(str(name), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown algorithm {name!r}{hint}; choose one of " + ", ".join(allowed))
     return name

@@ -48,7 +48,15 @@ __all__ = [
 
 # --------------------------------------------------------------------------- estimators
 class Estimator:
-    """Base class: ``estimate(bilevel, batches, context_column) -> Direction``."""
+    """Base class of the leader's estimators (module docstring).
+
+    Contract: :meth:`estimate` turns one update's completion groups into a
+    :class:`~align_cbrl.trainer.estimation.Direction` ``d ≈ dF/dx`` (or one without a step)
+    and only estimates: it never touches the leader's parameters or gradients. The caller
+    steps with :func:`~align_cbrl.trainer.estimation.leader_update`. An estimator that keeps
+    state between updates (zero-order: ``F_{t-1}``) exposes it through :meth:`state_dict` /
+    :meth:`load_state_dict`, which the checkpoints of both modes hold.
+    """
 
     name = "estimator"
 
@@ -67,12 +75,16 @@ class Estimator:
         batches: Sequence[GroupedSamples],
         context_column: str | None,
     ) -> Direction:
+        """The direction from ``batches`` (one :class:`GroupedSamples` per follower) for the
+        leader of ``bilevel``, with the statistics of the groups."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
+        """The state kept between updates (JSON values and tensors; ``{}``: none)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         del state
 
 
