@@ -43,12 +43,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from launch_helpers import dump_stacks, kill_all, launch_command, launch_env, start, wait_all  # noqa: E402
+sys.path.insert(0, str(ROOT))  # run from a checkout: the tests' launch helpers come with it
 
 from align_cbrl.utils.io import atomic_write_json  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    dump_stacks,
+    kill_all,
+    launch_command,
+    launch_env,
+    start,
+    wait_all,
+)
 
 RECIPES = ("orchestrated", "plugin")
 CONFIGS = {

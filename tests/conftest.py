@@ -17,14 +17,13 @@ def econ():
 
 @pytest.fixture(scope="session")
 def two_process_runs(tmp_path_factory):
-    """Uninterrupted two-process GRPO runs of the recipes (tests/launch_helpers.launch_recipe),
+    """Uninterrupted two-process GRPO runs of the recipes (tests/helpers.launch_recipe),
     launched on first use and shared by the tests that compare with them (each launch costs
     tens of seconds): ``get(recipe)`` -> ``(run directory, rank 0 report, rank 1 report)``.
     The orchestrated run uses ``configs/recipes/grpo_tiny.yaml``, the plugin run
     ``plugin_grpo_tiny.yaml`` with a user reward function and 16 prompt rows
-    (tests/run_helpers.write_flaky_plugin_config)."""
-    from launch_helpers import ROOT, launch_recipe
-    from run_helpers import write_flaky_plugin_config
+    (tests/helpers.write_flaky_plugin_config)."""
+    from tests.helpers import ROOT, launch_recipe, write_flaky_plugin_config
 
     runs = {}
 

@@ -1,5 +1,5 @@
-"""User estimators for the estimator-interface tests (resolved as ``estimator_examples:<name>``,
-``tests/`` being on the import path): what a user writes against ``docs/validate.md``."""
+"""User estimators for the estimator-interface tests (resolved as
+``tests.estimator_examples:<name>``, the repository root being on the import path): what a user writes against ``docs/validate.md``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A user reward function that misbehaves on demand, for the fault tests (not collected: no
-``test_`` prefix). ``callable`` reward components name it as ``fault_rewards:flaky``.
+``test_`` prefix). ``callable`` reward components name it as ``tests.fault_rewards:flaky``.
 
 ``flaky`` scores each completion by its number of words. Once the directory named by
 ``$FAULT_AFTER`` exists (a checkpoint of the run: the fault then strikes in the next iteration

@@ -9,16 +9,13 @@ import yaml
 
 pytest.importorskip("trl")
 
-from run_helpers import write_exact_run_config
-
 from align_cbrl.cli import main
 from align_cbrl.config_parser import load_config, to_dict
 from align_cbrl.data import known_prompt_sets, load_prompts
 from align_cbrl.metrics import read_jsonl
 from align_cbrl.quickstart import QUICKSTART_CONFIG, format_table
 from align_cbrl.trainer import HPGDConfig
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, write_exact_run_config
 
 
 def write_config(tmp_path, out="run"):

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import torch
-from launch_helpers import start_ranks, wait_or_dump
 
 from align_cbrl.distributed import LeaderSync, parameter_checksum
+from tests.helpers import start_ranks, wait_or_dump
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 

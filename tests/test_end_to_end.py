@@ -8,8 +8,6 @@ from exact gradient ascent (``optimize_exact``). Settings: docs/trainer.md.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -19,8 +17,9 @@ datasets = pytest.importorskip("datasets")
 from align_cbrl.config_parser import load_config  # noqa: E402
 from align_cbrl.reference.tiny_language import exact_objective, optimize_exact  # noqa: E402
 from align_cbrl.trainer import HPGDConfig, HPGDTrainer  # noqa: E402
+from tests.helpers import ROOT, grpo_args  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = ROOT / "configs"
 
 
 def improvement_ratio(task, bilevel_x0, bilevel_x, beta):
@@ -57,7 +56,6 @@ def test_orchestrated_grpo_reaches_90_percent_of_the_exact_optimum(tmp_path):
 @pytest.mark.slow
 def test_plugin_grpo_reaches_90_percent_of_the_exact_optimum(tmp_path):
     from trl import GRPOTrainer
-    from trl_helpers import grpo_args
 
     from align_cbrl.models import build_tiny_lm
     from align_cbrl.trainer import HPGDArguments, HPGDCallback, HPGDReward

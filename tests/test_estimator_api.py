@@ -98,7 +98,7 @@ def test_user_estimator_as_module_function_equals_the_builtin_it_rederives():
     kernels.seed_rng(5)
     builtin = estimate("hpgd", sol, cfg)
     kernels.seed_rng(5)
-    user = estimate("estimator_examples:hpgd_dense", sol, cfg)
+    user = estimate("tests.estimator_examples:hpgd_dense", sol, cfg)
     assert np.linalg.norm(user - builtin) <= 1e-12 * np.linalg.norm(builtin)
     buffers = sample_buffers(10, 2000)
     sample_library(sol, cfg, buffers)
@@ -122,7 +122,7 @@ def test_the_docs_example_estimators_run_and_equal_their_builtins():
     for user, builtin in (("direct_only", "naive"), ("cov_crossfit", None)):
         ref = builtin_for("covariance", "crossfit") if builtin is None else builtin
         kernels.seed_rng(7)
-        a = estimate(f"estimator_examples:{user}", sol, cfg)
+        a = estimate(f"tests.estimator_examples:{user}", sol, cfg)
         kernels.seed_rng(7)
         b = estimate(ref, sol, cfg)
         assert np.linalg.norm(a - b) <= 1e-12 * np.linalg.norm(b), user
@@ -148,7 +148,7 @@ def test_tax_user_estimator_equals_the_builtin_surrogate(tax_batch_data, transit
     builtin = TE.builtin_hpgd("mc", "crossfit", "learned")
     kw = dict(follower_transition=transition)
     a = TE.estimate(builtin, econ, theta, beta, sol, traj, **kw)
-    b = TE.estimate("estimator_examples:hpgd_dense", econ, theta, beta, sol, traj, **kw)
+    b = TE.estimate("tests.estimator_examples:hpgd_dense", econ, theta, beta, sol, traj, **kw)
     assert torch.linalg.vector_norm(a - b) <= 1e-12 * torch.linalg.vector_norm(a)
 
 
@@ -184,9 +184,9 @@ def test_tax_step_gradients_match_finite_differences(tax_batch_data):
     ("spec", "message"),
     [
         ("nope_module_xyz:fn", "cannot import module"),
-        ("estimator_examples:missing", "no attribute path"),
-        ("estimator_examples:not_callable", "non-callable"),
-        ("estimator_examples:one_argument", r"must accept \(batch, model\)"),
+        ("tests.estimator_examples:missing", "no attribute path"),
+        ("tests.estimator_examples:not_callable", "non-callable"),
+        ("tests.estimator_examples:one_argument", r"must accept \(batch, model\)"),
         ("no-such-name", "unknown estimator 'no-such-name' for four-rooms"),
     ],
 )
@@ -200,8 +200,8 @@ def test_bad_returns_are_one_line_errors():
     """Wrong shapes and NaN returns are refused at the first estimate, naming the estimator."""
     cfg, sol = _four_rooms_solution(2, 500)
     for spec, message in (
-        ("estimator_examples:wrong_shape", r"returned shape \(105,\); expected \[2, 105\]"),
-        ("estimator_examples:nan_estimate", "returned NaN/inf"),
+        ("tests.estimator_examples:wrong_shape", r"returned shape \(105,\); expected \[2, 105\]"),
+        ("tests.estimator_examples:nan_estimate", "returned NaN/inf"),
     ):
         with pytest.raises(EstimatorError, match=message) as info:
             estimate(spec, sol, cfg)

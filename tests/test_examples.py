@@ -13,8 +13,7 @@ import pytest
 
 from align_cbrl.cli import main
 from align_cbrl.examples import config_names, copy_examples, examples_root, resolve_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def test_shipped_configs_resolve_by_name(tmp_path, monkeypatch):

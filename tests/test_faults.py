@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from run_helpers import strip_times, task_with_flaky, tiny_run_config, write_flaky_plugin_config
 
 from align_cbrl.checkpoint import CheckpointManager
 from align_cbrl.cli import main
@@ -27,8 +26,14 @@ from align_cbrl.leaders import load_leader
 from align_cbrl.leaders.base import STATE_FILE
 from align_cbrl.metrics import read_jsonl
 from align_cbrl.rewards.base import RewardComponentError
+from tests.helpers import (
+    launch_pythonpath,
+    strip_times,
+    task_with_flaky,
+    tiny_run_config,
+    write_flaky_plugin_config,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 FAULT_ENV = ("FAULT_MODE", "FAULT_AFTER", "FAULT_ONCE")
 
 
@@ -95,7 +100,7 @@ def one_line(err: str) -> str:
 @pytest.mark.parametrize(
     ("mode", "message"),
     [
-        ("raise", r"reward component 'flaky' \(fault_rewards:flaky\) raised ZeroDivisionError: "
+        ("raise", r"reward component 'flaky' \(tests\.fault_rewards:flaky\) raised ZeroDivisionError: "
                   r"simulated bug in the user's reward function at fault_rewards\.py:\d+"),
         ("nan", r"reward component 'flaky' returned a non-finite score nan at index 5"),
         ("inf", r"reward component 'flaky' returned a non-finite score inf at index 5"),
@@ -162,7 +167,7 @@ def test_a_second_signal_exits_at_once_and_keeps_the_last_checkpoint(
         FAULT_MODE="SIGTERMx2",
         FAULT_AFTER=str(out / "checkpoints" / "iter_000002"),
         FAULT_ONCE=str(tmp_path / "sent"),
-        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        PYTHONPATH=launch_pythonpath(),
     )
     cmd = [sys.executable, "-m", "align_cbrl.cli", "train", "--config", str(config_file),
            "--output_dir", str(out)]  # fmt: skip
@@ -215,11 +220,9 @@ def test_plugin_reward_error_names_the_step_and_resume_is_bit_identical(tmp_path
     TRL's checkpoint-4; the error names the function, the step and that checkpoint, which is
     intact; the fixed function resumed from it ends with the unfailed run's leader bytes."""
     pytest.importorskip("trl")
-    if str(ROOT / "recipes") not in sys.path:
-        monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     import importlib
 
-    plugin = importlib.import_module("plugin")
+    plugin = importlib.import_module("plugin")  # recipes/ is on the path (pyproject)
     config = write_flaky_plugin_config(tmp_path)
 
     def run(out: Path, *extra: str) -> None:
@@ -233,7 +236,7 @@ def test_plugin_reward_error_names_the_step_and_resume_is_bit_identical(tmp_path
     with pytest.raises(RewardComponentError) as info:
         run(out)
     assert re.fullmatch(
-        r"reward component 'flaky' \(fault_rewards:flaky\) raised ZeroDivisionError: simulated "
+        r"reward component 'flaky' \(tests\.fault_rewards:flaky\) raised ZeroDivisionError: simulated "
         r"bug in the user's reward function at fault_rewards\.py:\d+, at training step 5, last "
         rf"checkpoint {re.escape(str(ckpt))}; fix the cause and rerun with --resume to continue "
         "from it",

@@ -9,8 +9,6 @@ import torch
 
 pytest.importorskip("trl")
 
-from run_helpers import run_trainer, strip_times, tiny_run_config, train_until_killed
-
 from align_cbrl.config_parser import ConfigError, load_config, parse_overrides
 from align_cbrl.followers import ExactFollower, FunctionFollower
 from align_cbrl.followers.learning import SoftmaxFollower
@@ -19,6 +17,7 @@ from align_cbrl.quickstart import QUICKSTART_CONFIG
 from align_cbrl.reference.tiny_language import TinyLanguageTask, exact_policy
 from align_cbrl.trainer import HPGDConfig, HPGDTrainer
 from align_cbrl.trainer.follower_schedule import build_follower_schedule
+from tests.helpers import run_trainer, strip_times, tiny_run_config, train_until_killed
 
 LEADER = dict(QUICKSTART_CONFIG["leader"]["spec"])
 

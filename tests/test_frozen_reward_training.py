@@ -14,11 +14,11 @@ datasets = pytest.importorskip("datasets")
 
 from transformers import TrainerControl, TrainerState  # noqa: E402
 from trl import GRPOTrainer, RLOOTrainer  # noqa: E402
-from trl_helpers import grpo_args, rloo_args  # noqa: E402
 
 from align_cbrl import FrozenShapedReward, HPGDArguments, HPGDCallback, HPGDReward  # noqa: E402
 from align_cbrl.models import build_tiny_lm, completion_logprobs  # noqa: E402
 from align_cbrl.trainer.builders import resolve_task  # noqa: E402
+from tests.helpers import grpo_args, rloo_args  # noqa: E402
 
 TRAINERS = {"grpo": (GRPOTrainer, grpo_args), "rloo": (RLOOTrainer, rloo_args)}
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 TRL_STACK = ("trl", "transformers", "accelerate", "datasets", "peft")
 CORE = ("estimators",)
 MODEL_LAYER = ("leaders", "rewards", "objective", "reference")

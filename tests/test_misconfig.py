@@ -13,12 +13,12 @@ pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
 from trl import GRPOTrainer  # noqa: E402
-from trl_helpers import grpo_args  # noqa: E402
 
 from align_cbrl.cli import main  # noqa: E402
 from align_cbrl.models import build_tiny_lm  # noqa: E402
 from align_cbrl.trainer import HPGDArguments, HPGDCallback, HPGDReward  # noqa: E402
 from align_cbrl.trainer.builders import resolve_task  # noqa: E402
+from tests.helpers import grpo_args, write_exact_run_config  # noqa: E402
 
 # a general (task-free) run on the embedded quickstart prompts: contexts quick/polite/careful;
 # its model directory does not exist, so an error about anything else came before any model
@@ -245,7 +245,6 @@ def test_missing_callable_target_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_is_one_line_that_says_resume_continues(tmp_path, capsys, monkeypatch):
-    from run_helpers import write_exact_run_config
 
     from align_cbrl.trainer import HPGDTrainer
 
@@ -264,7 +263,6 @@ def test_ctrl_c_is_one_line_that_says_resume_continues(tmp_path, capsys, monkeyp
 
 # --------------------------------------------------------------------------- item 8
 def test_no_progress_prints_one_line_per_iteration_and_names_the_arm(tmp_path, capsys):
-    from run_helpers import write_exact_run_config
 
     cfg = write_exact_run_config(tmp_path / "c.yaml", tmp_path / "run", iterations=2)
     assert main(["train", "--config", str(cfg), "--no-plots", "--leader.estimator", "fixed"]) == 0

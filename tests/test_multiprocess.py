@@ -7,7 +7,7 @@ the hypergradient locally; the all-reduce must leave every rank with bit-identic
 parameters after every update (``--debug_sync`` compares checksums across ranks after each
 update and has each rank write the exact bits of its parameters), and only rank 0 may write the
 run's outputs. Each launch has its own timeout and dumps the stacks of stuck processes
-(tests/launch_helpers.py); the runs are shared with the fault tests (``two_process_runs`` in
+(tests/helpers.py); the runs are shared with the fault tests (``two_process_runs`` in
 tests/conftest.py, tests/test_multiprocess_faults.py). The lower-level check (same mechanism
 without TRL, and equality with the single-process estimate) is tests/test_distributed.py.
 """

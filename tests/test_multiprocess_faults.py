@@ -10,7 +10,7 @@ tests/test_multiprocess.py (the ``two_process_runs`` fixture):
 
 The ranks of the dead-rank run are started directly (no launcher agent, which would kill the
 survivor itself), each with its own log; every wait has a timeout and dumps the stacks of stuck
-processes (tests/launch_helpers.py)."""
+processes (tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -20,16 +20,18 @@ import time
 from pathlib import Path
 
 import pytest
-from launch_helpers import (
+
+from tests.helpers import (
     ROOT,
     launch,
-    pythonpath_with_tests,
+    launch_pythonpath,
     recipe_args,
     start_ranks,
+    strip_times,
     sync_reports,
     wait_or_dump,
+    write_flaky_plugin_config,
 )
-from run_helpers import strip_times, write_flaky_plugin_config
 
 pytest.importorskip("trl")
 pytest.importorskip("accelerate")
@@ -101,11 +103,11 @@ def test_plugin_two_processes_resume_after_a_failed_step_bit_identically(
     script = ROOT / "recipes" / "plugin.py"
     ckpt = out / "checkpoint-4"
     fault = {"FAULT_MODE": "raise", "FAULT_AFTER": str(ckpt / "hpgd_leader")}
-    code, output = launch(script, args, 2, PYTHONPATH=pythonpath_with_tests(), **fault)
+    code, output = launch(script, args, 2, PYTHONPATH=launch_pythonpath(), **fault)
     assert code != 0
     line = next(line for line in output.splitlines() if line.startswith("[rank 0] error:"))
     assert line.startswith(
-        "[rank 0] error: reward component 'flaky' (fault_rewards:flaky) raised ZeroDivisionError: "
+        "[rank 0] error: reward component 'flaky' (tests.fault_rewards:flaky) raised ZeroDivisionError: "
         "simulated bug in the user's reward function at fault_rewards.py:"
     )
     assert line.endswith(
@@ -114,7 +116,7 @@ def test_plugin_two_processes_resume_after_a_failed_step_bit_identically(
     )
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]
 
-    code, output = launch(script, [*args, "--resume"], 2, PYTHONPATH=pythonpath_with_tests())
+    code, output = launch(script, [*args, "--resume"], 2, PYTHONPATH=launch_pythonpath())
     assert code == 0, output[-3000:]
     r0, r1 = sync_reports(sync_dir)
     assert r0["hex"] == r1["hex"] == ref0["hex"]

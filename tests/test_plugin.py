@@ -12,13 +12,13 @@ datasets = pytest.importorskip("datasets")
 
 from transformers import TrainerControl, TrainerState  # noqa: E402
 from trl import GRPOTrainer, RLOOTrainer  # noqa: E402
-from trl_helpers import grpo_args, rloo_args  # noqa: E402
 
 from align_cbrl.estimators.grouped import grouped_hpgd_gradient  # noqa: E402
 from align_cbrl.models import build_tiny_lm  # noqa: E402
 from align_cbrl.trainer import HPGDArguments, HPGDCallback, HPGDReward  # noqa: E402
 from align_cbrl.trainer.builders import resolve_task  # noqa: E402
 from align_cbrl.trainer.callback import CHECKPOINT_DIR  # noqa: E402
+from tests.helpers import grpo_args, rloo_args  # noqa: E402
 
 LEADER_METRICS = {
     "leader/grad_norm",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,15 +14,12 @@ from align_cbrl import load_leader
 from align_cbrl.cli import main as cli_main
 from align_cbrl.metrics import read_jsonl
 from align_cbrl.trainer.callback import CHECKPOINT_DIR
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize(("kind", "config"), [("grpo", "plugin_grpo_tiny.yaml")])
 def test_plugin_recipe_resumes_from_its_trl_checkpoint(tmp_path, kind, config):
-    if str(ROOT / "recipes") not in sys.path:
-        sys.path.insert(0, str(ROOT / "recipes"))
-    main = importlib.import_module("plugin").main
+    main = importlib.import_module("plugin").main  # recipes/ is on the path (pyproject)
     out = tmp_path / "run"
     base = [kind, "--config", str(ROOT / "configs" / "recipes" / config), "--output_dir", str(out)]
     main([*base, "--max_steps", "4"])

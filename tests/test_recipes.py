@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,14 @@ pytest.importorskip("accelerate")
 from align_cbrl.config_parser import ConfigError
 from align_cbrl.leaders import load_leader
 from align_cbrl.metrics import read_jsonl
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ROOT / "recipes"
 CONFIGS = ROOT / "configs"
 
 
 def recipe(name: str):
-    if str(RECIPES) not in sys.path:
-        sys.path.insert(0, str(RECIPES))
+    """The recipe script ``recipes/<name>.py`` as a module (recipes/ is on the path through
+    pyproject's pytest settings, as a script's own directory is when it runs)."""
     return importlib.import_module(name)
 
 

@@ -23,6 +23,7 @@ from align_cbrl.rewards import (
     register_component,
     score_components,
 )
+from tests.helpers import ROOT
 
 PROMPTS = ["q1", "q2", "q3"]
 COMPS = ["a b a", "Please, c", "d"]
@@ -198,9 +199,8 @@ def test_yaml_swap_changes_rewards_and_config_errors(tmp_path) -> None:
 
 
 def test_example_configs_in_repo_build() -> None:
-    from pathlib import Path
 
-    files = sorted((Path(__file__).resolve().parents[1] / "configs" / "rewards").glob("*.yaml"))
+    files = sorted((ROOT / "configs" / "rewards").glob("*.yaml"))
     assert files, "configs/rewards/*.yaml should ship examples"
     for f in files:
         cfg = load_reward_config(f)

@@ -12,10 +12,9 @@ import pytest
 
 pytest.importorskip("trl")
 
-from run_helpers import write_exact_run_config
-
 from align_cbrl.cli import main
 from align_cbrl.metrics import read_jsonl
+from tests.helpers import write_exact_run_config
 
 
 def write_config(tmp_path: Path, out: str | Path = "run", tensorboard: str = "false") -> Path:

@@ -9,9 +9,8 @@ import torch
 
 pytest.importorskip("trl")
 
-from run_helpers import run_trainer, strip_times, tiny_run_config
-
 from align_cbrl.metrics import read_jsonl
+from tests.helpers import run_trainer, strip_times, tiny_run_config
 
 GRPO = {
     "name": "f0",

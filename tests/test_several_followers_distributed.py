@@ -8,23 +8,21 @@ and tests/test_multiprocess.py)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from launch_helpers import accelerate_launch
+
+from tests.helpers import accelerate_launch, launch_pythonpath
 
 pytest.importorskip("accelerate")
 
-ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("several_followers_worker.py")
 
 
 def launch(mode: str, processes: int, out: Path) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    accelerate_launch(WORKER, [mode, str(out)], processes, PYTHONPATH=pythonpath)
+    accelerate_launch(WORKER, [mode, str(out)], processes, PYTHONPATH=launch_pythonpath())
     return [
         json.loads((out / f"{mode}_rank{r}_of_{processes}.json").read_text())
         for r in range(processes)

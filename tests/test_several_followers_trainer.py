@@ -13,8 +13,6 @@ import torch
 
 pytest.importorskip("transformers")
 
-from run_helpers import run_trainer, strip_times, tiny_run_config
-
 from align_cbrl.config_parser import ConfigError
 from align_cbrl.metrics import read_jsonl
 from align_cbrl.quickstart import QUICKSTART_CONFIG
@@ -26,6 +24,7 @@ from align_cbrl.reference.several_followers import (
 from align_cbrl.trainer import GroupedSamples, HPGDConfig, HPGDTrainer, leader_surrogate
 from align_cbrl.trainer.builders import resolve_task
 from align_cbrl.trainer.exact_reference import exact_followers
+from tests.helpers import ROOT, run_trainer, strip_times, tiny_run_config
 
 LEADER = dict(QUICKSTART_CONFIG["leader"]["spec"])  # bounded sigmoid weights, l2 cost 0.25
 
@@ -205,11 +204,10 @@ def test_bad_followers_fail_in_one_line_before_training(tmp_path, followers, lea
 
 
 def test_the_two_followers_config_loads():
-    from pathlib import Path
 
     from align_cbrl.config_parser import load_config
 
-    path = Path(__file__).resolve().parent.parent / "configs" / "two_followers.yaml"
+    path = ROOT / "configs" / "two_followers.yaml"
     config = load_config(HPGDConfig, path, {"output_dir": "unused"})
     a, b = config.followers
     assert config.normalised_weights() == pytest.approx([1 / 3, 2 / 3])
@@ -219,11 +217,10 @@ def test_the_two_followers_config_loads():
 
 
 def test_the_two_followers_config_runs_with_grpo_followers(tmp_path):
-    from pathlib import Path
 
     from align_cbrl.config_parser import load_config
 
-    path = Path(__file__).resolve().parent.parent / "configs" / "two_followers.yaml"
+    path = ROOT / "configs" / "two_followers.yaml"
     small = {"iterations": 1, "follower_steps": 1, "num_samples": 2, "eval_samples": 0}
     config = load_config(
         HPGDConfig,

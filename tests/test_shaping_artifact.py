@@ -16,8 +16,7 @@ import torch
 from align_cbrl import FrozenShapedReward, HPGDReward, build_components, load_leader
 from align_cbrl.rewards.callable import InMemoryCallableError
 from align_cbrl.trainer.builders import resolve_task
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, grpo_args, write_exact_run_config
 
 
 def n_a(prompts, completions, **kw):
@@ -153,7 +152,6 @@ def test_a_placeholder_component_must_be_supplied_again(tmp_path, task):
 def test_callback_warns_early_about_an_in_memory_component(tmp_path, task):
     pytest.importorskip("trl")
     from transformers import TrainerControl, TrainerState
-    from trl_helpers import grpo_args
 
     from align_cbrl import HPGDCallback
 
@@ -223,7 +221,6 @@ def test_push_to_hub_uploads_exactly_the_saved_folder(tmp_path, task, monkeypatc
 
 
 def test_export_writes_the_run_leader_from_the_run_or_its_checkpoint(tmp_path, capsys):
-    from run_helpers import write_exact_run_config
 
     from align_cbrl.cli import main
 

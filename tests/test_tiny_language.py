@@ -18,6 +18,7 @@ from align_cbrl.reference.tiny_language import (
     optimize_exact,
     sample_completions,
 )
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -258,9 +259,8 @@ def test_a_real_word_level_lm_generates_exactly_this_set(task: TinyLanguageTask)
 
 
 def test_config_from_yaml_matches_shipped_reward_config(tmp_path) -> None:
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "rewards" / "tiny_language.yaml"
+    path = ROOT / "configs" / "rewards" / "tiny_language.yaml"
     cfg = TinyLanguageConfig.from_yaml(path)
     assert (cfg.components, cfg.follower, cfg.leader) == (
         TinyLanguageConfig().components,

@@ -10,7 +10,6 @@ import warnings
 
 import pytest
 import torch
-from run_helpers import run_trainer, tiny_run_config
 
 from align_cbrl.trainer.tracking import (
     TRACKING_THRESHOLD,
@@ -18,6 +17,7 @@ from align_cbrl.trainer.tracking import (
     FollowerTrackingWarning,
     response_ratio_terms,
 )
+from tests.helpers import grpo_args, run_trainer, tiny_run_config
 
 
 def test_response_ratio_terms_by_hand():
@@ -105,7 +105,6 @@ def plugin_run(tmp_path, lr, update_every, prompts_per_step, num_generations, up
     pytest.importorskip("trl")
     import datasets
     from trl import GRPOTrainer
-    from trl_helpers import grpo_args
 
     from align_cbrl.models import build_tiny_lm
     from align_cbrl.quickstart import QUICKSTART_CONFIG

@@ -10,8 +10,6 @@ import torch
 
 pytest.importorskip("trl")
 
-from run_helpers import run_trainer, strip_times, tiny_run_config, train_until_killed
-
 from align_cbrl.config_parser import ConfigError
 from align_cbrl.estimators.grouped import grouped_hpgd_gradient
 from align_cbrl.followers.base import RewardFunctionError
@@ -32,6 +30,7 @@ from align_cbrl.trainer import (
 from align_cbrl.trainer.builders import resolve_task
 from align_cbrl.trainer.estimation import Direction
 from align_cbrl.trainer.stats import LeaderStats
+from tests.helpers import run_trainer, strip_times, tiny_run_config, train_until_killed
 
 LEADER = dict(QUICKSTART_CONFIG["leader"]["spec"])  # bounded sigmoid weights, l2 cost 0.25
 

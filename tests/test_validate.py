@@ -22,21 +22,21 @@ def test_biased_user_estimator_is_flagged_and_hpgd_passes(tmp_path, capsys):
     HPGD (built-in, fused) and a user's re-derivation of it that returns the hypergradient
     itself pass the same test; the short outer loop runs the user estimator in HPGD's place."""
     rc = _validate(
-        tmp_path, "--estimator", "estimator_examples:same_trajectory_hpgd",
-        "--reference", "hpgd,estimator_examples:hpgd_dense", "--estimates", "100",
+        tmp_path, "--estimator", "tests.estimator_examples:same_trajectory_hpgd",
+        "--reference", "hpgd,tests.estimator_examples:hpgd_dense", "--estimates", "100",
         "--steps-grid", "10000", "--iters", "4", "--seeds", "2",
     )  # fmt: skip
     assert rc == 0
     line = capsys.readouterr().out.splitlines()[0]
-    head = "verdict [four-rooms/default] estimator_examples:same_trajectory_hpgd: BIASED"
+    head = "verdict [four-rooms/default] tests.estimator_examples:same_trajectory_hpgd: BIASED"
     assert line.startswith(head)
     res = json.loads((tmp_path / "validate.json").read_text())
     assert res["unbiased"] is False
-    for ref in ("hpgd", "estimator_examples:hpgd_dense"):
+    for ref in ("hpgd", "tests.estimator_examples:hpgd_dense"):
         for row in res["bias"][ref]:
             assert row["p_value"] >= ALPHA / 2, (ref, row)
     assert all(r["p_value"] < 1e-6 for r in res["bias"][res["candidate"]])  # decisive
-    assert len(res["outer"]["estimator_examples:same_trajectory_hpgd"]["F_last"]) == 2
+    assert len(res["outer"]["tests.estimator_examples:same_trajectory_hpgd"]["F_last"]) == 2
     assert (tmp_path / "validate.png").stat().st_size > 10_000
 
 
@@ -44,8 +44,8 @@ def test_biased_user_estimator_is_flagged_and_hpgd_passes(tmp_path, capsys):
     ("spec", "message"),
     [
         ("nope_module_xyz:fn", "cannot import module"),
-        ("estimator_examples:wrong_shape", "returned shape"),
-        ("estimator_examples:nan_estimate", "returned NaN"),
+        ("tests.estimator_examples:wrong_shape", "returned shape"),
+        ("tests.estimator_examples:nan_estimate", "returned NaN"),
     ],
 )
 def test_bad_estimators_fail_with_one_line(tmp_path, capsys, spec, message):
@@ -66,7 +66,7 @@ def test_tax_design_validate_writes_its_results(tmp_path):
     from tabular_reference.tax_design.rewards import initial_theta
 
     rc = _validate(
-        tmp_path, "--env", "tax-design", "--estimator", "estimator_examples:hpgd_dense",
+        tmp_path, "--env", "tax-design", "--estimator", "tests.estimator_examples:hpgd_dense",
         "--estimates", "4", "--steps", "400", "--steps-grid", "400", "--iters", "2",
         "--seeds", "1", "--warmup", "1",
     )  # fmt: skip
@@ -74,6 +74,6 @@ def test_tax_design_validate_writes_its_results(tmp_path):
     res = json.loads((tmp_path / "validate.json").read_text())
     _, g, _ = exact_hypergradient(Economy(), initial_theta(1), 0.1)
     assert res["exact"][0]["norm"] == pytest.approx(float(torch.linalg.vector_norm(g)), rel=1e-12)
-    assert set(res["bias"]) == {"estimator_examples:hpgd_dense", "hpgd"}
+    assert set(res["bias"]) == {"tests.estimator_examples:hpgd_dense", "hpgd"}
     assert all(len(rows) == 1 and "rel_bias" in rows[0] for rows in res["bias"].values())
-    assert len(res["outer"]["estimator_examples:hpgd_dense"]["F"][0]) == 3
+    assert len(res["outer"]["tests.estimator_examples:hpgd_dense"]["F"][0]) == 3

@@ -5,30 +5,22 @@ known constrained optimum."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from align_cbrl.reference.tiny_language import exact_objective
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_weight_sweep_tiny", ROOT / "bench" / "weight_sweep_tiny.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses resolve their module's names through sys.modules
-    spec.loader.exec_module(mod)
+    mod = load_script(ROOT / "bench" / "weight_sweep_tiny.py")
     yield mod
-    del sys.modules[spec.name]
+    del sys.modules[mod.__name__]
 
 
 def _trainer(bench, tmp_path, task="tiny_language", iterations=1, estimator="hpgd"):
