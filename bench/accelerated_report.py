@@ -18,8 +18,10 @@ def bias_tables(path: str) -> str:
         out.append(
             f"\n**Follower start: {res['start']}** (||exact dF/dx|| = {res['exact_norm']:.4f})\n"
         )
-        out.append("| follower sweeps n | rel. bias of the mean | ± s.e. | cosine | spread / estimate "
-                   "| (HG) at the learned policy: rel. bias | cosine |")  # fmt: skip
+        out.append(
+            "| follower sweeps n | rel. bias of the mean | ± s.e. | cosine | spread / estimate "
+            "| (HG) at the learned policy: rel. bias | cosine |"
+        )
         out.append("|---|---|---|---|---|---|---|")
         for r in res["plain"]:
             p = r.get("plug_in", {"rel_bias": 0.0, "cosine": 1.0})  # n = inf: (HG) itself
@@ -27,8 +29,10 @@ def bias_tables(path: str) -> str:
                 f"| {r['n']} | {r['rel_bias']:.3f} | {r['rel_se']:.3f} | {r['cosine']:.3f} | "
                 f"{r['rel_spread']:.2f} | {p['rel_bias']:.4f} | {p['cosine']:.4f} |"
             )
-        out.append("\n| multilevel n0, J_max (top level) | sweeps / estimate (expected) | rel. bias "
-                   "| ± s.e. | cosine | spread / estimate |")  # fmt: skip
+        out.append(
+            "\n| multilevel n0, J_max (top level) | sweeps / estimate (expected) | rel. bias "
+            "| ± s.e. | cosine | spread / estimate |"
+        )
         out.append("|---|---|---|---|---|---|")
         for r in res["multilevel"]:
             out.append(
@@ -50,12 +54,17 @@ def bias_tables(path: str) -> str:
 def equal_table(path: str) -> str:
     d = json.loads(Path(path).read_text())
     a = d["args"]
-    head = (f"\n**lam {a['lam']}, budget cost {a['beta']}, lr {a['lr']}, {a['seeds']} seeds, "
-            f"budget {a['budget']} follower sweeps per run, {a['steps']} sampled steps per "
-            f"estimate; F* = {sum(d['F_star']) / len(d['F_star']):.4f} (exact ascent, lr "
-            f"{a['star_lr']}, {a['star_iters']} iterations)**\n\n")  # fmt: skip
-    rows = ["| method | final F | ± s.e. | gap F* - F | ± s.e. | sweeps | outer iterations "
-            "| sampled env steps | levels drawn (J = 0, 1, ...) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    head = (
+        f"\n**lam {a['lam']}, budget cost {a['beta']}, lr {a['lr']}, {a['seeds']} seeds, "
+        f"budget {a['budget']} follower sweeps per run, {a['steps']} sampled steps per "
+        f"estimate; F* = {sum(d['F_star']) / len(d['F_star']):.4f} (exact ascent, lr "
+        f"{a['star_lr']}, {a['star_iters']} iterations)**\n\n"
+    )
+    rows = [
+        "| method | final F | ± s.e. | gap F* - F | ± s.e. | sweeps | outer iterations "
+        "| sampled env steps | levels drawn (J = 0, 1, ...) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in d["rows"]:
         rows.append(
             f"| {r['method']} | {r['F']:.4f} | {r['F_se']:.4f} | {r['gap']:.4f} | "

@@ -37,15 +37,28 @@ from tabular_reference.four_rooms.algorithms import RunConfig, run
 
 
 def _cfg(args: argparse.Namespace, **kw) -> RunConfig:
-    base = dict(algo="hpgd", beta=args.lam, budget_cost=args.beta, lrs=[args.lr],
-                seeds=list(range(args.seeds)), steps_per_iter=args.steps, job_seed=args.job_seed)  # fmt: skip
+    base = dict(
+        algo="hpgd",
+        beta=args.lam,
+        budget_cost=args.beta,
+        lrs=[args.lr],
+        seeds=list(range(args.seeds)),
+        steps_per_iter=args.steps,
+        job_seed=args.job_seed,
+    )
     return RunConfig(**(base | kw))
 
 
 def optimum(args: argparse.Namespace) -> np.ndarray:
     """``F*`` per seed: exact ascent from the same initial logits."""
-    cfg = _cfg(args, algo="exact", lrs=[args.star_lr], iters=args.star_iters,
-               eval_every=args.star_iters, eval_last=1)  # fmt: skip
+    cfg = _cfg(
+        args,
+        algo="exact",
+        lrs=[args.star_lr],
+        iters=args.star_iters,
+        eval_every=args.star_iters,
+        eval_last=1,
+    )
     return run(cfg, progress=False).F[:, -1]
 
 
@@ -71,8 +84,13 @@ def methods(args: argparse.Namespace) -> dict[str, LearningConfig]:
         ),
     }
     for J in [int(v) for v in args.levels.split(",")]:
-        lc = LearningConfig(base_steps=args.base, max_level=J, probabilities=probs,
-                            coupling=args.coupling, budget=args.budget)  # fmt: skip
+        lc = LearningConfig(
+            base_steps=args.base,
+            max_level=J,
+            probabilities=probs,
+            coupling=args.coupling,
+            budget=args.budget,
+        )
         lc.eval_every = max(1, int(ev // lc.schedule().expected_steps()))
         out[lc.label] = lc
     return out
@@ -83,12 +101,19 @@ def summarise(name: str, res, F_star: np.ndarray, grid: np.ndarray) -> dict:
     gm, gse = mean_se(F_star - res.final_F)
     curve_m, curve_se = mean_se(on_grid(res, grid)) if res.learning.budget else (None, None)
     row = {
-        "method": name, "F": float(m), "F_se": float(se), "gap": float(gm), "gap_se": float(gse),
-        "sweeps": float(res.updates.mean()), "iters": float(res.iters.mean()),
-        "env_steps": float(np.mean(res.iters)) * res.config.steps_per_iter
+        "method": name,
+        "F": float(m),
+        "F_se": float(se),
+        "gap": float(gm),
+        "gap_se": float(gse),
+        "sweeps": float(res.updates.mean()),
+        "iters": float(res.iters.mean()),
+        "env_steps": float(np.mean(res.iters))
+        * res.config.steps_per_iter
         * (1 + np.mean(res.levels) if res.levels else 1),
-        "wall_s": res.wall_s, "final_F": res.final_F.tolist(),
-    }  # fmt: skip
+        "wall_s": res.wall_s,
+        "final_F": res.final_F.tolist(),
+    }
     if curve_m is not None:
         row["curve"] = {"sweeps": grid.tolist(), "F": curve_m.tolist(), "se": curve_se.tolist()}
     if res.levels:
@@ -147,12 +172,18 @@ def main() -> None:
     ref = LearningConfig(eval_every=max(1, args.budget // args.small))
     ref_res = run_learning(_cfg(args, iters=args.budget // args.small), ref)
     rows.append(summarise("hpgd exact follower (reference)", ref_res, F_star, grid))
-    out = {"args": vars(args), "F_star": F_star.tolist(), "rows": rows,
-           "wall_s": time.perf_counter() - t0}  # fmt: skip
+    out = {
+        "args": vars(args),
+        "F_star": F_star.tolist(),
+        "rows": rows,
+        "wall_s": time.perf_counter() - t0,
+    }
     atomic_write_text(args.json, json.dumps(out, indent=1))
     if args.plot:
-        title = (f"Four-Rooms lam={args.lam} beta={args.beta} lr={args.lr}, "
-                 f"{args.seeds} seeds, budget {args.budget} sweeps")  # fmt: skip
+        title = (
+            f"Four-Rooms lam={args.lam} beta={args.beta} lr={args.lr}, "
+            f"{args.seeds} seeds, budget {args.budget} sweeps"
+        )
         plot(rows, F_star, Path(args.plot), title)
     print(f"wrote {args.json} ({out['wall_s']:.0f} s)")
 

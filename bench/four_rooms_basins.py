@@ -92,9 +92,13 @@ def main() -> None:
     for lam, beta in CELLS:
         t0 = time.perf_counter()
         base = dict(
-            algo="exact", beta=lam, budget_cost=beta, lrs=[args.lr], iters=args.iters,
+            algo="exact",
+            beta=lam,
+            budget_cost=beta,
+            lrs=[args.lr],
+            iters=args.iters,
             dynamics=args.dynamics,
-        )  # fmt: skip
+        )
         a = run(RunConfig(seeds=[0], **base), progress=False).F_last
         b = run(RunConfig(seeds=list(range(len(x0))), **base), progress=False, x0=x0).F_last
         ph, pa, pz = (PAPER[(lam, beta)][col][0] for col in ("hpgd", "amd", "zo"))

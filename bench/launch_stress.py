@@ -94,8 +94,16 @@ def run_launch(recipe: str, index: int, timeout: float, logs: Path) -> dict[str,
     """One two-process launch of ``recipe``; its record (module docstring)."""
     work = Path(tempfile.mkdtemp(prefix=f"stress_{recipe}_"))
     out, sync = work / "run", work / "sync"
-    args = ["grpo", "--config", str(CONFIGS[recipe]), "--output_dir", str(out),
-            "--debug_sync", str(sync), *SMALLEST[recipe]]  # fmt: skip
+    args = [
+        "grpo",
+        "--config",
+        str(CONFIGS[recipe]),
+        "--output_dir",
+        str(out),
+        "--debug_sync",
+        str(sync),
+        *SMALLEST[recipe],
+    ]
     cmd = launch_command(ROOT / "recipes" / f"{recipe}.py", args, 2)
     t0 = time.monotonic()
     proc, log = start(cmd, launch_env(), f"{recipe}{index}")

@@ -79,11 +79,20 @@ def orchestrated(config_name: str, iterations: int, steps: int) -> dict[str, flo
 
 # the plugin run's GRPO settings besides its output directory and length
 PLUGIN_GRPO = {
-    "beta": 0.5, "scale_rewards": "none", "num_generations": 8, "per_device_train_batch_size": 16,
-    "max_completion_length": 2, "learning_rate": 1e-2, "report_to": "none", "save_strategy": "no",
-    "disable_tqdm": True, "use_cpu": True, "activation_checkpointing": False, "seed": 0,
+    "beta": 0.5,
+    "scale_rewards": "none",
+    "num_generations": 8,
+    "per_device_train_batch_size": 16,
+    "max_completion_length": 2,
+    "learning_rate": 1e-2,
+    "report_to": "none",
+    "save_strategy": "no",
+    "disable_tqdm": True,
+    "use_cpu": True,
+    "activation_checkpointing": False,
+    "seed": 0,
     "bf16": False,
-}  # fmt: skip
+}
 
 
 def plugin(steps: int, update_every: int) -> dict[str, float]:

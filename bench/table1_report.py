@@ -51,11 +51,19 @@ def _amd_row(r: dict[str, Any], metric: str = "mean") -> dict[str, Any]:
     m = r[metric]
     se = r["se" if metric == "mean" else "se_published_solve"]
     return {
-        "lam": r["lam"], "beta": r["beta"], "algo": "amd", "mean": m, "se": se,
-        "paper_mean": r["paper_mean"], "paper_se": r["paper_se"],
-        "within": bool(abs(m - r["paper_mean"]) <= tol), "lr": r["lr"], "c": None,
-        "escaped_seeds": None, "n_seeds": r["n"],
-    }  # fmt: skip
+        "lam": r["lam"],
+        "beta": r["beta"],
+        "algo": "amd",
+        "mean": m,
+        "se": se,
+        "paper_mean": r["paper_mean"],
+        "paper_se": r["paper_se"],
+        "within": bool(abs(m - r["paper_mean"]) <= tol),
+        "lr": r["lr"],
+        "c": None,
+        "escaped_seeds": None,
+        "n_seeds": r["n"],
+    }
 
 
 def _best_rows(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:

@@ -140,19 +140,37 @@ def measure(econ, args, theta, theta_lag, kind: str) -> dict:
             "plug_in": point_bias(plug, exact),
         }
         rows.append(row | {"wall_s": time.perf_counter() - t0})
-        print(kind, "n", row["n"], json.dumps({k: row[k] for k in ("rel_bias", "rel_se", "cosine")}),
-              "plug-in", json.dumps(row["plug_in"]), flush=True)  # fmt: skip
+        print(
+            kind,
+            "n",
+            row["n"],
+            json.dumps({k: row[k] for k in ("rel_bias", "rel_se", "cosine")}),
+            "plug-in",
+            json.dumps(row["plug_in"]),
+            flush=True,
+        )
     ml = []
     for J in [int(v) for v in args.levels.split(",") if v]:
         sched = MultilevelSchedule(args.base, J)
         t0 = time.perf_counter()
         means, every, steps = b.multilevel(sched, args.m_ml, args.ml_batch, gen)
-        row = {"base_steps": args.base, "max_level": J, "top": sched.steps(J), "sweeps": steps,
-               "expected_sweeps": sched.expected_steps(), **bias_summary(every, exact, means)}  # fmt: skip
+        row = {
+            "base_steps": args.base,
+            "max_level": J,
+            "top": sched.steps(J),
+            "sweeps": steps,
+            "expected_sweeps": sched.expected_steps(),
+            **bias_summary(every, exact, means),
+        }
         ml.append(row | {"wall_s": time.perf_counter() - t0})
         print(kind, "mlmc", json.dumps(row), flush=True)
-    return {"start": kind, "exact": exact.tolist(), "exact_norm": float(np.linalg.norm(exact)),
-            "plain": rows, "multilevel": ml}  # fmt: skip
+    return {
+        "start": kind,
+        "exact": exact.tolist(),
+        "exact_norm": float(np.linalg.norm(exact)),
+        "plain": rows,
+        "multilevel": ml,
+    }
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -172,9 +190,13 @@ def report(res: dict) -> str:
     """The markdown tables of ``docs/accelerated.md`` from the results file."""
     lines = []
     for r in res["results"]:
-        lines += [f"Household start **{r['start']}** (||exact|| = {r['exact_norm']:.3f}):", "",
-                  "| sweeps n | rel. bias of the mean | ± s.e. | cosine | spread / estimate "
-                  "| plug-in at the learned policy: rel. bias | cosine |", "|---" * 7 + "|"]  # fmt: skip
+        lines += [
+            f"Household start **{r['start']}** (||exact|| = {r['exact_norm']:.3f}):",
+            "",
+            "| sweeps n | rel. bias of the mean | ± s.e. | cosine | spread / estimate "
+            "| plug-in at the learned policy: rel. bias | cosine |",
+            "|---" * 7 + "|",
+        ]
         for p in r["plain"]:
             lines.append(
                 f"| {p['n']} | {p['rel_bias']:.4f} | {p['rel_se']:.4f} | {p['cosine']:.5f} | "
@@ -182,8 +204,12 @@ def report(res: dict) -> str:
                 f"{p['plug_in']['cosine']:.6f} |"
             )
         if r["multilevel"]:
-            lines += ["", "| multilevel n0, J_max (top level) | sweeps / estimate (expected) | "
-                      "rel. bias | ± s.e. | cosine | spread / estimate |", "|---" * 6 + "|"]  # fmt: skip
+            lines += [
+                "",
+                "| multilevel n0, J_max (top level) | sweeps / estimate (expected) | "
+                "rel. bias | ± s.e. | cosine | spread / estimate |",
+                "|---" * 6 + "|",
+            ]
             for m in r["multilevel"]:
                 lines.append(
                     f"| {m['base_steps']}, {m['max_level']} ({m['top']}) | {m['sweeps']:.1f} "
@@ -226,9 +252,14 @@ def main() -> None:
     results = []
     for kind in args.starts.split(","):  # written after each start
         results.append(measure(econ, args, theta, theta_lag, kind))
-        out = {"args": vars(args), "theta": theta.tolist(), "rates": rates(theta).tolist(),
-               "theta_lag": theta_lag.tolist(), "results": results,
-               "wall_s": time.perf_counter() - t0}  # fmt: skip
+        out = {
+            "args": vars(args),
+            "theta": theta.tolist(),
+            "rates": rates(theta).tolist(),
+            "theta_lag": theta_lag.tolist(),
+            "results": results,
+            "wall_s": time.perf_counter() - t0,
+        }
         atomic_write_text(args.json, json.dumps(out, indent=1))
     if args.plot:
         plot(results, Path(args.plot))

@@ -37,10 +37,24 @@ from tabular_reference.tax_design.sweep import discover, make_jobs, run_sweep, s
 
 TARGET_SECONDS = 20 * 60
 ROW_KEYS = (
-    "lam", "algo", "final_mean", "final_se", "iters_to_zo_sampled_final", "rates",
-    "n_seeds_reaching", "mean_curve_reach", "half_gain_iteration", "n_rising", "n_vat_ordered",
-    "n_seeds", "initial", "reference", "reference_final", "seconds", "cpu_seconds",
-)  # fmt: skip
+    "lam",
+    "algo",
+    "final_mean",
+    "final_se",
+    "iters_to_zo_sampled_final",
+    "rates",
+    "n_seeds_reaching",
+    "mean_curve_reach",
+    "half_gain_iteration",
+    "n_rising",
+    "n_vat_ordered",
+    "n_seeds",
+    "initial",
+    "reference",
+    "reference_final",
+    "seconds",
+    "cpu_seconds",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,9 +187,14 @@ def main() -> None:
         zo_crn=args.zo_crn,
     )
     jobs = make_jobs(
-        args.algos, args.lam, list(range(args.seeds)), args.iters, settings, [args.zo_c],
+        args.algos,
+        args.lam,
+        list(range(args.seeds)),
+        args.iters,
+        settings,
+        [args.zo_c],
         budgets=budgets,
-    )  # fmt: skip
+    )
     if args.by_lam:
         jobs = sorted(jobs, key=lambda j: j.beta)  # stable: longest first within a lambda
     if args.append and (args.json is None or not Path(args.json).exists()):

@@ -67,8 +67,21 @@ def main() -> None:
         label, _, path = spec.partition("=")
         res = json.loads((Path(path) / "validate.json").read_text())
         print("\n".join(rows_of(label, res)))
-        keep = ("candidate", "references", "harness", "sizes", "contexts", "exact", "bias",
-                "variance", "comparisons", "unbiased", "verdict", "wall_s", "cpu_s")  # fmt: skip
+        keep = (
+            "candidate",
+            "references",
+            "harness",
+            "sizes",
+            "contexts",
+            "exact",
+            "bias",
+            "variance",
+            "comparisons",
+            "unbiased",
+            "verdict",
+            "wall_s",
+            "cpu_s",
+        )
         entry = {"label": label, **{k: res[k] for k in keep}}
         entry["outer_F_last"] = {n: o["F_last"] for n, o in res["outer"].items()}
         merged.append(entry)

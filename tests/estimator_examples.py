@@ -12,16 +12,27 @@ from align_cbrl.estimators.trajectory import hpgd_weights
 
 def _weights(batch, model, **kw):
     return hpgd_weights(
-        batch.tensor("states"), batch.tensor("leader_rewards"), batch.tensor("episode_start"),
-        model.gamma, float(model.beta[0]), n_states=model.n_states, **kw,
-    )  # fmt: skip
+        batch.tensor("states"),
+        batch.tensor("leader_rewards"),
+        batch.tensor("episode_start"),
+        model.gamma,
+        float(model.beta[0]),
+        n_states=model.n_states,
+        **kw,
+    )
 
 
 def hpgd_dense(batch, model):
     """HPGD's cross-fitted MC form, contracted by the user with the batch's step gradients:
     returns the hypergradient itself, ``[R, P]`` (unbiased)."""
-    w = _weights(batch, model, form="mc", actions=batch.tensor("actions"),
-                 n_actions=model.n_actions, leader_q="crossfit")  # fmt: skip
+    w = _weights(
+        batch,
+        model,
+        form="mc",
+        actions=batch.tensor("actions"),
+        n_actions=model.n_actions,
+        leader_q="crossfit",
+    )
     g = batch.follower_grad.contract(w.follower) + batch.leader_grad.contract(w.leader)
     if batch.transition_grad is not None:
         g = g + batch.transition_grad.contract(w.transition)
@@ -54,10 +65,17 @@ def cov_crossfit(batch, model):
     """Covariance form (1/beta) E[dQ* Abar] (docs/theory.md §2), leader values cross-fitted
     from the other half of the episodes: per-step weights, contracted by the harness."""
     return hpgd_weights(
-        batch.tensor("states"), batch.tensor("leader_rewards"), batch.tensor("episode_start"),
-        model.gamma, torch.from_numpy(model.beta), form="covariance", leader_q="crossfit",
-        actions=batch.tensor("actions"), n_actions=model.n_actions, n_states=model.n_states,
-    )  # fmt: skip
+        batch.tensor("states"),
+        batch.tensor("leader_rewards"),
+        batch.tensor("episode_start"),
+        model.gamma,
+        torch.from_numpy(model.beta),
+        form="covariance",
+        leader_q="crossfit",
+        actions=batch.tensor("actions"),
+        n_actions=model.n_actions,
+        n_states=model.n_states,
+    )
 
 
 def direct_only(batch, model):

@@ -385,8 +385,16 @@ def accelerate_launch(
 
 def recipe_args(config: Path, out: Path, sync_dir: Path, *extra: str) -> list[str]:
     """``grpo --config CONFIG --output_dir OUT --debug_sync SYNC_DIR EXTRA...``."""
-    return ["grpo", "--config", str(config), "--output_dir", str(out),
-            "--debug_sync", str(sync_dir), *extra]  # fmt: skip
+    return [
+        "grpo",
+        "--config",
+        str(config),
+        "--output_dir",
+        str(out),
+        "--debug_sync",
+        str(sync_dir),
+        *extra,
+    ]
 
 
 def launch_pythonpath() -> str:

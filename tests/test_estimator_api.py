@@ -33,13 +33,19 @@ _FOUR_ROOMS_BEFORE = {
     "hpgd/library": ["0x1.0072dfeb9ecc8p-5", "0x1.421d3a590201dp+2", "0x1.6f86dc83e5c2ep-7"],
     "hpgd-cov/fused": ["0x1.0072dfeb9ecc0p-5", "0x1.e1b43e5440f8fp+1", "-0x1.157d758caf01dp-5"],
     "hpgd-paper/fused": ["0x1.0072dfeb9ed40p-5", "0x1.c164181de5c30p+4", "0x1.deab10eb0e31ep-4"],
-    "hpgd-published/fused":
-        ["0x1.0072dfeb9eb00p-5", "0x1.4db5484a2b05cp+4", "0x1.63f8111a39984p-5"],
-    "hpgd-published/library":
-        ["0x1.0072dfeb9ed40p-5", "0x1.54791d9023b15p+4", "0x1.b8bc72232f951p-5"],
+    "hpgd-published/fused": [
+        "0x1.0072dfeb9eb00p-5",
+        "0x1.4db5484a2b05cp+4",
+        "0x1.63f8111a39984p-5",
+    ],
+    "hpgd-published/library": [
+        "0x1.0072dfeb9ed40p-5",
+        "0x1.54791d9023b15p+4",
+        "0x1.b8bc72232f951p-5",
+    ],
     "naive/fused": ["0x1.0072dfeb9ecc9p-5", "0x1.c0fba6ac6f50ap-6", "0x1.f5af3fbcd1f74p-8"],
     "naive/library": ["0x1.0072dfeb9ecb8p-5", "0x1.c11672aae108ap-6", "0x1.f5a91be251bb0p-8"],
-}  # fmt: skip
+}
 _TAX_BEFORE = {
     "hpgd": ["-0x1.bac7f4cf4e8f6p+3", "0x1.7ef13edac4912p+4", "-0x1.bbc173d3a21efp+0"],
     "exact critic": ["-0x1.ba9283d4dee63p+3", "0x1.7e962730619e3p+4", "-0x1.b1fb4f083b8a1p+0"],
@@ -48,12 +54,16 @@ _TAX_BEFORE = {
     "trajectory": ["-0x1.bd432d52d9cadp+3", "0x1.833b319b251e1p+4", "-0x1.bf5f1cc013429p+0"],
     "score": ["-0x1.bb6c7531aa626p+3", "0x1.8009b837b62e8p+4", "-0x1.bc0fa94b7c6c5p+0"],
     "naive": ["-0x1.b94b99b6c9866p+3", "0x1.7c640d2465c8cp+4", "-0x1.b1dac0c564504p+0"],
-}  # fmt: skip
+}
 _TAX_SETTINGS = {
-    "hpgd": {}, "exact critic": {"critic": "exact"}, "covariance": {"form": "covariance"},
-    "crossfit": {"leader_q": "crossfit"}, "trajectory": {"leader_q": "trajectory"},
-    "score": {"follower_transition": "score"}, "naive": {},
-}  # fmt: skip
+    "hpgd": {},
+    "exact critic": {"critic": "exact"},
+    "covariance": {"form": "covariance"},
+    "crossfit": {"leader_q": "crossfit"},
+    "trajectory": {"leader_q": "trajectory"},
+    "score": {"follower_transition": "score"},
+    "naive": {},
+}
 
 
 def _digest(x: np.ndarray, entry: tuple[int, int]) -> list[str]:
@@ -66,10 +76,20 @@ def test_four_rooms_builtins_equal_the_numbers_before_the_interface(key):
     (preset paper): the final logits are bit for bit those of the code before the interface."""
     algo, backend = key.split("/")
     res = run(
-        RunConfig(algo=algo, estimator_backend=backend, beta=0.003, budget_cost=1.0, lrs=[0.5],
-                  seeds=[0, 1, 2], iters=15, eval_last=5, steps_per_iter=2000, job_seed=3),
+        RunConfig(
+            algo=algo,
+            estimator_backend=backend,
+            beta=0.003,
+            budget_cost=1.0,
+            lrs=[0.5],
+            seeds=[0, 1, 2],
+            iters=15,
+            eval_last=5,
+            steps_per_iter=2000,
+            job_seed=3,
+        ),
         progress=False,
-    )  # fmt: skip
+    )
     assert _digest(res.final_x, (2, 7)) == _FOUR_ROOMS_BEFORE[key]
 
 
@@ -84,8 +104,15 @@ def test_tax_builtins_equal_the_numbers_before_the_interface(key):
 
 
 def _four_rooms_solution(R: int, steps: int):
-    cfg = RunConfig(algo="hpgd", beta=0.005, budget_cost=1.0, lrs=[0.1], seeds=list(range(R)),
-                    steps_per_iter=steps, estimator_backend="library")  # fmt: skip
+    cfg = RunConfig(
+        algo="hpgd",
+        beta=0.005,
+        budget_cost=1.0,
+        lrs=[0.1],
+        seeds=list(range(R)),
+        steps_per_iter=steps,
+        estimator_backend="library",
+    )
     x = np.random.default_rng(2).normal(0, 0.3, (R, 105))
     return cfg, FollowerSolver(R, np.array(E.goals), cfg).solve(x, np.arange(R) % 2, False)
 
@@ -108,8 +135,9 @@ def test_user_estimator_as_module_function_equals_the_builtin_it_rederives():
     np.testing.assert_allclose(
         np.einsum("rt,rtp->rp", w, dense),
         batch.follower_grad.contract(w) + batch.leader_grad.contract(w),
-        rtol=1e-12, atol=1e-14,
-    )  # fmt: skip
+        rtol=1e-12,
+        atol=1e-14,
+    )
 
 
 def test_the_docs_example_estimators_run_and_equal_their_builtins():
@@ -173,10 +201,13 @@ def test_tax_step_gradients_match_finite_differences(tax_batch_data):
 
     h = 1e-6
     for fn, grads in ((rtilde, batch.follower_grad), (logp, batch.transition_grad)):
-        fd = np.stack([
-            ((fn(theta + h * e) - fn(theta - h * e)) / (2 * h)).numpy()
-            for e in torch.eye(4, dtype=torch.float64)
-        ], -1)  # fmt: skip
+        fd = np.stack(
+            [
+                ((fn(theta + h * e) - fn(theta - h * e)) / (2 * h)).numpy()
+                for e in torch.eye(4, dtype=torch.float64)
+            ],
+            -1,
+        )
         np.testing.assert_allclose(grads.dense(slice(0, 1))[0, t], fd, rtol=1e-6, atol=1e-8)
 
 

@@ -49,8 +49,9 @@ def config_file(tmp_path_factory) -> Path:
     components; checkpoints after iterations 2 and 4, all kept."""
     tmp = tmp_path_factory.mktemp("faults")
     fol = [{"name": "exact", "trainer": "exact", "beta": 0.5}]
-    cfg = tiny_run_config(tmp, "unused", fol, iterations=4, save_every=2, keep_checkpoints=10,
-                          task=task_with_flaky())  # fmt: skip
+    cfg = tiny_run_config(
+        tmp, "unused", fol, iterations=4, save_every=2, keep_checkpoints=10, task=task_with_flaky()
+    )
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(to_dict(cfg)))
     return path
@@ -100,14 +101,20 @@ def one_line(err: str) -> str:
 @pytest.mark.parametrize(
     ("mode", "message"),
     [
-        ("raise", r"reward component 'flaky' \(tests\.fault_rewards:flaky\) raised ZeroDivisionError: "
-                  r"simulated bug in the user's reward function at fault_rewards\.py:\d+"),
+        (
+            "raise",
+            r"reward component 'flaky' \(tests\.fault_rewards:flaky\) raised ZeroDivisionError: "
+            r"simulated bug in the user's reward function at fault_rewards\.py:\d+",
+        ),
         ("nan", r"reward component 'flaky' returned a non-finite score nan at index 5"),
         ("inf", r"reward component 'flaky' returned a non-finite score inf at index 5"),
-        ("short", r"reward component 'flaky' returned 20 scores for a batch of 21 \(prompt, "
-                  r"completion\) pairs"),
+        (
+            "short",
+            r"reward component 'flaky' returned 20 scores for a batch of 21 \(prompt, "
+            r"completion\) pairs",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_failing_reward_function_stops_with_one_line_and_resume_is_bit_identical(
     config_file, reference, tmp_path, monkeypatch, capsys, mode, message
 ):
@@ -169,8 +176,16 @@ def test_a_second_signal_exits_at_once_and_keeps_the_last_checkpoint(
         FAULT_ONCE=str(tmp_path / "sent"),
         PYTHONPATH=launch_pythonpath(),
     )
-    cmd = [sys.executable, "-m", "align_cbrl.cli", "train", "--config", str(config_file),
-           "--output_dir", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "align_cbrl.cli",
+        "train",
+        "--config",
+        str(config_file),
+        "--output_dir",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 143, proc.stderr[-3000:]
     assert "SIGTERM received: stopping after the current outer iteration" in proc.stderr

@@ -253,11 +253,23 @@ def test_single_sure_level_with_two_weighted_followers_equals_plain_hpgd(tmp_pat
     # count and weights its estimate as the fixed path does, so the identity above still holds
     sure = {"kind": "mlmc", "base_steps": 1, "max_level": 1, "probabilities": [1.0]}
     two = [
-        {"name": "f0", "trainer": "tabular", "beta": 0.5, "trl": {"learning_rate": 0.4},
-         "weight": 1.0, "prompts_per_iteration": 2},
-        {"name": "f1", "trainer": "tabular", "beta": 1.0, "trl": {"learning_rate": 0.3},
-         "weight": 3.0, "prompts_per_iteration": 5},
-    ]  # fmt: skip
+        {
+            "name": "f0",
+            "trainer": "tabular",
+            "beta": 0.5,
+            "trl": {"learning_rate": 0.4},
+            "weight": 1.0,
+            "prompts_per_iteration": 2,
+        },
+        {
+            "name": "f1",
+            "trainer": "tabular",
+            "beta": 1.0,
+            "trl": {"learning_rate": 0.3},
+            "weight": 3.0,
+            "prompts_per_iteration": 5,
+        },
+    ]
     mlmc = run(make_config(tmp_path, "mlmc2", schedule=sure, iterations=3, followers=two))
     plain = run(make_config(tmp_path, "plain2", follower_steps=2, iterations=3, followers=two))
     x, y = mlmc.leader.flat_parameters(), plain.leader.flat_parameters()

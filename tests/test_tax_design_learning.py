@@ -38,7 +38,9 @@ def test_sweeps_equal_dense_soft_bellman_operator(econ: Economy) -> None:
     from a random table; the policy is the operator's, marginalised to flow groups."""
     theta = _theta(1)
     x = rates(theta)
-    V0 = 5.0 * torch.randn(2, econ.n_contexts, econ.n_states, generator=torch.Generator().manual_seed(2), dtype=DT)  # fmt: skip
+    V0 = 5.0 * torch.randn(
+        2, econ.n_contexts, econ.n_states, generator=torch.Generator().manual_seed(2), dtype=DT
+    )
     hh = LearningHouseholds(econ, 2, BETA)
     hh.set_table(V0)
     K = dense_kernel(econ, x[:, 0])  # [R, S, F, S]
@@ -120,7 +122,9 @@ def test_policy_hypergradient_at_the_exact_households_is_exact(econ: Economy) ->
         policy_hypergradient(econ, theta, BETA, sol), g, rtol=1e-8, atol=1e-9
     )
     learned = learned_solution(econ, theta, BETA, sol.V)  # the exact table as a learned one
-    torch.testing.assert_close(policy_hypergradient(econ, theta, BETA, learned), g, rtol=1e-8, atol=1e-9)  # fmt: skip
+    torch.testing.assert_close(
+        policy_hypergradient(econ, theta, BETA, learned), g, rtol=1e-8, atol=1e-9
+    )
 
 
 def test_policy_hypergradient_is_the_mean_of_hpgd_at_a_learned_policy(econ: Economy) -> None:
@@ -139,7 +143,9 @@ def test_policy_hypergradient_is_the_mean_of_hpgd_at_a_learned_policy(econ: Econ
     draws = []
     for _ in range(300):
         traj = rollout(econ, sol, x[:, 0], ctx, 200, gen)
-        draws.append(hypergradient(econ, theta, beta, sol, traj, form="covariance", critic=Vbar)[0][0])  # fmt: skip
+        draws.append(
+            hypergradient(econ, theta, beta, sol, traj, form="covariance", critic=Vbar)[0][0]
+        )
     g = torch.stack(draws)
     z = (g.mean(0) - target[0]) / (g.std(0) / len(draws) ** 0.5)
     assert (z.abs() <= 4.5).all(), z

@@ -12,11 +12,17 @@ from tests.helpers import ROOT
 
 def _data() -> dict:
     row = {
-        "lam": 0.1, "algo": "hpgd_s60000", "final_mean": 37.5, "final_se": 0.25,
-        "iters_to_zo_sampled_final": 12.5, "n_seeds_reaching": 2, "n_seeds": 2,
-        "half_gain_iteration": 40, "rates": [0.6, 0.2, 0.1, 0.3],
+        "lam": 0.1,
+        "algo": "hpgd_s60000",
+        "final_mean": 37.5,
+        "final_se": 0.25,
+        "iters_to_zo_sampled_final": 12.5,
+        "n_seeds_reaching": 2,
+        "n_seeds": 2,
+        "half_gain_iteration": 40,
+        "rates": [0.6, 0.2, 0.1, 0.3],
         "reference": "zero_order_sampled_c50_s60000",
-    }  # fmt: skip
+    }
     ref = {**row, "algo": "zero_order_sampled_c50_s60000", "final_mean": 30.0, "final_se": 0.5}
     exact = {**row, "algo": "exact", "final_se": 0.0, "n_seeds": 1, "n_seeds_reaching": 0}
     extra = {**row, "algo": "hpgd_s10000", "n_seeds_reaching": 1}

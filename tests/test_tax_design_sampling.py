@@ -100,10 +100,19 @@ def _stepwise_gradient(econ, theta, beta, sol, traj, form, leader_q, critic, fol
     if form == "covariance" and leader_q != "crossfit":
         v_table = critic.reshape(R, C * S)
     w = hpgd_weights(
-        b["joint_state"], rbar_obs, b["episode_start"], econ.gamma, beta, form=form,
-        n_states=C * S, actions=b["action"], n_actions=econ.n_actions, leader_q=leader_q,
-        q_table=q_table, v_table=v_table,
-    )  # fmt: skip
+        b["joint_state"],
+        rbar_obs,
+        b["episode_start"],
+        econ.gamma,
+        beta,
+        form=form,
+        n_states=C * S,
+        actions=b["action"],
+        n_actions=econ.n_actions,
+        leader_q=leader_q,
+        q_table=q_table,
+        v_table=v_table,
+    )
     rows = torch.arange(R)[:, None]
     expected = expected_next(sol.parts, sol.V)
     v_next = sol.V[rows, b["context"], b["next_state"]]
@@ -151,9 +160,16 @@ def test_cell_summed_surrogate_matches_stepwise(
     args = (econ, theta, beta, sol, traj, form, leader_q, Vbar, follower_transition)
     ref = _stepwise_gradient(*args)
     got, _ = hypergradient(
-        econ, theta, beta, sol, traj, form=form, leader_q=leader_q, critic=Vbar,
+        econ,
+        theta,
+        beta,
+        sol,
+        traj,
+        form=form,
+        leader_q=leader_q,
+        critic=Vbar,
         follower_transition=follower_transition,
-    )  # fmt: skip
+    )
     assert torch.allclose(got, ref, rtol=1e-10, atol=1e-12 * ref.abs().max().item())
 
 

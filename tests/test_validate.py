@@ -22,10 +22,20 @@ def test_biased_user_estimator_is_flagged_and_hpgd_passes(tmp_path, capsys):
     HPGD (built-in, fused) and a user's re-derivation of it that returns the hypergradient
     itself pass the same test; the short outer loop runs the user estimator in HPGD's place."""
     rc = _validate(
-        tmp_path, "--estimator", "tests.estimator_examples:same_trajectory_hpgd",
-        "--reference", "hpgd,tests.estimator_examples:hpgd_dense", "--estimates", "100",
-        "--steps-grid", "10000", "--iters", "4", "--seeds", "2",
-    )  # fmt: skip
+        tmp_path,
+        "--estimator",
+        "tests.estimator_examples:same_trajectory_hpgd",
+        "--reference",
+        "hpgd,tests.estimator_examples:hpgd_dense",
+        "--estimates",
+        "100",
+        "--steps-grid",
+        "10000",
+        "--iters",
+        "4",
+        "--seeds",
+        "2",
+    )
     assert rc == 0
     line = capsys.readouterr().out.splitlines()[0]
     head = "verdict [four-rooms/default] tests.estimator_examples:same_trajectory_hpgd: BIASED"
@@ -49,8 +59,19 @@ def test_biased_user_estimator_is_flagged_and_hpgd_passes(tmp_path, capsys):
     ],
 )
 def test_bad_estimators_fail_with_one_line(tmp_path, capsys, spec, message):
-    rc = _validate(tmp_path, "--estimator", spec, "--estimates", "4", "--steps", "500",
-                   "--steps-grid", "500", "--iters", "0")  # fmt: skip
+    rc = _validate(
+        tmp_path,
+        "--estimator",
+        spec,
+        "--estimates",
+        "4",
+        "--steps",
+        "500",
+        "--steps-grid",
+        "500",
+        "--iters",
+        "0",
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and "\n" not in err
     assert not (tmp_path / "validate.json").exists()
@@ -66,10 +87,24 @@ def test_tax_design_validate_writes_its_results(tmp_path):
     from tabular_reference.tax_design.rewards import initial_theta
 
     rc = _validate(
-        tmp_path, "--env", "tax-design", "--estimator", "tests.estimator_examples:hpgd_dense",
-        "--estimates", "4", "--steps", "400", "--steps-grid", "400", "--iters", "2",
-        "--seeds", "1", "--warmup", "1",
-    )  # fmt: skip
+        tmp_path,
+        "--env",
+        "tax-design",
+        "--estimator",
+        "tests.estimator_examples:hpgd_dense",
+        "--estimates",
+        "4",
+        "--steps",
+        "400",
+        "--steps-grid",
+        "400",
+        "--iters",
+        "2",
+        "--seeds",
+        "1",
+        "--warmup",
+        "1",
+    )
     assert rc == 0
     res = json.loads((tmp_path / "validate.json").read_text())
     _, g, _ = exact_hypergradient(Economy(), initial_theta(1), 0.1)
