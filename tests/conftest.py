@@ -15,6 +15,15 @@ def econ():
     return Economy()
 
 
+@pytest.fixture(scope="module")
+def task():
+    """The enumerable tiny-language task (its default config), built once per test module; a
+    module that means another task defines its own ``task`` fixture."""
+    from align_cbrl.reference.tiny_language import TinyLanguageTask
+
+    return TinyLanguageTask()
+
+
 @pytest.fixture(scope="session")
 def two_process_runs(tmp_path_factory):
     """Uninterrupted two-process GRPO runs of the recipes (tests/helpers.launch_recipe),

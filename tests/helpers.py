@@ -96,6 +96,13 @@ def write_exact_run_config(
     return path
 
 
+def exact_follower(name: str = "exact", beta: float = 0.5, **fields: Any) -> dict[str, Any]:
+    """A run config's entry for an exact follower (``trainer: exact``, nothing trained) named
+    ``name`` with temperature ``beta``; ``fields`` adds its other settings (``weight``,
+    ``contexts``, ``model_seed``, ...)."""
+    return {"name": name, "trainer": "exact", "beta": beta, **fields}
+
+
 def tiny_run_config(
     tmp_path: Path, name: str, followers: list[dict[str, Any]], *, leader=None, **overrides: Any
 ):
@@ -128,6 +135,14 @@ def tiny_run_config(
     }
     data.update(overrides)
     return from_dict(HPGDConfig, data)
+
+
+def tiny_bilevel(task: Any, seed: int, **leader: Any) -> Any:
+    """``task.bilevel`` of a weights leader of the tiny-language ``task`` drawn with ``seed``
+    (``init_std`` 0.5 and ``cost_coef`` 0.2 unless ``leader`` sets them; ``leader`` goes to
+    ``task.make_leader``)."""
+    leader = {"init_std": 0.5, "cost_coef": 0.2, **leader}
+    return task.bilevel(task.make_leader(seed=seed, **leader))
 
 
 def run_trainer(config, **kw):

@@ -11,12 +11,13 @@ all-reduce, clipping, SGD). One process with all the groups is the single-proces
 ``trainer OUT``: an orchestrated :class:`HPGDTrainer` run with two exact followers; every rank
 checks the leader against the others after each iteration.
 
-Each rank writes ``OUT/<mode>_rank<r>_of_<world>.json`` with the exact bits of its leader.
+Each rank writes ``OUT/<mode>_of_<world>/rank<r>.json`` with the exact bits of its leader (the
+recipes' ``--debug_sync`` report, ``recipes/recipe_utils.write_sync_report``; ``recipes/`` is on
+the launch's ``PYTHONPATH``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
+from recipe_utils import write_sync_report
 
 from align_cbrl.distributed import LeaderSync, init_process_group
 from align_cbrl.reference import tiny_language as tl
@@ -144,18 +146,7 @@ def main(argv: list[str]) -> None:
     init_process_group()  # the launcher's group, with the library's collective timeout
     sync = LeaderSync()
     leader = combine(sync) if mode == "combine" else trainer(sync, out)
-    values = [v for p in leader.parameters() for v in p.detach().reshape(-1).tolist()]
-    path = out / f"{mode}_rank{sync.rank}_of_{sync.world_size}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "rank": sync.rank,
-                "world": sync.world_size,
-                "values": values,
-                "hex": [float(v).hex() for v in values],
-            }
-        )
-    )
+    write_sync_report(out / f"{mode}_of_{sync.world_size}", sync, leader, [])
     finish_run()  # several processes: barrier, then os._exit with the process group still referenced
 
 

@@ -27,6 +27,7 @@ from align_cbrl.leaders.base import STATE_FILE
 from align_cbrl.metrics import read_jsonl
 from align_cbrl.rewards.base import RewardComponentError
 from tests.helpers import (
+    exact_follower,
     launch_pythonpath,
     strip_times,
     task_with_flaky,
@@ -48,7 +49,7 @@ def config_file(tmp_path_factory) -> Path:
     """4 outer iterations of one exact follower on the tiny task with ``flaky`` among the
     components; checkpoints after iterations 2 and 4, all kept."""
     tmp = tmp_path_factory.mktemp("faults")
-    fol = [{"name": "exact", "trainer": "exact", "beta": 0.5}]
+    fol = [exact_follower()]
     cfg = tiny_run_config(
         tmp, "unused", fol, iterations=4, save_every=2, keep_checkpoints=10, task=task_with_flaky()
     )

@@ -18,6 +18,7 @@ from tabular_reference.four_rooms.hypergradient import follower_advantage_gradie
 from tabular_reference.four_rooms.kernel_args import (
     Followers,
     LibrarySamples,
+    SamplerModel,
     follower_model,
     sampler_model,
 )
@@ -215,6 +216,19 @@ def test_budget_modes_and_chain_rule():
         budget(sig, goal, "bogus")
 
 
+def _sample(
+    model: SamplerModel, followers: Followers, n: int, T: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``kernels.sample_with_actions`` of ``n`` runs x ``T`` steps after seeding the kernels'
+    generator with ``seed``: ``(states, actions, leader rewards, episode starts)``, each
+    ``[n, T]``."""
+    st, ac = np.empty((n, T), np.int64), np.empty((n, T), np.int64)
+    lr, es = np.empty((n, T)), np.empty((n, T), np.bool_)
+    kernels.seed_rng(seed)
+    kernels.sample_with_actions(model, followers, LibrarySamples(st, ac, lr, es))
+    return st, ac, lr, es
+
+
 @pytest.mark.parametrize("preset", ["paper", "notes"])
 def test_sampler_statistics(preset):
     """Empirical next-cell frequencies from one state equal P_pi (independent check) for the
@@ -222,17 +236,10 @@ def test_sampler_statistics(preset):
     slip = PRESETS[preset].sample
     rng = np.random.default_rng(0)
     pi = rng.dirichlet(np.ones(4), size=(1, 104))
-    kernels.seed_rng(123)
     T = 200_000
-    st, ac = np.empty((1, T), dtype=np.int64), np.empty((1, T), dtype=np.int64)
-    lr = np.empty((1, T))
-    es = np.empty((1, T), dtype=np.bool_)
     goal = np.array([E.goals[0]])
-    kernels.sample_with_actions(
-        sampler_model(slip, 1, T),
-        Followers(pi, goal, np.array([-0.5])),
-        LibrarySamples(st, ac, lr, es),
-    )
+    followers = Followers(pi, goal, np.array([-0.5]))
+    st, _, lr, es = _sample(sampler_model(slip, 1, T), followers, 1, T, seed=123)
     s0 = E.start
     nxt = st[0, 1:][(st[0, :-1] == s0) & ~es[0, 1:]]
     Ppi = np.einsum("a,at->t", pi[0, s0], E.dense_transitions(slip)[s0])
@@ -255,16 +262,9 @@ def test_sampler_with_actions_joint_statistics(preset):
     rng = np.random.default_rng(1)
     pi = rng.dirichlet(np.full(4, 0.5), size=(1, 104))
     pi[0, E.start] = [0.6, 0.05, 0.3, 0.05]
-    kernels.seed_rng(7)
     T = 200_000
-    st, ac = np.empty((1, T), np.int64), np.empty((1, T), np.int64)
-    lr, es = np.empty((1, T)), np.empty((1, T), np.bool_)
-    goal = np.array([E.goals[1]])
-    kernels.sample_with_actions(
-        sampler_model(slip, 1, T),
-        Followers(pi, goal, np.array([-0.5])),
-        LibrarySamples(st, ac, lr, es),
-    )
+    followers = Followers(pi, np.array([E.goals[1]]), np.array([-0.5]))
+    st, ac, _, es = _sample(sampler_model(slip, 1, T), followers, 1, T, seed=7)
     s0 = E.start
     m = (st[0, :-1] == s0) & ~es[0, 1:]
     joint = np.zeros((4, 104))
@@ -421,16 +421,8 @@ def test_policy_gradient_with_exact_follower_advantage_is_unbiased():
     pi, goal = fs.pi, fs.goal
     g, S = int(goal[0]), E.n_cells
     dA = follower_advantage_gradient(pi[0], g, PAPER)
-    st = np.empty((n, T), np.int64)
-    ac = np.empty((n, T), np.int64)
-    lr = np.empty((n, T))
-    es = np.empty((n, T), np.bool_)
-    kernels.seed_rng(3)
-    kernels.sample_with_actions(
-        sampler_model(PAPER, 5, T // 5),
-        Followers(pi, goal, fs.goal_value),
-        LibrarySamples(st, ac, lr, es),
-    )
+    followers = Followers(pi, goal, fs.goal_value)
+    st, ac, lr, es = _sample(sampler_model(PAPER, 5, T // 5), followers, n, T, seed=3)
     G = discounted_returns(torch.from_numpy(lr), torch.from_numpy(es), GAMMA).numpy()
     gp = GAMMA ** time_in_episode(torch.from_numpy(es)).numpy()
     W = np.zeros((n, S, 4))

@@ -17,11 +17,7 @@ from align_cbrl.estimators.grouped import (
     zero_order_gradient,
 )
 from align_cbrl.reference import tiny_language as tl
-
-
-@pytest.fixture(scope="module")
-def task() -> tl.TinyLanguageTask:
-    return tl.TinyLanguageTask()
+from tests.helpers import tiny_bilevel
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +30,9 @@ def small_task() -> tl.TinyLanguageTask:
     return tl.TinyLanguageTask(cfg)
 
 
-def _bilevel(task: tl.TinyLanguageTask, seed: int, **kw):
-    kw.setdefault("init_std", 0.5)
-    kw.setdefault("cost_coef", 0.2)
-    return task.bilevel(task.make_leader(seed=seed, **kw))
-
-
 def test_surrogate_gradient_equals_covariance_formula(task: tl.TinyLanguageTask) -> None:
     """d/dx of (SUR) == (HPGD) computed from per-sample Jacobians, per-group betas."""
-    bl = _bilevel(task, seed=3, cost_kind="l2")
+    bl = tiny_bilevel(task, seed=3, cost_kind="l2")
     gen = torch.Generator().manual_seed(0)
     beta = torch.tensor([0.3, 0.7, 1.1, 2.0, 0.5, 0.9])
     prompts = tl.sample_prompts(task, 6, gen)
@@ -86,7 +76,7 @@ def test_unbiased_at_n2_by_enumerating_all_pairs(
     task: tl.TinyLanguageTask, seed: int, beta
 ) -> None:
     """E over all ordered pairs (y1, y2) ~ pi* x pi* of the N=2 estimate == exact dF/dx."""
-    bl = _bilevel(task, seed=seed)
+    bl = tiny_bilevel(task, seed=seed)
     P, Y = task.num_prompts, task.num_completions
     b = torch.tensor([0.4, 0.8, 1.5, 3.0]) if beta == "per_prompt" else torch.tensor(beta)
     pi = tl.exact_policy(task, bl, b).detach()
@@ -109,7 +99,7 @@ def test_unbiased_at_n2_by_enumerating_all_pairs(
 
 def test_unbiased_at_n3_by_enumeration(small_task: tl.TinyLanguageTask) -> None:
     task = small_task
-    bl = _bilevel(task, seed=5)
+    bl = tiny_bilevel(task, seed=5)
     beta = torch.tensor([0.6, 1.3])
     pi = tl.exact_policy(task, bl, beta).detach()
     _r, rbar, d_r, d_rbar = tl.reward_jacobians(task, bl)
@@ -150,7 +140,7 @@ def _mc_estimates(task, bl, beta, n, reps, gen):
 
 @pytest.mark.parametrize("seed,beta,n", [(0, 0.5, 4), (1, 1.5, 2), (2, [0.3, 0.6, 1.0, 2.0], 8)])
 def test_mean_of_estimates_within_two_standard_errors(task, seed, beta, n) -> None:
-    bl = _bilevel(task, seed=seed)
+    bl = tiny_bilevel(task, seed=seed)
     exact = tl.exact_gradient(task, bl, torch.as_tensor(beta, dtype=torch.float64))
     gen = torch.Generator().manual_seed(100 + seed)
     est, naive = _mc_estimates(task, bl, beta, n, reps=4000, gen=gen)

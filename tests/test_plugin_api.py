@@ -21,6 +21,7 @@ from align_cbrl.trainer import (
     leader_update,
 )
 from align_cbrl.trainer.builders import resolve_task
+from tests.helpers import exact_follower
 
 
 def n_a(prompts, completions, **kw):
@@ -109,7 +110,7 @@ def test_hpgd_trainer_samples_prompts_with_the_task_probabilities(tmp_path):
             "progress": False,
             "tensorboard": False,
             "leader": {"spec": leader, "optimizer": "sgd", "lr": lr, "max_grad_norm": 0.0},
-            "followers": [{"name": "f0", "trainer": "exact", "beta": 0.5}],
+            "followers": [exact_follower("f0")],
         },
     )
     trainer = HPGDTrainer(config)
@@ -155,7 +156,9 @@ def test_context_column_error_names_the_columns_found():
 # --------------------------------------------------------------------------- components
 def test_components_accept_python_functions_and_import_paths():
     by_fn = build_component({"type": "callable", "name": "as", "target": n_a})
-    by_path = build_component({"type": "callable", "name": "as", "target": "test_plugin_api:n_a"})
+    by_path = build_component(
+        {"type": "callable", "name": "as", "target": "tests.test_plugin_api:n_a"}
+    )
     bare = build_components([n_a, {"type": "length", "name": "len", "unit": "words"}])
     assert [c.name for c in bare] == ["n_a", "len"]
     prompts, completions = ["p", "p"], ["a b a", "b"]

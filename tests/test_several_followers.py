@@ -27,15 +27,7 @@ from align_cbrl.reference.several_followers import (
     optimize_combined,
     restricted_prompt_probs,
 )
-
-
-@pytest.fixture(scope="module")
-def task() -> tl.TinyLanguageTask:
-    return tl.TinyLanguageTask()
-
-
-def _bilevel(task: tl.TinyLanguageTask, seed: int = 3):
-    return task.bilevel(task.make_leader(seed=seed, init_std=0.5, cost_coef=0.2, cost_kind="l2"))
+from tests.helpers import tiny_bilevel
 
 
 def two_followers(task: tl.TinyLanguageTask, weights=(1.0, 3.0)) -> list[ExactFollowerSpec]:
@@ -75,7 +67,7 @@ def expected_n2_estimate(spec: ExactFollowerSpec, bilevel) -> torch.Tensor:
 @pytest.mark.parametrize("weights", [(1.0, 1.0), (1.0, 3.0), (0.0, 2.0)])
 def test_combined_estimator_is_unbiased_for_the_exact_combined_gradient(task, weights):
     """E of sum_i w_i ghat_i (N = 2, by enumeration) == exact dF/dx of F = sum_i w_i F_i."""
-    bl = _bilevel(task)
+    bl = tiny_bilevel(task, seed=3, cost_kind="l2")
     fols = two_followers(task, weights)
     exact = combined_gradient(fols, bl)
     per = [expected_n2_estimate(f, bl) for f in fols]
@@ -93,7 +85,7 @@ def test_combined_estimator_is_unbiased_for_the_exact_combined_gradient(task, we
 def test_combined_surrogate_gradient_is_the_weighted_mean_of_follower_means(task):
     """d/dx of sum_i w_i SUR_i == sum_i w_i mean_g g_{i,g} (Eq. COMB), with unequal group
     counts; a follower that sampled more groups gets no more weight."""
-    bl = _bilevel(task, seed=5)
+    bl = tiny_bilevel(task, seed=5, cost_kind="l2")
     fols = two_followers(task)
     gen = torch.Generator().manual_seed(0)
     _r, rb0, d_r, d_rbar = tl.reward_jacobians(task, bl)
@@ -159,7 +151,7 @@ def test_follower_weights_are_normalised_and_bad_weights_refused():
 
 # --------------------------------------------------------------------------- exact reference
 def test_exact_reference_with_two_followers(task):
-    bl = _bilevel(task, seed=1)
+    bl = tiny_bilevel(task, seed=1, cost_kind="l2")
     fols = two_followers(task)
     F1, F2 = (float(F.detach()) for F in follower_objectives(fols, bl))
     assert float(combined_objective(fols, bl).detach()) == pytest.approx(
@@ -201,4 +193,4 @@ def test_restricted_prompt_probs_and_errors(task):
     with pytest.raises(ValueError, match="prompt_probs must be"):
         task.with_prompt_probs([0.5, 0.5, 0.5, -0.5])
     with pytest.raises(ValueError, match="unique"):
-        combined_objective([two_followers(task)[0]] * 2, _bilevel(task))
+        combined_objective([two_followers(task)[0]] * 2, tiny_bilevel(task, seed=3, cost_kind="l2"))

@@ -8,12 +8,13 @@ and tests/test_multiprocess.py)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import accelerate_launch, launch_pythonpath
+from tests.helpers import ROOT, accelerate_launch, launch_pythonpath
 
 pytest.importorskip("accelerate")
 
@@ -21,17 +22,21 @@ WORKER = Path(__file__).with_name("several_followers_worker.py")
 
 
 def launch(mode: str, processes: int, out: Path) -> list[dict]:
+    """Run the worker in ``mode`` on ``processes`` ranks; every rank's sync report (its leader's
+    exact bits), with ``values``, the parameters read back from them, added."""
     out.mkdir(parents=True, exist_ok=True)
-    accelerate_launch(WORKER, [mode, str(out)], processes, PYTHONPATH=launch_pythonpath())
-    return [
-        json.loads((out / f"{mode}_rank{r}_of_{processes}.json").read_text())
+    pythonpath = os.pathsep.join([launch_pythonpath(), str(ROOT / "recipes")])
+    accelerate_launch(WORKER, [mode, str(out)], processes, PYTHONPATH=pythonpath)
+    reports = [
+        json.loads((out / f"{mode}_of_{processes}" / f"rank{r}.json").read_text())
         for r in range(processes)
     ]
+    return [r | {"values": [float.fromhex(h) for h in r["hex"]]} for r in reports]
 
 
 def test_two_processes_combine_followers_like_one_process(tmp_path):
     r0, r1 = launch("combine", 2, tmp_path / "two")
-    assert (r0["world"], r1["world"]) == (2, 2)
+    assert (r0["world_size"], r1["world_size"]) == (2, 2)
     assert r0["hex"] == r1["hex"], "ranks disagree at the bit level"
     (single,) = launch("combine", 1, tmp_path / "one")
     two, one = torch.tensor(r0["values"]), torch.tensor(single["values"])

@@ -24,29 +24,17 @@ from align_cbrl.reference.several_followers import (
 from align_cbrl.trainer import GroupedSamples, HPGDConfig, HPGDTrainer, leader_surrogate
 from align_cbrl.trainer.builders import resolve_task
 from align_cbrl.trainer.exact_reference import exact_followers
-from tests.helpers import ROOT, run_trainer, strip_times, tiny_run_config
+from tests.helpers import ROOT, exact_follower, run_trainer, strip_times, tiny_run_config
 
 LEADER = dict(QUICKSTART_CONFIG["leader"]["spec"])  # bounded sigmoid weights, l2 cost 0.25
 
-SHORT = {
-    "name": "short",
-    "trainer": "exact",
-    "model_seed": 0,
-    "beta": 0.5,
-    "contexts": ["concise", "b_topic"],
-    "weight": 1.0,
-    "prompts_per_iteration": 2,
-}
-LONG = {
-    "name": "long",
-    "trainer": "exact",
-    "model_seed": 1,
-    "beta": 1.0,
-    "contexts": ["b_topic", "no_d"],
-    "weight": 2.0,
-    "prompts_per_iteration": 6,
-    "seed": 1,
-}
+SHORT = exact_follower(
+    "short", 0.5, model_seed=0, contexts=["concise", "b_topic"], weight=1.0, prompts_per_iteration=2
+)
+LONG = exact_follower(
+    "long", 1.0, model_seed=1, contexts=["b_topic", "no_d"], weight=2.0, prompts_per_iteration=6
+)
+LONG["seed"] = 1
 
 
 def make_config(tmp_path, name="run", followers=None, **kw):

@@ -20,7 +20,7 @@ from tests.helpers import ROOT, grpo_args, write_exact_run_config
 
 
 def n_a(prompts, completions, **kw):
-    """A module-level TRL reward function: its reference is 'test_shaping_artifact:n_a'."""
+    """A module-level TRL reward function: its reference is 'tests.test_shaping_artifact:n_a'."""
     return [float(c.split().count("a")) for c in completions]
 
 
@@ -120,7 +120,7 @@ def test_in_memory_functions_are_refused_with_the_fix(tmp_path, task):
     reward = HPGDReward(task.bilevel(leader), build_components(specs))
     reward.save_pretrained(tmp_path / "ok")
     saved = json.loads((tmp_path / "ok" / "config.json").read_text())["rewards"]["components"]
-    assert saved[0]["target"] == "test_shaping_artifact:n_a"
+    assert saved[0]["target"] == "tests.test_shaping_artifact:n_a"
     prompts, completions, ctx = every_pair(task)
     frozen = FrozenShapedReward.from_pretrained(tmp_path / "ok")
     assert frozen(prompts, completions, category=ctx) == reward(prompts, completions, category=ctx)

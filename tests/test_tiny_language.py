@@ -21,11 +21,6 @@ from align_cbrl.reference.tiny_language import (
 from tests.helpers import ROOT
 
 
-@pytest.fixture(scope="module")
-def task() -> TinyLanguageTask:
-    return TinyLanguageTask()
-
-
 def _generation_paths(V: int, L: int, min_words: int) -> list[tuple[int, ...]]:
     """Every token path of sampling with max_new_tokens=L, min_new_tokens=min_words."""
     eos, out = V, []

@@ -17,7 +17,7 @@ from align_cbrl.trainer.tracking import (
     FollowerTrackingWarning,
     response_ratio_terms,
 )
-from tests.helpers import grpo_args, run_trainer, tiny_run_config
+from tests.helpers import exact_follower, grpo_args, run_trainer, tiny_run_config
 
 
 def test_response_ratio_terms_by_hand():
@@ -59,9 +59,7 @@ def test_exact_best_response_tracks_and_a_frozen_learner_is_flagged(tmp_path):
     exact gap 0. A mirror-descent learner that moves 1% of the way
     to its best response per leader update (lr * beta = 0.01) does not keep up: tracking far
     below the threshold, one warning, and its exact gap to pi* is positive."""
-    history, warned = tracked_run(
-        tmp_path, "exact", {"name": "exact", "trainer": "exact", "beta": 0.5}
-    )
+    history, warned = tracked_run(tmp_path, "exact", exact_follower())
     last = history[-1]
     assert last["exact/tracking"] - 2 * last["exact/tracking_se"] > TRACKING_THRESHOLD
     assert not warned

@@ -30,13 +30,19 @@ from align_cbrl.trainer import (
 from align_cbrl.trainer.builders import resolve_task
 from align_cbrl.trainer.estimation import Direction
 from align_cbrl.trainer.stats import LeaderStats
-from tests.helpers import run_trainer, strip_times, tiny_run_config, train_until_killed
+from tests.helpers import (
+    exact_follower,
+    run_trainer,
+    strip_times,
+    tiny_run_config,
+    train_until_killed,
+)
 
 LEADER = dict(QUICKSTART_CONFIG["leader"]["spec"])  # bounded sigmoid weights, l2 cost 0.25
 
 
 def make_config(tmp_path, name="run", follower=None, **kw):
-    fol = {"name": "f0", "trainer": "exact", "beta": 0.5}
+    fol = exact_follower("f0")
     fol.update(follower or {})
     return tiny_run_config(tmp_path, name, [fol], **kw)
 
