@@ -47,14 +47,11 @@ def form_weights(
     """The core's estimators (torch) on a batch: ``form`` ``"mc"`` / ``"covariance"`` /
     ``"naive"`` of :func:`hpgd_weights` with the leader-value source ``leader_q``, or
     ``"published"``; ``tables = (q[R, S, 4], v[R, S])`` for ``leader_q="table"``."""
+    if form == "published":
+        return _published(batch, model, _finished(batch, model))
     st, ac = batch.tensor("states"), batch.tensor("actions")
     lr, es = batch.tensor("leader_rewards"), batch.tensor("episode_start")
     S, gamma, beta = model.n_states, model.gamma, float(model.beta[0])
-    if form == "published":
-        done = _finished(batch, model)
-        return published_hpgd_weights(
-            st, ac, lr, es, gamma, beta, n_states=S, n_actions=model.n_actions, done=done
-        )
     kw: dict
     if form == "naive":
         kw = {}
@@ -77,23 +74,22 @@ def _finished(batch: Batch, model: Model) -> torch.Tensor:
     return (batch.tensor("states") == goal[:, None]) | (tau == model.max_episode_steps - 1)
 
 
+def _published(batch: Batch, model: Model, done: torch.Tensor) -> HPGDWeights:
+    """:func:`published_hpgd_weights` of the batch, with ``done[R, T]`` marking the steps that
+    end a counted episode (the estimate divides by their number)."""
+    st, ac = batch.tensor("states"), batch.tensor("actions")
+    lr, es = batch.tensor("leader_rewards"), batch.tensor("episode_start")
+    S, A, gamma, beta = model.n_states, model.n_actions, model.gamma, float(model.beta[0])
+    return published_hpgd_weights(st, ac, lr, es, gamma, beta, n_states=S, n_actions=A, done=done)
+
+
 def hpgd_published_clip(batch: Batch, model: Model) -> HPGDWeights:
     """``hpgd-published`` with the count of finished episodes clipped at 1, as BC-HG's port of
     the published HPGD does (``train_four_rooms_hpgd.py`` of github.com/akimotolab/BC-HG): a
     batch without a finished episode (small budgets) divides by 1 instead of being refused."""
     done = _finished(batch, model)
     done[:, -1] |= ~done.any(dim=1)  # n_done = 1 where none finished (done only counts)
-    return published_hpgd_weights(
-        batch.tensor("states"),
-        batch.tensor("actions"),
-        batch.tensor("leader_rewards"),
-        batch.tensor("episode_start"),
-        model.gamma,
-        float(model.beta[0]),
-        n_states=model.n_states,
-        n_actions=model.n_actions,
-        done=done,
-    )
+    return _published(batch, model, done)
 
 
 class LeaderCritic:
