@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_common import QUIET_RUN, tabular_follower
 
 from align_cbrl.config_parser import from_dict
 from align_cbrl.estimators.multilevel import MultilevelSchedule
@@ -91,21 +92,9 @@ def make_config(method: str, seed: int, args: argparse.Namespace, out: Path) -> 
         "follower_steps": K,
         "prompts_per_iteration": args.prompts,
         "num_samples": args.samples,
-        "save_every": 0,
-        "eval_samples": 0,
-        "plots": False,
-        "progress": False,
-        "tensorboard": False,
+        **QUIET_RUN,
         "leader": leader,
-        "followers": [
-            {
-                "name": "f",
-                "trainer": "tabular",
-                "beta": args.beta,
-                "seed": seed,
-                "trl": {"learning_rate": args.follower_lr},
-            }
-        ],
+        "followers": [tabular_follower("f", args.beta, args.follower_lr, seed=seed)],
     }
     return from_dict(HPGDConfig, data)
 
@@ -235,12 +224,9 @@ def curve_on_grid(runs: list[dict[str, Any]], budget: int, points: int = 65) -> 
 
 
 def plot(curves: dict[str, Any], F_star: float, path: Path, title: str) -> None:
-    import matplotlib
+    from tabular_reference.common.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     for m in METHODS:
         if m in curves:
             ax.plot(curves["updates"], curves[m], label=m)
@@ -250,9 +236,7 @@ def plot(curves: dict[str, Any], F_star: float, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:

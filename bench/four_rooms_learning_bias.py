@@ -27,15 +27,14 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import torch
+from bench_common import multilevel_row, run_starts
 
 from align_cbrl.estimators.multilevel import MultilevelSchedule
-from align_cbrl.utils.io import atomic_write_text
 from tabular_reference.common.bias import bias_summary, point_bias
 from tabular_reference.four_rooms import hpgd_kernels
 from tabular_reference.four_rooms.accelerated import multilevel_hypergradient
@@ -48,6 +47,12 @@ from tabular_reference.four_rooms.learning import LearningFollower
 from tabular_reference.four_rooms.solver import FollowerSolver
 
 GOALS = np.array(E.goals)
+PLOT_LABELS = {
+    "who": "follower",
+    "plug_in": "(HG) at learned policy",
+    "exact": "exact follower",
+    "title": "follower start: ",
+}
 
 
 def leader_iterates(cfg: RunConfig, iters: int, lr: float) -> list[np.ndarray]:
@@ -170,14 +175,7 @@ def measure(cfg: RunConfig, args: argparse.Namespace, x, x_lag, kind: str, base:
         sched = MultilevelSchedule(base, J)
         t0 = time.perf_counter()
         est, steps = multilevel_estimates(cfg, x, V0, sched, args.m_ml, args.seed + 1000 + J)
-        row = {
-            "base_steps": base,
-            "max_level": J,
-            "top": sched.steps(J),
-            "sweeps": steps,
-            "expected_sweeps": sched.expected_steps(),
-            **bias_summary(est, exact),
-        }
+        row = multilevel_row(sched, steps, bias_summary(est, exact))
         ml.append(row | {"wall_s": time.perf_counter() - t0})
         print(kind, "mlmc", json.dumps(row))
     J = max(int(v) for v in args.levels.split(","))
@@ -196,19 +194,6 @@ def measure(cfg: RunConfig, args: argparse.Namespace, x, x_lag, kind: str, base:
         "multilevel": ml,
         "level_difference_rms": coupling,
     }
-
-
-def plot(results: list[dict], path: Path) -> None:
-    from tabular_reference.common.plots import plot_bias_vs_budget
-
-    plot_bias_vs_budget(
-        results,
-        path,
-        who="follower",
-        plug_in="(HG) at learned policy",
-        exact="exact follower",
-        title="follower start: ",
-    )
 
 
 def main() -> None:
@@ -243,20 +228,9 @@ def main() -> None:
     x, x_lag = xs[-1], xs[max(0, args.x_iters - args.lag)]
     t0 = time.perf_counter()
     bases = [int(b) for b in args.base.split(",")]
-    starts = args.starts.split(",")
-    results = []
-    for k, b in zip(starts, bases, strict=True):  # written after each start
-        results.append(measure(cfg, args, x, x_lag, k, b))
-        out = {
-            "args": vars(args),
-            "config": cfg.to_dict(),
-            "results": results,
-            "wall_s": time.perf_counter() - t0,
-        }
-        atomic_write_text(args.json, json.dumps(out, indent=1))
-    if args.plot:
-        plot(results, Path(args.plot))
-    print(f"wrote {args.json} ({out['wall_s']:.0f} s)")
+    starts = zip(args.starts.split(","), bases, strict=True)
+    header = {"args": vars(args), "config": cfg.to_dict()}
+    run_starts(args, header, PLOT_LABELS, t0, starts, lambda kb: measure(cfg, args, x, x_lag, *kb))
 
 
 if __name__ == "__main__":

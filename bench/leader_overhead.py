@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def orchestrated(config_name: str, iterations: int, steps: int) -> dict[str, float]:
+    from bench_common import QUIET_RUN
+
     from align_cbrl.config_parser import load_config
     from align_cbrl.trainer import HPGDConfig, HPGDTrainer
 
@@ -48,16 +50,7 @@ def orchestrated(config_name: str, iterations: int, steps: int) -> dict[str, flo
         cfg = load_config(
             HPGDConfig,
             ROOT / "configs" / f"{config_name}.yaml",
-            {
-                "output_dir": tmp,
-                "iterations": iterations,
-                "follower_steps": steps,
-                "save_every": 0,
-                "eval_samples": 0,
-                "plots": False,
-                "progress": False,
-                "tensorboard": False,
-            },
+            {"output_dir": tmp, "iterations": iterations, "follower_steps": steps, **QUIET_RUN},
         )
         trainer = HPGDTrainer(cfg)
         trainer.train()

@@ -238,12 +238,9 @@ def format_table(results: Mapping[str, Any]) -> str:
 def plot_results(root: Path, results: Mapping[str, Any], out_dir: Path, prefix: str) -> list[Path]:
     """``<prefix>leader_objective.png`` (sampled training estimate per iteration, each arm) and
     ``<prefix>components.png`` (held-out per-category component means, before / each arm)."""
-    import matplotlib
+    from tabular_reference.common.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     paths = []
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     styles = ["-o", "--s", ":^", "-.d", "-x", "--v", ":p", "-.*"]
@@ -293,10 +290,7 @@ def plot_results(root: Path, results: Mapping[str, Any], out_dir: Path, prefix: 
     ax2.set_ylabel("held-out leader objective")
     ax2.set_title("per seed (grey) and mean ± s.e. across seeds (black)")
     fig.tight_layout()
-    p = out_dir / f"{prefix}leader_objective.png"
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(save_figure(fig, out_dir / f"{prefix}leader_objective.png", dpi=100))
 
     entries = [a for a in [results["before"], *results["arms"]] if "by_category" in a]
     if entries:
@@ -319,10 +313,7 @@ def plot_results(root: Path, results: Mapping[str, Any], out_dir: Path, prefix: 
             "held-out means per category (± s.e.): base model ('before') and each arm after training"
         )
         fig.tight_layout()
-        p = out_dir / f"{prefix}components.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save_figure(fig, out_dir / f"{prefix}components.png", dpi=100))
     return paths
 
 

@@ -37,9 +37,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import torch
+from bench_common import multilevel_row, run_starts
 
 from align_cbrl.estimators.multilevel import MultilevelSchedule, multilevel_estimate
-from align_cbrl.utils.io import atomic_write_text
 from tabular_reference.common.bias import bias_summary, point_bias
 from tabular_reference.common.optim import sgd_ascent
 from tabular_reference.tax_design.economy import Economy
@@ -48,6 +48,13 @@ from tabular_reference.tax_design.learning import LearningHouseholds, policy_hyp
 from tabular_reference.tax_design.rewards import initial_theta, rates
 from tabular_reference.tax_design.sampling import balanced_contexts, draw_seed, rollout
 from tabular_reference.tax_design.solver import FollowerSolution, leader_values
+
+PLOT_LABELS = {
+    "who": "household",
+    "plug_in": "plug-in at learned policy",
+    "exact": "exact households",
+    "title": "tax design, household start: ",
+}
 
 
 def tax_iterates(econ: Economy, beta: float, iters: int, lr: float) -> list[torch.Tensor]:
@@ -154,14 +161,7 @@ def measure(econ, args, theta, theta_lag, kind: str) -> dict:
         sched = MultilevelSchedule(args.base, J)
         t0 = time.perf_counter()
         means, every, steps = b.multilevel(sched, args.m_ml, args.ml_batch, gen)
-        row = {
-            "base_steps": args.base,
-            "max_level": J,
-            "top": sched.steps(J),
-            "sweeps": steps,
-            "expected_sweeps": sched.expected_steps(),
-            **bias_summary(every, exact, means),
-        }
+        row = multilevel_row(sched, steps, bias_summary(every, exact, means))
         ml.append(row | {"wall_s": time.perf_counter() - t0})
         print(kind, "mlmc", json.dumps(row), flush=True)
     return {
@@ -171,19 +171,6 @@ def measure(econ, args, theta, theta_lag, kind: str) -> dict:
         "plain": rows,
         "multilevel": ml,
     }
-
-
-def plot(results: list[dict], path: Path) -> None:
-    from tabular_reference.common.plots import plot_bias_vs_budget
-
-    plot_bias_vs_budget(
-        results,
-        path,
-        who="household",
-        plug_in="plug-in at learned policy",
-        exact="exact households",
-        title="tax design, household start: ",
-    )
 
 
 def report(res: dict) -> str:
@@ -249,21 +236,16 @@ def main() -> None:
     thetas = tax_iterates(econ, args.lam, args.theta_iters, args.lr)
     theta, theta_lag = thetas[-1], thetas[max(0, args.theta_iters - args.lag)]
     print("theta", theta.tolist(), "rates", rates(theta).tolist(), flush=True)
-    results = []
-    for kind in args.starts.split(","):  # written after each start
-        results.append(measure(econ, args, theta, theta_lag, kind))
-        out = {
-            "args": vars(args),
-            "theta": theta.tolist(),
-            "rates": rates(theta).tolist(),
-            "theta_lag": theta_lag.tolist(),
-            "results": results,
-            "wall_s": time.perf_counter() - t0,
-        }
-        atomic_write_text(args.json, json.dumps(out, indent=1))
-    if args.plot:
-        plot(results, Path(args.plot))
-    print(f"wrote {args.json} ({out['wall_s']:.0f} s)")
+    header = {
+        "args": vars(args),
+        "theta": theta.tolist(),
+        "rates": rates(theta).tolist(),
+        "theta_lag": theta_lag.tolist(),
+    }
+    kinds = args.starts.split(",")
+    run_starts(
+        args, header, PLOT_LABELS, t0, kinds, lambda k: measure(econ, args, theta, theta_lag, k)
+    )
 
 
 if __name__ == "__main__":

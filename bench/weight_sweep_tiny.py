@@ -62,6 +62,7 @@ from typing import Any
 
 import torch
 import yaml
+from bench_common import QUIET_RUN, tabular_follower
 
 from align_cbrl.config_parser import from_dict
 from align_cbrl.trainer import HPGDConfig, HPGDTrainer
@@ -239,25 +240,8 @@ def make_config(task: str, seed: int, iterations: int, follower_lr: float, out: 
     """The task's config file with a tabular follower (same ``beta``) and nothing written."""
     data = yaml.safe_load(TASK_CONFIGS[task].read_text())
     beta = data["followers"][0]["beta"]
-    data.update(
-        output_dir=str(out / f"{task}_{seed}"),
-        seed=seed,
-        iterations=iterations,
-        save_every=0,
-        eval_samples=0,
-        plots=False,
-        progress=False,
-        tensorboard=False,
-    )
-    data["followers"] = [
-        {
-            "name": "tabular",
-            "trainer": "tabular",
-            "model": "tiny-word",
-            "beta": beta,
-            "trl": {"learning_rate": follower_lr},
-        }
-    ]
+    data.update(QUIET_RUN, output_dir=str(out / f"{task}_{seed}"), seed=seed, iterations=iterations)
+    data["followers"] = [tabular_follower("tabular", beta, follower_lr, model="tiny-word")]
     return from_dict(HPGDConfig, data)
 
 
@@ -562,13 +546,10 @@ def _plot_equal(ax: Any, res: dict[str, Any]) -> None:
 
 
 def plot(results: dict[str, Any], path: Path, seeds: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tabular_reference.common.plots import pyplot, save_figure
 
     n = len(results)
-    fig, axes = plt.subplots(2, n, figsize=(6.2 * n, 8.4), squeeze=False)
+    fig, axes = pyplot().subplots(2, n, figsize=(6.2 * n, 8.4), squeeze=False)
     for j, (task, res) in enumerate(results.items()):
         _plot_steps(axes[0][j], res, seeds)
         _plot_equal(axes[1][j], res)
@@ -586,9 +567,7 @@ def plot(results: dict[str, Any], path: Path, seeds: int) -> None:
             ax.set_title(f"{task}: {what}", fontsize=9)
             ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:

@@ -55,15 +55,16 @@ def plot_learning_curves(
     return save_figure(fig, path)
 
 
-def save_figure(fig, path: str | os.PathLike[str]) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
+def save_figure(fig, path: str | os.PathLike[str], dpi: float | None = None) -> Path:
+    """Save a matplotlib figure as PNG atomically (parent directories created) and close it;
+    ``dpi`` renders it at that resolution instead of the figure's own."""
     import io
 
     from align_cbrl.utils.io import atomic_write_bytes
 
     plt = pyplot()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", dpi=dpi or "figure")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
