@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from align_cbrl.rewards.base import Contexts, RewardComponent
-from align_cbrl.rewards.model_dirs import resolve_model_dir
+from align_cbrl.rewards.base import Contexts
+from align_cbrl.rewards.model_dirs import PretrainedModelReward
 
 __all__ = ["EmbeddingSimilarityReward", "mean_pool"]
 
@@ -28,7 +28,7 @@ def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
 
-class EmbeddingSimilarityReward(RewardComponent):
+class EmbeddingSimilarityReward(PretrainedModelReward):
     """Score = ``scale * agg_t cos(e(completion), e(target_t))``.
 
     Args:
@@ -61,18 +61,21 @@ class EmbeddingSimilarityReward(RewardComponent):
         none_value: float | None = None,
     ) -> None:
         super().__init__(name, none_value)
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         if aggregate not in ("max", "mean"):
             raise ValueError(f"embedding component {name!r}: aggregate must be 'max' or 'mean'")
-        self.model_dir = resolve_model_dir(model, f"sentence encoder of component {name!r}")
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            self.model_dir, trust_remote_code=trust_remote_code
+        self.load_model(
+            model,
+            f"sentence encoder of component {name!r}",
+            AutoModel,
+            batch_size=batch_size,
+            max_length=max_length,
+            device=device,
+            scale=scale,
+            trust_remote_code=trust_remote_code,
         )
-        self.model = AutoModel.from_pretrained(self.model_dir, trust_remote_code=trust_remote_code)
-        self.model.eval().to(device)
-        self.device, self.batch_size, self.max_length = torch.device(device), batch_size, max_length
-        self.aggregate, self.scale, self.context_column = aggregate, float(scale), context_column
+        self.aggregate, self.context_column = aggregate, context_column
 
         def _check(ts: Any, where: str) -> list[str]:
             if isinstance(ts, str) or not ts or not all(isinstance(t, str) for t in ts):
@@ -97,14 +100,7 @@ class EmbeddingSimilarityReward(RewardComponent):
         """Unit-norm mean-pooled embeddings ``[len(texts), D]`` (float64)."""
         out = []
         for s in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(
-                list(texts[s : s + self.batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-            enc = {k: v.to(self.device) for k, v in enc.items()}
+            enc = self.tokenize(list(texts[s : s + self.batch_size]))
             hidden = self.model(**enc).last_hidden_state
             e = mean_pool(hidden, enc["attention_mask"]).to(torch.float64).cpu()
             out.append(torch.nn.functional.normalize(e, dim=-1))

@@ -14,15 +14,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from align_cbrl.rewards.base import Contexts, RewardComponent
-from align_cbrl.rewards.model_dirs import resolve_model_dir
+from align_cbrl.rewards.base import Contexts
+from align_cbrl.rewards.model_dirs import PretrainedModelReward
 
 __all__ = ["SequenceClassifierReward"]
 
 _INPUTS = ("pair", "concat", "completion")
 
 
-class SequenceClassifierReward(RewardComponent):
+class SequenceClassifierReward(PretrainedModelReward):
     """Score = ``scale * logits[:, label_index]`` of a local sequence-classification model.
 
     Args:
@@ -51,7 +51,7 @@ class SequenceClassifierReward(RewardComponent):
         none_value: float | None = None,
     ) -> None:
         super().__init__(name, none_value)
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         if inputs not in _INPUTS:
             raise ValueError(
@@ -59,14 +59,16 @@ class SequenceClassifierReward(RewardComponent):
             )
         if batch_size < 1:
             raise ValueError(f"hf_classifier component {name!r}: batch_size must be >= 1")
-        self.model_dir = resolve_model_dir(model, f"reward model of component {name!r}")
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            self.model_dir, trust_remote_code=trust_remote_code
+        self.load_model(
+            model,
+            f"reward model of component {name!r}",
+            AutoModelForSequenceClassification,
+            batch_size=batch_size,
+            max_length=max_length,
+            device=device,
+            scale=scale,
+            trust_remote_code=trust_remote_code,
         )
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.model_dir, trust_remote_code=trust_remote_code
-        )
-        self.model.eval().to(device)
         n_out = int(self.model.config.num_labels)
         if not 0 <= label_index < n_out:
             raise ValueError(
@@ -83,23 +85,13 @@ class SequenceClassifierReward(RewardComponent):
         if getattr(self.model.config, "pad_token_id", None) is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.label_index, self.inputs = label_index, inputs
-        self.batch_size, self.max_length = batch_size, max_length
-        self.device, self.scale = torch.device(device), float(scale)
 
     def _encode(self, prompts: list[str], completions: list[str]) -> dict[str, Tensor]:
-        kw = {
-            "padding": True,
-            "truncation": True,
-            "max_length": self.max_length,
-            "return_tensors": "pt",
-        }
         if self.inputs == "pair":
-            enc = self.tokenizer(prompts, completions, **kw)
-        elif self.inputs == "concat":
-            enc = self.tokenizer([p + c for p, c in zip(prompts, completions)], **kw)
-        else:
-            enc = self.tokenizer(completions, **kw)
-        return {k: v.to(self.device) for k, v in enc.items()}
+            return self.tokenize(prompts, completions)
+        if self.inputs == "concat":
+            return self.tokenize([p + c for p, c in zip(prompts, completions)])
+        return self.tokenize(completions)
 
     @torch.no_grad()
     def score(self, prompts: list[str], completions: list[str], contexts: Contexts) -> Tensor:

