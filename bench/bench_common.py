@@ -2,6 +2,8 @@
 script's own directory comes first on the import path when it runs (``python bench/x.py``), and
 pytest puts ``bench/`` there for the tests that load the benches.
 
+* :func:`four_rooms_parser`: the command line of a Four-Rooms bench, starting with the model's
+  two settings every one of them takes.
 * Runs of the orchestrated trainer inside a bench: :data:`QUIET_RUN`, the settings of a run that
   writes nothing the bench does not read, and :func:`tabular_follower`, a learning tabular
   follower's config entry.
@@ -24,6 +26,16 @@ from align_cbrl.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
     from align_cbrl.estimators.multilevel import MultilevelSchedule
+
+
+def four_rooms_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser for a Four-Rooms bench with the model's settings: ``--lam``, the
+    follower temperature (``RunConfig.beta``; the paper's lambda, default 0.005), and
+    ``--beta``, the leader's budget cost (``RunConfig.budget_cost``, default 1)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--lam", type=float, default=0.005, help="follower temperature beta")
+    ap.add_argument("--beta", type=float, default=1.0, help="budget cost")
+    return ap
 
 
 QUIET_RUN: dict[str, Any] = {

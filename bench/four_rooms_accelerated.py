@@ -29,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
+from bench_common import four_rooms_parser
 
 from align_cbrl.utils.io import atomic_write_text
 from tabular_reference.common.plots import mean_se
@@ -142,9 +143,7 @@ def plot(rows: list[dict], F_star: np.ndarray, path: Path, title: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--lam", type=float, default=0.005, help="follower temperature beta")
-    ap.add_argument("--beta", type=float, default=1.0, help="budget cost")
+    ap = four_rooms_parser(__doc__.split("\n")[0])
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--steps", type=int, default=10_000, help="sampled steps per estimate")

@@ -25,13 +25,13 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/four_rooms_estimator_bias.py [--
 
 from __future__ import annotations
 
-import argparse
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import torch
+from bench_common import four_rooms_parser
 
 from align_cbrl.estimators.episodes import discounted_returns, per_state_sum, time_in_episode
 from align_cbrl.estimators.published import published_hpgd_weights
@@ -130,10 +130,8 @@ def _compare(goal: int, exact: np.ndarray, out: dict[str, np.ndarray]) -> list[d
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = four_rooms_parser(__doc__)
     ap.add_argument("--n", type=int, default=200, help="independent estimates to average")
-    ap.add_argument("--lam", type=float, default=0.005, help="follower temperature")
-    ap.add_argument("--beta", type=float, default=1.0, help="budget cost")
     ap.add_argument("--dynamics", default="paper", help=f"preset: {' | '.join(PRESETS)}")
     ap.add_argument("--json", default=None, help="also write the table to this JSON file")
     args = ap.parse_args()

@@ -32,7 +32,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import torch
-from bench_common import multilevel_row, run_starts
+from bench_common import four_rooms_parser, multilevel_row, run_starts
 
 from align_cbrl.estimators.multilevel import MultilevelSchedule
 from tabular_reference.common.bias import bias_summary, point_bias
@@ -197,9 +197,7 @@ def measure(cfg: RunConfig, args: argparse.Namespace, x, x_lag, kind: str, base:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--lam", type=float, default=0.005, help="follower temperature beta")
-    ap.add_argument("--beta", type=float, default=1.0, help="budget cost")
+    ap = four_rooms_parser(__doc__.split("\n")[0])
     ap.add_argument("--x-iters", type=int, default=300)
     ap.add_argument("--x-lr", type=float, default=0.1)
     ap.add_argument("--lag", type=int, default=300)
