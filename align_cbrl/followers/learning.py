@@ -23,7 +23,7 @@ numbers; the coupling of the multilevel estimator, §9.4).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -48,21 +48,10 @@ class SoftmaxFollower(ExactFollower):
 
     _KIND = "the tabular follower"
 
-    def __init__(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        log_pi_ref: torch.Tensor,
-        beta: float,
-        *,
-        lr: float,
-        contexts: Mapping[str, Sequence[Any]] | None = None,
-        seed: int = 0,
-        name: str = "softmax",
-    ) -> None:
-        super().__init__(
-            prompts, completions, log_pi_ref, beta, contexts=contexts, seed=seed, name=name
-        )
+    def __init__(self, *args: Any, lr: float, name: str = "softmax", **kwargs: Any) -> None:
+        # args / kwargs are ExactFollower's (prompts, completions, log_pi_ref, beta; contexts,
+        # seed): this follower starts as that one and only adds the step size
+        super().__init__(*args, name=name, **kwargs)
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr):
             raise ValueError(f"follower {name!r}: lr must be a finite number, got {lr!r}")
         if not 0 < lr * self.beta < 2:
