@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from align_cbrl.leaders.base import Leader, register_leader
+from align_cbrl.utils.signatures import forwards_to
 
 __all__ = ["NeuralShapingLeader"]
 
@@ -36,24 +37,21 @@ class NeuralShapingLeader(Leader):
 
     leader_type = "neural"
 
+    @forwards_to(Leader.__init__, skip=2)
     def __init__(
         self,
         component_names: Sequence[str],
         feature_dim: int = 0,
         hidden: Sequence[int] = (32,),
         use_scores: bool = True,
-        contexts: Sequence[Any] | None = None,
-        context_column: str = "category",
-        default_context: Any | None = None,
         bound: float | None = None,
         seed: int = 0,
-        cost_coef: float = 0.0,
-        cost_kind: str = "l1",
         dtype: str = "float64",
+        **shared: Any,
     ) -> None:
-        super().__init__(
-            component_names, cost_coef, cost_kind, contexts, context_column, default_context
-        )
+        # shared: the options every leader has (contexts, context_column, default_context,
+        # cost_coef, cost_kind), which Leader checks and keeps
+        super().__init__(component_names, **shared)
         if feature_dim < 0:
             raise ValueError(f"feature_dim must be >= 0, got {feature_dim}")
         if bound is not None and not bound > 0:

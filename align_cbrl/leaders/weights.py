@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from align_cbrl.leaders.base import Leader, register_leader
 from align_cbrl.leaders.parametrization import WeightParametrization
+from align_cbrl.utils.signatures import forwards_to
 
 __all__ = ["WeightLeader"]
 
@@ -41,6 +42,7 @@ class WeightLeader(Leader):
 
     leader_type = "weights"
 
+    @forwards_to(Leader.__init__, skip=2)
     def __init__(
         self,
         component_names: Sequence[str],
@@ -55,12 +57,16 @@ class WeightLeader(Leader):
         init_weights: float | Mapping[str, float] | None = None,
         init_std: float = 0.0,
         seed: int = 0,
-        cost_coef: float = 0.0,
-        cost_kind: str = "l1",
         dtype: str = "float64",
+        **cost: Any,
     ) -> None:
+        # cost: the leader's cost of incentives (cost_coef, cost_kind), which Leader checks
         super().__init__(
-            component_names, cost_coef, cost_kind, contexts, context_column, default_context
+            component_names,
+            contexts=contexts,
+            context_column=context_column,
+            default_context=default_context,
+            **cost,
         )
         self.param = WeightParametrization(parametrization, lo, hi, budget, unused_slot)
         self.init_weights, self.init_std, self.seed, self.dtype_name = (
