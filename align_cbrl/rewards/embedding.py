@@ -18,6 +18,7 @@ from torch import Tensor
 
 from align_cbrl.rewards.base import Contexts
 from align_cbrl.rewards.model_dirs import PretrainedModelReward
+from align_cbrl.utils.signatures import forwards_to
 
 __all__ = ["EmbeddingSimilarityReward", "mean_pool"]
 
@@ -45,6 +46,7 @@ class EmbeddingSimilarityReward(PretrainedModelReward):
 
     kind = "embedding_similarity"
 
+    @forwards_to(PretrainedModelReward.__init__, skip=5)
     def __init__(
         self,
         name: str,
@@ -55,25 +57,21 @@ class EmbeddingSimilarityReward(PretrainedModelReward):
         aggregate: str = "max",
         batch_size: int = 32,
         max_length: int = 256,
-        device: str = "cpu",
-        scale: float = 1.0,
-        trust_remote_code: bool = False,
-        none_value: float | None = None,
+        **loading: Any,
     ) -> None:
-        super().__init__(name, none_value)
+        # loading: device, scale, trust_remote_code, none_value (PretrainedModelReward's)
         from transformers import AutoModel
 
         if aggregate not in ("max", "mean"):
             raise ValueError(f"embedding component {name!r}: aggregate must be 'max' or 'mean'")
-        self.load_model(
+        super().__init__(
+            name,
             model,
             f"sentence encoder of component {name!r}",
             AutoModel,
             batch_size=batch_size,
             max_length=max_length,
-            device=device,
-            scale=scale,
-            trust_remote_code=trust_remote_code,
+            **loading,
         )
         self.aggregate, self.context_column = aggregate, context_column
 

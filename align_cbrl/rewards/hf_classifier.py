@@ -10,12 +10,14 @@ one-output reward model, its only logit), as used for ``r_x`` / ``rbar`` (``docs
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from align_cbrl.rewards.base import Contexts
 from align_cbrl.rewards.model_dirs import PretrainedModelReward
+from align_cbrl.utils.signatures import forwards_to
 
 __all__ = ["SequenceClassifierReward"]
 
@@ -37,6 +39,7 @@ class SequenceClassifierReward(PretrainedModelReward):
 
     kind = "hf_classifier"
 
+    @forwards_to(PretrainedModelReward.__init__, skip=5)
     def __init__(
         self,
         name: str,
@@ -45,12 +48,9 @@ class SequenceClassifierReward(PretrainedModelReward):
         inputs: str = "pair",
         batch_size: int = 16,
         max_length: int = 512,
-        device: str = "cpu",
-        scale: float = 1.0,
-        trust_remote_code: bool = False,
-        none_value: float | None = None,
+        **loading: Any,
     ) -> None:
-        super().__init__(name, none_value)
+        # loading: device, scale, trust_remote_code, none_value (PretrainedModelReward's)
         from transformers import AutoModelForSequenceClassification
 
         if inputs not in _INPUTS:
@@ -59,15 +59,14 @@ class SequenceClassifierReward(PretrainedModelReward):
             )
         if batch_size < 1:
             raise ValueError(f"hf_classifier component {name!r}: batch_size must be >= 1")
-        self.load_model(
+        super().__init__(
+            name,
             model,
             f"reward model of component {name!r}",
             AutoModelForSequenceClassification,
             batch_size=batch_size,
             max_length=max_length,
-            device=device,
-            scale=scale,
-            trust_remote_code=trust_remote_code,
+            **loading,
         )
         n_out = int(self.model.config.num_labels)
         if not 0 <= label_index < n_out:

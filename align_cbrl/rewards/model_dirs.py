@@ -66,25 +66,31 @@ def resolve_model_dir(model: str | Path, what: str = "model") -> Path:
 
 class PretrainedModelReward(RewardComponent):
     """A component that scores with a local Hugging Face model (the sequence classifier, the
-    sentence encoder): :meth:`load_model` loads it, :meth:`tokenize` encodes a batch for it.
-    Subclasses validate their own options first, then call :meth:`load_model`."""
+    sentence encoder): the constructor loads it, :meth:`tokenize` encodes a batch for it.
+    Subclasses validate their own options first, then call this constructor; they take the
+    loading options they do not set a default of their own for (``device``, ``scale``,
+    ``trust_remote_code``, ``none_value``) as ``**kwargs`` passed on here
+    (:func:`align_cbrl.utils.signatures.forwards_to` keeps them in their signatures)."""
 
-    def load_model(
+    def __init__(
         self,
+        name: str,
         model: str | Path,
         what: str,
         auto_class: Any,
         *,
         batch_size: int,
         max_length: int,
-        device: str,
-        scale: float,
-        trust_remote_code: bool,
+        device: str = "cpu",
+        scale: float = 1.0,
+        trust_remote_code: bool = False,
+        none_value: float | None = None,
     ) -> None:
         """Load the tokenizer and ``auto_class``'s model (``AutoModel``,
         ``AutoModelForSequenceClassification``) from :func:`resolve_model_dir` of ``model``
         (``what`` names it in the error), the model in eval mode on ``device``; keep the batching
         settings (``batch_size`` texts per forward pass, ``max_length`` tokens) and ``scale``."""
+        super().__init__(name, none_value)
         from transformers import AutoTokenizer
 
         self.model_dir = resolve_model_dir(model, what)
