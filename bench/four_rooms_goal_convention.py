@@ -67,7 +67,7 @@ def objective(
         rb = torch.zeros(S, 4, dtype=D)
         rb[E.target] = 1.0
         rb = torch.where(term[:, None], (-budget_cost * budget).expand(S, 4), rb)
-        pi = mdp.soft_best_response(P, r, GAMMA, beta, term, tol=1e-11)
+        pi = mdp.soft_best_response(mdp.SoftMDP(P, r, GAMMA, beta, term, tol=1e-11))
         total = total + mdp.leader_value(P, pi, rb, GAMMA, mu0, term)
     return total / len(E.goals)
 

@@ -28,12 +28,15 @@ Conventions
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "InputJacobians",
+    "SoftMDP",
     "SoftSolution",
     "discounted_occupancy",
     "exact_hypergradient",
@@ -46,6 +49,36 @@ __all__ = [
 ]
 
 _DT = torch.float64
+
+
+@dataclass(frozen=True, eq=False)
+class SoftMDP:
+    """The follower's problem, one object for every function of the soft oracle.
+
+    Transition ``P[s, a, s']`` and reward ``r[s, a]`` (any float dtype; the functions compute
+    in float64), discount ``gamma`` in ``[0, 1)``, follower temperature ``beta > 0``, optional
+    ``terminal_mask[S]`` and KL ``prior[S, A]`` (module docstring, *Conventions*) and ``tol``,
+    the sup-norm soft Bellman residual ``max_s |T(V)(s) - V(s)|`` at which the solve stops.
+    Only what varies per call (a value ``V``, the leader's ``rbar``/``mu0``, Jacobians, a warm
+    start) is passed beside it. ``eq=False``: tensors have no single truth value."""
+
+    P: Tensor
+    r: Tensor
+    gamma: float
+    beta: float
+    terminal_mask: Tensor | None = None
+    prior: Tensor | None = None
+    tol: float = 1e-12
+
+
+class InputJacobians(NamedTuple):
+    """How the leader's parameters ``x[K]`` move the bilevel problem's inputs:
+    ``dr[S, A, K] = d r / d x``, ``drbar[S, A, K] = d rbar / d x`` and
+    ``dP[S, A, S, K] = d P / d x``; any may be ``None`` (= zero), not all."""
+
+    dr: Tensor | None = None
+    drbar: Tensor | None = None
+    dP: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -109,22 +142,16 @@ def soft_policy(
     return V, pi
 
 
-def soft_bellman_operator(
-    P: Tensor,
-    r: Tensor,
-    V: Tensor,
-    gamma: float,
-    beta: float,
-    prior: Tensor | None = None,
-    terminal_mask: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One application of the soft Bellman operator (``docs/theory.md`` §1).
+def soft_bellman_operator(problem: SoftMDP, V: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One application of the soft Bellman operator (``docs/theory.md`` §1) of ``problem``
+    (its ``tol`` is not used).
 
     Returns ``(T(V)[S], Q[S, A], pi[S, A])`` with ``Q = r + gamma P V`` (``Q = r`` at terminal
     states, whose continuation is ignored)."""
-    term = _terminal(terminal_mask, P.shape[0], P.device)
-    Q = _lookahead(P, r, V, gamma, term)
-    TV, pi = soft_policy(Q, beta, prior, term)
+    P = problem.P
+    term = _terminal(problem.terminal_mask, P.shape[0], P.device)
+    Q = _lookahead(P, problem.r, V, problem.gamma, term)
+    TV, pi = soft_policy(Q, problem.beta, problem.prior, term)
     return TV, Q, pi
 
 
@@ -160,24 +187,16 @@ def policy_evaluation(
     return torch.linalg.solve(_evaluation_matrix(P, pi, gamma, term), reward.to(_DT))
 
 
-def soft_solve(
-    P: Tensor,
-    r: Tensor,
-    gamma: float,
-    beta: float,
-    terminal_mask: Tensor | None = None,
-    tol: float = 1e-12,
-    prior: Tensor | None = None,
-    V0: Tensor | None = None,
-    max_iters: int = 500,
-) -> SoftSolution:
-    """Exact soft-optimal follower (``docs/theory.md`` §1) by soft policy iteration.
+def soft_solve(problem: SoftMDP, V0: Tensor | None = None, max_iters: int = 500) -> SoftSolution:
+    """Exact soft-optimal follower (``docs/theory.md`` §1) of ``problem`` by soft policy
+    iteration, from ``V0`` (zeros if ``None``).
 
     Each iteration is a Newton step on the soft Bellman equation ``V = T(V)``: with
     ``pi = softmax`` of the current ``Q``, solve the entropy-regularised evaluation
     ``V <- (I - gamma P_pi)^{-1} sum_a pi (r - beta log(pi/prior))``. Stops when the sup-norm
-    residual ``max_s |T(V) - V|`` is ``<= tol`` (raises ``RuntimeError`` if ``max_iters`` is
-    exhausted). No gradients are tracked; use :func:`soft_value` for autograd."""
+    residual ``max_s |T(V) - V|`` is ``<= problem.tol`` (raises ``RuntimeError`` if
+    ``max_iters`` is exhausted). No gradients are tracked; use :func:`soft_value` for autograd."""
+    P, r, gamma, beta, tol = problem.P, problem.r, problem.gamma, problem.beta, problem.tol
     _check(P, r, gamma, beta)
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
@@ -185,11 +204,13 @@ def soft_solve(
         P = P.to(_DT)
         r = r.to(_DT)
         S = r.shape[0]
-        term = _terminal(terminal_mask, S, P.device)
-        lp = _log_prior(prior, r)
+        term = _terminal(problem.terminal_mask, S, P.device)
+        lp = _log_prior(problem.prior, r)
+        # the float64 problem with its mask resolved once, for every sweep below
+        dense = replace(problem, P=P, r=r, terminal_mask=term)
         V = torch.zeros(S, dtype=_DT) if V0 is None else V0.to(_DT).clone()
         for it in range(max_iters + 1):
-            TV, Q, pi = soft_bellman_operator(P, r, V, gamma, beta, prior, term)
+            TV, Q, pi = soft_bellman_operator(dense, V)
             res = float((TV - V).abs().max())
             if res <= tol:
                 return SoftSolution(Q=Q, V=TV, pi=pi, residual=res, iters=it)
@@ -243,7 +264,8 @@ class _SoftValueFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, P, r, gamma, beta, prior, term, tol, V0):  # type: ignore[override]
-        sol = soft_solve(P.detach(), r.detach(), gamma, beta, term, tol, prior, V0)
+        # P and r are arguments of their own (not inside a SoftMDP) so that autograd sees them
+        sol = soft_solve(SoftMDP(P.detach(), r.detach(), gamma, beta, term, prior, tol), V0)
         ctx.save_for_backward(P.detach().to(_DT), sol.pi, sol.V, term)
         ctx.gamma = gamma
         return sol.V
@@ -260,61 +282,41 @@ class _SoftValueFn(torch.autograd.Function):
         return g_P, g_r, None, None, None, None, None, None
 
 
-def soft_value(
-    P: Tensor,
-    r: Tensor,
-    gamma: float,
-    beta: float,
-    terminal_mask: Tensor | None = None,
-    prior: Tensor | None = None,
-    tol: float = 1e-12,
-    V0: Tensor | None = None,
-) -> Tensor:
-    """Differentiable soft-optimal value ``V*(P, r)`` (implicit-function layer).
+def soft_value(problem: SoftMDP, V0: Tensor | None = None) -> Tensor:
+    """Differentiable soft-optimal value ``V*(P, r)`` of ``problem`` (implicit-function layer;
+    gradients flow to ``problem.P`` and ``problem.r``), solved from ``V0``.
 
     Combine with ``Q = r + gamma P V`` and :func:`soft_policy` to get a differentiable
     ``pi*``; e.g. the leader objective ``F(x) = leader_value(P, pi*(x), rbar(x), ...)`` then
     backpropagates the exact hypergradient of ``docs/theory.md`` §2."""
+    P, r, gamma, beta = problem.P, problem.r, problem.gamma, problem.beta
     _check(P, r, gamma, beta)
     S = P.shape[0]
-    term = _terminal(terminal_mask, S, P.device)
-    return _SoftValueFn.apply(P.to(_DT), r.to(_DT), gamma, beta, prior, term, tol, V0)
+    term = _terminal(problem.terminal_mask, S, P.device)
+    return _SoftValueFn.apply(
+        P.to(_DT), r.to(_DT), gamma, beta, problem.prior, term, problem.tol, V0
+    )
 
 
-def soft_best_response(
-    P: Tensor,
-    r: Tensor,
-    gamma: float,
-    beta: float,
-    terminal_mask: Tensor | None = None,
-    prior: Tensor | None = None,
-    tol: float = 1e-12,
-) -> Tensor:
-    """Differentiable ``pi*(P, r)`` (``docs/theory.md`` §1) built on :func:`soft_value`."""
-    term = _terminal(terminal_mask, P.shape[0], P.device)
-    V = soft_value(P, r, gamma, beta, term, prior, tol)
-    return soft_policy(_lookahead(P.to(_DT), r.to(_DT), V, gamma, term), beta, prior, term)[1]
+def soft_best_response(problem: SoftMDP) -> Tensor:
+    """Differentiable ``pi*(P, r)`` (``docs/theory.md`` §1) of ``problem``, built on
+    :func:`soft_value`: ``pi* = prior exp((Q* - V*)/beta)`` with ``Q* = r + gamma P V*``."""
+    P, r, gamma = problem.P, problem.r, problem.gamma
+    term = _terminal(problem.terminal_mask, P.shape[0], P.device)
+    V = soft_value(replace(problem, terminal_mask=term))
+    Q = _lookahead(P.to(_DT), r.to(_DT), V, gamma, term)
+    return soft_policy(Q, problem.beta, problem.prior, term)[1]
 
 
 def exact_hypergradient(
-    P: Tensor,
-    r: Tensor,
-    rbar: Tensor,
-    gamma: float,
-    beta: float,
-    mu0: Tensor,
-    dr: Tensor | None = None,
-    drbar: Tensor | None = None,
-    dP: Tensor | None = None,
-    terminal_mask: Tensor | None = None,
-    prior: Tensor | None = None,
-    tol: float = 1e-12,
+    problem: SoftMDP, rbar: Tensor, mu0: Tensor, jac: InputJacobians
 ) -> tuple[Tensor, Tensor]:
-    """Closed-form exact hypergradient (``docs/theory.md`` §2) by the adjoint method.
+    """Closed-form exact hypergradient (``docs/theory.md`` §2) of the leader's reward
+    ``rbar[S, A]`` from the initial distribution ``mu0[S]``, with the follower ``problem``,
+    by the adjoint method.
 
-    Given the Jacobians ``dr[S, A, K] = d r / d x``, ``drbar[S, A, K]`` and
-    ``dP[S, A, S, K]`` (any may be ``None`` = zero; ``K`` = number of leader parameters),
-    returns ``(F, dF/dx[K])`` for ``F = mu0^T Vbar`` with
+    Given the Jacobians ``jac`` (``dr``, ``drbar``, ``dP``; ``K`` = number of leader
+    parameters), returns ``(F, dF/dx[K])`` for ``F = mu0^T Vbar`` with
 
     ``dF = sum_{s,a} mu(s) pi(a|s) [ drbar(s,a) + (1/beta) (dQ*(s,a) - dV*(s)) Abar(s,a)
     + gamma sum_s' dP(s'|s,a) Vbar(s') ]``,
@@ -324,11 +326,12 @@ def exact_hypergradient(
     (``dV* = (I - gamma P_pi)^{-1} sum_a pi (dr + gamma dP V*)``,
     ``dQ* = dr + gamma (dP V* + P dV*)``).
     Terminal states contribute ``mu(s) mean_a drbar(s, a)``."""
-    sol = soft_solve(P, r, gamma, beta, terminal_mask, tol, prior)
-    P = P.to(_DT)
+    sol = soft_solve(problem)
+    P, r, gamma, beta = problem.P.to(_DT), problem.r, problem.gamma, problem.beta
     S, A = r.shape
-    term = _terminal(terminal_mask, S, P.device)
+    term = _terminal(problem.terminal_mask, S, P.device)
     pi, V = sol.pi, sol.V
+    dr, drbar, dP = jac
     ks = [t.shape[-1] for t in (dr, drbar, dP) if t is not None]
     if not ks:
         raise ValueError("give at least one of dr, drbar, dP")

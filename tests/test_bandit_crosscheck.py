@@ -35,12 +35,11 @@ def test_bandit_matches_tabular_reference(
     prior = torch.softmax(task.log_ref, -1)  # [1, Y]
     mu0 = torch.ones(1, dtype=torch.float64)
     # gamma = 0: a one-step problem (a contextual bandit), as for an LM completion
-    sol = mdp.soft_solve(P, r, gamma=0.0, beta=beta, prior=prior)
+    problem = mdp.SoftMDP(P, r, gamma=0.0, beta=beta, prior=prior)
+    sol = mdp.soft_solve(problem)
     pi = tl.exact_policy(task, bl, beta).detach()
     assert torch.allclose(sol.pi, pi, atol=1e-13)
-    F_tab, g_tab = mdp.exact_hypergradient(
-        P, r, rbar, gamma=0.0, beta=beta, mu0=mu0, dr=d_r, drbar=d_rbar, prior=prior
-    )
+    F_tab, g_tab = mdp.exact_hypergradient(problem, rbar, mu0, mdp.InputJacobians(d_r, d_rbar))
     F = tl.exact_objective(task, bl, beta).detach()
     assert torch.allclose(F_tab, F, atol=1e-13)
     g = tl.exact_gradient(task, bl, beta)
@@ -48,7 +47,7 @@ def test_bandit_matches_tabular_reference(
     # the autograd route of the oracle (implicit-function layer) agrees too
     x = bl.leader.flat_parameters().requires_grad_(True)
     r_x, rbar_x = task.rewards(bl, bl.leader.unflatten(x, "leader."))
-    pi_x = mdp.soft_best_response(P, r_x, 0.0, beta, prior=prior)
+    pi_x = mdp.soft_best_response(mdp.SoftMDP(P, r_x, 0.0, beta, prior=prior))
     (g_auto,) = torch.autograd.grad(mdp.leader_value(P, pi_x, rbar_x, 0.0, mu0), x)
     assert torch.allclose(g_auto, g, atol=1e-12)
     # and the sampled HPGD estimate averages to the same number (within 2 standard errors

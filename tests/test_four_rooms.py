@@ -96,16 +96,15 @@ def test_fast_solver_matches_dense_oracle(beta, preset):
         F, pi, sigma, g_idx, V = fs.F, fs.pi, fs.sigma, fs.goal, fs.V
         assert solver.newton_calls > 0
         xt, P, r, rb, mu0, term = _dense(x[0], goal, 3.0, preset)
-        sol = mdp.soft_solve(P.detach(), r.detach(), GAMMA, beta, term, tol=1e-12)
+        sol = mdp.soft_solve(mdp.SoftMDP(P.detach(), r.detach(), GAMMA, beta, term, tol=1e-12))
         np.testing.assert_allclose(V[0], sol.V.numpy(), atol=1e-10)
         np.testing.assert_allclose(pi[0], sol.pi.numpy(), atol=1e-8)
         # residual of the returned solution, recomputed independently by the oracle's operator
-        TV, _, _ = mdp.soft_bellman_operator(
-            P, r.detach(), torch.tensor(V[0]), GAMMA, beta, None, term
-        )
+        oracle = mdp.SoftMDP(P, r.detach(), GAMMA, beta, term)
+        TV, _, _ = mdp.soft_bellman_operator(oracle, torch.tensor(V[0]))
         assert float((TV - torch.tensor(V[0])).abs().max()) <= 1e-11
         # AMD fast path (exact gradient through the logits) vs autograd on the dense oracle
-        pis = mdp.soft_best_response(P, r, GAMMA, beta, term, tol=1e-12)
+        pis = mdp.soft_best_response(mdp.SoftMDP(P, r, GAMMA, beta, term, tol=1e-12))
         Fd = mdp.leader_value(P, pis, rb, GAMMA, mu0, term)
         (gd,) = torch.autograd.grad(Fd, xt)
         assert F[0] == pytest.approx(float(Fd.detach()), abs=1e-10)
@@ -137,9 +136,9 @@ def test_warm_solves_through_the_factor_cache_match_the_dense_oracle(preset):
             assert np.array_equal(getattr(fa, name), getattr(fb, name)), name
         assert np.array_equal(a._factors[1], b._factors[1]) and np.array_equal(a.V, b.V)
         _xt, P, r, rb, mu0, term = _dense(x[0], E.goals[1], 3.0, preset)
-        sol = mdp.soft_solve(P.detach(), r.detach(), GAMMA, beta, term, tol=1e-12)
+        sol = mdp.soft_solve(mdp.SoftMDP(P.detach(), r.detach(), GAMMA, beta, term, tol=1e-12))
         np.testing.assert_allclose(fa.V[0], sol.V.numpy(), atol=1e-10)
-        pis = mdp.soft_best_response(P, r, GAMMA, beta, term, tol=1e-12)
+        pis = mdp.soft_best_response(mdp.SoftMDP(P, r, GAMMA, beta, term, tol=1e-12))
         Fd = float(mdp.leader_value(P, pis, rb, GAMMA, mu0, term).detach())
         assert fa.F[0] == pytest.approx(Fd, abs=1e-10)
 

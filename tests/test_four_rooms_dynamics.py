@@ -407,7 +407,7 @@ def test_published_follower_solve_converges_to_the_soft_optimum_with_goal_entrop
     r = torch.tensor(np.repeat(pen[:, None], 4, 1))
     r[goal] = 1.0 + beta * np.log(4.0)
     P = torch.tensor(E.dense_transitions(plan))
-    sol = mdp.soft_solve(P, r, GAMMA, beta, term, tol=1e-12)
+    sol = mdp.soft_solve(mdp.SoftMDP(P, r, GAMMA, beta, term, tol=1e-12))
     ref = sol.pi.numpy()
     ref[goal] = 0.25
     assert np.abs(pi_conv - ref).max() < 1e-8

@@ -57,14 +57,15 @@ def test_sweeps_equal_dense_soft_bellman_operator(beta):
         V0[0, goal] = 1.0
         f.set_tables(np.array([k]), V0)
         P, r, term = _dense(x, goal, cfg.model.plan)
+        problem = mdp.SoftMDP(P, r, GAMMA, beta, term)
         V = torch.tensor(V0[0])
         for step in range(1, 6):
             f.advance(x, np.array([k]), 1)
-            V, _, pi = mdp.soft_bellman_operator(P, r, V, GAMMA, beta, None, term)
+            V, _, pi = mdp.soft_bellman_operator(problem, V)
             np.testing.assert_allclose(f.V[0, k], V.numpy(), rtol=0, atol=1e-12)
             assert f.updates[0] == step
         sol = f.solution(x, np.array([k]))
-        _, _, pi = mdp.soft_bellman_operator(P, r, V, GAMMA, beta, None, term)
+        _, _, pi = mdp.soft_bellman_operator(problem, V)
         pi = pi.numpy()
         pi[goal] = 0.25
         np.testing.assert_allclose(sol.pi[0], pi, rtol=0, atol=1e-12)

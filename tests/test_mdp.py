@@ -46,7 +46,7 @@ def _random_mdp(seed: int, S: int = 6, A: int = 3, K: int = 4, terminal: bool = 
 
 def _F(build, x, gamma, beta, term, mu0, prior=None):
     P, r, rbar = build(x)
-    sol = mdp.soft_solve(P, r, gamma, beta, term, 1e-13, prior)
+    sol = mdp.soft_solve(mdp.SoftMDP(P, r, gamma, beta, term, prior, tol=1e-13))
     return float(mdp.leader_value(P, sol.pi, rbar, gamma, mu0, term))
 
 
@@ -56,11 +56,11 @@ def test_bandit_closed_form():
     P = torch.zeros(1, 4, 1, dtype=D)
     P[..., 0] = 1.0
     beta = 0.25
-    sol = mdp.soft_solve(P, r, 0.0, beta)
+    sol = mdp.soft_solve(mdp.SoftMDP(P, r, 0.0, beta))
     assert sol.V.item() == pytest.approx(beta * math.log(sum(math.exp(v / beta) for v in r[0])))
     torch.testing.assert_close(sol.pi[0], torch.softmax(r[0] / beta, 0))
     prior = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=D)
-    sol = mdp.soft_solve(P, r, 0.0, beta, prior=prior)
+    sol = mdp.soft_solve(mdp.SoftMDP(P, r, 0.0, beta, prior=prior))
     expect = prior[0] * torch.exp(r[0] / beta)
     torch.testing.assert_close(sol.pi[0], expect / expect.sum())
     assert sol.V.item() == pytest.approx(beta * math.log(float(expect.sum())))
@@ -70,12 +70,13 @@ def test_bandit_closed_form():
 def test_solution_is_fixed_point(beta):
     build, term, _, _ = _random_mdp(0)
     P, r, _ = build(torch.zeros(4, dtype=D))
-    sol = mdp.soft_solve(P, r, 0.9, beta, term, tol=1e-12)
+    problem = mdp.SoftMDP(P, r, 0.9, beta, term, tol=1e-12)
+    sol = mdp.soft_solve(problem)
     assert sol.residual <= 1e-12
     # independent check: plain soft value iteration from zero converges to the same V
     V = torch.zeros(6, dtype=D)
     for _ in range(3000):
-        V, _, _ = mdp.soft_bellman_operator(P, r, V, 0.9, beta, None, term)
+        V, _, _ = mdp.soft_bellman_operator(problem, V)
     torch.testing.assert_close(sol.V, V, atol=1e-10, rtol=0)
     assert sol.V[-1].item() == pytest.approx(r[-1, 0].item())  # terminal: no entropy bonus
     torch.testing.assert_close(sol.pi.sum(-1), torch.ones(6, dtype=D))
@@ -87,7 +88,7 @@ def test_leader_value_matches_enumerated_rollouts():
     build, term, mu0, _ = _random_mdp(1)
     P, r, rbar = build(torch.zeros(4, dtype=D))
     gamma = 0.8
-    sol = mdp.soft_solve(P, r, gamma, 0.3, term)
+    sol = mdp.soft_solve(mdp.SoftMDP(P, r, gamma, 0.3, term))
     f = mdp.leader_value(P, sol.pi, rbar, gamma, mu0, term)
     d = mu0.clone()
     total = 0.0
@@ -113,9 +114,8 @@ def test_exact_hypergradient_vs_finite_differences(seed, with_prior):
     P, r, rbar = build(x)
     # dP/dx for P = softmax(logP + WP x): dP = P * (WP - sum_t P WP)
     dP = P[..., None] * (WP - torch.einsum("sat,satk->sak", P, WP)[:, :, None, :])
-    F, g = mdp.exact_hypergradient(
-        P, r, rbar, gamma, beta, mu0, dr=Wr, drbar=Wb, dP=dP, terminal_mask=term, prior=prior
-    )
+    problem = mdp.SoftMDP(P, r, gamma, beta, term, prior)
+    F, g = mdp.exact_hypergradient(problem, rbar, mu0, mdp.InputJacobians(Wr, Wb, dP))
     assert float(F) == pytest.approx(_F(build, x, gamma, beta, term, mu0, prior), rel=1e-12)
     h = 1e-5
     fd = torch.zeros(4, dtype=D)
@@ -130,7 +130,7 @@ def test_exact_hypergradient_vs_finite_differences(seed, with_prior):
     # autograd through the implicit-function layer gives the same vector
     xa = x.clone().requires_grad_(True)
     P, r, rbar = build(xa)
-    pi = mdp.soft_best_response(P, r, gamma, beta, term, prior)
+    pi = mdp.soft_best_response(mdp.SoftMDP(P, r, gamma, beta, term, prior))
     Fa = mdp.leader_value(P, pi, rbar, gamma, mu0, term)
     (ga,) = torch.autograd.grad(Fa, xa)
     torch.testing.assert_close(ga, g, atol=1e-10, rtol=1e-8)
@@ -140,8 +140,8 @@ def test_bad_input_errors():
     P = torch.full((2, 2, 2), 0.5)
     r = torch.zeros(2, 2)
     with pytest.raises(ValueError, match="beta"):
-        mdp.soft_solve(P, r, 0.9, 0.0)
+        mdp.soft_solve(mdp.SoftMDP(P, r, 0.9, 0.0))
     with pytest.raises(ValueError, match="gamma"):
-        mdp.soft_solve(P, r, 1.0, 0.1)
+        mdp.soft_solve(mdp.SoftMDP(P, r, 1.0, 0.1))
     with pytest.raises(ValueError, match="shape"):
-        mdp.soft_solve(P, torch.zeros(3, 2), 0.9, 0.1)
+        mdp.soft_solve(mdp.SoftMDP(P, torch.zeros(3, 2), 0.9, 0.1))

@@ -53,14 +53,16 @@ def test_sweeps_equal_dense_soft_bellman_operator(econ: Economy) -> None:
             P = K[r][:, econ.flow_a, :]  # [S, A, S]
             for c in range(econ.n_contexts):
                 rew = asset_utility(econ)[:, None] + ra[r, c][None, :]
-                TV, _, pi = mdp.soft_bellman_operator(P, rew, Vs[r, c], econ.gamma, float(BETA[r]))
+                problem = mdp.SoftMDP(P, rew, econ.gamma, float(BETA[r]))
+                TV, _, pi = mdp.soft_bellman_operator(problem, Vs[r, c])
                 torch.testing.assert_close(sol.V[r, c], TV, rtol=0, atol=1e-12)
                 Vs[r, c] = TV
     for r in (0, 1):  # the learned policy: softmax of one more lookahead
         P = K[r][:, econ.flow_a, :]
         for c in range(econ.n_contexts):
             rew = asset_utility(econ)[:, None] + ra[r, c][None, :]
-            _, _, pi = mdp.soft_bellman_operator(P, rew, Vs[r, c], econ.gamma, float(BETA[r]))
+            problem = mdp.SoftMDP(P, rew, econ.gamma, float(BETA[r]))
+            _, _, pi = mdp.soft_bellman_operator(problem, Vs[r, c])
             pi_f = torch.zeros(econ.n_states, econ.n_flows, dtype=DT).index_add(1, econ.flow_a, pi)
             torch.testing.assert_close(sol.pi_f[r, c], pi_f, rtol=0, atol=1e-12)
             pa = sol.pi_f[r, c][:, econ.flow_a] * sol.log_pa[r, c].exp()[None, :]

@@ -91,13 +91,12 @@ def test_against_dense_oracle(small: Economy) -> None:
             for k in range(small.n_contexts):
                 th = theta[r_]
                 P, r, rbar = _dense_problem(small, th, k)
-                jac = torch.func.jacfwd(lambda t, k=k: _dense_problem(small, t, k))(th)
-                dP, dr, drbar = jac
-                ref = mdp.soft_solve(P, r, small.gamma, beta, tol=1e-12)
+                dP, dr, drbar = torch.func.jacfwd(lambda t, k=k: _dense_problem(small, t, k))(th)
+                problem = mdp.SoftMDP(P, r, small.gamma, beta, tol=1e-12)
+                ref = mdp.soft_solve(problem)
                 assert torch.allclose(ref.V, sol.V[r_, k], atol=1e-9)
-                F_k, g_k = mdp.exact_hypergradient(
-                    P, r, rbar, small.gamma, beta, small.mu0, dr=dr, drbar=drbar, dP=dP
-                )
+                jac = mdp.InputJacobians(dr=dr, drbar=drbar, dP=dP)
+                F_k, g_k = mdp.exact_hypergradient(problem, rbar, small.mu0, jac)
                 p = small.context_probs[k]
                 F_ref = F_ref + p * F_k
                 g_ref = g_ref + p * g_k
