@@ -1,4 +1,5 @@
-"""Embedded prompt sets and enumerable tasks (no downloads).
+"""Embedded prompt sets and enumerable tasks (no downloads): package data files
+``quickstart.yaml`` and ``tiny_language.yaml`` beside this module, read once at import.
 
 * ``"quickstart"``: the README's main job. A word-level "assistant" language with four words
   (``sure``, ``please``, ``maybe``, ``thanks``), prompts in three categories and rule-based reward
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -27,70 +29,18 @@ import yaml
 
 __all__ = ["EMBEDDED_TASKS", "known_prompt_sets", "load_prompts", "task_config"]
 
-_QUICKSTART: dict[str, Any] = {
-    "vocab": ["sure", "please", "maybe", "thanks"],
-    "max_words": 2,
-    "min_words": 0,
-    "prompts": [
-        {"prompt": "thanks", "category": "quick"},
-        {"prompt": "sure thanks", "category": "quick"},
-        {"prompt": "please", "category": "polite"},
-        {"prompt": "please thanks", "category": "polite"},
-        {"prompt": "maybe", "category": "careful"},
-        {"prompt": "maybe sure", "category": "careful"},
-    ],
-    "context_column": "category",
-    "components": [
-        {"type": "length", "name": "n_words", "unit": "words"},
-        {"type": "keyword", "name": "says_sure", "keywords": ["sure"]},
-        {"type": "keyword", "name": "says_please", "keywords": ["please"]},
-        {"type": "keyword", "name": "says_maybe", "keywords": ["maybe"]},
-    ],
-    # the follower's own reward model: long, confident answers
-    "follower": {"weights": {"n_words": 0.5, "says_sure": 0.5}},
-    # what the leader wants, per category (conflicts with the follower differently in each)
-    "leader": {
-        "weights": {},
-        "by_context": {
-            "quick": {"n_words": -1.0},
-            "polite": {"says_please": 1.0},
-            "careful": {"says_sure": -1.0, "says_maybe": 0.5},
-        },
-    },
-}
+# One YAML file of package data per task, ``<name>.yaml`` beside this module (shipped in the
+# wheel by setup.py's package_data): data, not code, so they read as the configs they are.
+_TASK_NAMES = ("quickstart", "tiny_language")
 
-_TINY_LANGUAGE: dict[str, Any] = {
-    "vocab": ["a", "b", "c", "d"],
-    "max_words": 2,
-    "min_words": 0,
-    "prompts": [
-        {"prompt": "a b", "category": "concise"},
-        {"prompt": "c a", "category": "concise"},
-        {"prompt": "b c", "category": "b_topic"},
-        {"prompt": "d a", "category": "no_d"},
-    ],
-    "context_column": "category",
-    "components": [
-        {"type": "length", "name": "n_words", "unit": "words"},
-        {"type": "keyword", "name": "count_a", "keywords": ["a"]},
-        {"type": "keyword", "name": "count_b", "keywords": ["b"]},
-        {"type": "keyword", "name": "count_d", "keywords": ["d"]},
-    ],
-    "follower": {"weights": {"n_words": 0.5, "count_a": 0.5}},
-    "leader": {
-        "weights": {},
-        "by_context": {
-            "concise": {"n_words": -1.0},
-            "b_topic": {"count_b": 1.0},
-            "no_d": {"count_d": -1.0},
-        },
-    },
-}
 
-EMBEDDED_TASKS: dict[str, dict[str, Any]] = {
-    "quickstart": _QUICKSTART,
-    "tiny_language": _TINY_LANGUAGE,
-}
+def _load_task(name: str) -> dict[str, Any]:
+    """The embedded task ``name`` as parsed from its package data file (``yaml.safe_load``)."""
+    text = files(__name__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+EMBEDDED_TASKS: dict[str, dict[str, Any]] = {name: _load_task(name) for name in _TASK_NAMES}
 
 
 def known_prompt_sets() -> list[str]:
