@@ -4,6 +4,7 @@ import path through ``pythonpath`` in pyproject's pytest settings). Not collecte
 prefix.
 
 * Paths: :data:`ROOT` (the repository), :func:`load_script` (a script of ``bench/`` by path).
+* Stored expected values: :func:`reference_values` (a table of ``tests/data/reference_values.json``).
 * Runs: a small orchestrated run config file for the CLI tests (the enumerable tiny-language
   task with one exact follower, so nothing is trained), the tiny-language run config,
   train-to-the-end and metrics helpers of the trainer tests, and the recipes' tiny GRPO config
@@ -64,6 +65,23 @@ def load_script(path: Path, name: str | None = None) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses resolve their module's names through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+REFERENCE_VALUES = ROOT / "tests" / "data" / "reference_values.json"
+"""Expected values that earlier code computed, one table per test family, as ``float.hex``
+strings (exact; each table's ``_about`` says what it holds and which commit computed it)."""
+
+
+def reference_values(table: str) -> dict[str, list[str]]:
+    """The stored table ``table`` of :data:`REFERENCE_VALUES`: ``{case: [float.hex, ...]}`` in
+    the file's order (the order the tests parametrize over). The strings are returned as stored,
+    so a test compares them exactly (``float.hex`` of its result, or ``float.fromhex`` of
+    these); a missing table raises ``KeyError`` naming the ones there are."""
+    tables = json.loads(REFERENCE_VALUES.read_text(encoding="utf-8"))
+    if table not in tables:
+        known = sorted(k for k in tables if not k.startswith("_"))
+        raise KeyError(f"no table {table!r} in {REFERENCE_VALUES}; there are {known}")
+    return tables[table]["values"]
 
 
 # ---------------------------------------------------------------------------- runs

@@ -25,36 +25,13 @@ from tabular_reference.tax_design.kernel import expected_next, kernel_parts
 from tabular_reference.tax_design.rewards import consumption_utility, initial_theta, rates
 from tabular_reference.tax_design.sampling import balanced_contexts, rollout
 from tabular_reference.tax_design.solver import soft_policy_iteration
+from tests.helpers import reference_values
 
 # (sum of final x, sum of squares, one entry) as float.hex, computed by the code before the
-# interface (commit 99142ad) for the configurations of the two tests below.
-_FOUR_ROOMS_BEFORE = {
-    "hpgd/fused": ["0x1.0072dfeb9ed20p-5", "0x1.ec75a2358d381p+1", "0x1.c332c3ab07072p-6"],
-    "hpgd/library": ["0x1.0072dfeb9ecc8p-5", "0x1.421d3a590201dp+2", "0x1.6f86dc83e5c2ep-7"],
-    "hpgd-cov/fused": ["0x1.0072dfeb9ecc0p-5", "0x1.e1b43e5440f8fp+1", "-0x1.157d758caf01dp-5"],
-    "hpgd-paper/fused": ["0x1.0072dfeb9ed40p-5", "0x1.c164181de5c30p+4", "0x1.deab10eb0e31ep-4"],
-    "hpgd-published/fused": [
-        "0x1.0072dfeb9eb00p-5",
-        "0x1.4db5484a2b05cp+4",
-        "0x1.63f8111a39984p-5",
-    ],
-    "hpgd-published/library": [
-        "0x1.0072dfeb9ed40p-5",
-        "0x1.54791d9023b15p+4",
-        "0x1.b8bc72232f951p-5",
-    ],
-    "naive/fused": ["0x1.0072dfeb9ecc9p-5", "0x1.c0fba6ac6f50ap-6", "0x1.f5af3fbcd1f74p-8"],
-    "naive/library": ["0x1.0072dfeb9ecb8p-5", "0x1.c11672aae108ap-6", "0x1.f5a91be251bb0p-8"],
-}
-_TAX_BEFORE = {
-    "hpgd": ["-0x1.bac7f4cf4e8f6p+3", "0x1.7ef13edac4912p+4", "-0x1.bbc173d3a21efp+0"],
-    "exact critic": ["-0x1.ba9283d4dee63p+3", "0x1.7e962730619e3p+4", "-0x1.b1fb4f083b8a1p+0"],
-    "covariance": ["-0x1.b9f6cb596aecep+3", "0x1.7d8818b292ff9p+4", "-0x1.b6f0d0f06246bp+0"],
-    "crossfit": ["-0x1.b946166cad4e4p+3", "0x1.7c5a78cca5f88p+4", "-0x1.b1def728e38dcp+0"],
-    "trajectory": ["-0x1.bd432d52d9cadp+3", "0x1.833b319b251e1p+4", "-0x1.bf5f1cc013429p+0"],
-    "score": ["-0x1.bb6c7531aa626p+3", "0x1.8009b837b62e8p+4", "-0x1.bc0fa94b7c6c5p+0"],
-    "naive": ["-0x1.b94b99b6c9866p+3", "0x1.7c640d2465c8cp+4", "-0x1.b1dac0c564504p+0"],
-}
+# interface (commit 99142ad) for the configurations of the two tests below; stored in
+# tests/data/reference_values.json.
+_FOUR_ROOMS_BEFORE = reference_values("estimator_api/four_rooms")
+_TAX_BEFORE = reference_values("estimator_api/tax_design")
 _TAX_SETTINGS = {
     "hpgd": {},
     "exact critic": {"critic": "exact"},

@@ -28,6 +28,7 @@ from tabular_reference.four_rooms.kernel_args import (
     sampler_model,
 )
 from tabular_reference.four_rooms.solver import FollowerSolver
+from tests.helpers import reference_values
 
 
 def test_presets_are_the_published_models():
@@ -337,14 +338,9 @@ def test_runs_use_the_planning_model_and_the_library_backend_still_works():
 
 
 # F_last per seed and sum(final_x), as float.hex, computed by the code before the dynamics became
-# configurable (commit d214e73, where 0.67/0.11 was hard-coded) for the configuration below.
-_BEFORE_DYNAMICS = {
-    "exact": ["0x1.aa7280135b33ep-3", "0x1.acd46600e4316p-3", "0x1.3b4b4707443e1p-5"],
-    "zero_order": ["0x1.5f375b031e848p-3", "0x1.865f8c0f44276p-3", "-0x1.8dbda9e7fbd5bp-1"],
-    "hpgd": ["0x1.a7636d1736e20p-3", "0x1.88e2dbaf1e05fp-3", "0x1.3b4b4707443c6p-5"],
-    "hpgd-cov": ["0x1.9f957fe05d5bap-3", "0x1.95ac42aaa9cf2p-3", "0x1.3b4b4707443bep-5"],
-    "naive": ["0x1.33d22fad8c6d5p-3", "0x1.36116cbf142c6p-3", "0x1.3b4b4707443dcp-5"],
-}
+# configurable (commit d214e73, where 0.67/0.11 was hard-coded) for the configuration below;
+# stored in tests/data/reference_values.json.
+_BEFORE_DYNAMICS = reference_values("four_rooms_dynamics/notes_preset")
 
 
 def test_notes_preset_with_library_backend_reproduces_earlier_results():
