@@ -22,7 +22,11 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch
 
 from tabular_reference.tax_design.economy import Economy
-from tabular_reference.tax_design.hypergradient import exact_hypergradient, hypergradient
+from tabular_reference.tax_design.hypergradient import (
+    EstimationPoint,
+    exact_hypergradient,
+    hypergradient,
+)
 from tabular_reference.tax_design.rewards import initial_theta, rates
 from tabular_reference.tax_design.sampling import balanced_contexts, rollout
 from tabular_reference.tax_design.solver import soft_policy_iteration, welfare
@@ -67,19 +71,12 @@ def estimator_quality(econ: Economy, beta: float, runs: int, episodes: list[int]
         "   mean per-run cos"
     )
     gen = torch.Generator().manual_seed(0)
+    at = EstimationPoint(econ, theta, beta_t, sol)  # the same for every variant and budget
     for n in episodes:
         traj = rollout(econ, sol, rates(theta)[:, 0], balanced_contexts(econ, runs, n), 200, gen)
         for label, form, leader_q, ft in VARIANTS:
             g, _ = hypergradient(
-                econ,
-                theta,
-                beta_t,
-                sol,
-                traj,
-                form=form,
-                leader_q=leader_q,
-                critic=Vbar,
-                follower_transition=ft,
+                at, traj, form=form, leader_q=leader_q, critic=Vbar, follower_transition=ft
             )
             m = g.mean(0)
             se = g.std(0) / runs**0.5
@@ -113,7 +110,8 @@ def timings(econ: Economy, beta: float) -> None:
     ctx = balanced_contexts(econ, R, N)
     t_roll, traj = clock(lambda: rollout(econ, sol, rates(theta)[:, 0], ctx, 200, gen))
     Vbar = welfare(econ, theta, beta).Vbar
-    t_est, _ = clock(lambda: hypergradient(econ, theta, beta_t, sol, traj, critic=Vbar))
+    at = EstimationPoint(econ, theta, beta_t, sol)
+    t_est, _ = clock(lambda: hypergradient(at, traj, critic=Vbar))
     t_exact, _ = clock(lambda: exact_hypergradient(econ, theta, beta_t, V0=sol.V, tol=1e-11))
     print(f"\ntimings for a batch of {R} runs x 2 household types ({econ.n_states} bins):")
     print(f"  household solve, cold start: {t_cold * 1e3:.1f} ms ({sol.iters} Newton steps)")

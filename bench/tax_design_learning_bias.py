@@ -43,7 +43,11 @@ from align_cbrl.estimators.multilevel import MultilevelSchedule, multilevel_esti
 from tabular_reference.common.bias import bias_summary, point_bias
 from tabular_reference.common.optim import sgd_ascent
 from tabular_reference.tax_design.economy import Economy
-from tabular_reference.tax_design.hypergradient import exact_hypergradient, hypergradient
+from tabular_reference.tax_design.hypergradient import (
+    EstimationPoint,
+    exact_hypergradient,
+    hypergradient,
+)
 from tabular_reference.tax_design.learning import LearningHouseholds, policy_hypergradient
 from tabular_reference.tax_design.rewards import initial_theta, rates
 from tabular_reference.tax_design.sampling import balanced_contexts, draw_seed, rollout
@@ -93,7 +97,7 @@ class Bench:
         Vbar = leader_values(econ, sol.P, sol.pi_f, sol.log_pa, x[:, 0], x[:, 1:])
         traj = rollout(econ, sol, x[:, 0], self.ctx[:R], 200, torch.Generator().manual_seed(seed))
         g, _ = hypergradient(
-            econ, theta, self.beta[:R], sol, traj, form=self.args.form, critic=Vbar
+            EstimationPoint(econ, theta, self.beta[:R], sol), traj, form=self.args.form, critic=Vbar
         )
         return g
 

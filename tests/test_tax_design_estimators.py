@@ -15,6 +15,7 @@ from tabular_reference.tax_design.algorithms import AlgoSettings, run_batch, sam
 from tabular_reference.tax_design.critic import MonteCarloCritic
 from tabular_reference.tax_design.economy import Economy
 from tabular_reference.tax_design.hypergradient import (
+    EstimationPoint,
     exact_hypergradient,
     flat_batch,
     hypergradient,
@@ -85,7 +86,8 @@ def test_naive_form_is_unbiased_for_frozen_policy_gradient(econ: Economy) -> Non
     sol = soft_policy_iteration(econ, theta, beta)
     gen = torch.Generator().manual_seed(3)
     traj = rollout(econ, sol, rates(theta)[:, 0], balanced_contexts(econ, R, N), 200, gen)
-    g, w = hypergradient(econ, theta, torch.full((R,), beta, dtype=DT), sol, traj, form="naive")
+    at = EstimationPoint(econ, theta, torch.full((R,), beta, dtype=DT), sol)
+    g, w = hypergradient(at, traj, form="naive")
     assert torch.all(w.follower == 0)
     assert (_z(g, exact).abs() <= Z_MAX).all(), (g.mean(0), exact)
     assert exact[0].abs() > 10 * (g[:, 0].std() / R**0.5)  # the test has power on tau
@@ -103,7 +105,11 @@ def test_table_covariance_is_unbiased_for_exact_hypergradient(econ: Economy) -> 
     traj = rollout(econ, sol, rates(theta)[:, 0], balanced_contexts(econ, R, N), 200, gen)
     beta_t = torch.full((R,), beta, dtype=DT)
     g, _ = hypergradient(
-        econ, theta, beta_t, sol, traj, form="covariance", leader_q="table", critic=Vbar
+        EstimationPoint(econ, theta, beta_t, sol),
+        traj,
+        form="covariance",
+        leader_q="table",
+        critic=Vbar,
     )
     z = _z(g, exact[0])
     assert (z.abs() <= Z_MAX).all(), (g.mean(0), exact[0])
@@ -121,13 +127,15 @@ def test_table_needs_critic(econ: Economy) -> None:
     )
     beta = torch.full((2,), 0.1, dtype=DT)
     with pytest.raises(ValueError, match="needs critic values"):
-        hypergradient(econ, theta, beta, sol, traj, form="mc", leader_q="table")
+        hypergradient(EstimationPoint(econ, theta, beta, sol), traj, form="mc", leader_q="table")
     with pytest.raises(ValueError, match="critic must have shape"):
-        hypergradient(econ, theta, beta, sol, traj, critic=torch.zeros(2, 2, 5, dtype=DT))
+        hypergradient(
+            EstimationPoint(econ, theta, beta, sol), traj, critic=torch.zeros(2, 2, 5, dtype=DT)
+        )
     with pytest.raises(ValueError, match="unknown leader_q"):
-        hypergradient(econ, theta, beta, sol, traj, leader_q="bogus")
+        hypergradient(EstimationPoint(econ, theta, beta, sol), traj, leader_q="bogus")
     with pytest.raises(ValueError, match="unknown HPGD form"):
-        hypergradient(econ, theta, beta, sol, traj, form="bogus")
+        hypergradient(EstimationPoint(econ, theta, beta, sol), traj, form="bogus")
 
 
 def test_zero_order_estimate_matches_gradient(econ: Economy) -> None:
@@ -217,14 +225,20 @@ def test_expected_follower_transition_is_unbiased(econ: Economy) -> None:
     )
     beta_t = torch.full((R,), beta, dtype=DT)
     kw = {"form": "covariance", "leader_q": "table", "critic": Vbar}
-    g_exp, _ = hypergradient(econ, theta, beta_t, sol, traj, follower_transition="expected", **kw)
-    g_score, _ = hypergradient(econ, theta, beta_t, sol, traj, follower_transition="score", **kw)
+    g_exp, _ = hypergradient(
+        EstimationPoint(econ, theta, beta_t, sol), traj, follower_transition="expected", **kw
+    )
+    g_score, _ = hypergradient(
+        EstimationPoint(econ, theta, beta_t, sol), traj, follower_transition="score", **kw
+    )
     assert (_z(g_exp, exact[0]).abs() <= Z_MAX).all(), (g_exp.mean(0), exact[0])
     # VAT components do not involve the transition: identical; the tax component differs
     assert torch.allclose(g_exp[:, 1:], g_score[:, 1:], atol=1e-12)
     assert not torch.allclose(g_exp[:, 0], g_score[:, 0])
     with pytest.raises(ValueError, match="follower_transition"):
-        hypergradient(econ, theta, beta_t, sol, traj, follower_transition="x", **kw)
+        hypergradient(
+            EstimationPoint(econ, theta, beta_t, sol), traj, follower_transition="x", **kw
+        )
 
 
 def test_learned_critic_matches_exact_values(econ: Economy) -> None:

@@ -9,7 +9,11 @@ import torch
 
 from tabular_reference import mdp
 from tabular_reference.tax_design.economy import Economy
-from tabular_reference.tax_design.hypergradient import exact_hypergradient, hypergradient
+from tabular_reference.tax_design.hypergradient import (
+    EstimationPoint,
+    exact_hypergradient,
+    hypergradient,
+)
 from tabular_reference.tax_design.kernel import dense_kernel
 from tabular_reference.tax_design.learning import (
     LearningHouseholds,
@@ -113,7 +117,7 @@ def test_infinite_budget_is_the_exact_solver_and_todays_hpgd(econ: Economy) -> N
     grads = []
     for s in (sol, ref):
         traj = rollout(econ, s, x[:, 0], ctx, 200, torch.Generator().manual_seed(7))
-        grads.append(hypergradient(econ, theta, BETA, s, traj, critic=Vbar)[0])
+        grads.append(hypergradient(EstimationPoint(econ, theta, BETA, s), traj, critic=Vbar)[0])
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
 
 
@@ -146,7 +150,9 @@ def test_policy_hypergradient_is_the_mean_of_hpgd_at_a_learned_policy(econ: Econ
     for _ in range(300):
         traj = rollout(econ, sol, x[:, 0], ctx, 200, gen)
         draws.append(
-            hypergradient(econ, theta, beta, sol, traj, form="covariance", critic=Vbar)[0][0]
+            hypergradient(
+                EstimationPoint(econ, theta, beta, sol), traj, form="covariance", critic=Vbar
+            )[0][0]
         )
     g = torch.stack(draws)
     z = (g.mean(0) - target[0]) / (g.std(0) / len(draws) ** 0.5)

@@ -16,6 +16,7 @@ from tabular_reference.tax_design.algorithms import (
 )
 from tabular_reference.tax_design.economy import Economy, EconomyConfig
 from tabular_reference.tax_design.hypergradient import (
+    EstimationPoint,
     flat_batch,
     hypergradient,
     leader_q_table,
@@ -159,16 +160,9 @@ def test_cell_summed_surrogate_matches_stepwise(
     assert bool((sol.parts.clip_lo[0][traj.states[0, :, :-1], traj.flows[0]]).any())
     args = (econ, theta, beta, sol, traj, form, leader_q, Vbar, follower_transition)
     ref = _stepwise_gradient(*args)
+    at = EstimationPoint(econ, theta, beta, sol)
     got, _ = hypergradient(
-        econ,
-        theta,
-        beta,
-        sol,
-        traj,
-        form=form,
-        leader_q=leader_q,
-        critic=Vbar,
-        follower_transition=follower_transition,
+        at, traj, form=form, leader_q=leader_q, critic=Vbar, follower_transition=follower_transition
     )
     assert torch.allclose(got, ref, rtol=1e-10, atol=1e-12 * ref.abs().max().item())
 

@@ -31,7 +31,12 @@ from tabular_reference.common.estimator_api import (
 from tabular_reference.tax_design.batch import make_batch, make_model
 from tabular_reference.tax_design.critic import MonteCarloCritic
 from tabular_reference.tax_design.economy import Economy
-from tabular_reference.tax_design.hypergradient import flat_batch, step_weights, surrogate_gradient
+from tabular_reference.tax_design.hypergradient import (
+    EstimationPoint,
+    flat_batch,
+    step_weights,
+    surrogate_gradient,
+)
 from tabular_reference.tax_design.sampling import Trajectories
 from tabular_reference.tax_design.solver import FollowerSolution
 
@@ -64,10 +69,7 @@ def hpgd_step(batch: Batch, model: Model, form: str, leader_q: str, critic: str)
                 model.memory["critic"] = learned
             values = learned.values()
     w = step_weights(
-        econ,
-        theta,
-        torch.from_numpy(model.beta),
-        sol,
+        EstimationPoint(econ, theta, torch.from_numpy(model.beta), sol),
         joint,
         actions,
         starts,

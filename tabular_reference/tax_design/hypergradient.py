@@ -37,6 +37,8 @@ the episodes; with 202 (type, bin) cells x 1,250 actions most pairs are unvisite
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from numba import njit
@@ -68,6 +70,7 @@ __all__ = [
     "FOLLOWER_TRANSITION",
     "FORMS",
     "LEADER_Q",
+    "EstimationPoint",
     "exact_hypergradient",
     "flat_batch",
     "hypergradient",
@@ -80,6 +83,18 @@ __all__ = [
 FORMS = ("mc", "covariance", "naive")
 LEADER_Q = ("table", "crossfit", "trajectory")
 FOLLOWER_TRANSITION = ("score", "expected")
+
+
+class EstimationPoint(NamedTuple):
+    """Where the sampled hypergradient is estimated, as :func:`hypergradient` and
+    :func:`step_weights` both take it: the economy, the planner's parameters ``theta[R, 4]``,
+    the households' temperatures ``beta[R]`` and their solution ``follower`` at ``theta``
+    (exact, or a learning follower's, whose ``V`` is its critic)."""
+
+    econ: Economy
+    theta: Tensor
+    beta: Tensor
+    follower: FollowerSolution
 
 
 def flat_batch(econ: Economy, traj: Trajectories) -> dict[str, Tensor]:
@@ -153,10 +168,7 @@ def _fill_q(state_part, flow_a, act, out):
 
 
 def hypergradient(
-    econ: Economy,
-    theta: Tensor,
-    beta: Tensor,
-    follower: FollowerSolution,
+    at: EstimationPoint,
     traj: Trajectories,
     *,
     form: str = "mc",
@@ -165,8 +177,8 @@ def hypergradient(
     follower_transition: str = "expected",
     batch: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, HPGDWeights]:
-    """HPGD estimate of ``dF/dtheta`` ``[R, 4]`` from ``traj`` (see module docstring):
-    :func:`step_weights` contracted by :func:`surrogate_gradient`.
+    """HPGD estimate of ``dF/dtheta`` ``[R, 4]`` at ``at`` from ``traj`` (see module
+    docstring): :func:`step_weights` contracted by :func:`surrogate_gradient`.
 
     ``form`` and ``leader_q`` are the core estimator's (``leader_q`` is ignored by
     ``"naive"``). ``critic[R, C, S]`` is a leader value table ``Vbar(type, bin)``: required by
@@ -185,14 +197,12 @@ def hypergradient(
             f"unknown follower_transition {follower_transition!r}; choose one of "
             f"{', '.join(FOLLOWER_TRANSITION)}"
         )
+    econ, theta, _, follower = at
     b = flat_batch(econ, traj) if batch is None else batch
     with torch.no_grad():
         rbar_obs = leader_rewards(econ, theta.detach(), b)
     w = step_weights(
-        econ,
-        theta,
-        beta,
-        follower,
+        at,
         b["joint_state"],
         b["action"],
         b["episode_start"],
@@ -206,10 +216,7 @@ def hypergradient(
 
 
 def step_weights(
-    econ: Economy,
-    theta: Tensor,
-    beta: Tensor,
-    follower: FollowerSolution,
+    at: EstimationPoint,
     joint_state: Tensor,
     actions: Tensor,
     episode_start: Tensor,
@@ -222,6 +229,7 @@ def step_weights(
     """The core's per-step weights (:func:`hpgd_weights`) on the ``[R, N*T]`` layout of
     :func:`flat_batch` (``joint_state`` = type x bin index, ``rbar_obs`` the observed welfare);
     options as in :func:`hypergradient`."""
+    econ, theta, beta, follower = at
     if form not in FORMS:
         raise ValueError(f"unknown HPGD form {form!r}; choose one of {', '.join(FORMS)}")
     if leader_q not in LEADER_Q:
