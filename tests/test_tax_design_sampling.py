@@ -11,6 +11,7 @@ import torch
 from align_cbrl.estimators.trajectory import hpgd_weights
 from tabular_reference.tax_design.algorithms import (
     AlgoSettings,
+    batch_generator,
     episodes_from_steps,
     sampled_welfare,
 )
@@ -205,3 +206,18 @@ def test_sampled_welfare_mean_of_both_types(econ: Economy) -> None:
     )
     err = (est - W.F).reshape(-1)
     assert abs(err.mean() / (err.std() / err.numel() ** 0.5)) <= 4.5
+
+
+@pytest.mark.parametrize(
+    ("algo", "first_draws"),
+    [
+        ("zero_order", [0.7427561314837681, 0.3314860008214604]),
+        ("zero_order_sampled", [0.6945295333111567, 0.6038199376468457]),
+        ("hpgd", [0.4168402843660217, 0.4532702144652774]),
+    ],
+)
+def test_batch_streams_are_those_of_the_published_runs(algo: str, first_draws: list) -> None:
+    """Each algorithm's batch stream is the one docs/tax_design.json was produced with (first
+    draws recorded at commit 0f59ec3, before the algorithms were renamed)."""
+    g = batch_generator(algo, [0, 1], [0.2, 0.5])
+    assert torch.rand(2, generator=g, dtype=torch.float64).tolist() == first_draws
