@@ -211,8 +211,15 @@ def format_comparison(c: Mapping[str, Any]) -> str:
     )
 
 
+def _across_seeds(mean: float, se: float | None, n: int) -> str:
+    return f"{mean:.3f} ± {se:.3f}" if n > 1 and se is not None else f"{mean:.3f} (1 seed)"
+
+
 def format_table(results: Mapping[str, Any]) -> str:
-    """Markdown table of the held-out numbers (mean ± s.e.)."""
+    """Markdown table of the held-out numbers. The leader objective and the base reward are the
+    mean over seeds ± the s.e. *across seeds* (the main figure; "1 seed" where there is no
+    spread yet), with the within-seed s.e. over completions in its own column beside it; the
+    other columns are means over seeds ± their pooled within-seed s.e."""
     comps = None
     lines = []
     for a in [results["before"], *results["arms"]]:
@@ -222,13 +229,22 @@ def format_table(results: Mapping[str, Any]) -> str:
         o = a["overall"]
         if comps is None:
             comps = [k for k in o if k not in _LEADER_KEYS]
-        cells = [f"{o[k]['mean']:.3f} ± {o[k]['se']:.3f}" for k in (*_LEADER_KEYS, *comps)]
+        n = len(a.get("per_seed") or [None])
+        lo = o["leader_objective"]
+        cells = [
+            str(n),
+            _across_seeds(lo["mean"], a.get("leader_objective_se_seeds"), n),
+            f"{a.get('leader_objective_se', lo['se']):.3f}",
+            _across_seeds(o["base_reward"]["mean"], a.get("base_reward_se_seeds"), n),
+        ]
+        cells += [f"{o[k]['mean']:.3f} ± {o[k]['se']:.3f}" for k in (*_LEADER_KEYS[2:], *comps)]
         lines.append(
             f"| {a['arm']} | {' | '.join(cells)} | {a['follower_steps']} | "
             f"{a['wall_s']:.0f} | {a['cpu_s']:.0f} |"
         )
     comps = comps or []
-    cols = ["arm", "leader objective", "base reward", "incentive", "cost", *comps]
+    cols = ["arm", "seeds", "leader objective (± s.e. across seeds)", "within-seed s.e."]
+    cols += ["base reward (± across seeds)", *_LEADER_KEYS[2:], *comps]
     cols += ["follower steps", "wall s", "CPU s"]
     head = "| " + " | ".join(cols) + " |"
     sep = "|" + "---|" * len(cols)
