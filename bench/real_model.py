@@ -333,7 +333,7 @@ def run_arm(unit: str, data: Mapping[str, Any], bench: Mapping[str, Any], root: 
         raise SystemExit(f"{unit}: another process ({lock.read_text()}) is working on {out}")
     lock.write_text(str(os.getpid()))
     # SIGTERM ends the arm like Ctrl-C: the finally block records the segment
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     start = None
     trainer = None
     try:
@@ -381,6 +381,8 @@ def run_arm(unit: str, data: Mapping[str, Any], bench: Mapping[str, Any], root: 
         with (out / "segments.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(seg) + "\n")
         lock.unlink(missing_ok=True)
+        # an in-process caller (the tests) gets its own handler back
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 def _alive(pid: int) -> bool:
