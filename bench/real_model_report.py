@@ -264,7 +264,9 @@ def plot_results(root: Path, results: Mapping[str, Any], out_dir: Path, prefix: 
         curves = [c for c in a["curves"].values() if c and None not in c]
         if not curves:
             continue
-        T = min(len(c) for c in curves)
+        # a seed still running would cut every seed's curve to its length: leave it out
+        T = max(len(c) for c in curves)
+        curves = [c for c in curves if len(c) == T]
         mean = [sum(c[t] for c in curves) / len(curves) for t in range(T)]
         line = ax.plot(
             range(1, T + 1),
