@@ -341,7 +341,8 @@ def run_arm(unit: str, data: Mapping[str, Any], bench: Mapping[str, Any], root: 
 
         if u.arm == "fixed" or u.arm.startswith("sweep_"):
             leader_dir = root / "leaders" / u.arm
-            if not (leader_dir / "config.json").is_file() and not leader_dir.is_dir():
+            # config.json is written last (save_pretrained), so it marks a complete leader
+            if not (leader_dir / "config.json").is_file():
                 write_fixed_leader(config, hand_set_weights(u.arm, bench), leader_dir)
         resume = u.arm != "before" and CheckpointManager(out, keep=config.keep_checkpoints).latest()
         trainer = _timed_trainer_class()(config, resume=bool(resume), overwrite=not resume)
