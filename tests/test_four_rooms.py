@@ -301,6 +301,9 @@ def test_hpgd_mean_estimate_matches_exact_gradient(preset):
         err2 = float(((est.mean(0) - exact) ** 2).sum())
         return err2 / float(est.var(0, ddof=1).sum() / len(est))
 
+    # the covariance and published forms sample through numba's global generator: seed it, or
+    # the draws (and so the ratios) depend on which tests ran before in this process
+    kernels.seed_rng(11)
     for form in ("mc", "covariance"):
         est = hypergradient(fs, cfg, form, rng_state=xr)
         ratio = noise_ratio(est)
