@@ -252,7 +252,8 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 
 def plot_results(root: Path, results: Mapping[str, Any], out_dir: Path, prefix: str) -> list[Path]:
-    """``<prefix>leader_objective.png`` (sampled training estimate per iteration, each arm) and
+    """``<prefix>leader_objective.png`` (sampled training estimate per iteration against the
+    follower steps, each arm) and
     ``<prefix>components.png`` (held-out per-category component means, before / each arm)."""
     from tabular_reference.common.plots import pyplot, save_figure
 
@@ -268,16 +269,19 @@ def plot_results(root: Path, results: Mapping[str, Any], out_dir: Path, prefix: 
         T = max(len(c) for c in curves)
         curves = [c for c in curves if len(c) == T]
         mean = [sum(c[t] for c in curves) / len(curves) for t in range(T)]
+        # x in follower steps, so that the 2x-longer arms line up with the others
+        per_iter = (a.get("follower_steps") or T) / T
+        xs = [per_iter * (t + 1) for t in range(T)]
         line = ax.plot(
-            range(1, T + 1),
+            xs,
             mean,
             styles[i % len(styles)],
             markersize=4,
             label=f"{a['arm']} ({len(curves)} seeds)",
         )
         for c in curves:  # each seed faintly behind its arm's mean
-            ax.plot(range(1, len(c) + 1), c, color=line[0].get_color(), alpha=0.2, linewidth=1)
-    ax.set_xlabel("outer iteration")
+            ax.plot(xs, c, color=line[0].get_color(), alpha=0.2, linewidth=1)
+    ax.set_xlabel("follower steps (one point per outer iteration)")
     ax.set_ylabel("leader objective (sampled estimate, training prompts)")
     ax.set_title("learning curves: mean over seeds (faint: each seed)")
     if ax.get_legend_handles_labels()[0]:
@@ -290,7 +294,8 @@ def plot_results(root: Path, results: Mapping[str, Any], out_dir: Path, prefix: 
         ax2.errorbar(
             [i + 0.15],
             [a["leader_objective_mean"]],
-            yerr=[0 if se != se else se],
+            # one seed has no spread: NaN in memory, null once written to JSON
+            yerr=[0 if se is None or se != se else se],
             fmt="s",
             color="black",
             capsize=4,
