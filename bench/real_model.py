@@ -455,7 +455,7 @@ def _main(argv: list[str]) -> int:
     set_cpu_defaults()
     quiet_libraries()
     from align_cbrl.config_parser import parse_overrides
-    from align_cbrl.utils.io import atomic_write_json
+    from align_cbrl.utils.io import atomic_write_json, atomic_write_text
 
     flags = {f: f in argv for f in ("--publish", "--collect")}
     argv = [a for a in argv if a not in flags]
@@ -511,6 +511,11 @@ def _main(argv: list[str]) -> int:
             ROOT / "docs" / f"real_model{'' if bench['scale'] == 'cpu' else '_gpu'}.json", doc
         )
         report.plot_results(root, results, ROOT / "docs" / "img", f"real_model_{bench['scale']}_")
+        # the doc's tables are laid out from the same results, between generated:<scale> markers
+        tables = report.markdown_tables(root, results, data["rewards"]["leader"]["by_context"])
+        md = ROOT / "docs" / "real_model.md"
+        text = md.read_text(encoding="utf-8")
+        atomic_write_text(md, report.replace_generated(text, bench["scale"], tables))
     print(f"outputs under {root}/")
     return 0
 

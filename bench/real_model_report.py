@@ -354,3 +354,159 @@ def examples(root: Path, results: Mapping[str, Any], k: int) -> dict[str, Any]:
             )
         out[a["arm"]] = seen
     return out
+
+
+# ------------------------------------------------------------------------- markdown tables
+def _terms(objective: Mapping[str, Mapping[str, float]]) -> list[tuple[str, str]]:
+    """``(category, component)`` for every term of the leader's per-category objective."""
+    return [(cat, comp) for cat, row in objective.items() for comp, w in row.items() if w]
+
+
+def _run_cost(arm: Mapping[str, Any], results: Mapping[str, Any]) -> str:
+    """Runs and follower steps an arm costs at its seeds. ``sweep_best``: every sweep point
+    at the first seed, then the winner retrained at the other seeds; ``hpgd_frozen`` reuses
+    HPGD's runs, so their cost comes on top."""
+    n, steps = len(arm["per_seed"]), arm["follower_steps"]
+    if arm["arm"] == "sweep_best":
+        runs = len(results["sweep"]) + n - 1
+        return f"{len(results['sweep'])} at s{arm['per_seed'][0]['seed']} + {n - 1} retrains = {runs} ({runs * steps})"
+    cost = f"{n} ({n * steps})"
+    return cost + f" + HPGD's {n}" if arm["arm"] == "hpgd_frozen" else cost
+
+
+def _per_arm_table(results: Mapping[str, Any], runs: Mapping[str, Any], terms: list) -> str:
+    cols = ["arm", "seeds", "held-out leader objective: mean ± s.e. across seeds"]
+    cols += ["within-seed s.e.", "base reward"]
+    cols += [f"{comp} ({cat}) per seed" for cat, comp in terms]
+    cols += ["follower steps per run", "process CPU per run", "runs (follower steps)"]
+    lines = []
+    for a in results["arms"]:
+        ps = a["per_seed"]
+        if not ps:
+            continue
+        name = f"`{a['arm']}`" + (f" (`{a['selected']}`)" if a.get("selected") else "")
+        se = a.get("leader_objective_se_seeds")
+        mean = a["leader_objective_mean"]
+        ok = len(ps) > 1 and se is not None and not math.isnan(se)
+        cells = [name, ", ".join(str(p["seed"]) for p in ps)]
+        cells += [f"**{mean:+.3f} ± {se:.3f}**" if ok else f"{mean:+.3f} (1 seed)"]
+        cells += [f"{a['leader_objective_se']:.3f}", f"{a['base_reward_mean']:.3f}"]
+        unit = a["selected"] if a.get("selected") else a["arm"]
+        for cat, comp in terms:
+            vals = [runs[f"{unit}/s{p['seed']}"]["by_category"][cat][comp]["mean"] for p in ps]
+            cells.append(" / ".join(f"{v:.2f}" for v in vals))
+        cpu = sum(p["cpu_s"] for p in ps) / len(ps)
+        cells += [str(a["follower_steps"]), f"{cpu:.0f} s", _run_cost(a, results)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return _markdown(cols, lines)
+
+
+def _paired_table(results: Mapping[str, Any]) -> str:
+    cols = ["comparison (paired by seed)", "difference ± s.e. across seeds", "z", "per seed"]
+    cols += ["within-seed s.e. (z)"]
+    lines = []
+    for c in results["comparisons"]:
+        if "difference" not in c:
+            continue
+        ok = len(c["seeds"]) > 1 and c["se"] is not None and not math.isnan(c["se"])
+        se, z = (f"{c['se']:.3f}", f"{c['z']:+.1f}") if ok else ("(1 seed)", "-")
+        cells = [f"{c['arm']} - {c['vs']} (seeds {', '.join(map(str, c['seeds']))})"]
+        cells += [f"{c['difference']:+.3f} ± {se}", z]
+        cells += [", ".join(f"{x:+.3f}" for x in c["per_seed_difference"])]
+        cells += [f"{c['se_within_seed']:.3f} ({c['z_within_seed']:+.1f})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return _markdown(cols, lines)
+
+
+def _every_run_table(results: Mapping[str, Any], runs: Mapping[str, Any], terms: list) -> str:
+    cols = ["run", "held-out leader objective (± within-seed s.e.)", "base reward", "incentive"]
+    cols += ["cost", *(f"{comp} ({cat})" for cat, comp in terms), "follower steps"]
+    cols += ["process CPU"]
+    selected = next((s["arm"] for s in results["sweep"] if s["selected"]), None)
+    lines = []
+    for name, r in runs.items():
+        if not r["finished"]:
+            continue
+        o, b = r["overall"], r["by_category"]
+        label = f"`{name}`"
+        follower_seed = (r.get("seeds_used") or {}).get("run", r["seed"])
+        if follower_seed != r["seed"]:
+            label += f" (follower seed {follower_seed})"
+        if name.partition("/")[0] == selected:
+            label += " (selected: `sweep_best`)"
+        cells = [label, f"{o['leader_objective']['mean']:+.3f} ± {o['leader_objective']['se']:.3f}"]
+        cells += [f"{o['base_reward']['mean']:.3f}", f"{o['incentive']['mean']:+.3f}"]
+        cells += [
+            f"{o['cost']['mean']:.3f}",
+            *(f"{b[cat][comp]['mean']:.3f}" for cat, comp in terms),
+        ]
+        eval_only = name.startswith("before/")
+        cells += [
+            str(r["follower_steps"]),
+            f"{r['cpu_s']:.0f} s" + (" (eval)" if eval_only else ""),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return _markdown(cols, lines)
+
+
+def _sweep_table(results: Mapping[str, Any], runs: Mapping[str, Any]) -> str:
+    cols = ["sweep point", "weights", "validation leader objective", "held-out (same seed)"]
+    cols += ["selected"]
+    lines = []
+    for s in results["sweep"]:
+        w = "; ".join(
+            f"{cat}: " + ", ".join(f"{k} {v:+g}" for k, v in row.items())
+            for cat, row in s["weights"].items()
+        )
+        r = next((r for n, r in runs.items() if n.partition("/")[0] == s["arm"]), None)
+        held = "-"
+        if r is not None and r["finished"]:
+            lo = r["overall"]["leader_objective"]
+            held = f"{lo['mean']:+.3f} ± {lo['se']:.3f} (`{r['run']}`)"
+        cells = [f"`{s['arm']}`", w, f"{s['validation_objective']:+.3f} ± {s['validation_se']:.3f}"]
+        cells += [held, "**yes**" if s["selected"] else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return _markdown(cols, lines)
+
+
+def _markdown(cols: list[str], lines: list[str]) -> str:
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), *lines])
+
+
+def markdown_tables(
+    root: Path, results: Mapping[str, Any], objective: Mapping[str, Mapping[str, float]]
+) -> dict[str, str]:
+    """The documentation's tables, laid out from ``results`` (``collect``) and the runs under
+    ``root``: ``per_arm`` (mean ± s.e. across seeds, each term of the leader's per-category
+    ``objective`` per seed, cost), ``paired`` (the comparisons), ``every_run`` and ``sweep``."""
+    names = [results["before"]["run"]]
+    names += [n for a in results["arms"] if a["arm"] != "sweep_best" for n in a["runs"]]
+    names += [n for n in results["sweep_runs"] if n not in names]
+    runs = {n: run_entry(root, n) for n in names}
+    terms = _terms(objective)
+    return {
+        "per_arm": _per_arm_table(results, runs, terms),
+        "paired": _paired_table(results),
+        "every_run": _every_run_table(results, runs, terms),
+        "sweep": _sweep_table(results, runs),
+    }
+
+
+def _marker(scale: str, name: str) -> tuple[str, str]:
+    return f"<!-- generated:{scale}:{name} -->", f"<!-- /generated:{scale}:{name} -->"
+
+
+def replace_generated(text: str, scale: str, tables: Mapping[str, str]) -> str:
+    """``text`` with each ``<!-- generated:<scale>:<name> -->`` ... ``<!-- /generated:... -->``
+    block replaced by ``tables[name]``; blocks absent from ``text`` are left out, a block
+    opened and never closed is a ``ValueError``."""
+    for name, table in tables.items():
+        start, end = _marker(scale, name)
+        i = text.find(start)
+        if i < 0:
+            continue
+        j = text.find(end, i)
+        if j < 0:
+            raise ValueError(f"{start} has no closing {end}")
+        text = text[: i + len(start)] + "\n" + table + "\n" + text[j:]
+    return text

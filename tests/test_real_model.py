@@ -226,6 +226,41 @@ def test_bench_paired_comparison_across_seeds_matches_hand_computation():
     assert [r["seed"] for r in entry["per_seed"]] == [0, 1, 2]
 
 
+def test_published_doc_tables_are_laid_out_from_the_published_runs():
+    """The tables between ``generated:cpu`` markers in docs/real_model.md are what the report
+    lays out from the per-run files in docs/real_model_runs/ under the shipped config, and
+    docs/real_model.json is the same collection (so no number in the doc is typed by hand)."""
+    import json
+    import math
+
+    bench = _bench()
+    report = _bench_module("real_model_report")
+    data, settings = bench.load_bench_config(ROOT / "configs" / "real_model.yaml", {})
+    runs = ROOT / "docs" / "real_model_runs"
+    results = report.collect(runs, settings, "configs/real_model.yaml")
+    assert results["complete"]
+    tables = report.markdown_tables(runs, results, data["rewards"]["leader"]["by_context"])
+    text = (ROOT / "docs" / "real_model.md").read_text(encoding="utf-8")
+    for name in tables:
+        assert f"<!-- generated:cpu:{name} -->" in text
+    assert report.replace_generated(text, "cpu", tables) == text
+    published = json.loads((ROOT / "docs" / "real_model.json").read_text(encoding="utf-8"))
+    assert [a["arm"] for a in published["arms"]] == [a["arm"] for a in results["arms"]]
+    for pub, got in zip(published["comparisons"], results["comparisons"], strict=True):
+        assert pub["per_seed_difference"] == got["per_seed_difference"]
+        assert (pub["se"] is None and math.isnan(got["se"])) or pub["se"] == got["se"]
+
+
+def test_generated_blocks_are_replaced_and_an_unclosed_one_is_refused():
+    report = _bench_module("real_model_report")
+    text = "a\n<!-- generated:cpu:t -->\nold\n<!-- /generated:cpu:t -->\nb\n"
+    new = report.replace_generated(text, "cpu", {"t": "| x |", "absent": "| y |"})
+    assert new == "a\n<!-- generated:cpu:t -->\n| x |\n<!-- /generated:cpu:t -->\nb\n"
+    assert report.replace_generated(text, "gpu", {"t": "| x |"}) == text  # other scale's blocks
+    with pytest.raises(ValueError, match="no closing"):
+        report.replace_generated("<!-- generated:cpu:t -->\nold\n", "cpu", {"t": "| x |"})
+
+
 def test_bench_configs_arms_and_errors(tmp_path):
     """Both shipped configs parse into valid HPGDConfigs for every run (arm x seed); the seed
     reseeds the run (and so its follower), the frozen reuse runs at a fresh seed from HPGD's
