@@ -291,8 +291,8 @@ def test_bench_configs_arms_and_errors(tmp_path):
             "hpgd/s2",
             "none/s2",
         ]
-        # before; 4 seeded arms x 3 seeds; 4 sweep points; zero_order x 1; 2 long arms x 3
-        assert len(names) == len(set(names)) == 1 + 3 * 4 + 4 + 1 + 2 * 3
+        # before; 4 seeded arms x 3 seeds; 4 sweep points; zero_order x 1; 2 long arms x 5
+        assert len(names) == len(set(names)) == 1 + 3 * 4 + 4 + 1 + 2 * 5
         steps = set()
         for u in units:
             cfg = bench.arm_config(data, settings, u.name, tmp_path)
