@@ -211,8 +211,13 @@ def format_comparison(c: Mapping[str, Any]) -> str:
     )
 
 
+def _has_spread(n: int, se: float | None) -> bool:
+    """Whether an s.e. across ``n`` seeds exists (NaN in memory, null in JSON with one seed)."""
+    return n > 1 and se is not None and not math.isnan(se)
+
+
 def _across_seeds(mean: float, se: float | None, n: int) -> str:
-    return f"{mean:.3f} ± {se:.3f}" if n > 1 and se is not None else f"{mean:.3f} (1 seed)"
+    return f"{mean:.3f} ± {se:.3f}" if _has_spread(n, se) else f"{mean:.3f} (1 seed)"
 
 
 def format_table(results: Mapping[str, Any]) -> str:
@@ -387,9 +392,9 @@ def _per_arm_table(results: Mapping[str, Any], runs: Mapping[str, Any], terms: l
         name = f"`{a['arm']}`" + (f" (`{a['selected']}`)" if a.get("selected") else "")
         se = a.get("leader_objective_se_seeds")
         mean = a["leader_objective_mean"]
-        ok = len(ps) > 1 and se is not None and not math.isnan(se)
         cells = [name, ", ".join(str(p["seed"]) for p in ps)]
-        cells += [f"**{mean:+.3f} ± {se:.3f}**" if ok else f"{mean:+.3f} (1 seed)"]
+        spread = _has_spread(len(ps), se)
+        cells += [f"**{mean:+.3f} ± {se:.3f}**" if spread else f"{mean:+.3f} (1 seed)"]
         cells += [f"{a['leader_objective_se']:.3f}", f"{a['base_reward_mean']:.3f}"]
         unit = a["selected"] if a.get("selected") else a["arm"]
         for cat, comp in terms:
@@ -408,8 +413,8 @@ def _paired_table(results: Mapping[str, Any]) -> str:
     for c in results["comparisons"]:
         if "difference" not in c:
             continue
-        ok = len(c["seeds"]) > 1 and c["se"] is not None and not math.isnan(c["se"])
-        se, z = (f"{c['se']:.3f}", f"{c['z']:+.1f}") if ok else ("(1 seed)", "-")
+        spread = _has_spread(len(c["seeds"]), c["se"])
+        se, z = (f"{c['se']:.3f}", f"{c['z']:+.1f}") if spread else ("(1 seed)", "-")
         cells = [f"{c['arm']} - {c['vs']} (seeds {', '.join(map(str, c['seeds']))})"]
         cells += [f"{c['difference']:+.3f} ± {se}", z]
         cells += [", ".join(f"{x:+.3f}" for x in c["per_seed_difference"])]
@@ -458,7 +463,7 @@ def _sweep_table(results: Mapping[str, Any], runs: Mapping[str, Any]) -> str:
             f"{cat}: " + ", ".join(f"{k} {v:+g}" for k, v in row.items())
             for cat, row in s["weights"].items()
         )
-        r = next((r for n, r in runs.items() if n.partition("/")[0] == s["arm"]), None)
+        r = runs.get(f"{s['arm']}/s{results['seeds'][0]}")  # the sweep runs at the first seed
         held = "-"
         if r is not None and r["finished"]:
             lo = r["overall"]["leader_objective"]
